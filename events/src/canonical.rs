@@ -1,0 +1,349 @@
+//! RFC 8785 JSON Canonicalization Scheme (JCS).
+//!
+//! The ledger hashes the *canonical bytes* of each record, so two independent
+//! implementations (ours and an auditor's) must produce byte-identical output for
+//! the same JSON value. JCS fixes that: object members sorted by their names'
+//! UTF-16 code units, no insignificant whitespace, ECMAScript string escaping and
+//! ECMAScript `Number.prototype.toString` for numbers.
+//!
+//! This module is a general JCS implementation (it formats floats the way the RFC
+//! requires, so the RFC's own examples pass); the ledger itself is stricter and
+//! refuses floats in event data (see [`crate::record::check_data`]).
+
+use serde_json::Value;
+use std::cmp::Ordering;
+
+/// Why a value has no canonical form.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CanonicalError {
+    /// NaN and the infinities have no JSON representation.
+    #[error("canonicalize: number {0} is not finite")]
+    NonFiniteNumber(String),
+    /// The input bytes were not JSON at all.
+    #[error("canonicalize: input is not valid JSON: {0}")]
+    Parse(String),
+}
+
+/// Canonical bytes of a JSON value.
+pub fn to_canonical_bytes(value: &Value) -> Result<Vec<u8>, CanonicalError> {
+    let mut out = Vec::with_capacity(256);
+    write_value(value, &mut out)?;
+    Ok(out)
+}
+
+/// Canonical string of a JSON value.
+pub fn to_canonical_string(value: &Value) -> Result<String, CanonicalError> {
+    let bytes = to_canonical_bytes(value)?;
+    // Only ASCII punctuation and the UTF-8 of Rust strings are ever written.
+    String::from_utf8(bytes).map_err(|e| CanonicalError::Parse(e.to_string()))
+}
+
+/// Parses JSON text and returns its canonical bytes.
+pub fn canonicalize_json(text: &[u8]) -> Result<Vec<u8>, CanonicalError> {
+    let value: Value =
+        serde_json::from_slice(text).map_err(|e| CanonicalError::Parse(e.to_string()))?;
+    to_canonical_bytes(&value)
+}
+
+/// Orders two member names by their UTF-16 code units, as RFC 8785 §3.2.3 requires
+/// (this differs from UTF-8 byte order for characters above U+FFFF).
+pub fn cmp_utf16(a: &str, b: &str) -> Ordering {
+    a.encode_utf16().cmp(b.encode_utf16())
+}
+
+fn write_value(value: &Value, out: &mut Vec<u8>) -> Result<(), CanonicalError> {
+    match value {
+        Value::Null => out.extend_from_slice(b"null"),
+        Value::Bool(true) => out.extend_from_slice(b"true"),
+        Value::Bool(false) => out.extend_from_slice(b"false"),
+        Value::Number(n) => write_number(n, out)?,
+        Value::String(s) => write_string(s, out),
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_value(item, out)?;
+            }
+            out.push(b']');
+        }
+        Value::Object(map) => {
+            let mut members: Vec<(&String, &Value)> = map.iter().collect();
+            members.sort_by(|a, b| cmp_utf16(a.0, b.0));
+            out.push(b'{');
+            for (i, (name, member)) in members.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_string(name, out);
+                out.push(b':');
+                write_value(member, out)?;
+            }
+            out.push(b'}');
+        }
+    }
+    Ok(())
+}
+
+/// Largest integer magnitude that an IEEE-754 double holds exactly (2^53 - 1).
+pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
+
+fn write_number(n: &serde_json::Number, out: &mut Vec<u8>) -> Result<(), CanonicalError> {
+    if let Some(i) = n.as_i64() {
+        if i.unsigned_abs() <= MAX_SAFE_INTEGER {
+            out.extend_from_slice(i.to_string().as_bytes());
+            return Ok(());
+        }
+    } else if let Some(u) = n.as_u64() {
+        if u <= MAX_SAFE_INTEGER {
+            out.extend_from_slice(u.to_string().as_bytes());
+            return Ok(());
+        }
+    }
+    // Everything else is an IEEE-754 double in ECMAScript's eyes.
+    let f = n
+        .as_f64()
+        .ok_or_else(|| CanonicalError::NonFiniteNumber(n.to_string()))?;
+    out.extend_from_slice(format_es_number(f)?.as_bytes());
+    Ok(())
+}
+
+/// ECMAScript `Number.prototype.toString(10)` for a double (ECMA-262 §6.1.6.1.20),
+/// which RFC 8785 §3.2.2.3 adopts.
+pub fn format_es_number(f: f64) -> Result<String, CanonicalError> {
+    if !f.is_finite() {
+        return Err(CanonicalError::NonFiniteNumber(f.to_string()));
+    }
+    if f == 0.0 {
+        return Ok("0".to_owned());
+    }
+    if f < 0.0 {
+        return Ok(format!("-{}", format_es_number(-f)?));
+    }
+    // Rust's `{:e}` prints the shortest digit string that round-trips, which is
+    // exactly the `k` digits ECMAScript asks for.
+    let sci = format!("{f:e}");
+    let (mantissa, exponent) = sci
+        .split_once('e')
+        .ok_or_else(|| CanonicalError::NonFiniteNumber(sci.clone()))?;
+    let exponent: i32 = exponent
+        .parse()
+        .map_err(|_| CanonicalError::NonFiniteNumber(sci.clone()))?;
+    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+    let digits = break_tie_to_even(digits, exponent, f);
+    let k = digits.len() as i32;
+    let n = exponent + 1;
+    let s = if k <= n && n <= 21 {
+        let mut s = digits;
+        s.extend(std::iter::repeat_n('0', (n - k) as usize));
+        s
+    } else if 0 < n && n <= 21 {
+        format!("{}.{}", &digits[..n as usize], &digits[n as usize..])
+    } else if -6 < n && n <= 0 {
+        format!("0.{}{}", "0".repeat((-n) as usize), digits)
+    } else {
+        let sign = if n - 1 < 0 { '-' } else { '+' };
+        let e = (n - 1).abs();
+        if k == 1 {
+            format!("{digits}e{sign}{e}")
+        } else {
+            format!("{}.{}e{sign}{e}", &digits[..1], &digits[1..])
+        }
+    };
+    Ok(s)
+}
+
+/// ECMAScript picks, among equally close shortest digit strings, the even one;
+/// Rust's shortest formatting rounds such exact ties up. Ties are rare (the
+/// double's exact decimal expansion must end in 5 right after the k-th digit), so
+/// they are detected from the exact expansion and mended here.
+fn break_tie_to_even(digits: String, exponent: i32, f: f64) -> String {
+    let k = digits.len();
+    let exact = format!("{:.*e}", 800, f);
+    let Some((m, e)) = exact.split_once('e') else {
+        return digits;
+    };
+    if e.parse::<i32>().ok() != Some(exponent) {
+        return digits;
+    }
+    let all: String = m.chars().filter(|c| *c != '.').collect();
+    if all.len() <= k {
+        return digits;
+    }
+    let (head, rest) = all.split_at(k);
+    let mut tail = rest.chars();
+    if tail.next() != Some('5') || !tail.all(|c| c == '0') {
+        return digits;
+    }
+    let last = head.as_bytes()[k - 1] - b'0';
+    let candidate = if last % 2 == 0 {
+        head.to_owned()
+    } else {
+        // head + 1 in the last digit; an odd last digit never carries.
+        let mut b = head.as_bytes().to_vec();
+        b[k - 1] += 1;
+        String::from_utf8(b).unwrap_or_else(|_| head.to_owned())
+    };
+    let text = format!("{}.{}e{}", &candidate[..1], &candidate[1..], exponent);
+    if text.parse::<f64>().ok() == Some(f) {
+        candidate.trim_end_matches('0').to_owned()
+    } else {
+        digits
+    }
+}
+
+fn write_string(s: &str, out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape: Option<&[u8]> = match b {
+            b'"' => Some(b"\\\""),
+            b'\\' => Some(b"\\\\"),
+            0x08 => Some(b"\\b"),
+            0x09 => Some(b"\\t"),
+            0x0a => Some(b"\\n"),
+            0x0c => Some(b"\\f"),
+            0x0d => Some(b"\\r"),
+            0x00..=0x1f => None,
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        match escape {
+            Some(e) => out.extend_from_slice(e),
+            None => {
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[(b >> 4) as usize]);
+                out.push(HEX[(b & 0xf) as usize]);
+            }
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn canon(text: &str) -> String {
+        String::from_utf8(canonicalize_json(text.as_bytes()).expect("canonicalize"))
+            .expect("utf8")
+    }
+
+    /// RFC 8785 §3.2.2 — the "sample" input and its canonical output.
+    #[test]
+    fn rfc8785_sample_structure() {
+        let input = r#"{
+  "numbers": [333333333.33333329, 1E30, 4.50, 2e-3, 0.000001],
+  "string": "\u20ac$\u000F\u000aA'\u0042\u0022\u005c\\\"\/",
+  "literals": [null, true, false]
+}"#;
+        let expected = "{\"literals\":[null,true,false],\"numbers\":[333333333.3333333,1e+30,4.5,0.002,0.000001],\"string\":\"\u{20ac}$\\u000f\\nA'B\\\"\\\\\\\\\\\"/\"}";
+        assert_eq!(canon(input), expected);
+    }
+
+    /// RFC 8785 §3.2.3 — sorting by UTF-16 code units, including a surrogate pair
+    /// (U+1F600) that sorts *before* U+FB33 although its UTF-8 bytes sort after.
+    #[test]
+    fn rfc8785_sorting_by_utf16() {
+        let input = r#"{
+  "\u20ac": "Euro Sign",
+  "\r": "Carriage Return",
+  "\ufb33": "Hebrew Letter Dalet With Dagesh",
+  "1": "One",
+  "\ud83d\ude00": "Emoji: Grinning Face",
+  "\u0080": "Control",
+  "\u00f6": "Latin Small Letter O With Diaeresis"
+}"#;
+        let value: Value = serde_json::from_str(input).expect("parse");
+        let out = to_canonical_string(&value).expect("canon");
+        let order: Vec<&str> = [
+            "Carriage Return",
+            "One",
+            "Control",
+            "Latin Small Letter O With Diaeresis",
+            "Euro Sign",
+            "Emoji: Grinning Face",
+            "Hebrew Letter Dalet With Dagesh",
+        ]
+        .to_vec();
+        let mut last = 0;
+        for name in order {
+            let at = out.find(name).expect("member present");
+            assert!(at > last, "{name} out of order in {out}");
+            last = at;
+        }
+        // Non-ASCII stays literal UTF-8, never \u-escaped.
+        assert!(out.contains("\"\u{20ac}\":\"Euro Sign\""));
+        assert!(out.contains("\"\u{1F600}\":"));
+        assert!(out.starts_with("{\"\\r\":\"Carriage Return\""));
+    }
+
+    /// RFC 8785 Appendix B — number serialization samples (IEEE-754 bit patterns).
+    #[test]
+    fn rfc8785_appendix_b_numbers() {
+        let cases: &[(u64, &str)] = &[
+            (0x0000000000000000, "0"),
+            (0x8000000000000000, "0"),
+            (0x0000000000000001, "5e-324"),
+            (0x8000000000000001, "-5e-324"),
+            (0x7fefffffffffffff, "1.7976931348623157e+308"),
+            (0xffefffffffffffff, "-1.7976931348623157e+308"),
+            (0x4340000000000000, "9007199254740992"),
+            (0xc340000000000000, "-9007199254740992"),
+            (0x4430000000000000, "295147905179352830000"),
+            (0x44b52d02c7e14af5, "9.999999999999997e+22"),
+            (0x44b52d02c7e14af6, "1e+23"),
+            (0x44b52d02c7e14af7, "1.0000000000000001e+23"),
+            (0x444b1ae4d6e2ef4e, "999999999999999700000"),
+            (0x444b1ae4d6e2ef4f, "999999999999999900000"),
+            (0x444b1ae4d6e2ef50, "1e+21"),
+            (0x3eb0c6f7a0b5ed8c, "9.999999999999997e-7"),
+            (0x3eb0c6f7a0b5ed8d, "0.000001"),
+            (0x41b3de4355555553, "333333333.3333332"),
+            (0x41b3de4355555554, "333333333.33333325"),
+            (0x41b3de4355555555, "333333333.3333333"),
+            (0x41b3de4355555556, "333333333.3333334"),
+            (0x41b3de4355555557, "333333333.33333343"),
+            (0xbecbf647612f3696, "-0.0000033333333333333333"),
+            (0x43143ff3c1cb0959, "1424953923781206.2"),
+        ];
+        for (bits, expected) in cases {
+            let f = f64::from_bits(*bits);
+            assert_eq!(format_es_number(f).expect("finite"), *expected, "bits {bits:#x}");
+        }
+        assert!(format_es_number(f64::NAN).is_err());
+        assert!(format_es_number(f64::INFINITY).is_err());
+    }
+
+    #[test]
+    fn control_characters_are_escaped_lowercase() {
+        let v = json!({"k": "\u{0001}\u{001f}\u{007f}\t\u{2028}"});
+        assert_eq!(
+            to_canonical_string(&v).expect("canon"),
+            "{\"k\":\"\\u0001\\u001f\u{007f}\\t\u{2028}\"}"
+        );
+    }
+
+    #[test]
+    fn nested_objects_and_integers() {
+        let v = json!({"b": [1, -2, {"z": 0, "a": 9007199254740991_i64}], "a": {}});
+        assert_eq!(
+            to_canonical_string(&v).expect("canon"),
+            "{\"a\":{},\"b\":[1,-2,{\"a\":9007199254740991,\"z\":0}]}"
+        );
+    }
+
+    #[test]
+    fn invalid_json_is_an_error() {
+        assert!(matches!(
+            canonicalize_json(b"{\"a\":"),
+            Err(CanonicalError::Parse(_))
+        ));
+    }
+}
