@@ -90,16 +90,13 @@ fn write_value(value: &Value, out: &mut Vec<u8>) -> Result<(), CanonicalError> {
 pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
 
 fn write_number(n: &serde_json::Number, out: &mut Vec<u8>) -> Result<(), CanonicalError> {
-    if let Some(i) = n.as_i64() {
-        if i.unsigned_abs() <= MAX_SAFE_INTEGER {
-            out.extend_from_slice(i.to_string().as_bytes());
-            return Ok(());
-        }
-    } else if let Some(u) = n.as_u64() {
-        if u <= MAX_SAFE_INTEGER {
-            out.extend_from_slice(u.to_string().as_bytes());
-            return Ok(());
-        }
+    if let Some(i) = n.as_i64().filter(|i| i.unsigned_abs() <= MAX_SAFE_INTEGER) {
+        out.extend_from_slice(i.to_string().as_bytes());
+        return Ok(());
+    }
+    if let Some(u) = n.as_u64().filter(|u| *u <= MAX_SAFE_INTEGER) {
+        out.extend_from_slice(u.to_string().as_bytes());
+        return Ok(());
     }
     // Everything else is an IEEE-754 double in ECMAScript's eyes.
     let f = n
@@ -177,7 +174,7 @@ fn break_tie_to_even(digits: String, exponent: i32, f: f64) -> String {
         return digits;
     }
     let last = head.as_bytes()[k - 1] - b'0';
-    let candidate = if last % 2 == 0 {
+    let candidate = if last.is_multiple_of(2) {
         head.to_owned()
     } else {
         // head + 1 in the last digit; an odd last digit never carries.
@@ -231,8 +228,7 @@ mod tests {
     use serde_json::json;
 
     fn canon(text: &str) -> String {
-        String::from_utf8(canonicalize_json(text.as_bytes()).expect("canonicalize"))
-            .expect("utf8")
+        String::from_utf8(canonicalize_json(text.as_bytes()).expect("canonicalize")).expect("utf8")
     }
 
     /// RFC 8785 §3.2.2 — the "sample" input and its canonical output.
@@ -315,7 +311,11 @@ mod tests {
         ];
         for (bits, expected) in cases {
             let f = f64::from_bits(*bits);
-            assert_eq!(format_es_number(f).expect("finite"), *expected, "bits {bits:#x}");
+            assert_eq!(
+                format_es_number(f).expect("finite"),
+                *expected,
+                "bits {bits:#x}"
+            );
         }
         assert!(format_es_number(f64::NAN).is_err());
         assert!(format_es_number(f64::INFINITY).is_err());

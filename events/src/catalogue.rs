@@ -24,7 +24,9 @@ pub trait Event: Serialize + DeserializeOwned {
 
     /// The event as record `data` (with `schema_version`).
     fn to_data(&self) -> Result<Map<String, Value>, EventError> {
-        match serde_json::to_value(self).map_err(|e| EventError::Encode(Self::TYPE, e.to_string()))? {
+        match serde_json::to_value(self)
+            .map_err(|e| EventError::Encode(Self::TYPE, e.to_string()))?
+        {
             Value::Object(mut m) => {
                 m.insert(SCHEMA_VERSION_MEMBER.into(), Value::from(Self::VERSION));
                 Ok(m)
@@ -35,13 +37,17 @@ pub trait Event: Serialize + DeserializeOwned {
 
     /// Decodes record data written by this or an older schema version.
     fn from_data(data: &Map<String, Value>) -> Result<Self, EventError> {
-        let version = data.get(SCHEMA_VERSION_MEMBER).and_then(Value::as_u64).unwrap_or(1);
+        let version = data
+            .get(SCHEMA_VERSION_MEMBER)
+            .and_then(Value::as_u64)
+            .unwrap_or(1);
         if version > Self::VERSION {
             return Err(EventError::FutureVersion(Self::TYPE, version));
         }
         let mut m = data.clone();
         m.remove(SCHEMA_VERSION_MEMBER);
-        serde_json::from_value(Value::Object(m)).map_err(|e| EventError::Decode(Self::TYPE, e.to_string()))
+        serde_json::from_value(Value::Object(m))
+            .map_err(|e| EventError::Decode(Self::TYPE, e.to_string()))
     }
 }
 
@@ -130,9 +136,9 @@ macro_rules! catalogue {
             }
         )*
 
-        /// Any event of the catalogue.
+        /// Any event of the catalogue (boxed: the variants differ a lot in size).
         #[derive(Debug, Clone, PartialEq, Eq)]
-        pub enum KnownEvent { $( $name($name) ),* }
+        pub enum KnownEvent { $( $name(Box<$name>) ),* }
 
         /// Every type name in the catalogue with its current schema version.
         pub const EVENT_TYPES: &[(&str, u64)] = &[ $( ($ty, $ver) ),* ];
@@ -141,7 +147,7 @@ macro_rules! catalogue {
             /// Decodes record data; `Ok(None)` for a type not in the catalogue.
             pub fn decode(event_type: &str, data: &Map<String, Value>) -> Result<Option<KnownEvent>, EventError> {
                 Ok(match event_type {
-                    $( $ty => Some(KnownEvent::$name($name::from_data(data)?)), )*
+                    $( $ty => Some(KnownEvent::$name(Box::new($name::from_data(data)?))), )*
                     _ => None,
                 })
             }
@@ -255,16 +261,28 @@ mod tests {
         let data = e.to_data().expect("encode");
         assert_eq!(data.get("schema_version"), Some(&Value::from(1)));
         let back = KnownEvent::decode(WorkspaceDestroyed::TYPE, &data).expect("decode");
-        assert_eq!(back, Some(KnownEvent::WorkspaceDestroyed(e)));
+        assert_eq!(back, Some(KnownEvent::WorkspaceDestroyed(Box::new(e))));
     }
 
     #[test]
     fn unknown_types_decode_to_none_and_future_versions_are_errors() {
         let mut data = Map::new();
         data.insert("x".into(), Value::from(1));
-        assert!(KnownEvent::decode("vendor.thing_happened", &data).expect("ok").is_none());
-        let mut d = JobFailed { job_id: "j".into(), reason: "r".into() }.to_data().expect("encode");
+        assert!(
+            KnownEvent::decode("vendor.thing_happened", &data)
+                .expect("ok")
+                .is_none()
+        );
+        let mut d = JobFailed {
+            job_id: "j".into(),
+            reason: "r".into(),
+        }
+        .to_data()
+        .expect("encode");
         d.insert("schema_version".into(), Value::from(9));
-        assert!(matches!(KnownEvent::decode("job.failed", &d), Err(EventError::FutureVersion(..))));
+        assert!(matches!(
+            KnownEvent::decode("job.failed", &d),
+            Err(EventError::FutureVersion(..))
+        ));
     }
 }

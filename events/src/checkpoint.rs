@@ -53,26 +53,44 @@ pub struct Checkpoint {
 
 impl Checkpoint {
     pub fn body(&self) -> String {
-        format!("{}\n{}\n{}\n", self.origin, self.size, B64.encode(self.root.0))
+        format!(
+            "{}\n{}\n{}\n",
+            self.origin,
+            self.size,
+            B64.encode(self.root.0)
+        )
     }
 
     pub fn parse_body(body: &str) -> Result<Checkpoint, CheckpointError> {
         let mut lines = body.split('\n');
-        let origin = lines.next().filter(|s| !s.is_empty()).ok_or(CheckpointError::BodyFormat("origin line"))?;
-        let size_line = lines.next().ok_or(CheckpointError::BodyFormat("size line"))?;
+        let origin = lines
+            .next()
+            .filter(|s| !s.is_empty())
+            .ok_or(CheckpointError::BodyFormat("origin line"))?;
+        let size_line = lines
+            .next()
+            .ok_or(CheckpointError::BodyFormat("size line"))?;
         if size_line.is_empty()
             || !size_line.bytes().all(|b| b.is_ascii_digit())
             || (size_line.len() > 1 && size_line.starts_with('0'))
         {
-            return Err(CheckpointError::BodyFormat("size must be a decimal without leading zeros"));
+            return Err(CheckpointError::BodyFormat(
+                "size must be a decimal without leading zeros",
+            ));
         }
-        let size: u64 = size_line.parse().map_err(|_| CheckpointError::BodyFormat("size"))?;
-        let root_line = lines.next().ok_or(CheckpointError::BodyFormat("root line"))?;
+        let size: u64 = size_line
+            .parse()
+            .map_err(|_| CheckpointError::BodyFormat("size"))?;
+        let root_line = lines
+            .next()
+            .ok_or(CheckpointError::BodyFormat("root line"))?;
         let root = B64
             .decode(root_line)
             .ok()
             .and_then(|b| Digest::from_slice(&b))
-            .ok_or(CheckpointError::BodyFormat("root must be base64 of 32 bytes"))?;
+            .ok_or(CheckpointError::BodyFormat(
+                "root must be base64 of 32 bytes",
+            ))?;
         if !body.ends_with('\n') {
             return Err(CheckpointError::BodyFormat("body must end with a newline"));
         }
@@ -109,19 +127,28 @@ impl VerifierKey {
     pub fn parse(text: &str) -> Result<VerifierKey, CheckpointError> {
         let text = text.trim();
         let mut parts = text.splitn(3, '+');
-        let (Some(name), Some(id_hex), Some(key_b64)) = (parts.next(), parts.next(), parts.next()) else {
-            return Err(CheckpointError::KeyFormat("expected <name>+<hex id>+<base64 key>"));
+        let (Some(name), Some(id_hex), Some(key_b64)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(CheckpointError::KeyFormat(
+                "expected <name>+<hex id>+<base64 key>",
+            ));
         };
         check_name(name)?;
-        let key = B64.decode(key_b64).map_err(|_| CheckpointError::KeyFormat("key is not base64"))?;
+        let key = B64
+            .decode(key_b64)
+            .map_err(|_| CheckpointError::KeyFormat("key is not base64"))?;
         if key.len() != 33 || key[0] != ALG_ED25519 {
-            return Err(CheckpointError::KeyFormat("key must be 0x01 followed by a 32-byte Ed25519 public key"));
+            return Err(CheckpointError::KeyFormat(
+                "key must be 0x01 followed by a 32-byte Ed25519 public key",
+            ));
         }
         let mut public = [0u8; 32];
         public.copy_from_slice(&key[1..]);
         let id = key_id(name, &public);
         if hex::encode(id) != id_hex {
-            return Err(CheckpointError::KeyFormat("key id does not match name and key"));
+            return Err(CheckpointError::KeyFormat(
+                "key id does not match name and key",
+            ));
         }
         Ok(VerifierKey {
             name: name.to_owned(),
@@ -135,15 +162,21 @@ impl VerifierKey {
         let (body, sigs) = split_note(note)?;
         for line in sigs.lines() {
             let Some(rest) = line.strip_prefix(SIG_PREFIX) else {
-                return Err(CheckpointError::NoteFormat("signature line must start with an em dash and a space"));
+                return Err(CheckpointError::NoteFormat(
+                    "signature line must start with an em dash and a space",
+                ));
             };
             let Some((name, sig_b64)) = rest.split_once(' ') else {
-                return Err(CheckpointError::NoteFormat("signature line needs a key name and a signature"));
+                return Err(CheckpointError::NoteFormat(
+                    "signature line needs a key name and a signature",
+                ));
             };
             if name != self.name {
                 continue;
             }
-            let Ok(sig) = B64.decode(sig_b64) else { continue };
+            let Ok(sig) = B64.decode(sig_b64) else {
+                continue;
+            };
             if sig.len() != 4 + 64 || sig[..4] != self.id {
                 continue;
             }
@@ -162,17 +195,25 @@ impl std::fmt::Display for VerifierKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut key = vec![ALG_ED25519];
         key.extend_from_slice(&self.public);
-        write!(f, "{}+{}+{}", self.name, hex::encode(self.id), B64.encode(key))
+        write!(
+            f,
+            "{}+{}+{}",
+            self.name,
+            hex::encode(self.id),
+            B64.encode(key)
+        )
     }
 }
 
 fn split_note(note: &str) -> Result<(&str, &str), CheckpointError> {
-    let at = note
-        .find("\n\n")
-        .ok_or(CheckpointError::NoteFormat("no blank line between text and signatures"))?;
+    let at = note.find("\n\n").ok_or(CheckpointError::NoteFormat(
+        "no blank line between text and signatures",
+    ))?;
     let (body, sigs) = (&note[..at + 1], &note[at + 2..]);
     if sigs.is_empty() || !sigs.ends_with('\n') {
-        return Err(CheckpointError::NoteFormat("signature block must be non-empty and end with a newline"));
+        return Err(CheckpointError::NoteFormat(
+            "signature block must be non-empty and end with a newline",
+        ));
     }
     Ok((body, sigs))
 }
@@ -231,22 +272,36 @@ impl SigningKey {
         let v = self.verifier();
         let mut key = vec![ALG_ED25519];
         key.extend_from_slice(&self.seed);
-        format!("PRIVATE+KEY+{}+{}+{}", self.name, hex::encode(v.id), B64.encode(key))
+        format!(
+            "PRIVATE+KEY+{}+{}+{}",
+            self.name,
+            hex::encode(v.id),
+            B64.encode(key)
+        )
     }
 
     pub fn from_private_text(text: &str) -> Result<SigningKey, CheckpointError> {
         let rest = text
             .trim()
             .strip_prefix("PRIVATE+KEY+")
-            .ok_or(CheckpointError::KeyFormat("private key must start with PRIVATE+KEY+"))?;
+            .ok_or(CheckpointError::KeyFormat(
+                "private key must start with PRIVATE+KEY+",
+            ))?;
         let mut parts = rest.splitn(3, '+');
-        let (Some(name), Some(id_hex), Some(key_b64)) = (parts.next(), parts.next(), parts.next()) else {
-            return Err(CheckpointError::KeyFormat("expected PRIVATE+KEY+<name>+<hex id>+<base64 key>"));
+        let (Some(name), Some(id_hex), Some(key_b64)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(CheckpointError::KeyFormat(
+                "expected PRIVATE+KEY+<name>+<hex id>+<base64 key>",
+            ));
         };
         check_name(name)?;
-        let key = B64.decode(key_b64).map_err(|_| CheckpointError::KeyFormat("key is not base64"))?;
+        let key = B64
+            .decode(key_b64)
+            .map_err(|_| CheckpointError::KeyFormat("key is not base64"))?;
         if key.len() != 33 || key[0] != ALG_ED25519 {
-            return Err(CheckpointError::KeyFormat("key must be 0x01 followed by a 32-byte seed"));
+            return Err(CheckpointError::KeyFormat(
+                "key must be 0x01 followed by a 32-byte seed",
+            ));
         }
         let mut seed = [0u8; 32];
         seed.copy_from_slice(&key[1..]);
@@ -345,7 +400,10 @@ mod tests {
         let k = SigningKey::generate("glassbox.test/ledger").expect("key");
         let note = k.sign(&cp());
         let forged = note.replacen("\n42\n", "\n43\n", 1);
-        assert!(matches!(k.verifier().open(&forged), Err(CheckpointError::NoSignature(_))));
+        assert!(matches!(
+            k.verifier().open(&forged),
+            Err(CheckpointError::NoSignature(_))
+        ));
         let other = SigningKey::generate("glassbox.test/ledger").expect("key");
         assert!(other.verifier().open(&note).is_err());
     }
@@ -381,7 +439,10 @@ mod tests {
         assert_eq!(again.verifier(), k.verifier());
         assert!(k.write_new_file(&path).is_err(), "never overwrites");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-        assert!(matches!(SigningKey::load_file(&path), Err(CheckpointError::KeyFilePermissions { .. })));
+        assert!(matches!(
+            SigningKey::load_file(&path),
+            Err(CheckpointError::KeyFilePermissions { .. })
+        ));
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 

@@ -15,6 +15,7 @@ pub mod hash;
 pub mod merkle;
 pub mod record;
 pub mod store;
+pub mod testing;
 pub mod verify;
 
 pub use catalogue::{Event, KnownEvent};

@@ -230,7 +230,9 @@ pub fn verify_inclusion(
         return Err(ProofError::Invalid("inclusion proof too short"));
     }
     if r != *root {
-        return Err(ProofError::Invalid("inclusion proof leads to a different root"));
+        return Err(ProofError::Invalid(
+            "inclusion proof leads to a different root",
+        ));
     }
     Ok(())
 }
@@ -248,7 +250,9 @@ pub fn verify_consistency(
     }
     if first == second {
         if !proof.is_empty() {
-            return Err(ProofError::Invalid("proof between equal sizes must be empty"));
+            return Err(ProofError::Invalid(
+                "proof between equal sizes must be empty",
+            ));
         }
         return if first_root == second_root {
             Ok(())
@@ -293,10 +297,14 @@ pub fn verify_consistency(
         return Err(ProofError::Invalid("consistency proof too short"));
     }
     if fr != *first_root {
-        return Err(ProofError::Invalid("consistency proof does not match the first root"));
+        return Err(ProofError::Invalid(
+            "consistency proof does not match the first root",
+        ));
     }
     if sr != *second_root {
-        return Err(ProofError::Invalid("consistency proof does not match the second root"));
+        return Err(ProofError::Invalid(
+            "consistency proof does not match the second root",
+        ));
     }
     Ok(())
 }
@@ -324,7 +332,11 @@ impl Frontier {
         }
         Some(Frontier {
             size,
-            stack: ids.iter().map(|id| id.level).zip(hashes.iter().copied()).collect(),
+            stack: ids
+                .iter()
+                .map(|id| id.level)
+                .zip(hashes.iter().copied())
+                .collect(),
         })
     }
 
@@ -477,7 +489,10 @@ mod tests {
             let picks: Vec<usize> = if n <= 40 {
                 (0..n).collect()
             } else {
-                (0..8).map(|_| rng.random_range(0..n)).chain([0, n - 1]).collect()
+                (0..8)
+                    .map(|_| rng.random_range(0..n))
+                    .chain([0, n - 1])
+                    .collect()
             };
             for m in picks {
                 let plan = inclusion_plan(m as u64, n as u64).expect("plan");
@@ -491,10 +506,15 @@ mod tests {
                     let i = rng.random_range(0..bad.len());
                     bad[i].0[0] ^= 1;
                     assert!(verify_inclusion(m as u64, n as u64, &ls[m], &bad, &roots[n]).is_err());
-                    assert!(verify_inclusion(m as u64, n as u64, &ls[(m + 1) % n], &proof, &roots[n]).is_err());
+                    assert!(
+                        verify_inclusion(m as u64, n as u64, &ls[(m + 1) % n], &proof, &roots[n])
+                            .is_err()
+                    );
                     let mut short = proof.clone();
                     short.pop();
-                    assert!(verify_inclusion(m as u64, n as u64, &ls[m], &short, &roots[n]).is_err());
+                    assert!(
+                        verify_inclusion(m as u64, n as u64, &ls[m], &short, &roots[n]).is_err()
+                    );
                 }
             }
         }
@@ -509,7 +529,10 @@ mod tests {
             let picks: Vec<usize> = if n <= 40 {
                 (1..=n).collect()
             } else {
-                (0..8).map(|_| rng.random_range(1..=n)).chain([1, n]).collect()
+                (0..8)
+                    .map(|_| rng.random_range(1..=n))
+                    .chain([1, n])
+                    .collect()
             };
             for m in picks {
                 let plan = consistency_plan(m as u64, n as u64).expect("plan");
@@ -521,10 +544,15 @@ mod tests {
                     let mut bad = proof.clone();
                     let i = rng.random_range(0..bad.len());
                     bad[i].0[31] ^= 0x80;
-                    assert!(verify_consistency(m as u64, n as u64, &bad, &roots[m], &roots[n]).is_err());
+                    assert!(
+                        verify_consistency(m as u64, n as u64, &bad, &roots[m], &roots[n]).is_err()
+                    );
                     let mut wrong_root = roots[m];
                     wrong_root.0[5] ^= 1;
-                    assert!(verify_consistency(m as u64, n as u64, &proof, &wrong_root, &roots[n]).is_err());
+                    assert!(
+                        verify_consistency(m as u64, n as u64, &proof, &wrong_root, &roots[n])
+                            .is_err()
+                    );
                 }
             }
         }
@@ -534,18 +562,33 @@ mod tests {
     fn plans_need_logarithmically_many_nodes() {
         let n = 1_000_000u64;
         for m in [0, 1, 499_999, 524_287, 524_288, 999_999] {
-            assert!(inclusion_plan(m, n).expect("plan").nodes().len() <= 40, "m={m}");
+            assert!(
+                inclusion_plan(m, n).expect("plan").nodes().len() <= 40,
+                "m={m}"
+            );
         }
         for m in [1, 3, 524_288, 700_001, 999_999] {
-            assert!(consistency_plan(m, n).expect("plan").nodes().len() <= 60, "m={m}");
+            assert!(
+                consistency_plan(m, n).expect("plan").nodes().len() <= 60,
+                "m={m}"
+            );
         }
     }
 
     #[test]
     fn bad_arguments_are_errors() {
-        assert!(matches!(inclusion_plan(5, 5), Err(ProofError::LeafOutOfRange { .. })));
-        assert!(matches!(consistency_plan(0, 5), Err(ProofError::BadSizes { .. })));
-        assert!(matches!(consistency_plan(6, 5), Err(ProofError::BadSizes { .. })));
+        assert!(matches!(
+            inclusion_plan(5, 5),
+            Err(ProofError::LeafOutOfRange { .. })
+        ));
+        assert!(matches!(
+            consistency_plan(0, 5),
+            Err(ProofError::BadSizes { .. })
+        ));
+        assert!(matches!(
+            consistency_plan(6, 5),
+            Err(ProofError::BadSizes { .. })
+        ));
     }
 
     #[test]

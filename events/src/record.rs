@@ -208,7 +208,8 @@ impl Record {
     /// Canonical bytes (RFC 8785) — what is stored, hashed and chained.
     pub fn canonical_bytes(&self) -> Result<Vec<u8>, RecordError> {
         check_data(&self.data)?;
-        canonical::to_canonical_bytes(&self.to_value()).map_err(|e| RecordError::Json(e.to_string()))
+        canonical::to_canonical_bytes(&self.to_value())
+            .map_err(|e| RecordError::Json(e.to_string()))
     }
 
     /// Parses and strictly validates canonical bytes.
@@ -295,10 +296,15 @@ fn opt_str(s: &Option<String>) -> Value {
 }
 
 fn string<'a>(obj: &'a Map<String, Value>, k: &'static str) -> Result<&'a str, RecordError> {
-    obj.get(k).and_then(Value::as_str).ok_or(RecordError::Member(k))
+    obj.get(k)
+        .and_then(Value::as_str)
+        .ok_or(RecordError::Member(k))
 }
 
-fn nullable_string(obj: &Map<String, Value>, k: &'static str) -> Result<Option<String>, RecordError> {
+fn nullable_string(
+    obj: &Map<String, Value>,
+    k: &'static str,
+) -> Result<Option<String>, RecordError> {
     match obj.get(k) {
         Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
@@ -364,14 +370,20 @@ pub(crate) mod tests {
     fn integers_beyond_2_pow_53_are_rejected() {
         let mut r = sample(1, Digest::ZERO);
         r.data.insert("big".into(), json!(9007199254740992_u64));
-        assert!(matches!(r.canonical_bytes(), Err(RecordError::IntegerRange { .. })));
+        assert!(matches!(
+            r.canonical_bytes(),
+            Err(RecordError::IntegerRange { .. })
+        ));
     }
 
     #[test]
     fn non_canonical_bytes_are_refused() {
         let r = sample(1, Digest::ZERO);
         let pretty = serde_json::to_vec_pretty(&r.to_value()).expect("json");
-        assert_eq!(Record::from_canonical(&pretty), Err(RecordError::NotCanonical));
+        assert_eq!(
+            Record::from_canonical(&pretty),
+            Err(RecordError::NotCanonical)
+        );
     }
 
     #[test]
@@ -381,10 +393,15 @@ pub(crate) mod tests {
         let obj = v.as_object_mut().expect("object");
         obj.insert("extra".into(), json!(1));
         let bytes = canonical::to_canonical_bytes(&v).expect("bytes");
-        assert!(matches!(Record::from_canonical(&bytes), Err(RecordError::UnexpectedMember(m)) if m == "extra"));
+        assert!(
+            matches!(Record::from_canonical(&bytes), Err(RecordError::UnexpectedMember(m)) if m == "extra")
+        );
         let mut v = r.to_value();
         v.as_object_mut().expect("object").remove("tenant");
         let bytes = canonical::to_canonical_bytes(&v).expect("bytes");
-        assert_eq!(Record::from_canonical(&bytes), Err(RecordError::Member("tenant")));
+        assert_eq!(
+            Record::from_canonical(&bytes),
+            Err(RecordError::Member("tenant"))
+        );
     }
 }

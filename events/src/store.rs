@@ -77,7 +77,9 @@ pub struct Conflict {
 pub enum StoreError {
     #[error(transparent)]
     Conflict(#[from] Conflict),
-    #[error("append: idempotency key {key:?} of tenant {tenant} was already used for a different request")]
+    #[error(
+        "append: idempotency key {key:?} of tenant {tenant} was already used for a different request"
+    )]
     IdempotencyConflict { tenant: String, key: String },
     #[error("append: event {index} ({event_type}) on stream {stream:?} is invalid: {source}")]
     InvalidEvent {
@@ -126,7 +128,11 @@ pub struct NewEvent {
 }
 
 impl NewEvent {
-    pub fn new(stream: impl Into<String>, event_type: impl Into<String>, data: Map<String, Value>) -> NewEvent {
+    pub fn new(
+        stream: impl Into<String>,
+        event_type: impl Into<String>,
+        data: Map<String, Value>,
+    ) -> NewEvent {
         NewEvent {
             stream: stream.into(),
             event_type: event_type.into(),
@@ -268,7 +274,8 @@ impl StoredRecord {
             reason,
         };
         let record = Record::from_canonical(&canonical).map_err(|e| corrupt(e.to_string()))?;
-        let entry_hash = Digest::from_slice(&hash).ok_or_else(|| corrupt("entry hash is not 32 bytes".into()))?;
+        let entry_hash = Digest::from_slice(&hash)
+            .ok_or_else(|| corrupt("entry hash is not 32 bytes".into()))?;
         Ok(StoredRecord {
             record,
             canonical,
@@ -346,26 +353,32 @@ impl EventStore {
             .map_err(db("read head"))?;
         let pos: i64 = row.try_get("position").map_err(db("read head"))?;
         let hash: Vec<u8> = row.try_get("entry_hash").map_err(db("read head"))?;
-        Ok((pos as u64, Digest::from_slice(&hash).unwrap_or(Digest::ZERO)))
+        Ok((
+            pos as u64,
+            Digest::from_slice(&hash).unwrap_or(Digest::ZERO),
+        ))
     }
 
     /// The current version of a stream (`None` if it has no events).
     pub async fn stream_version(&self, stream: &str) -> Result<Option<u64>, StoreError> {
-        let v: Option<i64> = sqlx::query_scalar("SELECT version FROM ledger.streams WHERE stream = $1")
-            .bind(stream)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db("read stream version"))?;
+        let v: Option<i64> =
+            sqlx::query_scalar("SELECT version FROM ledger.streams WHERE stream = $1")
+                .bind(stream)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db("read stream version"))?;
         Ok(v.map(|v| v as u64))
     }
 
     /// One record by position.
     pub async fn record(&self, position: u64) -> Result<Option<StoredRecord>, StoreError> {
-        let row = sqlx::query("SELECT position, canonical, entry_hash FROM ledger.records WHERE position = $1")
-            .bind(position as i64)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db("read record"))?;
+        let row = sqlx::query(
+            "SELECT position, canonical, entry_hash FROM ledger.records WHERE position = $1",
+        )
+        .bind(position as i64)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("read record"))?;
         row.as_ref().map(StoredRecord::from_row).transpose()
     }
 
@@ -390,7 +403,11 @@ impl EventStore {
     }
 
     /// All records from a position on, in position order.
-    pub async fn read_all(&self, from_position: u64, limit: u64) -> Result<Vec<StoredRecord>, StoreError> {
+    pub async fn read_all(
+        &self,
+        from_position: u64,
+        limit: u64,
+    ) -> Result<Vec<StoredRecord>, StoreError> {
         let rows = sqlx::query(
             "SELECT position, canonical, entry_hash FROM ledger.records \
              WHERE position >= $1 ORDER BY position LIMIT $2",
@@ -408,7 +425,12 @@ impl EventStore {
     pub fn subscribe(&self, after: u64) -> Subscription {
         let (tx, rx) = mpsc::channel(1024);
         let pool = self.pool.clone();
-        let task = tokio::spawn(subscription_loop(pool, after, tx, Duration::from_millis(500)));
+        let task = tokio::spawn(subscription_loop(
+            pool,
+            after,
+            tx,
+            Duration::from_millis(500),
+        ));
         Subscription { rx, task }
     }
 
@@ -468,36 +490,49 @@ impl EventStore {
     }
 
     /// Inclusion proof of the record at `position` in the tree of `size` records.
-    pub async fn inclusion_proof(&self, position: u64, size: u64) -> Result<Vec<Digest>, StoreError> {
+    pub async fn inclusion_proof(
+        &self,
+        position: u64,
+        size: u64,
+    ) -> Result<Vec<Digest>, StoreError> {
         if position == 0 {
             return Err(ProofError::LeafOutOfRange { index: 0, size }.into());
         }
         self.check_size(size).await?;
-        self.run_plan(&merkle::inclusion_plan(position - 1, size)?).await
+        self.run_plan(&merkle::inclusion_plan(position - 1, size)?)
+            .await
     }
 
     /// Consistency proof between the trees of `first` and `second` records.
-    pub async fn consistency_proof(&self, first: u64, second: u64) -> Result<Vec<Digest>, StoreError> {
+    pub async fn consistency_proof(
+        &self,
+        first: u64,
+        second: u64,
+    ) -> Result<Vec<Digest>, StoreError> {
         self.check_size(second).await?;
-        self.run_plan(&merkle::consistency_plan(first, second)?).await
+        self.run_plan(&merkle::consistency_plan(first, second)?)
+            .await
     }
 
     /// Every stored checkpoint, ascending by size.
     pub async fn checkpoints(&self) -> Result<Vec<StoredCheckpoint>, StoreError> {
-        let rows = sqlx::query("SELECT tree_size, note, key_name FROM ledger.checkpoints ORDER BY tree_size")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db("read checkpoints"))?;
+        let rows = sqlx::query(
+            "SELECT tree_size, note, key_name FROM ledger.checkpoints ORDER BY tree_size",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("read checkpoints"))?;
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
             let note: String = r.try_get("note").map_err(db("read checkpoints"))?;
             let key_name: String = r.try_get("key_name").map_err(db("read checkpoints"))?;
             let size: i64 = r.try_get("tree_size").map_err(db("read checkpoints"))?;
             let body = note.split("\n\n").next().unwrap_or_default();
-            let checkpoint = Checkpoint::parse_body(&format!("{body}\n")).map_err(|e| StoreError::Corrupt {
-                position: size as u64,
-                reason: format!("checkpoint note: {e}"),
-            })?;
+            let checkpoint =
+                Checkpoint::parse_body(&format!("{body}\n")).map_err(|e| StoreError::Corrupt {
+                    position: size as u64,
+                    reason: format!("checkpoint note: {e}"),
+                })?;
             out.push(StoredCheckpoint {
                 checkpoint,
                 note,
@@ -525,10 +560,11 @@ impl EventStore {
         if !locked {
             return Ok(None);
         }
-        let latest: Option<i64> = sqlx::query_scalar("SELECT max(tree_size) FROM ledger.checkpoints")
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db("checkpoint: read latest"))?;
+        let latest: Option<i64> =
+            sqlx::query_scalar("SELECT max(tree_size) FROM ledger.checkpoints")
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db("checkpoint: read latest"))?;
         let latest = latest.unwrap_or(0) as u64;
         let (head, _) = self.head().await?;
         if head == 0 || head <= latest {
@@ -538,7 +574,10 @@ impl EventStore {
         // on the way) rather than trusting stored state: whatever is signed is
         // consistent with every earlier checkpoint by construction.
         let verifier = key.verifier();
-        let report = match self.verify(Some(&verifier), &[], Some(latest + 1), Some(head)).await? {
+        let report = match self
+            .verify(Some(&verifier), &[], Some(latest + 1), Some(head))
+            .await?
+        {
             Ok(r) => r,
             Err(failure) => return Err(StoreError::Inconsistent(failure.to_string())),
         };
@@ -616,7 +655,11 @@ impl EventStore {
         let (head_size, head_hash) = self.head().await?;
         let start = match from.filter(|f| *f > 1) {
             None => StartState::genesis(),
-            Some(f) => match checkpoints.iter().filter(|c| c.size < f).max_by_key(|c| c.size) {
+            Some(f) => match checkpoints
+                .iter()
+                .filter(|c| c.size < f)
+                .max_by_key(|c| c.size)
+            {
                 None => StartState::genesis(),
                 Some(cp) => match self.authenticated_start(cp).await? {
                     Ok(s) => s,
@@ -648,7 +691,9 @@ impl EventStore {
                 .fetch_all(&pool)
                 .await
                 .map_err(db("verify: read records"));
-                let rows = match rows.and_then(|rows| rows.iter().map(raw_row).collect::<Result<Vec<_>, _>>()) {
+                let rows = match rows
+                    .and_then(|rows| rows.iter().map(raw_row).collect::<Result<Vec<_>, _>>())
+                {
                     Ok(r) => r,
                     Err(e) => {
                         let _ = tx.send(Err(e)).await;
@@ -703,7 +748,10 @@ impl EventStore {
     }
 
     /// The state after a checkpoint's records, authenticated against its root.
-    async fn authenticated_start(&self, cp: &Checkpoint) -> Result<Result<StartState, Failure>, StoreError> {
+    async fn authenticated_start(
+        &self,
+        cp: &Checkpoint,
+    ) -> Result<Result<StartState, Failure>, StoreError> {
         // The stored nodes are what an insider would rewrite along with the tail.
         let bad = || Failure {
             position: 1,
@@ -725,8 +773,14 @@ impl EventStore {
             }));
         };
         let proof = self.inclusion_proof(cp.size, cp.size).await?;
-        if merkle::verify_inclusion(cp.size - 1, cp.size, &merkle::leaf_hash(&last.canonical), &proof, &cp.root)
-            .is_err()
+        if merkle::verify_inclusion(
+            cp.size - 1,
+            cp.size,
+            &merkle::leaf_hash(&last.canonical),
+            &proof,
+            &cp.root,
+        )
+        .is_err()
             || Digest::of(&last.canonical) != last.entry_hash
         {
             return Ok(Err(Failure {
@@ -932,19 +986,30 @@ async fn commit_group(
     requests: &[&AppendRequest],
 ) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError> {
     let mut tx: Transaction<'_, Postgres> = pool.begin().await.map_err(db("append: begin"))?;
-    let head = sqlx::query("SELECT position, entry_hash, frontier FROM ledger.head WHERE id FOR UPDATE")
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db("append: lock head"))?;
-    let mut position = head.try_get::<i64, _>("position").map_err(db("append: lock head"))? as u64;
-    let mut prev = Digest::from_slice(&head.try_get::<Vec<u8>, _>("entry_hash").map_err(db("append: lock head"))?)
-        .unwrap_or(Digest::ZERO);
+    let head =
+        sqlx::query("SELECT position, entry_hash, frontier FROM ledger.head WHERE id FOR UPDATE")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db("append: lock head"))?;
+    let mut position = head
+        .try_get::<i64, _>("position")
+        .map_err(db("append: lock head"))? as u64;
+    let mut prev = Digest::from_slice(
+        &head
+            .try_get::<Vec<u8>, _>("entry_hash")
+            .map_err(db("append: lock head"))?,
+    )
+    .unwrap_or(Digest::ZERO);
     let frontier_bytes: Vec<u8> = head.try_get("frontier").map_err(db("append: lock head"))?;
-    let hashes: Vec<Digest> = frontier_bytes.chunks(32).filter_map(Digest::from_slice).collect();
-    let mut frontier = Frontier::from_nodes(position, &hashes).ok_or_else(|| StoreError::Corrupt {
-        position,
-        reason: "head frontier does not match the head position".into(),
-    })?;
+    let hashes: Vec<Digest> = frontier_bytes
+        .chunks(32)
+        .filter_map(Digest::from_slice)
+        .collect();
+    let mut frontier =
+        Frontier::from_nodes(position, &hashes).ok_or_else(|| StoreError::Corrupt {
+            position,
+            reason: "head frontier does not match the head position".into(),
+        })?;
 
     // Current versions of every stream the group touches or checks.
     let mut names: HashSet<&str> = HashSet::new();
@@ -960,15 +1025,23 @@ async fn commit_group(
         .map_err(db("append: read stream versions"))?;
     let mut versions: HashMap<String, u64> = HashMap::new();
     for r in rows {
-        let s: String = r.try_get("stream").map_err(db("append: read stream versions"))?;
-        let v: i64 = r.try_get("version").map_err(db("append: read stream versions"))?;
+        let s: String = r
+            .try_get("stream")
+            .map_err(db("append: read stream versions"))?;
+        let v: i64 = r
+            .try_get("version")
+            .map_err(db("append: read stream versions"))?;
         versions.insert(s, v as u64);
     }
 
     // Idempotency keys already stored.
     let (kt, kk): (Vec<&str>, Vec<&str>) = requests
         .iter()
-        .filter_map(|r| r.idempotency.as_ref().map(|i| (r.tenant.as_str(), i.key.as_str())))
+        .filter_map(|r| {
+            r.idempotency
+                .as_ref()
+                .map(|i| (r.tenant.as_str(), i.key.as_str()))
+        })
         .unzip();
     let mut stored_keys: HashMap<(String, String), (Digest, u64, u64)> = HashMap::new();
     if !kt.is_empty() {
@@ -985,7 +1058,10 @@ async fn commit_group(
             let step = "append: read idempotency keys";
             let digest: Vec<u8> = r.try_get("request_digest").map_err(db(step))?;
             stored_keys.insert(
-                (r.try_get("tenant").map_err(db(step))?, r.try_get("key").map_err(db(step))?),
+                (
+                    r.try_get("tenant").map_err(db(step))?,
+                    r.try_get("key").map_err(db(step))?,
+                ),
                 (
                     Digest::from_slice(&digest).unwrap_or(Digest::ZERO),
                     r.try_get::<i64, _>("first_position").map_err(db(step))? as u64,
@@ -1119,8 +1195,17 @@ async fn commit_group(
             cols.entry_hash.push(hash.as_bytes().to_vec());
         }
         if let Some(idem) = &req.idempotency {
-            batch_keys.insert((req.tenant.clone(), idem.key.clone()), (idem.request_digest, i));
-            new_keys.push((req.tenant.clone(), idem.key.clone(), idem.request_digest, first_pos, position));
+            batch_keys.insert(
+                (req.tenant.clone(), idem.key.clone()),
+                (idem.request_digest, i),
+            );
+            new_keys.push((
+                req.tenant.clone(),
+                idem.key.clone(),
+                idem.request_digest,
+                first_pos,
+                position,
+            ));
         }
         planned.push(Planned::Done(Ok(AppendOutcome {
             events: appended,
@@ -1203,7 +1288,9 @@ async fn commit_group(
                     events: o.events.clone(),
                     replayed: true,
                 }),
-                Err(_) => Err(StoreError::InvalidRequest("the original request with this idempotency key failed".into())),
+                Err(_) => Err(StoreError::InvalidRequest(
+                    "the original request with this idempotency key failed".into(),
+                )),
             },
             Planned::Replay(first, last) => {
                 let rows = sqlx::query(
@@ -1221,11 +1308,15 @@ async fn commit_group(
                     events.push(Appended {
                         position: r.try_get::<i64, _>("position").map_err(db(step))? as u64,
                         stream: r.try_get("stream").map_err(db(step))?,
-                        stream_version: r.try_get::<i64, _>("stream_version").map_err(db(step))? as u64,
+                        stream_version: r.try_get::<i64, _>("stream_version").map_err(db(step))?
+                            as u64,
                         event_id: r.try_get("event_id").map_err(db(step))?,
                     });
                 }
-                Ok(AppendOutcome { events, replayed: true })
+                Ok(AppendOutcome {
+                    events,
+                    replayed: true,
+                })
             }
         };
         results.push(r);

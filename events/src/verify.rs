@@ -45,12 +45,19 @@ pub enum Problem {
     /// An indexed column disagrees with the record bytes.
     ColumnMismatch(&'static str),
     /// The stream version is not the next one for its stream.
-    StreamVersion { stream: String, found: u64, expected: u64 },
+    StreamVersion {
+        stream: String,
+        found: u64,
+        expected: u64,
+    },
     /// The Merkle root of the records up to a signed checkpoint's size differs from
     /// the signed root: something in (last matching checkpoint, size] was rewritten.
     CheckpointMismatch { size: u64 },
     /// A signed checkpoint covers records that are no longer there.
-    TailMissing { checkpoint_size: u64, ledger_size: u64 },
+    TailMissing {
+        checkpoint_size: u64,
+        ledger_size: u64,
+    },
     /// The head row disagrees with the records.
     HeadMismatch(String),
     /// A stored checkpoint's signature or body does not verify.
@@ -70,12 +77,21 @@ impl fmt::Display for Problem {
             Problem::PositionMismatch { in_record } => {
                 write!(f, "record says it is at position {in_record}")
             }
-            Problem::ChainBroken { prev_hash, expected } => write!(
+            Problem::ChainBroken {
+                prev_hash,
+                expected,
+            } => write!(
                 f,
                 "prev_hash {prev_hash} does not link to the previous record (entry hash {expected})"
             ),
-            Problem::ColumnMismatch(col) => write!(f, "column `{col}` disagrees with the record bytes"),
-            Problem::StreamVersion { stream, found, expected } => write!(
+            Problem::ColumnMismatch(col) => {
+                write!(f, "column `{col}` disagrees with the record bytes")
+            }
+            Problem::StreamVersion {
+                stream,
+                found,
+                expected,
+            } => write!(
                 f,
                 "stream {stream} has version {found} where {expected} was expected"
             ),
@@ -83,7 +99,10 @@ impl fmt::Display for Problem {
                 f,
                 "records from here up to {size} do not match the signed checkpoint of size {size} (rewritten history)"
             ),
-            Problem::TailMissing { checkpoint_size, ledger_size } => write!(
+            Problem::TailMissing {
+                checkpoint_size,
+                ledger_size,
+            } => write!(
                 f,
                 "ledger ends at {ledger_size} but a signed checkpoint covers {checkpoint_size} records (tail removed)"
             ),
@@ -188,7 +207,12 @@ impl ChainVerifier {
             return Err(self.fail(p, Problem::Missing));
         }
         if row.position < p {
-            return Err(self.fail(p, Problem::OutOfOrder { found: row.position }));
+            return Err(self.fail(
+                p,
+                Problem::OutOfOrder {
+                    found: row.position,
+                },
+            ));
         }
         let computed = Digest::of(&row.canonical);
         if row.entry_hash.as_slice() != computed.as_bytes() {
@@ -203,7 +227,12 @@ impl ChainVerifier {
         let record = Record::from_canonical(&row.canonical)
             .map_err(|e| self.fail(p, Problem::Malformed(e.to_string())))?;
         if record.position != p {
-            return Err(self.fail(p, Problem::PositionMismatch { in_record: record.position }));
+            return Err(self.fail(
+                p,
+                Problem::PositionMismatch {
+                    in_record: record.position,
+                },
+            ));
         }
         if record.prev_hash != self.prev {
             return Err(self.fail(
@@ -252,7 +281,8 @@ impl ChainVerifier {
                         },
                     ));
                 }
-                self.continued.push((record.stream.clone(), record.stream_version, p));
+                self.continued
+                    .push((record.stream.clone(), record.stream_version, p));
             }
             _ => {}
         }

@@ -8,74 +8,13 @@ use glassbox_events::checkpoint::SigningKey;
 use glassbox_events::merkle::{self, reference};
 use glassbox_events::record::{Record, truncate_to_micros};
 use glassbox_events::store::{ExpectedVersion, NewEvent, StoreError};
+use glassbox_events::testing::TestDb;
 use glassbox_events::verify::Problem;
-use glassbox_events::{Actor, AppendRequest, Digest, EventStore, migrate};
+use glassbox_events::{Actor, AppendRequest, Digest, EventStore};
 use rand::{Rng, SeedableRng};
 use serde_json::{Map, Value, json};
-use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::{AssertSqlSafe, Connection, Executor, Row};
+use sqlx::{Connection, Executor, Row};
 use std::time::Duration;
-
-fn admin_url() -> String {
-    std::env::var("GLASSBOX_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
-}
-
-fn url_for(db: &str) -> String {
-    let base = admin_url();
-    let (prefix, _) = base.rsplit_once('/').expect("database url has a path");
-    format!("{prefix}/{db}")
-}
-
-struct TestDb {
-    name: String,
-    url: String,
-    pool: PgPool,
-}
-
-impl TestDb {
-    async fn new() -> TestDb {
-        let name = format!("glassbox_test_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = sqlx::PgConnection::connect(&admin_url()).await.expect("connect admin");
-        admin
-            .execute(sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {name}"))))
-            .await
-            .expect("create database");
-        let url = url_for(&name);
-        let pool = pool(&url, 8).await;
-        migrate(&pool).await.expect("migrate");
-        TestDb { name, url, pool }
-    }
-
-    async fn store(&self) -> EventStore {
-        EventStore::new(pool(&self.url, 6).await)
-    }
-
-    /// Runs statements as the database owner with triggers off: an insider.
-    async fn tamper(&self, sql: &str) {
-        let mut c = sqlx::PgConnection::connect(&self.url).await.expect("connect");
-        c.execute("SET session_replication_role = replica").await.expect("disable triggers");
-        c.execute(sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))).await.unwrap_or_else(|e| panic!("tamper {sql}: {e}"));
-    }
-
-    async fn drop_db(self) {
-        self.pool.close().await;
-        if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url()).await {
-            let _ = admin
-                .execute(sqlx::raw_sql(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))))
-                .await;
-        }
-    }
-}
-
-async fn pool(url: &str, max: u32) -> PgPool {
-    PgPoolOptions::new()
-        .max_connections(max)
-        .acquire_timeout(Duration::from_secs(60))
-        .connect(url)
-        .await
-        .expect("connect pool")
-}
 
 fn data(v: Value) -> Map<String, Value> {
     v.as_object().cloned().expect("object")
@@ -85,21 +24,33 @@ fn req(stream: &str, n: u64) -> AppendRequest {
     AppendRequest::new(
         "acme",
         Actor::system("test"),
-        vec![NewEvent::new(stream, "test.happened", data(json!({"n": n, "text": "héllo ✓"})))],
+        vec![NewEvent::new(
+            stream,
+            "test.happened",
+            data(json!({"n": n, "text": "héllo ✓"})),
+        )],
     )
 }
 
 /// Appends `n` single-event requests spread over a few streams.
 async fn fill(store: &EventStore, n: u64) {
     for i in 0..n {
-        store.append(req(&format!("s-{}", i % 7), i)).await.expect("append");
+        store
+            .append(req(&format!("s-{}", i % 7), i))
+            .await
+            .expect("append");
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sixteen_writers_give_dense_positions_a_valid_chain_and_a_gapless_subscription() {
-    let db = TestDb::new().await;
-    let stores = vec![db.store().await, db.store().await, db.store().await, db.store().await];
+    let db = TestDb::new().await.expect("test database");
+    let stores = [
+        db.store().await.expect("store"),
+        db.store().await.expect("store"),
+        db.store().await.expect("store"),
+        db.store().await.expect("store"),
+    ];
     let mut sub = stores[0].subscribe(0);
     let seen = tokio::spawn(async move {
         let mut positions = Vec::with_capacity(8000);
@@ -119,7 +70,11 @@ async fn sixteen_writers_give_dense_positions_a_valid_chain_and_a_gapless_subscr
         writers.push(tokio::spawn(async move {
             let mut mine = Vec::with_capacity(500);
             for i in 0..500u64 {
-                let stream = if i % 10 == 0 { "shared".to_owned() } else { format!("w{w}-{}", i % 3) };
+                let stream = if i % 10 == 0 {
+                    "shared".to_owned()
+                } else {
+                    format!("w{w}-{}", i % 3)
+                };
                 let out = store.append(req(&stream, i)).await.expect("append");
                 assert!(!out.replayed);
                 mine.push(out.first_position());
@@ -130,14 +85,25 @@ async fn sixteen_writers_give_dense_positions_a_valid_chain_and_a_gapless_subscr
     for w in writers {
         let mine = w.await.expect("writer");
         // Each writer awaited every append before the next: commit order = position order.
-        assert!(mine.windows(2).all(|p| p[0] < p[1]), "a writer's positions went backwards");
+        assert!(
+            mine.windows(2).all(|p| p[0] < p[1]),
+            "a writer's positions went backwards"
+        );
     }
     let positions = seen.await.expect("subscriber");
-    assert_eq!(positions, (1..=8000).collect::<Vec<u64>>(), "subscriber saw every position once, in order");
+    assert_eq!(
+        positions,
+        (1..=8000).collect::<Vec<u64>>(),
+        "subscriber saw every position once, in order"
+    );
 
     let store = &stores[0];
     assert_eq!(store.head().await.expect("head").0, 8000);
-    let report = store.verify(None, &[], None, None).await.expect("verify runs").expect("ledger verifies");
+    let report = store
+        .verify(None, &[], None, None)
+        .await
+        .expect("verify runs")
+        .expect("ledger verifies");
     assert_eq!((report.from, report.to, report.records), (1, 8000, 8000));
 
     // Merkle root from stored nodes equals the reference over the stored leaves.
@@ -149,7 +115,10 @@ async fn sixteen_writers_give_dense_positions_a_valid_chain_and_a_gapless_subscr
         .iter()
         .map(|r| merkle::leaf_hash(&r.get::<Vec<u8>, _>("canonical")))
         .collect();
-    assert_eq!(store.root_at(8000).await.expect("root"), reference::mth(&leaves));
+    assert_eq!(
+        store.root_at(8000).await.expect("root"),
+        reference::mth(&leaves)
+    );
     assert_eq!(report.root, reference::mth(&leaves));
 
     // Every stream's versions are dense from 1.
@@ -161,28 +130,37 @@ async fn sixteen_writers_give_dense_positions_a_valid_chain_and_a_gapless_subscr
     .await
     .expect("query");
     assert_eq!(bad, 0);
-    let shared: i64 = sqlx::query_scalar("SELECT version FROM ledger.streams WHERE stream = 'shared'")
-        .fetch_one(&db.pool)
-        .await
-        .expect("shared");
+    let shared: i64 =
+        sqlx::query_scalar("SELECT version FROM ledger.streams WHERE stream = 'shared'")
+            .fetch_one(&db.pool)
+            .await
+            .expect("shared");
     assert_eq!(shared, 16 * 50);
     db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_writers_on_one_expected_version_exactly_one_wins() {
-    let db = TestDb::new().await;
-    let (a, b) = (db.store().await, db.store().await);
+    let db = TestDb::new().await.expect("test database");
+    let (a, b) = (
+        db.store().await.expect("store"),
+        db.store().await.expect("store"),
+    );
     for round in 0..20u64 {
         let stream = format!("race-{round}");
-        a.append(req(&stream, 0).expect(&stream, ExpectedVersion::NoStream)).await.expect("create");
+        a.append(req(&stream, 0).expect(&stream, ExpectedVersion::NoStream))
+            .await
+            .expect("create");
         let ra = a.append(req(&stream, 1).expect(&stream, ExpectedVersion::Exactly(1)));
         let rb = b.append(req(&stream, 2).expect(&stream, ExpectedVersion::Exactly(1)));
         let (ra, rb) = tokio::join!(ra, rb);
         let results = [ra, rb];
         let wins = results.iter().filter(|r| r.is_ok()).count();
         assert_eq!(wins, 1, "round {round}: {results:?}");
-        let conflict = results.iter().find_map(|r| r.as_ref().err()).expect("one lost");
+        let conflict = results
+            .iter()
+            .find_map(|r| r.as_ref().err())
+            .expect("one lost");
         match conflict {
             StoreError::Conflict(c) => {
                 assert_eq!(c.stream, stream);
@@ -194,18 +172,36 @@ async fn racing_writers_on_one_expected_version_exactly_one_wins() {
         assert_eq!(a.stream_version(&stream).await.expect("version"), Some(2));
     }
     // NoStream on an existing stream, Exactly on a missing one.
-    let e = a.append(req("race-0", 9).expect("race-0", ExpectedVersion::NoStream)).await.expect_err("exists");
-    assert!(matches!(e, StoreError::Conflict(ref c) if c.actual == Some(2)), "{e}");
-    let e = a.append(req("nope", 9).expect("nope", ExpectedVersion::Exactly(3))).await.expect_err("missing");
-    assert!(matches!(e, StoreError::Conflict(ref c) if c.actual.is_none()), "{e}");
-    assert_eq!(e.to_string(), "append to stream nope: expected version 3, found no stream");
+    let e = a
+        .append(req("race-0", 9).expect("race-0", ExpectedVersion::NoStream))
+        .await
+        .expect_err("exists");
+    assert!(
+        matches!(e, StoreError::Conflict(ref c) if c.actual == Some(2)),
+        "{e}"
+    );
+    let e = a
+        .append(req("nope", 9).expect("nope", ExpectedVersion::Exactly(3)))
+        .await
+        .expect_err("missing");
+    assert!(
+        matches!(e, StoreError::Conflict(ref c) if c.actual.is_none()),
+        "{e}"
+    );
+    assert_eq!(
+        e.to_string(),
+        "append to stream nope: expected version 3, found no stream"
+    );
     db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fifty_concurrent_appends_with_one_idempotency_key_land_once() {
-    let db = TestDb::new().await;
-    let stores = vec![db.store().await, db.store().await];
+    let db = TestDb::new().await.expect("test database");
+    let stores = [
+        db.store().await.expect("store"),
+        db.store().await.expect("store"),
+    ];
     let digest = Digest::of(b"request body");
     let mut tasks = Vec::new();
     for i in 0..50usize {
@@ -227,9 +223,16 @@ async fn fifty_concurrent_appends_with_one_idempotency_key_land_once() {
     for t in tasks {
         outcomes.push(t.await.expect("task"));
     }
-    assert_eq!(outcomes.iter().filter(|o| !o.replayed).count(), 1, "exactly one original");
+    assert_eq!(
+        outcomes.iter().filter(|o| !o.replayed).count(),
+        1,
+        "exactly one original"
+    );
     let first = &outcomes[0].events;
-    assert!(outcomes.iter().all(|o| &o.events == first), "all 50 see the same positions");
+    assert!(
+        outcomes.iter().all(|o| &o.events == first),
+        "all 50 see the same positions"
+    );
     let count: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger.records")
         .fetch_one(&db.pool)
         .await
@@ -237,12 +240,20 @@ async fn fifty_concurrent_appends_with_one_idempotency_key_land_once() {
     assert_eq!(count, 2, "the events landed once");
 
     // Same key, different request: conflict, nothing appended. Other tenant: independent.
-    let r = AppendRequest::new("acme", Actor::system("t"), vec![NewEvent::new("job-y", "job.submitted", Map::new())])
-        .idempotent("key-1", Digest::of(b"another body"));
+    let r = AppendRequest::new(
+        "acme",
+        Actor::system("t"),
+        vec![NewEvent::new("job-y", "job.submitted", Map::new())],
+    )
+    .idempotent("key-1", Digest::of(b"another body"));
     let e = stores[0].append(r).await.expect_err("conflict");
     assert!(matches!(e, StoreError::IdempotencyConflict { .. }), "{e}");
-    let r = AppendRequest::new("other", Actor::system("t"), vec![NewEvent::new("job-y", "job.submitted", Map::new())])
-        .idempotent("key-1", Digest::of(b"another body"));
+    let r = AppendRequest::new(
+        "other",
+        Actor::system("t"),
+        vec![NewEvent::new("job-y", "job.submitted", Map::new())],
+    )
+    .idempotent("key-1", Digest::of(b"another body"));
     assert!(!stores[0].append(r).await.expect("other tenant").replayed);
     assert_eq!(stores[0].head().await.expect("head").0, 3);
     db.drop_db().await;
@@ -250,8 +261,8 @@ async fn fifty_concurrent_appends_with_one_idempotency_key_land_once() {
 
 #[tokio::test]
 async fn floats_and_empty_requests_are_refused_and_nothing_lands() {
-    let db = TestDb::new().await;
-    let store = db.store().await;
+    let db = TestDb::new().await.expect("test database");
+    let store = db.store().await.expect("store");
     let r = AppendRequest::new(
         "acme",
         Actor::system("t"),
@@ -268,7 +279,10 @@ async fn floats_and_empty_requests_are_refused_and_nothing_lands() {
         }
         other => panic!("expected InvalidEvent, got {other:?}"),
     }
-    let e = store.append(AppendRequest::new("acme", Actor::system("t"), vec![])).await.expect_err("empty");
+    let e = store
+        .append(AppendRequest::new("acme", Actor::system("t"), vec![]))
+        .await
+        .expect_err("empty");
     assert!(matches!(e, StoreError::InvalidRequest(_)));
     assert_eq!(store.head().await.expect("head").0, 0);
     db.drop_db().await;
@@ -276,11 +290,15 @@ async fn floats_and_empty_requests_are_refused_and_nothing_lands() {
 
 #[tokio::test]
 async fn records_refuse_update_delete_truncate_and_the_service_role_may_only_insert_and_select() {
-    let db = TestDb::new().await;
-    let store = db.store().await;
+    let db = TestDb::new().await.expect("test database");
+    let store = db.store().await.expect("store");
     fill(&store, 3).await;
     let key = SigningKey::generate("k").expect("key");
-    store.publish_checkpoint(&key, "o").await.expect("publish").expect("signed");
+    store
+        .publish_checkpoint(&key, "o")
+        .await
+        .expect("publish")
+        .expect("signed");
     for sql in [
         "UPDATE ledger.records SET tenant = 'x' WHERE position = 1",
         "DELETE FROM ledger.records WHERE position = 2",
@@ -292,28 +310,55 @@ async fn records_refuse_update_delete_truncate_and_the_service_role_may_only_ins
         let e = sqlx::query(sql).execute(&db.pool).await.expect_err(sql);
         assert!(e.to_string().contains("append-only"), "{sql}: {e}");
     }
-    assert_eq!(store.verify(None, &[], None, None).await.expect("runs").expect("intact").records, 3);
-    for (privilege, granted) in [("INSERT", true), ("SELECT", true), ("UPDATE", false), ("DELETE", false), ("TRUNCATE", false)] {
-        let has: bool = sqlx::query_scalar("SELECT has_table_privilege('glassbox_service', 'ledger.records', $1)")
-            .bind(privilege)
-            .fetch_one(&db.pool)
+    assert_eq!(
+        store
+            .verify(None, &[], None, None)
             .await
-            .expect("privilege");
-        assert_eq!(has, granted, "glassbox_service {privilege} on ledger.records");
+            .expect("runs")
+            .expect("intact")
+            .records,
+        3
+    );
+    for (privilege, granted) in [
+        ("INSERT", true),
+        ("SELECT", true),
+        ("UPDATE", false),
+        ("DELETE", false),
+        ("TRUNCATE", false),
+    ] {
+        let has: bool = sqlx::query_scalar(
+            "SELECT has_table_privilege('glassbox_service', 'ledger.records', $1)",
+        )
+        .bind(privilege)
+        .fetch_one(&db.pool)
+        .await
+        .expect("privilege");
+        assert_eq!(
+            has, granted,
+            "glassbox_service {privilege} on ledger.records"
+        );
     }
     // And really as that role:
     let mut c = sqlx::PgConnection::connect(&db.url).await.expect("connect");
-    c.execute("SET ROLE glassbox_service").await.expect("set role");
-    let e = c.execute("ALTER TABLE ledger.records DISABLE TRIGGER ALL").await.expect_err("not owner");
+    c.execute("SET ROLE glassbox_service")
+        .await
+        .expect("set role");
+    let e = c
+        .execute("ALTER TABLE ledger.records DISABLE TRIGGER ALL")
+        .await
+        .expect_err("not owner");
     assert!(e.to_string().contains("must be owner"), "{e}");
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger.records").fetch_one(&mut c).await.expect("select");
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger.records")
+        .fetch_one(&mut c)
+        .await
+        .expect("select");
     assert_eq!(n, 3);
     db.drop_db().await;
 }
 
 /// Builds a ledger of 200 records with a signed checkpoint every 10.
 async fn ledger_with_checkpoints(db: &TestDb) -> (EventStore, SigningKey) {
-    let store = db.store().await;
+    let store = db.store().await.expect("store");
     let key = SigningKey::generate("glassbox.test/ledger").expect("key");
     for i in 0..20 {
         fill(&store, 10).await;
@@ -347,51 +392,77 @@ async fn first_failure(store: &EventStore, key: Option<&SigningKey>) -> Option<(
 
 #[tokio::test]
 async fn tampering_changed_payload_byte_is_found_at_its_position() {
-    let db = TestDb::new().await;
+    let db = TestDb::new().await.expect("test database");
     let (store, key) = ledger_with_checkpoints(&db).await;
     assert_eq!(first_failure(&store, Some(&key)).await, None);
     let mut bytes = canonical_at(&db, 77).await;
-    let at = bytes.windows(5).position(|w| w == b"llo \xe2").expect("payload text");
+    let at = bytes
+        .windows(5)
+        .position(|w| w == b"llo \xe2")
+        .expect("payload text");
     bytes[at] = b'L';
-    sqlx::query("SET session_replication_role = replica").execute(&db.pool).await.ok();
-    db.tamper(&format!("UPDATE ledger.records SET canonical = '\\x{}' WHERE position = 77", hex::encode(&bytes)))
-        .await;
-    let (pos, problem) = first_failure(&store, None).await.expect("detected without checkpoints");
+    sqlx::query("SET session_replication_role = replica")
+        .execute(&db.pool)
+        .await
+        .ok();
+    db.tamper(&format!(
+        "UPDATE ledger.records SET canonical = '\\x{}' WHERE position = 77",
+        hex::encode(&bytes)
+    ))
+    .await
+    .expect("tamper");
+    let (pos, problem) = first_failure(&store, None)
+        .await
+        .expect("detected without checkpoints");
     assert_eq!(pos, 77);
-    assert!(matches!(problem, Problem::EntryHashMismatch { .. }), "{problem}");
+    assert!(
+        matches!(problem, Problem::EntryHashMismatch { .. }),
+        "{problem}"
+    );
     db.drop_db().await;
 }
 
 #[tokio::test]
 async fn tampering_changed_stored_hash_is_found_at_its_position() {
-    let db = TestDb::new().await;
+    let db = TestDb::new().await.expect("test database");
     let (store, _key) = ledger_with_checkpoints(&db).await;
-    db.tamper("UPDATE ledger.records SET entry_hash = sha256('forged') WHERE position = 91").await;
+    db.tamper("UPDATE ledger.records SET entry_hash = sha256('forged') WHERE position = 91")
+        .await
+        .expect("tamper");
     let (pos, problem) = first_failure(&store, None).await.expect("detected");
     assert_eq!(pos, 91);
-    assert!(matches!(problem, Problem::EntryHashMismatch { .. }), "{problem}");
+    assert!(
+        matches!(problem, Problem::EntryHashMismatch { .. }),
+        "{problem}"
+    );
     db.drop_db().await;
 }
 
 #[tokio::test]
 async fn tampering_deleted_row_is_found_at_its_position() {
-    let db = TestDb::new().await;
+    let db = TestDb::new().await.expect("test database");
     let (store, _key) = ledger_with_checkpoints(&db).await;
-    db.tamper("DELETE FROM ledger.records WHERE position = 120").await;
-    assert_eq!(first_failure(&store, None).await, Some((120, Problem::Missing)));
+    db.tamper("DELETE FROM ledger.records WHERE position = 120")
+        .await
+        .expect("tamper");
+    assert_eq!(
+        first_failure(&store, None).await,
+        Some((120, Problem::Missing))
+    );
     db.drop_db().await;
 }
 
 #[tokio::test]
 async fn tampering_swapped_payloads_are_found_at_the_first_of_them() {
-    let db = TestDb::new().await;
+    let db = TestDb::new().await.expect("test database");
     let (store, _key) = ledger_with_checkpoints(&db).await;
     // Swap bytes and hashes together, so each row is self-consistent on its own.
     db.tamper(
         "UPDATE ledger.records r SET canonical = o.canonical, entry_hash = o.entry_hash \
          FROM ledger.records o WHERE (r.position, o.position) IN ((30, 31), (31, 30))",
     )
-    .await;
+    .await
+    .expect("tamper");
     let (pos, problem) = first_failure(&store, None).await.expect("detected");
     assert_eq!(pos, 30);
     assert_eq!(problem, Problem::PositionMismatch { in_record: 31 });
@@ -401,17 +472,19 @@ async fn tampering_swapped_payloads_are_found_at_the_first_of_them() {
 /// Re-signs nothing: the insider rewrites rows from `from` to the end with a fresh,
 /// self-consistent chain (and fixes the head), but cannot forge a checkpoint.
 async fn rewrite_tail(db: &TestDb, from: i64, insert_extra: bool) {
-    let prev: Vec<u8> = sqlx::query_scalar("SELECT entry_hash FROM ledger.records WHERE position = $1")
-        .bind(from - 1)
-        .fetch_one(&db.pool)
-        .await
-        .expect("prev");
+    let prev: Vec<u8> =
+        sqlx::query_scalar("SELECT entry_hash FROM ledger.records WHERE position = $1")
+            .bind(from - 1)
+            .fetch_one(&db.pool)
+            .await
+            .expect("prev");
     let mut prev = Digest::from_slice(&prev).expect("digest");
-    let rows = sqlx::query("SELECT canonical FROM ledger.records WHERE position >= $1 ORDER BY position")
-        .bind(from)
-        .fetch_all(&db.pool)
-        .await
-        .expect("rows");
+    let rows =
+        sqlx::query("SELECT canonical FROM ledger.records WHERE position >= $1 ORDER BY position")
+            .bind(from)
+            .fetch_all(&db.pool)
+            .await
+            .expect("rows");
     let mut records: Vec<Record> = rows
         .iter()
         .map(|r| Record::from_canonical(&r.get::<Vec<u8>, _>("canonical")).expect("record"))
@@ -428,9 +501,7 @@ async fn rewrite_tail(db: &TestDb, from: i64, insert_extra: bool) {
             r.data.insert("text".into(), json!("rewritten"));
         }
     }
-    let mut sql = String::from(
-        "DELETE FROM ledger.records WHERE position >= ",
-    );
+    let mut sql = String::from("DELETE FROM ledger.records WHERE position >= ");
     sql.push_str(&format!("{from};"));
     let mut position = from as u64;
     for r in &mut records {
@@ -456,12 +527,12 @@ async fn rewrite_tail(db: &TestDb, from: i64, insert_extra: bool) {
         position - 1,
         prev.to_hex()
     ));
-    db.tamper(&sql).await;
+    db.tamper(&sql).await.expect("tamper");
 }
 
 #[tokio::test]
 async fn tampering_inserted_row_is_found_where_the_chain_breaks() {
-    let db = TestDb::new().await;
+    let db = TestDb::new().await.expect("test database");
     let (store, _key) = ledger_with_checkpoints(&db).await;
     // Shift rows 60.. up by one and insert a well-formed, correctly chained record at
     // 60; the original record 60 (now at 61) no longer fits.
@@ -469,11 +540,13 @@ async fn tampering_inserted_row_is_found_where_the_chain_breaks() {
         "UPDATE ledger.records SET position = position + 1000001 WHERE position >= 60; \
          UPDATE ledger.records SET position = position - 1000000 WHERE position > 1000000;",
     )
-    .await;
-    let prev: Vec<u8> = sqlx::query_scalar("SELECT entry_hash FROM ledger.records WHERE position = 59")
-        .fetch_one(&db.pool)
-        .await
-        .expect("prev");
+    .await
+    .expect("tamper");
+    let prev: Vec<u8> =
+        sqlx::query_scalar("SELECT entry_hash FROM ledger.records WHERE position = 59")
+            .fetch_one(&db.pool)
+            .await
+            .expect("prev");
     let mut forged = Record::from_canonical(&canonical_at(&db, 61).await).expect("record");
     forged.position = 60;
     forged.prev_hash = Digest::from_slice(&prev).expect("digest");
@@ -488,56 +561,89 @@ async fn tampering_inserted_row_is_found_where_the_chain_breaks() {
         hex::encode(&bytes),
         Digest::of(&bytes).to_hex()
     ))
-    .await;
+        .await
+        .expect("tamper");
     let (pos, problem) = first_failure(&store, None).await.expect("detected");
-    assert_eq!(pos, 61, "the first record that no longer fits is right after the inserted one");
+    assert_eq!(
+        pos, 61,
+        "the first record that no longer fits is right after the inserted one"
+    );
     assert_eq!(problem, Problem::PositionMismatch { in_record: 60 });
     db.drop_db().await;
 }
 
 #[tokio::test]
 async fn tampering_cut_tail_is_found_only_against_a_signed_checkpoint() {
-    let db = TestDb::new().await;
+    let db = TestDb::new().await.expect("test database");
     let (store, key) = ledger_with_checkpoints(&db).await;
-    let hash180: Vec<u8> = sqlx::query_scalar("SELECT entry_hash FROM ledger.records WHERE position = 180")
-        .fetch_one(&db.pool)
-        .await
-        .expect("hash");
+    let hash180: Vec<u8> =
+        sqlx::query_scalar("SELECT entry_hash FROM ledger.records WHERE position = 180")
+            .fetch_one(&db.pool)
+            .await
+            .expect("hash");
     db.tamper(&format!(
         "DELETE FROM ledger.records WHERE position > 180; \
          UPDATE ledger.head SET position = 180, entry_hash = '\\x{}';",
         hex::encode(hash180)
     ))
-    .await;
+    .await
+    .expect("tamper");
     // The chain itself is intact: without a checkpoint nothing is wrong.
-    assert_eq!(first_failure(&store, None).await, None, "undetectable without a checkpoint");
+    assert_eq!(
+        first_failure(&store, None).await,
+        None,
+        "undetectable without a checkpoint"
+    );
     // Against the signed checkpoint of size 200 the cut is named.
     let (pos, problem) = first_failure(&store, Some(&key)).await.expect("detected");
     assert_eq!(pos, 181);
-    assert_eq!(problem, Problem::TailMissing { checkpoint_size: 200, ledger_size: 180 });
+    assert_eq!(
+        problem,
+        Problem::TailMissing {
+            checkpoint_size: 200,
+            ledger_size: 180
+        }
+    );
     // Even when the insider removes the stored checkpoints, an auditor's own copy of a
     // note still catches it.
-    let note = store.checkpoints().await.expect("cps").pop().expect("latest").note;
-    db.tamper("DELETE FROM ledger.checkpoints WHERE tree_size > 180").await;
+    let note = store
+        .checkpoints()
+        .await
+        .expect("cps")
+        .pop()
+        .expect("latest")
+        .note;
+    db.tamper("DELETE FROM ledger.checkpoints WHERE tree_size > 180")
+        .await
+        .expect("tamper");
     let v = key.verifier();
-    let f = store.verify(Some(&v), &[note], None, None).await.expect("runs").expect_err("detected");
+    let f = store
+        .verify(Some(&v), &[note], None, None)
+        .await
+        .expect("runs")
+        .expect_err("detected");
     assert_eq!(f.position, 181);
     db.drop_db().await;
 }
 
 #[tokio::test]
-async fn tampering_rewritten_tail_with_recomputed_chain_is_found_only_against_a_signed_checkpoint() {
-    let db = TestDb::new().await;
+async fn tampering_rewritten_tail_with_recomputed_chain_is_found_only_against_a_signed_checkpoint()
+{
+    let db = TestDb::new().await.expect("test database");
     let (store, key) = ledger_with_checkpoints(&db).await;
     rewrite_tail(&db, 171, false).await;
-    assert_eq!(first_failure(&store, None).await, None, "a self-consistent rewrite passes the chain check");
+    assert_eq!(
+        first_failure(&store, None).await,
+        None,
+        "a self-consistent rewrite passes the chain check"
+    );
     let (pos, problem) = first_failure(&store, Some(&key)).await.expect("detected");
     // Checkpoints every 10 records: 170 still matches, 180 does not.
     assert_eq!(pos, 171);
     assert_eq!(problem, Problem::CheckpointMismatch { size: 180 });
 
     // A forged insertion with a recomputed tail is caught the same way.
-    let db2 = TestDb::new().await;
+    let db2 = TestDb::new().await.expect("test database");
     let (store2, key2) = ledger_with_checkpoints(&db2).await;
     rewrite_tail(&db2, 95, true).await;
     assert_eq!(first_failure(&store2, None).await, None);
@@ -547,7 +653,9 @@ async fn tampering_rewritten_tail_with_recomputed_chain_is_found_only_against_a_
     );
     // The log refuses to sign anything on top of the rewritten history.
     assert!(matches!(
-        store2.publish_checkpoint(&key2, "glassbox.test/ledger").await,
+        store2
+            .publish_checkpoint(&key2, "glassbox.test/ledger")
+            .await,
         Err(StoreError::Inconsistent(_))
     ));
     db.drop_db().await;
@@ -556,17 +664,26 @@ async fn tampering_rewritten_tail_with_recomputed_chain_is_found_only_against_a_
 
 #[tokio::test]
 async fn store_proofs_match_the_reference_for_every_size_to_300() {
-    let db = TestDb::new().await;
-    let store = db.store().await;
+    let db = TestDb::new().await.expect("test database");
+    let store = db.store().await.expect("store");
     // Batches of varying size so group and multi-event paths build the nodes.
     let mut i = 0u64;
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     while i < 300 {
         let n = rng.random_range(1..=9).min(300 - i);
         let events = (0..n)
-            .map(|j| NewEvent::new(format!("p-{}", rng.random_range(0..5)), "proof.tested", data(json!({"j": j, "r": rng.random::<u32>()}))))
+            .map(|j| {
+                NewEvent::new(
+                    format!("p-{}", rng.random_range(0..5)),
+                    "proof.tested",
+                    data(json!({"j": j, "r": rng.random::<u32>()})),
+                )
+            })
             .collect();
-        store.append(AppendRequest::new("acme", Actor::system("t"), events)).await.expect("append");
+        store
+            .append(AppendRequest::new("acme", Actor::system("t"), events))
+            .await
+            .expect("append");
         i += n;
     }
     let leaves: Vec<Digest> = store
@@ -582,11 +699,22 @@ async fn store_proofs_match_the_reference_for_every_size_to_300() {
         assert_eq!(root, reference::mth(&leaves[..n as usize]), "root {n}");
         let m = rng.random_range(0..n);
         let proof = store.inclusion_proof(m + 1, n).await.expect("inclusion");
-        assert_eq!(proof, reference::path(m as usize, &leaves[..n as usize]), "path {m} {n}");
+        assert_eq!(
+            proof,
+            reference::path(m as usize, &leaves[..n as usize]),
+            "path {m} {n}"
+        );
         merkle::verify_inclusion(m, n, &leaves[m as usize], &proof, &root).expect("verifies");
         let first = rng.random_range(1..=n);
-        let cproof = store.consistency_proof(first, n).await.expect("consistency");
-        assert_eq!(cproof, reference::proof(first as usize, &leaves[..n as usize]), "proof {first} {n}");
+        let cproof = store
+            .consistency_proof(first, n)
+            .await
+            .expect("consistency");
+        assert_eq!(
+            cproof,
+            reference::proof(first as usize, &leaves[..n as usize]),
+            "proof {first} {n}"
+        );
         let first_root = reference::mth(&leaves[..first as usize]);
         merkle::verify_consistency(first, n, &cproof, &first_root, &root).expect("verifies");
         if !proof.is_empty() {
@@ -601,19 +729,29 @@ async fn store_proofs_match_the_reference_for_every_size_to_300() {
             assert!(merkle::verify_consistency(first, n, &bad, &first_root, &root).is_err());
         }
     }
-    assert!(matches!(store.inclusion_proof(1, 301).await, Err(StoreError::Proof(_))));
+    assert!(matches!(
+        store.inclusion_proof(1, 301).await,
+        Err(StoreError::Proof(_))
+    ));
     db.drop_db().await;
 }
 
 #[tokio::test]
 async fn subscription_survives_a_killed_connection_without_skipping_or_repeating() {
-    let db = TestDb::new().await;
-    let store = db.store().await;
+    let db = TestDb::new().await.expect("test database");
+    let store = db.store().await.expect("store");
     fill(&store, 30).await;
     let mut sub = store.subscribe(10);
     let mut got = Vec::new();
     while got.len() < 20 {
-        got.push(sub.next().await.expect("open").expect("record").record.position);
+        got.push(
+            sub.next()
+                .await
+                .expect("open")
+                .expect("record")
+                .record
+                .position,
+        );
     }
     // Kill every LISTEN connection from outside, then keep appending.
     let killed: i64 = sqlx::query_scalar(
@@ -634,48 +772,99 @@ async fn subscription_survives_a_killed_connection_without_skipping_or_repeating
         got.push(r.record.position);
     }
     assert_eq!(got, (11..=70).collect::<Vec<u64>>());
-    assert!(tokio::time::timeout(Duration::from_millis(700), sub.next()).await.is_err(), "nothing extra");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(700), sub.next())
+            .await
+            .is_err(),
+        "nothing extra"
+    );
     db.drop_db().await;
 }
 
 #[tokio::test]
 async fn checkpoints_single_publisher_incremental_verify_and_unknown_types() {
-    let db = TestDb::new().await;
-    let store = db.store().await;
+    let db = TestDb::new().await.expect("test database");
+    let store = db.store().await.expect("store");
     let key = SigningKey::generate("glassbox.test/ledger").expect("key");
-    assert!(store.publish_checkpoint(&key, "o").await.expect("publish").is_none(), "empty ledger");
+    assert!(
+        store
+            .publish_checkpoint(&key, "o")
+            .await
+            .expect("publish")
+            .is_none(),
+        "empty ledger"
+    );
     // An event type not in the catalogue is stored, read back and verified.
     store
         .append(AppendRequest::new(
             "acme",
             Actor::system("t"),
-            vec![NewEvent::new("vendor-1", "vendor.thing_happened", data(json!({"k": [1, "two", null]})))],
+            vec![NewEvent::new(
+                "vendor-1",
+                "vendor.thing_happened",
+                data(json!({"k": [1, "two", null]})),
+            )],
         ))
         .await
         .expect("unknown type appends");
     fill(&store, 49).await;
     // Several publishers at once: each size is signed once.
-    let results = futures::future::join_all((0..6).map(|_| store.publish_checkpoint(&key, "glassbox.test/ledger"))).await;
-    let published: Vec<_> = results.into_iter().map(|r| r.expect("publish")).filter_map(|c| c).collect();
+    let results = futures::future::join_all(
+        (0..6).map(|_| store.publish_checkpoint(&key, "glassbox.test/ledger")),
+    )
+    .await;
+    let published: Vec<_> = results
+        .into_iter()
+        .filter_map(|r| r.expect("publish"))
+        .collect();
     assert_eq!(published.len(), 1);
     let cp = &published[0];
     assert_eq!(cp.checkpoint.size, 50);
-    assert_eq!(key.verifier().open(&cp.note).expect("signature"), cp.checkpoint);
-    assert!(store.publish_checkpoint(&key, "glassbox.test/ledger").await.expect("again").is_none());
+    assert_eq!(
+        key.verifier().open(&cp.note).expect("signature"),
+        cp.checkpoint
+    );
+    assert!(
+        store
+            .publish_checkpoint(&key, "glassbox.test/ledger")
+            .await
+            .expect("again")
+            .is_none()
+    );
     fill(&store, 25).await;
     let v = key.verifier();
-    let report = store.verify(Some(&v), &[], Some(60), None).await.expect("runs").expect("verifies");
-    assert_eq!((report.from, report.to), (51, 75), "incremental from the checkpoint at 50");
+    let report = store
+        .verify(Some(&v), &[], Some(60), None)
+        .await
+        .expect("runs")
+        .expect("verifies");
+    assert_eq!(
+        (report.from, report.to),
+        (51, 75),
+        "incremental from the checkpoint at 50"
+    );
     let first = store.read_stream("vendor-1", 1, 10).await.expect("read");
     assert_eq!(first[0].record.event_type, "vendor.thing_happened");
     assert_eq!(first[0].record.data, data(json!({"k": [1, "two", null]})));
     // Incremental verification still catches tampering after the checkpoint …
-    db.tamper("UPDATE ledger.records SET entry_hash = sha256('x') WHERE position = 66").await;
-    let f = store.verify(Some(&v), &[], Some(60), None).await.expect("runs").expect_err("detected");
+    db.tamper("UPDATE ledger.records SET entry_hash = sha256('x') WHERE position = 66")
+        .await
+        .expect("tamper");
+    let f = store
+        .verify(Some(&v), &[], Some(60), None)
+        .await
+        .expect("runs")
+        .expect_err("detected");
     assert_eq!(f.position, 66);
     // … and refuses a start point whose stored nodes no longer match the signed root.
-    db.tamper("UPDATE ledger.merkle_nodes SET hash = sha256('y') WHERE level = 5 AND idx = 0").await;
-    let f = store.verify(Some(&v), &[], Some(60), None).await.expect("runs").expect_err("detected");
+    db.tamper("UPDATE ledger.merkle_nodes SET hash = sha256('y') WHERE level = 5 AND idx = 0")
+        .await
+        .expect("tamper");
+    let f = store
+        .verify(Some(&v), &[], Some(60), None)
+        .await
+        .expect("runs")
+        .expect_err("detected");
     assert_eq!(f.problem, Problem::CheckpointMismatch { size: 50 });
     db.drop_db().await;
 }

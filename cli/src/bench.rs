@@ -1,0 +1,314 @@
+//! `glassbox bench …`: benchmarks that measure their own baseline in the same run
+//! and print one JSON line. Nothing here asserts a target; the numbers are for
+//! people (and issue notes) to read. Build with `--release` for real numbers.
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use glassbox_events::store::NewEvent;
+use glassbox_events::{Actor, AppendRequest, EventStore, SigningKey};
+use serde_json::{Map, Value, json};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::{AssertSqlSafe, Connection as _, Executor as _};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Ledger append, verification and proof performance against plain INSERTs.
+    Ledger(LedgerBench),
+}
+
+#[derive(Debug, Args)]
+pub struct LedgerBench {
+    /// A PostgreSQL server URL; the benchmark creates its own database there.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+    /// Keep the benchmark database (and print its URL) instead of dropping it.
+    #[arg(long)]
+    pub keep: bool,
+    /// Single-event appends per concurrency level.
+    #[arg(long, default_value_t = 2000)]
+    pub appends: u64,
+    /// Batches of 100 events in the batch measurement.
+    #[arg(long, default_value_t = 50)]
+    pub batches: u64,
+    /// Ledger size at which verification and inclusion proofs are measured.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub size: u64,
+}
+
+pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        BenchCommand::Ledger(args) => ledger(args).await,
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)].as_secs_f64() * 1000.0
+}
+
+fn round(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+fn payload(i: u64) -> Map<String, Value> {
+    let v = json!({
+        "job_id": format!("{i:016x}"),
+        "language": "python",
+        "code": {"sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", "size_bytes": 1234, "key": format!("blobs/{i}")},
+        "limits": {"wall_time_ms": 5000, "memory_bytes": 268435456},
+    });
+    v.as_object().cloned().unwrap_or_default()
+}
+
+struct Sample {
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+    events: u64,
+}
+
+impl Sample {
+    fn json(&mut self) -> Value {
+        self.latencies.sort();
+        json!({
+            "events_per_s": round(self.events as f64 / self.elapsed.as_secs_f64()),
+            "p50_ms": round(percentile(&self.latencies, 0.5)),
+            "p99_ms": round(percentile(&self.latencies, 0.99)),
+        })
+    }
+    fn rate(&self) -> f64 {
+        self.events as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+async fn ledger_appends(
+    store: &EventStore,
+    writers: u64,
+    total: u64,
+    batch: u64,
+) -> anyhow::Result<Sample> {
+    let per = total / writers;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(per as usize);
+            for i in 0..per {
+                let events = (0..batch)
+                    .map(|j| {
+                        NewEvent::new(
+                            format!("bench-{w}-{}", i % 16),
+                            "bench.appended",
+                            payload(i * batch + j),
+                        )
+                    })
+                    .collect();
+                let t = Instant::now();
+                store
+                    .append(AppendRequest::new("bench", Actor::system("bench"), events))
+                    .await?;
+                lat.push(t.elapsed());
+            }
+            anyhow::Ok(lat)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await??);
+    }
+    Ok(Sample {
+        elapsed: started.elapsed(),
+        latencies,
+        events: per * writers * batch,
+    })
+}
+
+/// The baseline: the same canonical bytes as plain INSERTs, no chain, no lock.
+async fn baseline_inserts(
+    pool: &PgPool,
+    bytes: Arc<Vec<u8>>,
+    writers: u64,
+    total: u64,
+    batch: u64,
+) -> anyhow::Result<Sample> {
+    let per = total / writers;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let pool = pool.clone();
+        let bytes = bytes.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(per as usize);
+            let hash = glassbox_events::Digest::of(&bytes).as_bytes().to_vec();
+            for i in 0..per {
+                let streams: Vec<String> = (0..batch)
+                    .map(|_| format!("bench-{w}-{}", i % 16))
+                    .collect();
+                let payloads: Vec<Vec<u8>> = (0..batch).map(|_| bytes.to_vec()).collect();
+                let hashes: Vec<Vec<u8>> = (0..batch).map(|_| hash.clone()).collect();
+                let t = Instant::now();
+                sqlx::query(
+                    "INSERT INTO bench_baseline (stream, canonical, entry_hash) \
+                     SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[])",
+                )
+                .bind(&streams)
+                .bind(&payloads)
+                .bind(&hashes)
+                .execute(&pool)
+                .await?;
+                lat.push(t.elapsed());
+            }
+            anyhow::Ok(lat)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await??);
+    }
+    Ok(Sample {
+        elapsed: started.elapsed(),
+        latencies,
+        events: per * writers * batch,
+    })
+}
+
+async fn ledger(args: LedgerBench) -> anyhow::Result<ExitCode> {
+    let name = format!("glassbox_bench_{}", uuid::Uuid::new_v4().simple());
+    let (prefix, _) = args
+        .database_url
+        .rsplit_once('/')
+        .context("--database-url must end in /<database>")?;
+    let url = format!("{prefix}/{name}");
+    let mut admin = sqlx::PgConnection::connect(&args.database_url)
+        .await
+        .context("connecting to the PostgreSQL server")?;
+    admin
+        .execute(sqlx::raw_sql(AssertSqlSafe(format!(
+            "CREATE DATABASE {name}"
+        ))))
+        .await
+        .context("creating the benchmark database")?;
+    let result = ledger_inner(&args, &url).await;
+    if !args.keep {
+        let _ = admin
+            .execute(sqlx::raw_sql(AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            ))))
+            .await;
+    }
+    let mut out = result?;
+    if args.keep {
+        out["database_url"] = json!(url);
+    }
+    println!("{out}");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn ledger_inner(args: &LedgerBench, url: &str) -> anyhow::Result<Value> {
+    let pool = PgPoolOptions::new()
+        .max_connections(16)
+        .connect(url)
+        .await?;
+    glassbox_events::migrate(&pool).await?;
+    sqlx::query(
+        "CREATE TABLE bench_baseline (id bigserial PRIMARY KEY, stream text NOT NULL, \
+         canonical bytea NOT NULL, entry_hash bytea NOT NULL)",
+    )
+    .execute(&pool)
+    .await?;
+    let store = EventStore::new(pool.clone());
+    // The baseline inserts exactly the bytes of a real record.
+    store
+        .append(AppendRequest::new(
+            "bench",
+            Actor::system("bench"),
+            vec![NewEvent::new("warmup", "bench.appended", payload(0))],
+        ))
+        .await?;
+    let sample_bytes = Arc::new(store.record(1).await?.context("warm-up record")?.canonical);
+
+    let mut results = Map::new();
+    let mut ratios = Map::new();
+    for (label, writers, total, batch) in [
+        ("single_1_writer", 1u64, args.appends, 1u64),
+        ("single_8_writers", 8, args.appends, 1),
+        ("batch_100_1_writer", 1, args.batches, 100),
+    ] {
+        let mut base = baseline_inserts(&pool, sample_bytes.clone(), writers, total, batch).await?;
+        let mut led = ledger_appends(&store, writers, total, batch).await?;
+        ratios.insert(label.into(), json!(round(led.rate() / base.rate())));
+        results.insert(
+            label.into(),
+            json!({"writers": writers, "events_per_append": batch, "ledger": led.json(), "baseline": base.json()}),
+        );
+    }
+
+    // Fill up to the proof size with large batches.
+    let fill_started = Instant::now();
+    let mut head = store.head().await?.0;
+    let mut i = 0u64;
+    while head < args.size {
+        let n = (args.size - head).min(1000);
+        let events = (0..n)
+            .map(|j| {
+                NewEvent::new(
+                    format!("fill-{}", (i + j) % 1024),
+                    "bench.appended",
+                    payload(i + j),
+                )
+            })
+            .collect();
+        head = store
+            .append(AppendRequest::new("bench", Actor::system("bench"), events))
+            .await?
+            .last_position();
+        i += n;
+    }
+    let fill_secs = fill_started.elapsed().as_secs_f64();
+
+    let key = SigningKey::generate("glassbox.bench/ledger")?;
+    let cp_started = Instant::now();
+    store
+        .publish_checkpoint(&key, "glassbox.bench/ledger")
+        .await?;
+    let checkpoint_secs = cp_started.elapsed().as_secs_f64();
+
+    let verify_started = Instant::now();
+    let report = store
+        .verify(Some(&key.verifier()), &[], None, None)
+        .await?
+        .map_err(|f| anyhow::anyhow!("benchmark ledger does not verify: {f}"))?;
+    let verify_secs = verify_started.elapsed().as_secs_f64();
+
+    let mut proof_lat = Vec::new();
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..200 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let position = 1 + x % head;
+        let t = Instant::now();
+        let proof = store.inclusion_proof(position, head).await?;
+        proof_lat.push(t.elapsed());
+        anyhow::ensure!(!proof.is_empty() || head == 1, "empty proof");
+    }
+    proof_lat.sort();
+
+    Ok(json!({
+        "bench": "ledger",
+        "build": if cfg!(debug_assertions) { "debug" } else { "release" },
+        "appends": results,
+        "ratio_to_baseline": ratios,
+        "fill": {"events": head, "secs": round(fill_secs), "events_per_s": round((head as f64) / fill_secs)},
+        "checkpoint_first_secs": round(checkpoint_secs),
+        "verify": {"records": report.records, "secs": round(verify_secs), "events_per_s": round(report.records as f64 / verify_secs)},
+        "inclusion_proof_at_size": head,
+        "inclusion_proof_ms": {"p50": round(percentile(&proof_lat, 0.5)), "p99": round(percentile(&proof_lat, 0.99))},
+    }))
+}

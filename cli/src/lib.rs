@@ -1,0 +1,160 @@
+//! `glassbox` command-line tools: keys, ledger verification and proofs, benchmarks.
+//!
+//! Exit codes: 0 success (for `ledger verify`: the ledger verifies), 1 the ledger
+//! does not verify (or a proof does not check), 2 usage or infrastructure errors.
+
+pub mod bench;
+pub mod ledger;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use glassbox_events::SigningKey;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "glassbox",
+    version,
+    about = "Glassbox: audited sandboxed code execution"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Checkpoint signing keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Inspect and verify the ledger.
+    Ledger {
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(subcommand)]
+        command: ledger::LedgerCommand,
+    },
+    /// Database schema management.
+    Db {
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(subcommand)]
+        command: DbCommand,
+    },
+    /// Benchmarks that measure their own baseline in the same run.
+    Bench {
+        #[command(subcommand)]
+        command: bench::BenchCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a new Ed25519 checkpoint key (file mode 0600) and print its verifier key.
+    Generate {
+        #[command(flatten)]
+        key: KeyFileArgs,
+        /// The key (and checkpoint origin) name.
+        #[arg(
+            long,
+            env = "GLASSBOX_LEDGER_ORIGIN",
+            default_value = "glassbox.local/ledger"
+        )]
+        name: String,
+    },
+    /// Print the verifier key of an existing key file.
+    Verifier {
+        #[command(flatten)]
+        key: KeyFileArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Apply all migrations.
+    Migrate,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DbArgs {
+    /// PostgreSQL URL.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<String>,
+}
+
+impl DbArgs {
+    pub fn url(&self) -> anyhow::Result<&str> {
+        self.database_url
+            .as_deref()
+            .context("no database: pass --database-url or set DATABASE_URL")
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct KeyFileArgs {
+    /// Private checkpoint key file (C2SP note format, mode 0600).
+    #[arg(long, env = "GLASSBOX_LEDGER_KEY_FILE", default_value_os_t = default_key_file())]
+    pub key_file: PathBuf,
+}
+
+/// `$GLASSBOX_DATA_DIR/keys/ledger.key`, default data dir `~/.local/share/glassbox`.
+pub fn default_key_file() -> PathBuf {
+    let data = std::env::var_os("GLASSBOX_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("."))
+                .join(".local/share/glassbox")
+        });
+    data.join("keys/ledger.key")
+}
+
+/// JSON logs to stderr, filtered by `RUST_LOG` (default: warnings).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Keys { command } => match command {
+            KeysCommand::Generate { key, name } => {
+                let k = SigningKey::generate(&name)?;
+                k.write_new_file(&key.key_file)
+                    .with_context(|| format!("writing key file {}", key.key_file.display()))?;
+                eprintln!(
+                    "wrote private key to {} (mode 0600)",
+                    key.key_file.display()
+                );
+                println!("{}", k.verifier());
+                Ok(ExitCode::SUCCESS)
+            }
+            KeysCommand::Verifier { key } => {
+                let k = SigningKey::load_file(&key.key_file)?;
+                println!("{}", k.verifier());
+                Ok(ExitCode::SUCCESS)
+            }
+        },
+        Command::Ledger { db, command } => ledger::run(&db, command).await,
+        Command::Db { db, command } => match command {
+            DbCommand::Migrate => {
+                let pool = sqlx::PgPool::connect(db.url()?)
+                    .await
+                    .context("connecting to PostgreSQL")?;
+                glassbox_events::migrate(&pool).await?;
+                eprintln!("migrations applied");
+                Ok(ExitCode::SUCCESS)
+            }
+        },
+        Command::Bench { command } => bench::run(command).await,
+    }
+}

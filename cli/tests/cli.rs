@@ -1,0 +1,200 @@
+//! The `glassbox` binary against a real PostgreSQL database.
+
+use glassbox_events::store::NewEvent;
+use glassbox_events::testing::TestDb;
+use glassbox_events::{Actor, AppendRequest, VerifierKey};
+use serde_json::{Value, json};
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn glassbox(args: &[&str], db_url: Option<&str>, key_file: &Path) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_glassbox"));
+    cmd.args(args)
+        .env_remove("DATABASE_URL")
+        .env("GLASSBOX_LEDGER_KEY_FILE", key_file);
+    if let Some(url) = db_url {
+        cmd.env("DATABASE_URL", url);
+    }
+    cmd.output().expect("run glassbox")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+async fn fill(db: &TestDb, n: u64) {
+    let store = db.store().await.expect("store");
+    for i in 0..n {
+        let data = json!({"i": i}).as_object().cloned().expect("object");
+        store
+            .append(AppendRequest::new(
+                "acme",
+                Actor::system("cli-test"),
+                vec![NewEvent::new(format!("s-{}", i % 3), "cli.tested", data)],
+            ))
+            .await
+            .expect("append");
+    }
+}
+
+#[tokio::test]
+async fn keys_checkpoint_verify_proofs_and_show_end_to_end() {
+    let db = TestDb::new().await.expect("test database");
+    let dir = std::env::temp_dir().join(format!("gb-cli-{}", uuid::Uuid::new_v4()));
+    let key_file = dir.join("keys/ledger.key");
+    let url = Some(db.url.as_str());
+
+    // keys generate: 0600 file, C2SP verifier key on stdout, never overwrites.
+    let o = glassbox(
+        &["keys", "generate", "--name", "glassbox.test/ledger"],
+        None,
+        &key_file,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let verifier = stdout(&o).trim().to_owned();
+    let parsed = VerifierKey::parse(&verifier).expect("verifier key format");
+    assert_eq!(parsed.name, "glassbox.test/ledger");
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&key_file)
+            .expect("key file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let again = glassbox(&["keys", "generate"], None, &key_file);
+    assert_eq!(again.status.code(), Some(2), "refuses to overwrite");
+    let o = glassbox(&["keys", "verifier"], None, &key_file);
+    assert_eq!(stdout(&o).trim(), verifier);
+
+    fill(&db, 40).await;
+    let o = glassbox(&["ledger", "checkpoint"], url, &key_file);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let note = stdout(&o);
+    let cp = parsed.open(&note).expect("printed note verifies");
+    assert_eq!(cp.size, 40);
+    fill(&db, 5).await;
+
+    let o = glassbox(&["ledger", "verify", "--json"], url, &key_file);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let report: Value = serde_json::from_str(&stdout(&o)).expect("json");
+    assert_eq!(report["records"], 45);
+    assert_eq!(report["checkpoints_checked"], json!([40]));
+
+    let o = glassbox(
+        &[
+            "ledger",
+            "verify",
+            "--from",
+            "42",
+            "--verifier-key",
+            &verifier,
+        ],
+        url,
+        &key_file,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("positions 41..=45"), "{}", stdout(&o));
+
+    let o = glassbox(
+        &["ledger", "proof", "inclusion", "7", "--size", "40"],
+        url,
+        &key_file,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let proof: Value = serde_json::from_str(&stdout(&o)).expect("json");
+    assert_eq!(proof["verified"], true);
+    assert_eq!(proof["root"], cp.root.to_hex());
+
+    let o = glassbox(
+        &["ledger", "proof", "consistency", "13", "45"],
+        url,
+        &key_file,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let proof: Value = serde_json::from_str(&stdout(&o)).expect("json");
+    assert_eq!(proof["verified"], true);
+    assert_eq!(proof["first"], 13);
+
+    let o = glassbox(&["ledger", "show", "3"], url, &key_file);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let shown: Value = serde_json::from_str(&stdout(&o)).expect("json");
+    assert_eq!(shown["record"]["position"], 3);
+    assert_eq!(shown["record"]["type"], "cli.tested");
+    assert_eq!(shown["known_type"], false);
+
+    // Tamper as an insider: verify exits 1 and names the position.
+    db.tamper("UPDATE ledger.records SET entry_hash = sha256('x') WHERE position = 12")
+        .await
+        .expect("tamper");
+    let o = glassbox(&["ledger", "verify"], url, &key_file);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).contains("position 12:"), "{}", stdout(&o));
+
+    // Bad input: errors name what is wrong, exit 2.
+    let o = glassbox(&["ledger", "show", "999"], url, &key_file);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("no record at position 999"),
+        "{}",
+        stderr(&o)
+    );
+    let o = glassbox(&["ledger", "verify"], None, &key_file);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("DATABASE_URL"), "{}", stderr(&o));
+    let o = glassbox(&["ledger", "verify"], url, &dir.join("missing.key"));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--chain-only"), "{}", stderr(&o));
+    let o = glassbox(
+        &["ledger", "proof", "inclusion", "1", "--size", "4000"],
+        url,
+        &key_file,
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("exceeds the ledger size"),
+        "{}",
+        stderr(&o)
+    );
+
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn bench_ledger_prints_one_json_line_with_baseline_and_ratios() {
+    let o = Command::new(env!("CARGO_BIN_EXE_glassbox"))
+        .args([
+            "bench",
+            "ledger",
+            "--appends",
+            "40",
+            "--batches",
+            "2",
+            "--size",
+            "600",
+        ])
+        .env("DATABASE_URL", glassbox_events::testing::admin_url())
+        .output()
+        .expect("run bench");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert_eq!(out.lines().count(), 1, "{out}");
+    let v: Value = serde_json::from_str(&out).expect("json line");
+    for k in ["single_1_writer", "single_8_writers", "batch_100_1_writer"] {
+        assert!(v["appends"][k]["ledger"]["p50_ms"].as_f64().expect("p50") > 0.0);
+        assert!(
+            v["appends"][k]["baseline"]["events_per_s"]
+                .as_f64()
+                .expect("baseline")
+                > 0.0
+        );
+        assert!(v["ratio_to_baseline"][k].as_f64().expect("ratio") > 0.0);
+    }
+    assert_eq!(v["verify"]["records"], 600);
+    assert_eq!(v["inclusion_proof_at_size"], 600);
+}

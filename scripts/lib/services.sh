@@ -1,0 +1,72 @@
+# Starts (and on a fresh Debian machine installs) what Glassbox and its tests need.
+# Sourced by scripts/test.sh and scripts/try.sh; each function is idempotent.
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+apt_install() {
+  if [ -z "${GLASSBOX_APT_UPDATED:-}" ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+    export GLASSBOX_APT_UPDATED=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2
+}
+
+ensure_rust() {
+  if ! command -v cargo >/dev/null 2>&1; then
+    [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
+  fi
+  if ! command -v cargo >/dev/null 2>&1; then
+    log "cargo not found: install a Rust toolchain >= 1.88 (rustup) first"
+    exit 2
+  fi
+}
+
+# PostgreSQL on 127.0.0.1:5432. Exports GLASSBOX_TEST_DATABASE_URL (a role that
+# may create databases) unless it is already set.
+ensure_postgres() {
+  if ! command -v pg_ctlcluster >/dev/null 2>&1; then
+    log "installing PostgreSQL"
+    apt_install postgresql
+  fi
+  if ! pg_isready -q -h 127.0.0.1 -p 5432; then
+    log "starting PostgreSQL"
+    local version
+    version=$(ls /etc/postgresql | sort -V | tail -n 1)
+    pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+    for _ in $(seq 1 60); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 0.5; done
+  fi
+  pg_isready -q -h 127.0.0.1 -p 5432 || { log "PostgreSQL did not come up"; exit 2; }
+  if [ -z "${GLASSBOX_TEST_DATABASE_URL:-}" ]; then
+    if psql -qtA "postgres://postgres@127.0.0.1:5432/postgres" -c 'select 1' >/dev/null 2>&1; then
+      export GLASSBOX_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:5432/postgres"
+    else
+      # A stock Debian cluster wants a password on TCP: give the superuser one.
+      log "setting a local password for the postgres role"
+      su postgres -c "psql -qc \"ALTER ROLE postgres PASSWORD 'glassbox'\"" >/dev/null
+      export GLASSBOX_TEST_DATABASE_URL="postgres://postgres:glassbox@127.0.0.1:5432/postgres"
+    fi
+  fi
+}
+
+# Redis on 127.0.0.1:6379 (sessions and rate limits).
+ensure_redis() {
+  if ! command -v redis-server >/dev/null 2>&1; then
+    log "installing Redis"
+    apt_install redis-server
+  fi
+  if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+    log "starting Redis"
+    mkdir -p /var/lib/redis /var/log/redis
+    redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+      --dir /var/lib/redis --logfile /var/log/redis/glassbox.log
+    for _ in $(seq 1 40); do redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && break; sleep 0.25; done
+  fi
+}
+
+# gVisor's runsc (Debian package).
+ensure_runsc() {
+  if ! command -v runsc >/dev/null 2>&1; then
+    log "installing gVisor (runsc)"
+    apt_install runsc
+  fi
+}

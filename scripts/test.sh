@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The whole test suite: starts or installs what the tests need, then formatting,
+# lints and every crate's tests against the real PostgreSQL, Redis and runsc.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib/services.sh
+
+ensure_rust
+ensure_postgres
+ensure_redis
+ensure_runsc
+
+log "cargo fmt --check"
+cargo fmt --all --check
+log "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+log "cargo test"
+cargo test --workspace --locked
