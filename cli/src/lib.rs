@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod ledger;
+pub mod sandbox;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
@@ -43,6 +44,11 @@ pub enum Command {
         db: DbArgs,
         #[command(subcommand)]
         command: DbCommand,
+    },
+    /// Run code in a gVisor sandbox directly (a debugging aid; needs root and runsc).
+    Sandbox {
+        #[command(subcommand)]
+        command: sandbox::SandboxCommand,
     },
     /// Benchmarks that measure their own baseline in the same run.
     Bench {
@@ -155,6 +161,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
         },
+        Command::Sandbox { command } => sandbox::run(command).await,
         Command::Bench { command } => bench::run(command).await,
     }
 }

@@ -1,0 +1,649 @@
+//! The local backend: gVisor `runsc run` with one OCI bundle per execution.
+//!
+//! Layout under `base_dir` (default `/run/glassbox`): `runsc/` (runsc state root),
+//! `bundles/<id>/` (config.json, runsc log), `ws/<id>/` (the workspace tmpfs),
+//! `rootfs/` (the shared read-only root template). Sandbox IDs are
+//! `gb-<runner>-<12 hex>`, so a restarted runner recognises — and sweeps — exactly
+//! what it owns.
+
+mod capture;
+pub mod cgroup;
+pub mod oci;
+pub mod workspace;
+
+use crate::backend::SandboxBackend;
+use crate::error::SandboxError;
+use crate::result::{ExecutionResult, SweepReport, Teardown};
+use crate::runtime::RuntimeRegistry;
+use crate::spec::ExecutionSpec;
+use cgroup::Cgroups;
+use glassbox_events::catalogue::Outcome;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt as _;
+use tokio_util::sync::CancellationToken;
+
+/// Configuration of the local backend.
+#[derive(Debug, Clone)]
+pub struct LocalConfig {
+    /// The runsc binary (a name is looked up in PATH).
+    pub runsc: PathBuf,
+    /// Distinguishes this runner's sandboxes: `[a-z0-9_]{1,32}`.
+    pub runner_id: String,
+    pub base_dir: PathBuf,
+    pub cgroup_root: PathBuf,
+    pub registry: RuntimeRegistry,
+}
+
+impl Default for LocalConfig {
+    fn default() -> LocalConfig {
+        LocalConfig {
+            runsc: PathBuf::from("runsc"),
+            runner_id: "local".into(),
+            base_dir: PathBuf::from("/run/glassbox"),
+            cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+            registry: RuntimeRegistry::builtin(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Paths {
+    state: PathBuf,
+    bundles: PathBuf,
+    workspaces: PathBuf,
+    rootfs: PathBuf,
+}
+
+/// The runsc backend. Cheap to share (`Arc` inside).
+#[derive(Debug, Clone)]
+pub struct LocalRunsc {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: LocalConfig,
+    paths: Paths,
+    live: Mutex<HashSet<String>>,
+}
+
+impl LocalRunsc {
+    /// Checks runsc and cgroups, prepares the directories and root template, and
+    /// sweeps whatever an earlier run of this runner left behind.
+    pub async fn start(config: LocalConfig) -> Result<(LocalRunsc, SweepReport), SandboxError> {
+        let ok_id = !config.runner_id.is_empty()
+            && config.runner_id.len() <= 32
+            && config
+                .runner_id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !ok_id {
+            return Err(SandboxError::InvalidSpec(format!(
+                "runner id {:?} must match [a-z0-9_]{{1,32}}",
+                config.runner_id
+            )));
+        }
+        let version = tokio::process::Command::new(&config.runsc)
+            .arg("--version")
+            .stdin(Stdio::null())
+            .output()
+            .await;
+        match version {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => {
+                return Err(SandboxError::RunscMissing {
+                    step: "start-up: runsc --version",
+                    sandbox_id: "-".into(),
+                    path: config.runsc.clone(),
+                    detail: String::from_utf8_lossy(&o.stderr).trim().to_owned(),
+                });
+            }
+            Err(e) => {
+                return Err(SandboxError::RunscMissing {
+                    step: "start-up: runsc --version",
+                    sandbox_id: "-".into(),
+                    path: config.runsc.clone(),
+                    detail: e.to_string(),
+                });
+            }
+        }
+        Cgroups::check_host(&config.cgroup_root)?;
+        let base = &config.base_dir;
+        let paths = Paths {
+            state: base.join("runsc"),
+            bundles: base.join("bundles"),
+            workspaces: base.join("ws"),
+            rootfs: base.join("rootfs"),
+        };
+        for d in [&paths.state, &paths.bundles, &paths.workspaces] {
+            std::fs::create_dir_all(d).map_err(|source| SandboxError::Io {
+                step: "start-up: create directories",
+                sandbox_id: "-".into(),
+                path: d.clone(),
+                source,
+            })?;
+        }
+        let binds: Vec<&Path> = oci::BASE_BINDS
+            .iter()
+            .map(Path::new)
+            .chain(
+                config
+                    .registry
+                    .names()
+                    .iter()
+                    .filter_map(|n| config.registry.get(n).ok())
+                    .flat_map(|rt| rt.binds.iter().map(PathBuf::as_path))
+                    .collect::<Vec<_>>(),
+            )
+            .collect();
+        oci::ensure_rootfs(&paths.rootfs, &binds).map_err(|source| SandboxError::Io {
+            step: "start-up: prepare root template",
+            sandbox_id: "-".into(),
+            path: paths.rootfs.clone(),
+            source,
+        })?;
+        let backend = LocalRunsc {
+            inner: Arc::new(Inner {
+                config,
+                paths,
+                live: Mutex::new(HashSet::new()),
+            }),
+        };
+        let report = backend.sweep_now().await?;
+        Ok((backend, report))
+    }
+
+    fn prefix(&self) -> String {
+        format!("gb-{}-", self.inner.config.runner_id)
+    }
+
+    fn owns(&self, id: &str) -> bool {
+        id.strip_prefix(&self.prefix())
+            .is_some_and(|rest| rest.len() == 12 && rest.bytes().all(|b| b.is_ascii_hexdigit()))
+    }
+
+    /// Where the runsc state of sandbox `id` would be.
+    pub fn state_dir(&self) -> &Path {
+        &self.inner.paths.state
+    }
+
+    pub fn bundle_dir(&self, id: &str) -> PathBuf {
+        self.inner.paths.bundles.join(id)
+    }
+
+    pub fn workspace_dir(&self, id: &str) -> PathBuf {
+        self.inner.paths.workspaces.join(id)
+    }
+
+    pub fn cgroups(&self, id: &str) -> Cgroups {
+        Cgroups::new(&self.inner.config.cgroup_root, id)
+    }
+
+    fn runsc(&self) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new(&self.inner.config.runsc);
+        c.arg("--root").arg(&self.inner.paths.state);
+        c
+    }
+
+    async fn sweep_now(&self) -> Result<SweepReport, SandboxError> {
+        let mut report = SweepReport::default();
+        let live: HashSet<String> = self
+            .inner
+            .live
+            .lock()
+            .map(|l| l.clone())
+            .unwrap_or_default();
+        let stale = |id: &str| self.owns(id) && !live.contains(id);
+        // 1. runsc's own state.
+        let out = self
+            .runsc()
+            .args(["list", "--format=json"])
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(|e| SandboxError::RunscMissing {
+                step: "sweep: runsc list",
+                sandbox_id: "-".into(),
+                path: self.inner.config.runsc.clone(),
+                detail: e.to_string(),
+            })?;
+        let listed: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)
+            .ok()
+            .and_then(|v: serde_json::Value| v.as_array().cloned())
+            .unwrap_or_default();
+        let mut ids: Vec<String> = listed
+            .iter()
+            .filter_map(|v| v.get("id").and_then(|i| i.as_str()).map(str::to_owned))
+            .collect();
+        // Lock or state files of sandboxes that never fully started.
+        if let Ok(entries) = std::fs::read_dir(&self.inner.paths.state) {
+            for e in entries.filter_map(Result::ok) {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if let Some((id, _)) = name.split_once("_sandbox:")
+                    && !ids.iter().any(|i| i == id)
+                {
+                    ids.push(id.to_owned());
+                }
+            }
+        }
+        for id in ids.into_iter().filter(|i| stale(i)) {
+            self.destroy_sandbox(&id).await;
+            report.sandboxes.push(id);
+        }
+        // 2. Workspaces, bundles and cgroups.
+        for (dir, kind) in [
+            (&self.inner.paths.workspaces, 0),
+            (&self.inner.paths.bundles, 1),
+        ] {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                continue;
+            };
+            for e in entries.filter_map(Result::ok) {
+                let id = e.file_name().to_string_lossy().into_owned();
+                if !stale(&id) {
+                    continue;
+                }
+                if kind == 0 {
+                    let ws = e.path();
+                    let t = tokio::task::spawn_blocking(move || workspace::destroy("sweep", &ws))
+                        .await
+                        .unwrap_or_else(|_| Ok(Teardown::default()))?;
+                    report.bytes_scrubbed += t.bytes_scrubbed;
+                    report.workspaces.push(id);
+                } else {
+                    let _ = std::fs::remove_dir_all(e.path());
+                    report.bundles.push(id);
+                }
+            }
+        }
+        for c in cgroup::ALL {
+            let parent = self.inner.config.cgroup_root.join(c).join(cgroup::PARENT);
+            let Ok(entries) = std::fs::read_dir(&parent) else {
+                continue;
+            };
+            for e in entries.filter_map(Result::ok) {
+                let id = e.file_name().to_string_lossy().into_owned();
+                if stale(&id) && e.path().is_dir() {
+                    for removed in self.cgroups(&id).remove_all() {
+                        report.cgroups.push(removed.display().to_string());
+                    }
+                }
+            }
+        }
+        if report != SweepReport::default() {
+            tracing::info!(?report, "swept stale sandboxes of this runner");
+        }
+        Ok(report)
+    }
+
+    /// Kills and deletes a sandbox's runsc state (ignoring "not found").
+    async fn destroy_sandbox(&self, id: &str) {
+        let _ = self
+            .runsc()
+            .args(["kill", "--all", id, "KILL"])
+            .stdin(Stdio::null())
+            .output()
+            .await;
+        let _ = self
+            .runsc()
+            .args(["delete", "--force", id])
+            .stdin(Stdio::null())
+            .output()
+            .await;
+        if let Ok(entries) = std::fs::read_dir(&self.inner.paths.state) {
+            for e in entries.filter_map(Result::ok) {
+                if e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("{id}_sandbox:"))
+                {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+    }
+
+    async fn run(
+        &self,
+        spec: ExecutionSpec,
+        cancel: CancellationToken,
+        id: String,
+    ) -> Result<ExecutionResult, SandboxError> {
+        let registry = &self.inner.config.registry;
+        let runtime = registry.get(&spec.language)?.clone();
+        let bundle = self.bundle_dir(&id);
+        let ws = self.workspace_dir(&id);
+        let cg = self.cgroups(&id);
+        let limits = spec.limits.clone();
+
+        std::fs::create_dir_all(&bundle).map_err(|source| SandboxError::Io {
+            step: "prepare bundle",
+            sandbox_id: id.clone(),
+            path: bundle.clone(),
+            source,
+        })?;
+        workspace::mount(&id, &ws, limits.workspace_bytes)?;
+        workspace::write_inputs(&id, &ws, &runtime.file_name, &spec)?;
+        cg.create(
+            limits.memory_bytes,
+            oci::pids_backstop(limits.processes),
+            oci::cpu_quota_us(limits.cpu_millicores),
+            oci::CPU_PERIOD_US,
+        )?;
+        let config = oci::config(
+            &spec,
+            &runtime,
+            &self.inner.paths.rootfs,
+            &ws,
+            &cg.cgroups_path(),
+        );
+        let config_path = bundle.join("config.json");
+        std::fs::write(
+            &config_path,
+            serde_json::to_vec_pretty(&config).unwrap_or_default(),
+        )
+        .map_err(|source| SandboxError::Io {
+            step: "write config.json",
+            sandbox_id: id.clone(),
+            path: config_path.clone(),
+            source,
+        })?;
+        let log = bundle.join("runsc.log");
+
+        let started = Instant::now();
+        let mut child = self
+            .runsc()
+            .arg("--network=none")
+            .arg(format!("--log={}", log.display()))
+            .arg("run")
+            .arg("--bundle")
+            .arg(&bundle)
+            .arg(&id)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| SandboxError::RunscMissing {
+                step: "start sandbox",
+                sandbox_id: id.clone(),
+                path: self.inner.config.runsc.clone(),
+                detail: e.to_string(),
+            })?;
+        let stdin = child.stdin.take();
+        let input = spec.stdin.clone();
+        let writer = tokio::spawn(async move {
+            if let Some(mut s) = stdin {
+                let _ = s.write_all(&input).await;
+                let _ = s.shutdown().await;
+            }
+        });
+        let out_task = child
+            .stdout
+            .take()
+            .map(|s| tokio::spawn(capture::drain(s, limits.stdout_bytes)));
+        let err_task = child
+            .stderr
+            .take()
+            .map(|s| tokio::spawn(capture::drain(s, limits.stderr_bytes)));
+
+        let (mut timed_out, mut cancelled) = (false, false);
+        let status = tokio::select! {
+            s = child.wait() => Some(s),
+            _ = tokio::time::sleep(limits.wall_time()) => { timed_out = true; None }
+            _ = cancel.cancelled() => { cancelled = true; None }
+        };
+        let status = match status {
+            Some(s) => s,
+            None => {
+                let _ = self
+                    .runsc()
+                    .args(["kill", "--all", &id, "KILL"])
+                    .stdin(Stdio::null())
+                    .output()
+                    .await;
+                match tokio::time::timeout(Duration::from_secs(10), child.wait()).await {
+                    Ok(s) => s,
+                    Err(_) => {
+                        let _ = child.start_kill();
+                        child.wait().await
+                    }
+                }
+            }
+        }
+        .map_err(|source| SandboxError::Io {
+            step: "wait for sandbox",
+            sandbox_id: id.clone(),
+            path: bundle.clone(),
+            source,
+        })?;
+        let wall = started.elapsed();
+        writer.abort();
+        let collect = |t: Option<tokio::task::JoinHandle<crate::result::Captured>>| async move {
+            match t {
+                Some(t) => tokio::time::timeout(Duration::from_secs(5), t)
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or_default(),
+                None => Default::default(),
+            }
+        };
+        let stdout = collect(out_task).await;
+        let stderr = collect(err_task).await;
+
+        let stats = cg.stats();
+        let runsc_log = std::fs::read_to_string(&log).unwrap_or_default();
+        let code = status.code();
+        use std::os::unix::process::ExitStatusExt as _;
+        let (outcome, exit_code, signal, detail) = classify(
+            timed_out,
+            cancelled,
+            &stats,
+            code,
+            status.signal(),
+            runsc_log.trim(),
+        );
+        let (files, files_truncated, skipped) = {
+            let ws = ws.clone();
+            let (max_files, max_bytes) = (limits.output_files, limits.output_bytes);
+            tokio::task::spawn_blocking(move || workspace::collect(&ws, max_files, max_bytes))
+                .await
+                .unwrap_or_default()
+        };
+        Ok(ExecutionResult {
+            sandbox_id: id.clone(),
+            backend: "runsc",
+            runtime: format!("{}-{}", spec.language, runtime.version),
+            outcome,
+            exit_code,
+            signal,
+            detail,
+            wall_ms: wall.as_millis() as u64,
+            cpu_ms: stats.cpu_ns.map(|ns| ns / 1_000_000),
+            peak_memory_bytes: stats.peak_memory_bytes,
+            stdout,
+            stderr,
+            files,
+            files_truncated,
+            skipped,
+            teardown: Teardown::default(),
+        })
+    }
+}
+
+/// Decides the outcome. Order matters: our own timeout/cancel flags, then the OOM
+/// counter, then the pids backstop, then runsc's own failure, then the exit status.
+fn classify(
+    timed_out: bool,
+    cancelled: bool,
+    stats: &cgroup::Stats,
+    code: Option<i32>,
+    host_signal: Option<i32>,
+    runsc_log: &str,
+) -> (Outcome, Option<i32>, Option<i32>, Option<String>) {
+    let signal_of = |c: i32| (129..=192).contains(&c).then_some(c - 128);
+    if cancelled {
+        return (Outcome::Cancelled, code, Some(9), None);
+    }
+    if timed_out {
+        return (Outcome::TimedOut, code, Some(9), None);
+    }
+    if stats.oom_kills > 0 {
+        return (
+            Outcome::OomKilled,
+            code,
+            Some(9),
+            Some("memory limit reached; killed by the OOM killer".into()),
+        );
+    }
+    if stats.pids_max_hits > 0 {
+        return (
+            Outcome::Crashed,
+            code,
+            Some(9),
+            Some("process limit backstop reached; the sandbox was killed".into()),
+        );
+    }
+    if let Some(sig) = host_signal {
+        return (
+            Outcome::Crashed,
+            None,
+            Some(sig),
+            Some(format!("runsc was killed by signal {sig}")),
+        );
+    }
+    if !runsc_log.is_empty() {
+        let last = runsc_log.lines().last().unwrap_or_default();
+        let msg = serde_json::from_str::<serde_json::Value>(last)
+            .ok()
+            .and_then(|v| v.get("msg").and_then(|m| m.as_str()).map(str::to_owned))
+            .unwrap_or_else(|| last.to_owned());
+        return (Outcome::Crashed, code, None, Some(msg));
+    }
+    match code {
+        Some(0) => (Outcome::Succeeded, Some(0), None, None),
+        Some(c) => (Outcome::Failed, Some(c), signal_of(c), None),
+        None => (Outcome::Crashed, None, None, Some("no exit status".into())),
+    }
+}
+
+/// Undoes everything an execution created, on every path. Armed until the normal
+/// path has run it; if the execution future is dropped or panics, `Drop` runs the
+/// same steps on a separate thread.
+struct Cleanup {
+    backend: LocalRunsc,
+    id: String,
+    armed: bool,
+}
+
+impl Cleanup {
+    fn blocking(backend: &LocalRunsc, id: &str) -> Result<Teardown, SandboxError> {
+        let state = &backend.inner.paths.state;
+        let has_state = std::fs::read_dir(state)
+            .map(|it| {
+                it.filter_map(Result::ok).any(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with(&format!("{id}_sandbox:"))
+                })
+            })
+            .unwrap_or(false);
+        if has_state {
+            let runsc = |args: &[&str]| {
+                let _ = std::process::Command::new(&backend.inner.config.runsc)
+                    .arg("--root")
+                    .arg(state)
+                    .args(args)
+                    .stdin(Stdio::null())
+                    .output();
+            };
+            runsc(&["kill", "--all", id, "KILL"]);
+            runsc(&["delete", "--force", id]);
+            if let Ok(entries) = std::fs::read_dir(state) {
+                for e in entries.filter_map(Result::ok) {
+                    if e.file_name()
+                        .to_string_lossy()
+                        .starts_with(&format!("{id}_sandbox:"))
+                    {
+                        let _ = std::fs::remove_file(e.path());
+                    }
+                }
+            }
+        }
+        let teardown = workspace::destroy(id, &backend.workspace_dir(id));
+        backend.cgroups(id).remove_all();
+        let _ = std::fs::remove_dir_all(backend.bundle_dir(id));
+        if let Ok(mut live) = backend.inner.live.lock() {
+            live.remove(id);
+        }
+        teardown
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (backend, id) = (self.backend.clone(), self.id.clone());
+        tracing::warn!(sandbox_id = %id, "execution abandoned; cleaning up in the background");
+        std::thread::spawn(move || {
+            // Give kill_on_drop's SIGKILL to `runsc run` a moment to land.
+            std::thread::sleep(Duration::from_millis(100));
+            if let Err(e) = Cleanup::blocking(&backend, &id) {
+                tracing::error!(sandbox_id = %id, error = %e, "cleanup after abandoned execution failed");
+            }
+        });
+    }
+}
+
+impl SandboxBackend for LocalRunsc {
+    fn name(&self) -> &'static str {
+        "runsc"
+    }
+
+    async fn execute(
+        &self,
+        spec: ExecutionSpec,
+        cancel: CancellationToken,
+    ) -> Result<ExecutionResult, SandboxError> {
+        spec.validate()?;
+        self.inner.config.registry.get(&spec.language)?;
+        let id = format!(
+            "{}{}",
+            self.prefix(),
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
+        if let Ok(mut live) = self.inner.live.lock() {
+            live.insert(id.clone());
+        }
+        let mut guard = Cleanup {
+            backend: self.clone(),
+            id: id.clone(),
+            armed: true,
+        };
+        let result = self.run(spec, cancel, id.clone()).await;
+        guard.armed = false;
+        let backend = self.clone();
+        let cleanup_id = id.clone();
+        let teardown =
+            tokio::task::spawn_blocking(move || Cleanup::blocking(&backend, &cleanup_id))
+                .await
+                .map_err(|e| SandboxError::Runsc {
+                    step: "cleanup",
+                    sandbox_id: id.clone(),
+                    detail: e.to_string(),
+                })?;
+        let mut result = result?;
+        result.teardown = teardown?;
+        Ok(result)
+    }
+
+    async fn sweep(&self) -> Result<SweepReport, SandboxError> {
+        self.sweep_now().await
+    }
+}

@@ -1,0 +1,161 @@
+//! The OCI runtime spec (config.json) of one execution — the recipe measured in
+//! docs/runsc-recipe.md: a shared read-only root that is *not* the host `/`,
+//! `/usr` and a few `/etc` files bound read-only, tmpfs `/tmp` and `/dev/shm`,
+//! the per-execution `/workspace`, uid/gid 65534, no capabilities, no new privileges.
+
+use crate::runtime::Runtime;
+use crate::spec::ExecutionSpec;
+use serde_json::{Value, json};
+use std::path::Path;
+
+/// The unprivileged user and group inside every sandbox.
+pub const SANDBOX_UID: u32 = 65534;
+
+/// Host paths bound read-only into every sandbox root (beyond the runtime's own).
+pub const BASE_BINDS: &[&str] = &["/usr", "/etc/ld.so.cache", "/etc/alternatives"];
+
+/// The pids cgroup backstop. Under gVisor's ptrace platform every guest process
+/// costs ~14 host tasks plus ~40 for the sandbox; RLIMIT_NPROC does the real
+/// limiting, and reaching pids.max crashes the whole sandbox.
+pub fn pids_backstop(processes: u64) -> u64 {
+    (64 + 16 * processes).max(1024)
+}
+
+pub fn config(
+    spec: &ExecutionSpec,
+    runtime: &Runtime,
+    rootfs: &Path,
+    workspace: &Path,
+    cgroups_path: &str,
+) -> Value {
+    let mut env: Vec<String> = vec![
+        "PATH=/usr/local/bin:/usr/bin:/bin".into(),
+        "HOME=/workspace".into(),
+        "LANG=C.UTF-8".into(),
+        "TMPDIR=/tmp".into(),
+    ];
+    env.extend(runtime.env.iter().map(|(k, v)| format!("{k}={v}")));
+    env.extend(spec.env.iter().map(|(k, v)| format!("{k}={v}")));
+    let ro = |src: &str| json!({"destination": src, "type": "bind", "source": src, "options": ["rbind", "ro", "nosuid", "nodev"]});
+    let limits = &spec.limits;
+    let mut mounts = vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc"}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "noexec", "mode=755"]}),
+        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+               "options": ["nosuid", "nodev", "noexec", "mode=1777", format!("size={}", limits.tmp_bytes.min(16 << 20))]}),
+        json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+               "options": ["nosuid", "nodev", "mode=1777", format!("size={}", limits.tmp_bytes)]}),
+    ];
+    mounts.extend(BASE_BINDS.iter().map(|b| ro(b)));
+    mounts.extend(runtime.binds.iter().map(|b| ro(&b.to_string_lossy())));
+    mounts.push(
+        json!({"destination": "/workspace", "type": "bind", "source": workspace,
+                       "options": ["rbind", "rw", "nosuid", "nodev"]}),
+    );
+    // /usr brings /usr/local along; hide its host configuration.
+    mounts.push(
+        json!({"destination": "/usr/local/etc", "type": "tmpfs", "source": "tmpfs",
+                       "options": ["ro", "nosuid", "nodev", "noexec", "size=4k", "mode=755"]}),
+    );
+    let caps: Vec<String> = Vec::new();
+    json!({
+        "ociVersion": "1.0.0",
+        "process": {
+            "terminal": false,
+            "user": {"uid": SANDBOX_UID, "gid": SANDBOX_UID, "additionalGids": []},
+            "args": runtime.argv(&spec.args),
+            "env": env,
+            "cwd": "/workspace",
+            "capabilities": {"bounding": caps, "effective": caps, "inheritable": caps, "permitted": caps, "ambient": caps},
+            "rlimits": [
+                {"type": "RLIMIT_NPROC", "hard": limits.processes, "soft": limits.processes},
+                {"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024},
+                {"type": "RLIMIT_CORE", "hard": 0, "soft": 0},
+            ],
+            "noNewPrivileges": true,
+        },
+        "root": {"path": rootfs, "readonly": true},
+        "hostname": "sandbox",
+        "mounts": mounts,
+        "linux": {
+            "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
+            "resources": {
+                "memory": {"limit": limits.memory_bytes},
+                "cpu": {"quota": cpu_quota_us(limits.cpu_millicores), "period": CPU_PERIOD_US},
+                "pids": {"limit": pids_backstop(limits.processes)},
+            },
+            "maskedPaths": [],
+            "readonlyPaths": [],
+            "cgroupsPath": cgroups_path,
+        }
+    })
+}
+
+pub const CPU_PERIOD_US: u64 = 100_000;
+
+pub fn cpu_quota_us(millicores: u64) -> u64 {
+    millicores * CPU_PERIOD_US / 1000
+}
+
+/// Creates the shared read-only root template (idempotent): symlinks into `/usr`,
+/// empty mount points and a minimal `/etc`.
+pub fn ensure_rootfs(root: &Path, extra_binds: &[&Path]) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    for d in [
+        "usr",
+        "etc/alternatives",
+        "tmp",
+        "workspace",
+        "proc",
+        "dev",
+        "sys",
+    ] {
+        std::fs::create_dir_all(root.join(d))?;
+    }
+    std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777))?;
+    for (link, target) in [
+        ("bin", "usr/bin"),
+        ("lib", "usr/lib"),
+        ("lib64", "usr/lib64"),
+        ("sbin", "usr/sbin"),
+    ] {
+        let p = root.join(link);
+        if std::fs::symlink_metadata(&p).is_err() {
+            std::os::unix::fs::symlink(target, &p)?;
+        }
+    }
+    for (file, content) in [
+        ("etc/ld.so.cache", ""),
+        (
+            "etc/passwd",
+            "root:x:0:0:root:/root:/usr/sbin/nologin\nnobody:x:65534:65534:nobody:/workspace:/usr/sbin/nologin\n",
+        ),
+        ("etc/group", "root:x:0:\nnogroup:x:65534:\n"),
+        ("etc/hosts", "127.0.0.1 localhost\n::1 localhost\n"),
+        (
+            "etc/nsswitch.conf",
+            "passwd: files\ngroup: files\nhosts: files\n",
+        ),
+    ] {
+        let p = root.join(file);
+        if !p.exists() {
+            std::fs::write(&p, content)?;
+        }
+    }
+    for b in extra_binds {
+        let rel = b.strip_prefix("/").unwrap_or(b);
+        let target = root.join(rel);
+        if target.exists() {
+            continue;
+        }
+        if b.is_dir() {
+            std::fs::create_dir_all(&target)?;
+        } else {
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(&target, "")?;
+        }
+    }
+    Ok(())
+}

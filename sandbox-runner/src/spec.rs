@@ -1,0 +1,240 @@
+//! What to run: code, inputs and limits. Validated before anything touches the host.
+
+use crate::error::SandboxError;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// A file placed in `/workspace` before the run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputFile {
+    /// Relative path inside `/workspace` (no `..`, not absolute).
+    pub path: String,
+    pub content: Vec<u8>,
+    #[serde(default)]
+    pub executable: bool,
+}
+
+/// Hard limits of one execution. Integer units only (they end up in the ledger).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    pub wall_time_ms: u64,
+    /// CPU in thousandths of a core (1000 = one core).
+    pub cpu_millicores: u64,
+    pub memory_bytes: u64,
+    /// Processes the sandboxed user may have (RLIMIT_NPROC).
+    pub processes: u64,
+    pub workspace_bytes: u64,
+    pub tmp_bytes: u64,
+    pub stdout_bytes: u64,
+    pub stderr_bytes: u64,
+    /// Total bytes collected from `/workspace/out`.
+    pub output_bytes: u64,
+    /// Files collected from `/workspace/out`.
+    pub output_files: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            wall_time_ms: 10_000,
+            cpu_millicores: 1000,
+            memory_bytes: 256 << 20,
+            processes: 64,
+            workspace_bytes: 64 << 20,
+            tmp_bytes: 64 << 20,
+            stdout_bytes: 1 << 20,
+            stderr_bytes: 1 << 20,
+            output_bytes: 8 << 20,
+            output_files: 64,
+        }
+    }
+}
+
+impl Limits {
+    pub fn wall_time(&self) -> Duration {
+        Duration::from_millis(self.wall_time_ms)
+    }
+
+    pub fn validate(&self) -> Result<(), SandboxError> {
+        let bad = |what: &str| Err(SandboxError::InvalidSpec(what.to_owned()));
+        if self.wall_time_ms == 0 {
+            return bad("wall_time_ms must be positive");
+        }
+        if self.cpu_millicores < 10 {
+            return bad("cpu_millicores must be at least 10");
+        }
+        if self.memory_bytes < 16 << 20 {
+            return bad("memory_bytes must be at least 16 MiB");
+        }
+        if self.processes == 0 || self.processes > 4096 {
+            return bad("processes must be between 1 and 4096");
+        }
+        if self.workspace_bytes < 1 << 20 || self.tmp_bytes < 1 << 20 {
+            return bad("workspace_bytes and tmp_bytes must be at least 1 MiB");
+        }
+        Ok(())
+    }
+}
+
+/// One execution: the action the core is asked to carry out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecutionSpec {
+    /// A language of the runtime registry (`python`, `node`, `bash`, …).
+    pub language: String,
+    /// The main program, written to the runtime's file name.
+    pub code: Vec<u8>,
+    #[serde(default)]
+    pub files: Vec<InputFile>,
+    #[serde(default)]
+    pub stdin: Vec<u8>,
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Non-secret environment.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+impl ExecutionSpec {
+    pub fn new(language: impl Into<String>, code: impl Into<Vec<u8>>) -> ExecutionSpec {
+        ExecutionSpec {
+            language: language.into(),
+            code: code.into(),
+            files: Vec::new(),
+            stdin: Vec::new(),
+            args: Vec::new(),
+            env: BTreeMap::new(),
+            limits: Limits::default(),
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), SandboxError> {
+        self.limits.validate()?;
+        for f in &self.files {
+            check_relative_path(&f.path)?;
+        }
+        for (k, v) in &self.env {
+            let ok = !k.is_empty()
+                && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                && !k.as_bytes()[0].is_ascii_digit();
+            if !ok {
+                return Err(SandboxError::InvalidSpec(format!(
+                    "environment variable name {k:?} is invalid"
+                )));
+            }
+            if v.contains('\0') {
+                return Err(SandboxError::InvalidSpec(format!(
+                    "environment variable {k} contains NUL"
+                )));
+            }
+        }
+        if self.args.iter().any(|a| a.contains('\0')) {
+            return Err(SandboxError::InvalidSpec("an argument contains NUL".into()));
+        }
+        let input: u64 = self.code.len() as u64
+            + self
+                .files
+                .iter()
+                .map(|f| f.content.len() as u64)
+                .sum::<u64>();
+        if input > self.limits.workspace_bytes {
+            return Err(SandboxError::InvalidSpec(format!(
+                "code and files ({input} bytes) exceed the workspace size ({} bytes)",
+                self.limits.workspace_bytes
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Accepts `a/b.txt`; refuses absolute paths, `..`, empty components and NUL.
+pub fn check_relative_path(path: &str) -> Result<(), SandboxError> {
+    let bad = || {
+        Err(SandboxError::InvalidSpec(format!(
+            "file path {path:?} must be relative, without `..`"
+        )))
+    };
+    if path.is_empty() || path.starts_with('/') || path.contains('\0') || path.len() > 1024 {
+        return bad();
+    }
+    for part in path.split('/') {
+        if part.is_empty() || part == "." || part == ".." {
+            return bad();
+        }
+    }
+    Ok(())
+}
+
+/// Parses `256M`, `1G`, `512k`, `1048576` (binary units).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        None => (s, 1u64),
+        Some((i, _)) => {
+            let mult = match s[i..]
+                .to_ascii_lowercase()
+                .trim_end_matches("ib")
+                .trim_end_matches('b')
+            {
+                "" => 1,
+                "k" => 1 << 10,
+                "m" => 1 << 20,
+                "g" => 1 << 30,
+                other => return Err(format!("unknown size unit {other:?} in {s:?}")),
+            };
+            (&s[..i], mult)
+        }
+    };
+    let n: u64 = num.parse().map_err(|_| format!("invalid size {s:?}"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+/// Parses `5s`, `500ms`, `2m`, `10` (seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let n: u64 = s[..split]
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}"))?;
+    Ok(match &s[split..] {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" => Duration::from_secs(n * 60),
+        other => return Err(format!("unknown duration unit {other:?} in {s:?}")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_durations_parse() {
+        assert_eq!(parse_bytes("256M"), Ok(256 << 20));
+        assert_eq!(parse_bytes("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_bytes("512k"), Ok(512 << 10));
+        assert_eq!(parse_bytes("42"), Ok(42));
+        assert!(parse_bytes("12Q").is_err());
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("fast").is_err());
+    }
+
+    #[test]
+    fn paths_and_env_are_checked() {
+        for bad in ["/etc/passwd", "../x", "a/../b", "a//b", "", "./a"] {
+            assert!(check_relative_path(bad).is_err(), "{bad}");
+        }
+        assert!(check_relative_path("data/in.csv").is_ok());
+        let mut s = ExecutionSpec::new("python", "print(1)");
+        s.env.insert("1BAD".into(), "x".into());
+        assert!(s.validate().is_err());
+        let mut s = ExecutionSpec::new("python", "print(1)");
+        s.limits.memory_bytes = 1024;
+        assert!(s.validate().is_err());
+    }
+}
