@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 pub enum BenchCommand {
     /// Ledger append, verification and proof performance against plain INSERTs.
     Ledger(LedgerBench),
+    /// Sandbox start-to-result latency against raw `runsc run` and a native process.
+    Sandbox(crate::bench_sandbox::SandboxBench),
 }
 
 #[derive(Debug, Args)]
@@ -41,10 +43,11 @@ pub struct LedgerBench {
 pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
     match command {
         BenchCommand::Ledger(args) => ledger(args).await,
+        BenchCommand::Sandbox(args) => crate::bench_sandbox::run(args).await,
     }
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -52,7 +55,7 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)].as_secs_f64() * 1000.0
 }
 
-fn round(x: f64) -> f64 {
+pub(crate) fn round(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
@@ -86,33 +89,22 @@ impl Sample {
     }
 }
 
-async fn ledger_appends(
-    store: &EventStore,
-    writers: u64,
-    total: u64,
-    batch: u64,
-) -> anyhow::Result<Sample> {
+/// Runs `per` timed operations on each of `writers` concurrent tasks.
+async fn measure<F, Fut>(writers: u64, total: u64, batch: u64, op: F) -> anyhow::Result<Sample>
+where
+    F: Fn(u64, u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
     let per = total / writers;
     let started = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..writers {
-        let store = store.clone();
+        let op = op.clone();
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(per as usize);
             for i in 0..per {
-                let events = (0..batch)
-                    .map(|j| {
-                        NewEvent::new(
-                            format!("bench-{w}-{}", i % 16),
-                            "bench.appended",
-                            payload(i * batch + j),
-                        )
-                    })
-                    .collect();
                 let t = Instant::now();
-                store
-                    .append(AppendRequest::new("bench", Actor::system("bench"), events))
-                    .await?;
+                op(w, i).await?;
                 lat.push(t.elapsed());
             }
             anyhow::Ok(lat)
@@ -129,6 +121,34 @@ async fn ledger_appends(
     })
 }
 
+async fn ledger_appends(
+    store: &EventStore,
+    writers: u64,
+    total: u64,
+    batch: u64,
+) -> anyhow::Result<Sample> {
+    let store = store.clone();
+    measure(writers, total, batch, move |w, i| {
+        let store = store.clone();
+        async move {
+            let events = (0..batch)
+                .map(|j| {
+                    NewEvent::new(
+                        format!("bench-{w}-{}", i % 16),
+                        "bench.appended",
+                        payload(i * batch + j),
+                    )
+                })
+                .collect();
+            store
+                .append(AppendRequest::new("bench", Actor::system("bench"), events))
+                .await?;
+            Ok(())
+        }
+    })
+    .await
+}
+
 /// The baseline: the same canonical bytes as plain INSERTs, no chain, no lock.
 async fn baseline_inserts(
     pool: &PgPool,
@@ -137,45 +157,29 @@ async fn baseline_inserts(
     total: u64,
     batch: u64,
 ) -> anyhow::Result<Sample> {
-    let per = total / writers;
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for w in 0..writers {
-        let pool = pool.clone();
-        let bytes = bytes.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::with_capacity(per as usize);
-            let hash = glassbox_events::Digest::of(&bytes).as_bytes().to_vec();
-            for i in 0..per {
-                let streams: Vec<String> = (0..batch)
-                    .map(|_| format!("bench-{w}-{}", i % 16))
-                    .collect();
-                let payloads: Vec<Vec<u8>> = (0..batch).map(|_| bytes.to_vec()).collect();
-                let hashes: Vec<Vec<u8>> = (0..batch).map(|_| hash.clone()).collect();
-                let t = Instant::now();
-                sqlx::query(
-                    "INSERT INTO bench_baseline (stream, canonical, entry_hash) \
-                     SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[])",
-                )
-                .bind(&streams)
-                .bind(&payloads)
-                .bind(&hashes)
-                .execute(&pool)
-                .await?;
-                lat.push(t.elapsed());
-            }
-            anyhow::Ok(lat)
-        }));
-    }
-    let mut latencies = Vec::new();
-    for t in tasks {
-        latencies.extend(t.await??);
-    }
-    Ok(Sample {
-        elapsed: started.elapsed(),
-        latencies,
-        events: per * writers * batch,
+    let pool = pool.clone();
+    let hash = glassbox_events::Digest::of(&bytes).as_bytes().to_vec();
+    measure(writers, total, batch, move |w, i| {
+        let (pool, bytes, hash) = (pool.clone(), bytes.clone(), hash.clone());
+        async move {
+            let streams: Vec<String> = (0..batch)
+                .map(|_| format!("bench-{w}-{}", i % 16))
+                .collect();
+            let payloads: Vec<Vec<u8>> = (0..batch).map(|_| bytes.to_vec()).collect();
+            let hashes: Vec<Vec<u8>> = (0..batch).map(|_| hash.clone()).collect();
+            sqlx::query(
+                "INSERT INTO bench_baseline (stream, canonical, entry_hash) \
+                 SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[])",
+            )
+            .bind(&streams)
+            .bind(&payloads)
+            .bind(&hashes)
+            .execute(&pool)
+            .await?;
+            Ok(())
+        }
     })
+    .await
 }
 
 async fn ledger(args: LedgerBench) -> anyhow::Result<ExitCode> {

@@ -4,6 +4,7 @@
 //! does not verify (or a proof does not check), 2 usage or infrastructure errors.
 
 pub mod bench;
+mod bench_sandbox;
 pub mod ledger;
 pub mod sandbox;
 

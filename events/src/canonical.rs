@@ -48,6 +48,11 @@ pub fn canonicalize_json(text: &[u8]) -> Result<Vec<u8>, CanonicalError> {
 /// Orders two member names by their UTF-16 code units, as RFC 8785 §3.2.3 requires
 /// (this differs from UTF-8 byte order for characters above U+FFFF).
 pub fn cmp_utf16(a: &str, b: &str) -> Ordering {
+    // UTF-8 byte order is code point order, which equals UTF-16 order unless a
+    // supplementary character meets one in U+E000..=U+FFFF; ASCII is the fast path.
+    if a.is_ascii() || b.is_ascii() {
+        return a.as_bytes().cmp(b.as_bytes());
+    }
     a.encode_utf16().cmp(b.encode_utf16())
 }
 

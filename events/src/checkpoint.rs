@@ -109,6 +109,31 @@ fn check_name(name: &str) -> Result<(), CheckpointError> {
     Ok(())
 }
 
+/// Splits `<name>+<hex id>+<base64(0x01 ‖ 32 bytes)>` (the shared shape of
+/// verifier and private keys) and checks the name and algorithm byte.
+fn split_key_text<'a>(
+    text: &'a str,
+    what: &'static str,
+) -> Result<(&'a str, &'a str, [u8; 32]), CheckpointError> {
+    let mut parts = text.splitn(3, '+');
+    let (Some(name), Some(id_hex), Some(key_b64)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return Err(CheckpointError::KeyFormat(
+            "expected <name>+<hex id>+<base64 key>",
+        ));
+    };
+    check_name(name)?;
+    let key = B64
+        .decode(key_b64)
+        .map_err(|_| CheckpointError::KeyFormat("key is not base64"))?;
+    if key.len() != 33 || key[0] != ALG_ED25519 {
+        return Err(CheckpointError::KeyFormat(what));
+    }
+    let mut bytes = [0u8; 32];
+    bytes.copy_from_slice(&key[1..]);
+    Ok((name, id_hex, bytes))
+}
+
 /// Key ID: the first 4 bytes of SHA-256(name ‖ "\n" ‖ 0x01 ‖ public key).
 pub fn key_id(name: &str, public: &[u8; 32]) -> [u8; 4] {
     let d = Digest::of_parts(&[name.as_bytes(), b"\n", &[ALG_ED25519], public]);
@@ -125,25 +150,10 @@ pub struct VerifierKey {
 
 impl VerifierKey {
     pub fn parse(text: &str) -> Result<VerifierKey, CheckpointError> {
-        let text = text.trim();
-        let mut parts = text.splitn(3, '+');
-        let (Some(name), Some(id_hex), Some(key_b64)) = (parts.next(), parts.next(), parts.next())
-        else {
-            return Err(CheckpointError::KeyFormat(
-                "expected <name>+<hex id>+<base64 key>",
-            ));
-        };
-        check_name(name)?;
-        let key = B64
-            .decode(key_b64)
-            .map_err(|_| CheckpointError::KeyFormat("key is not base64"))?;
-        if key.len() != 33 || key[0] != ALG_ED25519 {
-            return Err(CheckpointError::KeyFormat(
-                "key must be 0x01 followed by a 32-byte Ed25519 public key",
-            ));
-        }
-        let mut public = [0u8; 32];
-        public.copy_from_slice(&key[1..]);
+        let (name, id_hex, public) = split_key_text(
+            text.trim(),
+            "key must be 0x01 followed by a 32-byte Ed25519 public key",
+        )?;
         let id = key_id(name, &public);
         if hex::encode(id) != id_hex {
             return Err(CheckpointError::KeyFormat(
@@ -287,24 +297,8 @@ impl SigningKey {
             .ok_or(CheckpointError::KeyFormat(
                 "private key must start with PRIVATE+KEY+",
             ))?;
-        let mut parts = rest.splitn(3, '+');
-        let (Some(name), Some(id_hex), Some(key_b64)) = (parts.next(), parts.next(), parts.next())
-        else {
-            return Err(CheckpointError::KeyFormat(
-                "expected PRIVATE+KEY+<name>+<hex id>+<base64 key>",
-            ));
-        };
-        check_name(name)?;
-        let key = B64
-            .decode(key_b64)
-            .map_err(|_| CheckpointError::KeyFormat("key is not base64"))?;
-        if key.len() != 33 || key[0] != ALG_ED25519 {
-            return Err(CheckpointError::KeyFormat(
-                "key must be 0x01 followed by a 32-byte seed",
-            ));
-        }
-        let mut seed = [0u8; 32];
-        seed.copy_from_slice(&key[1..]);
+        let (name, id_hex, seed) =
+            split_key_text(rest, "key must be 0x01 followed by a 32-byte seed")?;
         let k = Self::from_seed(name, seed)?;
         if hex::encode(k.verifier().id) != id_hex {
             return Err(CheckpointError::KeyFormat("key id does not match the key"));

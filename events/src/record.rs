@@ -213,6 +213,9 @@ impl Record {
     }
 
     /// Parses and strictly validates canonical bytes.
+    ///
+    /// The parsed value itself is re-serialized and compared with the input (no
+    /// deep copies): verification runs this once per record.
     pub fn from_canonical(bytes: &[u8]) -> Result<Record, RecordError> {
         let value: Value =
             serde_json::from_slice(bytes).map_err(|e| RecordError::Json(e.to_string()))?;
@@ -229,60 +232,73 @@ impl Record {
             Some(other) => return Err(RecordError::Version(other.to_string())),
             None => return Err(RecordError::Member("v")),
         }
-        let record = Record {
-            position: positive(obj, "position")?,
-            event_id: {
-                let s = string(obj, "event_id")?;
-                let id = Uuid::parse_str(s).map_err(|e| RecordError::Invalid {
-                    field: "event_id",
-                    reason: e.to_string(),
-                })?;
-                if id.hyphenated().to_string() != s {
-                    return Err(RecordError::Invalid {
-                        field: "event_id",
-                        reason: "not a lowercase hyphenated UUID".into(),
-                    });
-                }
-                id
-            },
-            stream: string(obj, "stream")?.to_owned(),
-            stream_version: positive(obj, "stream_version")?,
-            event_type: string(obj, "type")?.to_owned(),
-            occurred_at: {
-                let s = string(obj, "occurred_at")?;
-                let t = DateTime::parse_from_rfc3339(s)
-                    .map_err(|e| RecordError::Invalid {
-                        field: "occurred_at",
-                        reason: e.to_string(),
-                    })?
-                    .with_timezone(&Utc);
-                if format_timestamp(&t) != s {
-                    return Err(RecordError::Invalid {
-                        field: "occurred_at",
-                        reason: "not UTC with microseconds and `Z`".into(),
-                    });
-                }
-                t
-            },
-            tenant: string(obj, "tenant")?.to_owned(),
-            actor: serde_json::from_value(obj.get("actor").cloned().unwrap_or(Value::Null))
+        match obj.get("data") {
+            Some(Value::Object(data)) => check_data(data)?,
+            _ => return Err(RecordError::Member("data")),
+        }
+        if canonical::to_canonical_bytes(&value).map_err(|e| RecordError::Json(e.to_string()))?
+            != bytes
+        {
+            return Err(RecordError::NotCanonical);
+        }
+        let Value::Object(mut obj) = value else {
+            return Err(RecordError::Json("not an object".into()));
+        };
+        let mut take_string = |k: &'static str| match obj.remove(k) {
+            Some(Value::String(s)) => Ok(s),
+            _ => Err(RecordError::Member(k)),
+        };
+        let event_id_text = take_string("event_id")?;
+        let stream = take_string("stream")?;
+        let event_type = take_string("type")?;
+        let occurred_text = take_string("occurred_at")?;
+        let tenant = take_string("tenant")?;
+        let correlation_id = take_string("correlation_id")?;
+        let prev_text = take_string("prev_hash")?;
+        let event_id = Uuid::parse_str(&event_id_text).map_err(|e| RecordError::Invalid {
+            field: "event_id",
+            reason: e.to_string(),
+        })?;
+        if event_id.hyphenated().to_string() != event_id_text {
+            return Err(RecordError::Invalid {
+                field: "event_id",
+                reason: "not a lowercase hyphenated UUID".into(),
+            });
+        }
+        let occurred_at = DateTime::parse_from_rfc3339(&occurred_text)
+            .map_err(|e| RecordError::Invalid {
+                field: "occurred_at",
+                reason: e.to_string(),
+            })?
+            .with_timezone(&Utc);
+        if format_timestamp(&occurred_at) != occurred_text {
+            return Err(RecordError::Invalid {
+                field: "occurred_at",
+                reason: "not UTC with microseconds and `Z`".into(),
+            });
+        }
+        Ok(Record {
+            position: positive(&obj, "position")?,
+            stream_version: positive(&obj, "stream_version")?,
+            event_id,
+            stream,
+            event_type,
+            occurred_at,
+            tenant,
+            actor: serde_json::from_value(obj.remove("actor").unwrap_or(Value::Null))
                 .map_err(|_| RecordError::Member("actor"))?,
-            correlation_id: string(obj, "correlation_id")?.to_owned(),
-            causation_id: nullable_string(obj, "causation_id")?,
-            request_id: nullable_string(obj, "request_id")?,
-            data: match obj.get("data") {
-                Some(Value::Object(m)) => m.clone(),
+            correlation_id,
+            causation_id: nullable_string(&obj, "causation_id")?,
+            request_id: nullable_string(&obj, "request_id")?,
+            data: match obj.remove("data") {
+                Some(Value::Object(m)) => m,
                 _ => return Err(RecordError::Member("data")),
             },
-            prev_hash: Digest::from_hex(string(obj, "prev_hash")?).ok_or(RecordError::Invalid {
+            prev_hash: Digest::from_hex(&prev_text).ok_or(RecordError::Invalid {
                 field: "prev_hash",
                 reason: "not 64 lowercase hex digits".into(),
             })?,
-        };
-        if record.canonical_bytes()? != bytes {
-            return Err(RecordError::NotCanonical);
-        }
-        Ok(record)
+        })
     }
 
     /// SHA-256 of the canonical bytes.
@@ -293,12 +309,6 @@ impl Record {
 
 fn opt_str(s: &Option<String>) -> Value {
     s.as_ref().map_or(Value::Null, |s| Value::from(s.clone()))
-}
-
-fn string<'a>(obj: &'a Map<String, Value>, k: &'static str) -> Result<&'a str, RecordError> {
-    obj.get(k)
-        .and_then(Value::as_str)
-        .ok_or(RecordError::Member(k))
 }
 
 fn nullable_string(

@@ -19,6 +19,7 @@ use crate::merkle::{self, Frontier, NodeId, ProofError, ProofPlan};
 use crate::record::{self, Actor, Record, RecordError};
 use crate::verify::{ChainVerifier, Failure, Problem, RawRow, Report, StartState};
 use chrono::Utc;
+use futures::StreamExt as _;
 use serde_json::{Map, Value};
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row, Transaction};
@@ -671,48 +672,42 @@ impl EventStore {
         // A run "to the end" stops at the head read above, so appends that land
         // meanwhile do not look like records beyond the head.
         let end = to.unwrap_or(head_size);
-        let mut from_pos = start.size + 1;
-        const BATCH: i64 = 5000;
-        // Read ahead on a second task while this one hashes.
-        let (tx, mut rx) = mpsc::channel::<Result<Vec<RawRow>, StoreError>>(4);
+        // Fetch and pre-check (hash, strict parse) several batches at once — on
+        // separate connections and blocking threads — while this task follows the
+        // chain through them in order.
+        const BATCH: u64 = 5000;
+        let ranges: Vec<(u64, u64)> = (start.size + 1..=end)
+            .step_by(BATCH as usize)
+            .map(|lo| (lo, (lo + BATCH - 1).min(end)))
+            .collect();
         let pool = self.pool.clone();
-        let reader = tokio::spawn(async move {
-            loop {
-                if from_pos > end {
-                    break;
+        let mut batches = futures::stream::iter(ranges)
+            .map(move |(lo, hi)| {
+                let pool = pool.clone();
+                async move {
+                    let rows = sqlx::query(
+                        "SELECT position, event_id, stream, stream_version, event_type, tenant, canonical, entry_hash \
+                         FROM ledger.records WHERE position BETWEEN $1 AND $2 ORDER BY position",
+                    )
+                    .bind(lo as i64)
+                    .bind(hi as i64)
+                    .fetch_all(&pool)
+                    .await
+                    .map_err(db("verify: read records"))?;
+                    let rows = rows.iter().map(raw_row).collect::<Result<Vec<_>, _>>()?;
+                    tokio::task::spawn_blocking(move || {
+                        let pre: Vec<_> = rows.iter().map(crate::verify::precheck).collect();
+                        (rows, pre)
+                    })
+                    .await
+                    .map_err(|e| StoreError::InvalidRequest(format!("verify: worker failed: {e}")))
                 }
-                let rows = sqlx::query(
-                    "SELECT position, event_id, stream, stream_version, event_type, tenant, canonical, entry_hash \
-                     FROM ledger.records WHERE position >= $1 AND position <= $2 ORDER BY position LIMIT $3",
-                )
-                .bind(from_pos as i64)
-                .bind(end.min(i64::MAX as u64) as i64)
-                .bind(BATCH)
-                .fetch_all(&pool)
-                .await
-                .map_err(db("verify: read records"));
-                let rows = match rows
-                    .and_then(|rows| rows.iter().map(raw_row).collect::<Result<Vec<_>, _>>())
-                {
-                    Ok(r) => r,
-                    Err(e) => {
-                        let _ = tx.send(Err(e)).await;
-                        break;
-                    }
-                };
-                let n = rows.len();
-                if let Some(last) = rows.last() {
-                    from_pos = last.position + 1;
-                }
-                if tx.send(Ok(rows)).await.is_err() || (n as i64) < BATCH {
-                    break;
-                }
-            }
-        });
-        while let Some(batch) = rx.recv().await {
-            for row in batch? {
-                if let Err(f) = verifier.push(&row) {
-                    reader.abort();
+            })
+            .buffered(3);
+        while let Some(batch) = batches.next().await {
+            let (rows, pre) = batch?;
+            for (row, pre) in rows.iter().zip(pre) {
+                if let Err(f) = verifier.push_prechecked(row, pre) {
                     return Ok(Err(f));
                 }
             }
@@ -722,6 +717,21 @@ impl EventStore {
             Ok(r) => r,
             Err(f) => return Ok(Err(f)),
         };
+        if full {
+            // Rows slipped in beyond the head are not part of the ledger.
+            let max: Option<i64> = sqlx::query_scalar("SELECT max(position) FROM ledger.records")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db("verify: read last position"))?;
+            if let Some(max) = max.filter(|m| *m as u64 > head_size) {
+                return Ok(Err(Failure {
+                    position: head_size + 1,
+                    problem: Problem::HeadMismatch(format!(
+                        "records exist up to {max} beyond the head at {head_size}"
+                    )),
+                }));
+            }
+        }
         // Streams continuing from before an incremental start must have their
         // previous version stored before the start.
         for (stream, version, position) in &report.streams_continued {

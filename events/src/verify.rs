@@ -122,6 +122,22 @@ pub struct Failure {
     pub problem: Problem,
 }
 
+/// The part of checking a row that does not depend on other rows: hashing and
+/// strict parsing. It is most of the work, so it can run in parallel.
+pub struct Prechecked {
+    computed: Digest,
+    leaf: Digest,
+    record: Result<Record, crate::record::RecordError>,
+}
+
+pub fn precheck(row: &RawRow) -> Prechecked {
+    Prechecked {
+        computed: Digest::of(&row.canonical),
+        leaf: leaf_hash(&row.canonical),
+        record: Record::from_canonical(&row.canonical),
+    }
+}
+
 /// Where verification starts: the beginning, or a point authenticated by a
 /// signed checkpoint (incremental verification).
 #[derive(Debug, Clone)]
@@ -202,7 +218,19 @@ impl ChainVerifier {
 
     /// Checks one row.
     pub fn push(&mut self, row: &RawRow) -> Result<(), Failure> {
+        let pre = precheck(row);
+        self.push_prechecked(row, pre)
+    }
+
+    /// Checks one row whose independent part was done by [`precheck`] (possibly on
+    /// another thread): this part follows the chain and must run in order.
+    pub fn push_prechecked(&mut self, row: &RawRow, pre: Prechecked) -> Result<(), Failure> {
         let p = self.next;
+        let Prechecked {
+            computed,
+            leaf,
+            record,
+        } = pre;
         if row.position > p {
             return Err(self.fail(p, Problem::Missing));
         }
@@ -214,7 +242,6 @@ impl ChainVerifier {
                 },
             ));
         }
-        let computed = Digest::of(&row.canonical);
         if row.entry_hash.as_slice() != computed.as_bytes() {
             return Err(self.fail(
                 p,
@@ -224,8 +251,7 @@ impl ChainVerifier {
                 },
             ));
         }
-        let record = Record::from_canonical(&row.canonical)
-            .map_err(|e| self.fail(p, Problem::Malformed(e.to_string())))?;
+        let record = record.map_err(|e| self.fail(p, Problem::Malformed(e.to_string())))?;
         if record.position != p {
             return Err(self.fail(
                 p,
@@ -287,7 +313,7 @@ impl ChainVerifier {
             _ => {}
         }
         self.versions.insert(record.stream, record.stream_version);
-        self.frontier.push(leaf_hash(&row.canonical));
+        self.frontier.push(leaf);
         self.prev = computed;
         self.next += 1;
         while let Some(cp) = self.checkpoints.get(self.cp_next) {

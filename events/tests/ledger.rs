@@ -868,3 +868,32 @@ async fn checkpoints_single_publisher_incremental_verify_and_unknown_types() {
     assert_eq!(f.problem, Problem::CheckpointMismatch { size: 50 });
     db.drop_db().await;
 }
+
+#[tokio::test]
+async fn tampering_row_appended_behind_the_heads_back_is_found() {
+    let db = TestDb::new().await.expect("test database");
+    let (store, _key) = ledger_with_checkpoints(&db).await;
+    let last = Record::from_canonical(&canonical_at(&db, 200).await).expect("record");
+    let mut forged = last.clone();
+    forged.position = 201;
+    forged.stream_version += 1;
+    forged.event_id = uuid::Uuid::new_v4();
+    forged.prev_hash = Digest::of(&last.canonical_bytes().expect("bytes"));
+    let bytes = forged.canonical_bytes().expect("bytes");
+    db.tamper(&format!(
+        "INSERT INTO ledger.records VALUES (201, '{}', '{}', {}, '{}', '{}', now(), '\\x{}', '\\x{}')",
+        forged.event_id,
+        forged.stream,
+        forged.stream_version,
+        forged.event_type,
+        forged.tenant,
+        hex::encode(&bytes),
+        Digest::of(&bytes).to_hex()
+    ))
+    .await
+    .expect("tamper");
+    let (pos, problem) = first_failure(&store, None).await.expect("detected");
+    assert_eq!(pos, 201);
+    assert!(matches!(problem, Problem::HeadMismatch(_)), "{problem}");
+    db.drop_db().await;
+}

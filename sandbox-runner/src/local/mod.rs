@@ -647,3 +647,57 @@ impl SandboxBackend for LocalRunsc {
         self.sweep_now().await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(oom: u64, pids: u64) -> cgroup::Stats {
+        cgroup::Stats {
+            oom_kills: oom,
+            pids_max_hits: pids,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn outcome_classification_order() {
+        let s0 = stats(0, 0);
+        assert_eq!(
+            classify(false, false, &s0, Some(0), None, "").0,
+            Outcome::Succeeded
+        );
+        assert_eq!(
+            classify(false, false, &s0, Some(3), None, ""),
+            (Outcome::Failed, Some(3), None, None)
+        );
+        assert_eq!(classify(false, false, &s0, Some(139), None, "").2, Some(11));
+        // Our own flags win over what the kill looks like.
+        assert_eq!(
+            classify(true, false, &stats(1, 0), Some(137), None, "").0,
+            Outcome::TimedOut
+        );
+        assert_eq!(
+            classify(false, true, &s0, Some(137), None, "").0,
+            Outcome::Cancelled
+        );
+        assert_eq!(
+            classify(false, false, &stats(1, 0), Some(137), None, "").0,
+            Outcome::OomKilled
+        );
+        assert_eq!(
+            classify(false, false, &stats(0, 1), Some(2), None, "").0,
+            Outcome::Crashed
+        );
+        let (o, _, _, detail) = classify(
+            false,
+            false,
+            &s0,
+            Some(128),
+            None,
+            "{\"msg\":\"starting container: no such file\",\"level\":\"error\"}",
+        );
+        assert_eq!(o, Outcome::Crashed);
+        assert_eq!(detail.as_deref(), Some("starting container: no such file"));
+    }
+}

@@ -1,0 +1,206 @@
+//! `glassbox bench sandbox`: hello-world latency through the sandbox core, next to
+//! raw `runsc run` of an equivalent bundle and a native process, all in one run.
+
+use crate::bench::{percentile, round};
+use clap::Args;
+use glassbox_sandbox_runner::local::oci;
+use glassbox_sandbox_runner::{
+    CancellationToken, ExecutionSpec, LocalConfig, LocalRunsc, RuntimeRegistry, SandboxBackend,
+};
+use serde_json::{Map, json};
+use std::path::PathBuf;
+use std::process::{ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Args)]
+pub struct SandboxBench {
+    /// Sequential runs per measurement.
+    #[arg(long, default_value_t = 10)]
+    pub runs: usize,
+    /// Base directory for the benchmark's sandboxes.
+    #[arg(long, default_value = "/run/glassbox-bench")]
+    pub base_dir: PathBuf,
+}
+
+const HELLO: [(&str, &str); 3] = [
+    ("python", "print('hello')"),
+    ("node", "console.log('hello')"),
+    ("bash", "echo hello"),
+];
+
+fn stats(mut v: Vec<Duration>) -> serde_json::Value {
+    v.sort();
+    json!({"p50_ms": round(percentile(&v, 0.5)), "p95_ms": round(percentile(&v, 0.95))})
+}
+
+pub async fn run(args: SandboxBench) -> anyhow::Result<ExitCode> {
+    let (backend, _) = LocalRunsc::start(LocalConfig {
+        runner_id: "bench".into(),
+        base_dir: args.base_dir.clone(),
+        ..LocalConfig::default()
+    })
+    .await?;
+    let registry = RuntimeRegistry::builtin();
+    let mut through = Map::new();
+    let mut raw = Map::new();
+    let mut native = Map::new();
+    let mut ratio = Map::new();
+    for (lang, code) in HELLO {
+        // Warm-up, then interleave backend and raw runs so load affects both alike.
+        let _ = backend
+            .execute(ExecutionSpec::new(lang, code), CancellationToken::new())
+            .await?;
+        let rt = registry.get(lang)?;
+        let bundle = args.base_dir.join("raw-bundle").join(lang);
+        let ws = bundle.join("ws");
+        std::fs::create_dir_all(&ws)?;
+        std::fs::write(ws.join(&rt.file_name), code)?;
+        std::os::unix::fs::chown(&ws, Some(oci::SANDBOX_UID), Some(oci::SANDBOX_UID))?;
+        let mut config = oci::config(
+            &ExecutionSpec::new(lang, code),
+            rt,
+            &args.base_dir.join("rootfs"),
+            &ws,
+            "/glassbox/bench-raw",
+        );
+        // Raw runsc manages its own cgroups.
+        if let Some(linux) = config.get_mut("linux").and_then(|l| l.as_object_mut()) {
+            linux.remove("cgroupsPath");
+        }
+        std::fs::write(bundle.join("config.json"), serde_json::to_vec(&config)?)?;
+        let state = args.base_dir.join("raw-state");
+        let (mut ours, mut theirs, mut host) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..args.runs {
+            let t = Instant::now();
+            let r = backend
+                .execute(ExecutionSpec::new(lang, code), CancellationToken::new())
+                .await?;
+            ours.push(t.elapsed());
+            anyhow::ensure!(
+                r.stdout.text() == "hello\n",
+                "{lang} via backend printed {:?}",
+                r.stdout.text()
+            );
+
+            let id = format!("bench-raw-{lang}-{i}-{}", std::process::id());
+            let t = Instant::now();
+            let out = tokio::process::Command::new("runsc")
+                .arg("--root")
+                .arg(&state)
+                .args(["--network=none", "run", "--bundle"])
+                .arg(&bundle)
+                .arg(&id)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .output()
+                .await?;
+            theirs.push(t.elapsed());
+            anyhow::ensure!(
+                out.stdout == b"hello\n",
+                "raw runsc {lang}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+
+            let mut argv = rt.argv(&[]);
+            argv[1] = ws.join(&rt.file_name).display().to_string();
+            let t = Instant::now();
+            let out = tokio::process::Command::new(&argv[0])
+                .args(&argv[1..])
+                .stdin(Stdio::null())
+                .output()
+                .await?;
+            host.push(t.elapsed());
+            anyhow::ensure!(out.stdout == b"hello\n", "native {lang}");
+        }
+        let p50 = |v: &Vec<Duration>| {
+            let mut v = v.clone();
+            v.sort();
+            percentile(&v, 0.5)
+        };
+        ratio.insert(lang.into(), json!(round(p50(&ours) / p50(&theirs))));
+        through.insert(lang.into(), stats(ours));
+        raw.insert(lang.into(), stats(theirs));
+        native.insert(lang.into(), stats(host));
+        let _ = std::fs::remove_dir_all(&bundle);
+    }
+
+    let mut concurrent = Map::new();
+    for n in [10usize, 30] {
+        let t = Instant::now();
+        let tasks: Vec<_> = (0..n)
+            .map(|_| {
+                let b = backend.clone();
+                tokio::spawn(async move {
+                    b.execute(
+                        ExecutionSpec::new("python", "print('hello')"),
+                        CancellationToken::new(),
+                    )
+                    .await
+                })
+            })
+            .collect();
+        let mut ok = 0;
+        for task in tasks {
+            if task
+                .await?
+                .map(|r| r.stdout.text() == "hello\n")
+                .unwrap_or(false)
+            {
+                ok += 1;
+            }
+        }
+        concurrent.insert(
+            n.to_string(),
+            json!({"wall_ms": t.elapsed().as_millis() as u64, "succeeded": ok}),
+        );
+    }
+
+    // Memory of idle sandboxes: their memory cgroups while they sleep.
+    let idle = 5usize;
+    let tasks: Vec<_> = (0..idle)
+        .map(|_| {
+            let b = backend.clone();
+            tokio::spawn(async move {
+                b.execute(
+                    ExecutionSpec::new("bash", "sleep 4"),
+                    CancellationToken::new(),
+                )
+                .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut usage = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup/memory/glassbox") {
+        for e in entries.filter_map(Result::ok) {
+            if e.file_name().to_string_lossy().starts_with("gb-bench-")
+                && let Ok(t) = std::fs::read_to_string(e.path().join("memory.usage_in_bytes"))
+                && let Ok(n) = t.trim().parse::<u64>()
+            {
+                usage.push(n);
+            }
+        }
+    }
+    for t in tasks {
+        let _ = t.await?;
+    }
+    usage.sort();
+    let idle_mem = usage.get(usage.len() / 2).copied();
+
+    println!(
+        "{}",
+        json!({
+            "bench": "sandbox",
+            "runs": args.runs,
+            "backend": through,
+            "baseline_raw_runsc": raw,
+            "baseline_native": native,
+            "ratio_to_raw_runsc_p50": ratio,
+            "concurrent_python_hello": concurrent,
+            "idle_sandbox_memory_bytes_median": idle_mem,
+            "idle_sandboxes_measured": usage.len(),
+        })
+    );
+    Ok(ExitCode::SUCCESS)
+}
