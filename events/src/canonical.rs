@@ -352,3 +352,304 @@ mod tests {
         ));
     }
 }
+
+/// Why bytes are not canonical (see [`check_canonical_integers`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not canonical JSON at byte {at}: {what}")]
+pub struct NotCanonical {
+    pub at: usize,
+    pub what: &'static str,
+}
+
+/// Checks in one pass, without allocating, that `bytes` are exactly the RFC 8785
+/// serialization of some JSON value whose numbers are all integers with
+/// |n| ≤ 2^53 − 1 (the only numbers ledger records may hold). Equivalent to
+/// "parse, canonicalize, compare" for such values, and much cheaper — the
+/// verifier runs it on every record.
+pub fn check_canonical_integers(bytes: &[u8]) -> Result<(), NotCanonical> {
+    // UTF-8 is checked once for the whole text; strings need no further check.
+    if let Err(e) = std::str::from_utf8(bytes) {
+        return Err(NotCanonical {
+            at: e.valid_up_to(),
+            what: "invalid UTF-8",
+        });
+    }
+    let mut c = Checker { b: bytes, i: 0 };
+    c.value(0)?;
+    if c.i != bytes.len() {
+        return Err(c.err("trailing bytes"));
+    }
+    Ok(())
+}
+
+struct Checker<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+const MAX_DEPTH: usize = 128;
+
+impl<'a> Checker<'a> {
+    fn err(&self, what: &'static str) -> NotCanonical {
+        NotCanonical { at: self.i, what }
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+
+    fn expect(&mut self, byte: u8, what: &'static str) -> Result<(), NotCanonical> {
+        if self.peek() == Some(byte) {
+            self.i += 1;
+            Ok(())
+        } else {
+            Err(self.err(what))
+        }
+    }
+
+    fn literal(&mut self, lit: &'static [u8]) -> Result<(), NotCanonical> {
+        if self.b[self.i..].starts_with(lit) {
+            self.i += lit.len();
+            Ok(())
+        } else {
+            Err(self.err("invalid literal"))
+        }
+    }
+
+    fn value(&mut self, depth: usize) -> Result<(), NotCanonical> {
+        if depth > MAX_DEPTH {
+            return Err(self.err("nesting too deep"));
+        }
+        match self.peek() {
+            Some(b'{') => self.object(depth),
+            Some(b'[') => self.array(depth),
+            Some(b'"') => self.string().map(|_| ()),
+            Some(b't') => self.literal(b"true"),
+            Some(b'f') => self.literal(b"false"),
+            Some(b'n') => self.literal(b"null"),
+            Some(b'-' | b'0'..=b'9') => self.integer(),
+            _ => Err(self.err("expected a value (no whitespace allowed)")),
+        }
+    }
+
+    fn integer(&mut self) -> Result<(), NotCanonical> {
+        let start = self.i;
+        let negative = self.peek() == Some(b'-');
+        if negative {
+            self.i += 1;
+        }
+        let digits_start = self.i;
+        while matches!(self.peek(), Some(b'0'..=b'9')) {
+            self.i += 1;
+        }
+        let digits = &self.b[digits_start..self.i];
+        if digits.is_empty() {
+            return Err(self.err("expected digits"));
+        }
+        if matches!(self.peek(), Some(b'.' | b'e' | b'E')) {
+            return Err(self.err("numbers must be integers"));
+        }
+        if digits.len() > 1 && digits[0] == b'0' {
+            return Err(self.err("leading zero"));
+        }
+        if negative && digits == b"0" {
+            return Err(NotCanonical {
+                at: start,
+                what: "-0 is not canonical",
+            });
+        }
+        if digits.len() > 16 {
+            return Err(NotCanonical {
+                at: start,
+                what: "integer beyond 2^53 - 1",
+            });
+        }
+        let n: u64 = digits.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0'));
+        if n > MAX_SAFE_INTEGER {
+            return Err(NotCanonical {
+                at: start,
+                what: "integer beyond 2^53 - 1",
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks a string and returns its raw content (between the quotes).
+    fn string(&mut self) -> Result<&'a [u8], NotCanonical> {
+        self.expect(b'"', "expected a string")?;
+        let start = self.i;
+        loop {
+            let Some(b) = self.peek() else {
+                return Err(self.err("unterminated string"));
+            };
+            match b {
+                b'"' => {
+                    let raw = &self.b[start..self.i];
+                    self.i += 1;
+                    return Ok(raw);
+                }
+                b'\\' => {
+                    let esc = self.b.get(self.i + 1).copied();
+                    match esc {
+                        Some(b'"' | b'\\' | b'b' | b't' | b'n' | b'f' | b'r') => self.i += 2,
+                        Some(b'u') => {
+                            let hex = self
+                                .b
+                                .get(self.i + 2..self.i + 6)
+                                .ok_or(self.err("short \\u escape"))?;
+                            // Only control characters without a short form are \u-escaped,
+                            // always as \u00xx in lowercase.
+                            let lower_hex =
+                                |c: u8| c.is_ascii_digit() || (b'a'..=b'f').contains(&c);
+                            if hex[0] != b'0'
+                                || hex[1] != b'0'
+                                || !lower_hex(hex[2])
+                                || !lower_hex(hex[3])
+                            {
+                                return Err(self.err("\\u escape not canonical"));
+                            }
+                            let v = u8::from_str_radix(
+                                std::str::from_utf8(&hex[2..]).unwrap_or("zz"),
+                                16,
+                            )
+                            .map_err(|_| self.err("bad \\u escape"))?;
+                            if v >= 0x20 || matches!(v, 0x08 | 0x09 | 0x0a | 0x0c | 0x0d) {
+                                return Err(self.err("\\u escape not canonical"));
+                            }
+                            self.i += 6;
+                        }
+                        _ => return Err(self.err("escape not canonical")),
+                    }
+                }
+                0x00..=0x1f => return Err(self.err("unescaped control character")),
+                _ => self.i += 1,
+            }
+        }
+    }
+
+    fn object(&mut self, depth: usize) -> Result<(), NotCanonical> {
+        self.expect(b'{', "expected an object")?;
+        if self.peek() == Some(b'}') {
+            self.i += 1;
+            return Ok(());
+        }
+        let mut prev: Option<&'a [u8]> = None;
+        loop {
+            let at = self.i;
+            let key = self.string()?;
+            if let Some(p) = prev {
+                // Keys hold no escapes in practice; compare decoded forms when they do.
+                let ord = if p.contains(&b'\\') || key.contains(&b'\\') {
+                    let dec = |raw: &[u8]| -> String {
+                        let mut quoted = Vec::with_capacity(raw.len() + 2);
+                        quoted.push(b'"');
+                        quoted.extend_from_slice(raw);
+                        quoted.push(b'"');
+                        serde_json::from_slice(&quoted).unwrap_or_default()
+                    };
+                    cmp_utf16(&dec(p), &dec(key))
+                } else if p.is_ascii() || key.is_ascii() {
+                    p.cmp(key)
+                } else {
+                    cmp_utf16(
+                        std::str::from_utf8(p).unwrap_or_default(),
+                        std::str::from_utf8(key).unwrap_or_default(),
+                    )
+                };
+                if ord != Ordering::Less {
+                    return Err(NotCanonical {
+                        at,
+                        what: "object keys not in canonical order (or duplicated)",
+                    });
+                }
+            }
+            prev = Some(key);
+            self.expect(b':', "expected ':'")?;
+            self.value(depth + 1)?;
+            match self.peek() {
+                Some(b',') => self.i += 1,
+                Some(b'}') => {
+                    self.i += 1;
+                    return Ok(());
+                }
+                _ => return Err(self.err("expected ',' or '}'")),
+            }
+        }
+    }
+
+    fn array(&mut self, depth: usize) -> Result<(), NotCanonical> {
+        self.expect(b'[', "expected an array")?;
+        if self.peek() == Some(b']') {
+            self.i += 1;
+            return Ok(());
+        }
+        loop {
+            self.value(depth + 1)?;
+            match self.peek() {
+                Some(b',') => self.i += 1,
+                Some(b']') => {
+                    self.i += 1;
+                    return Ok(());
+                }
+                _ => return Err(self.err("expected ',' or ']'")),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod checker_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn accepts_exactly_what_the_serializer_produces() {
+        let values = [
+            json!({"b": [1, -2, {"z": 0, "a": 9007199254740991_i64}], "a": {}, "s": "é\u{1F600}\u{fb33}\"\\\n\u{1}"}),
+            json!({"\u{20ac}": 1, "\r": 2, "\u{fb33}": 3, "1": 4, "\u{1F600}": 5, "\u{80}": 6, "\u{f6}": 7}),
+            json!([]),
+            json!("x"),
+            json!(null),
+            json!({"nested": [[[]], {}, true, false, null, 0, -9007199254740991_i64]}),
+        ];
+        for v in values {
+            let bytes = to_canonical_bytes(&v).expect("canonical");
+            assert_eq!(
+                check_canonical_integers(&bytes),
+                Ok(()),
+                "{}",
+                String::from_utf8_lossy(&bytes)
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_every_non_canonical_variation() {
+        for bad in [
+            &b"{\"a\": 1}"[..],
+            b"{\"b\":1,\"a\":2}",
+            b"{\"a\":1,\"a\":1}",
+            b"[1.0]",
+            b"[1e3]",
+            b"[01]",
+            b"[-0]",
+            b"[9007199254740992]",
+            b"[\"\\u0041\"]",
+            b"[\"\\u000A\"]",
+            b"[\"\\u000a\"]",
+            b"[\"\\/\"]",
+            b"[\"\x01\"]",
+            b"[true ]",
+            b"{}x",
+            b"[\"\xff\"]",
+            b"{\"\xef\xac\xb3\":1,\"\xf0\x9f\x98\x80\":2}",
+        ] {
+            assert!(
+                check_canonical_integers(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(check_canonical_integers(b"[\"\\u001f\",\"\\n\"]"), Ok(()));
+    }
+}

@@ -10,19 +10,186 @@ use crate::hash::Digest;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 use uuid::Uuid;
 
 /// The only record format version this crate writes.
 pub const FORMAT_VERSION: u64 = 1;
 
-/// Who caused an event.
+/// Who caused an event. Every member is required (`app` and `agent` may be null).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Actor {
     pub kind: ActorKind,
     pub id: String,
+    #[serde(deserialize_with = "required_nullable")]
     pub app: Option<String>,
+    #[serde(deserialize_with = "required_nullable")]
     pub agent: Option<String>,
     pub via: AuthVia,
+}
+
+/// A member that must be present but may be null.
+fn required_nullable<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
+    Option::<T>::deserialize(d)
+}
+
+/// Accepts any JSON object and keeps nothing of it.
+struct AnyObject;
+
+impl<'de> Deserialize<'de> for AnyObject {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = AnyObject;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<AnyObject, A::Error> {
+                while m
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(AnyObject)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// The envelope exactly as v1 lays it out; `D` is how `data` is kept.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRecord<'a, D> {
+    v: u64,
+    position: u64,
+    #[serde(borrow)]
+    event_id: Cow<'a, str>,
+    #[serde(borrow)]
+    stream: Cow<'a, str>,
+    stream_version: u64,
+    #[serde(rename = "type", borrow)]
+    event_type: Cow<'a, str>,
+    #[serde(borrow)]
+    occurred_at: Cow<'a, str>,
+    #[serde(borrow)]
+    tenant: Cow<'a, str>,
+    actor: Actor,
+    #[serde(borrow)]
+    correlation_id: Cow<'a, str>,
+    #[serde(deserialize_with = "required_nullable")]
+    causation_id: Option<String>,
+    #[serde(deserialize_with = "required_nullable")]
+    request_id: Option<String>,
+    data: D,
+    #[serde(borrow)]
+    prev_hash: Cow<'a, str>,
+}
+
+/// What the chain verifier needs of a record, parsed strictly but without
+/// materialising its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    pub position: u64,
+    pub event_id: Uuid,
+    pub stream: String,
+    pub stream_version: u64,
+    pub event_type: String,
+    pub tenant: String,
+    pub prev_hash: Digest,
+}
+
+impl<'a, D> RawRecord<'a, D> {
+    /// Checks the members whose JSON type alone does not make them valid.
+    fn check(&self) -> Result<(Uuid, DateTime<Utc>, Digest), RecordError> {
+        if self.v != FORMAT_VERSION {
+            return Err(RecordError::Version(self.v.to_string()));
+        }
+        if self.position == 0 {
+            return Err(RecordError::Member("position"));
+        }
+        if self.stream_version == 0 {
+            return Err(RecordError::Member("stream_version"));
+        }
+        let event_id = Uuid::parse_str(&self.event_id).map_err(|e| RecordError::Invalid {
+            field: "event_id",
+            reason: e.to_string(),
+        })?;
+        if event_id.hyphenated().to_string() != self.event_id {
+            return Err(RecordError::Invalid {
+                field: "event_id",
+                reason: "not a lowercase hyphenated UUID".into(),
+            });
+        }
+        let occurred_at = DateTime::parse_from_rfc3339(&self.occurred_at)
+            .map_err(|e| RecordError::Invalid {
+                field: "occurred_at",
+                reason: e.to_string(),
+            })?
+            .with_timezone(&Utc);
+        if format_timestamp(&occurred_at) != self.occurred_at {
+            return Err(RecordError::Invalid {
+                field: "occurred_at",
+                reason: "not UTC with microseconds and `Z`".into(),
+            });
+        }
+        let prev_hash = Digest::from_hex(&self.prev_hash).ok_or(RecordError::Invalid {
+            field: "prev_hash",
+            reason: "not 64 lowercase hex digits".into(),
+        })?;
+        Ok((event_id, occurred_at, prev_hash))
+    }
+}
+
+impl Header {
+    /// Strictly validates canonical bytes as a v1 record (the same judgement as
+    /// [`Record::from_canonical`]) and returns its envelope.
+    pub fn from_canonical(bytes: &[u8]) -> Result<Header, RecordError> {
+        canonical::check_canonical_integers(bytes).map_err(classify_not_canonical)?;
+        let raw: RawRecord<'_, AnyObject> = serde_json::from_slice(bytes).map_err(shape_error)?;
+        let (event_id, _, prev_hash) = raw.check()?;
+        Ok(Header {
+            position: raw.position,
+            event_id,
+            stream: raw.stream.into_owned(),
+            stream_version: raw.stream_version,
+            event_type: raw.event_type.into_owned(),
+            tenant: raw.tenant.into_owned(),
+            prev_hash,
+        })
+    }
+}
+
+fn classify_not_canonical(e: canonical::NotCanonical) -> RecordError {
+    if e.what == "numbers must be integers" {
+        RecordError::Float {
+            path: format!("byte {}", e.at),
+            value: "non-integer number".into(),
+        }
+    } else if e.what == "integer beyond 2^53 - 1" {
+        RecordError::IntegerRange {
+            path: format!("byte {}", e.at),
+        }
+    } else {
+        RecordError::NotCanonical
+    }
+}
+
+fn shape_error(e: serde_json::Error) -> RecordError {
+    let msg = e.to_string();
+    if let Some(rest) = msg.strip_prefix("unknown field `") {
+        RecordError::UnexpectedMember(rest.split('`').next().unwrap_or_default().to_owned())
+    } else if let Some(rest) = msg.strip_prefix("missing field `") {
+        let name = rest.split('`').next().unwrap_or_default();
+        RecordError::Member(MEMBERS.iter().find(|m| **m == name).copied().unwrap_or("?"))
+    } else {
+        RecordError::Json(msg)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -212,92 +379,27 @@ impl Record {
             .map_err(|e| RecordError::Json(e.to_string()))
     }
 
-    /// Parses and strictly validates canonical bytes.
-    ///
-    /// The parsed value itself is re-serialized and compared with the input (no
-    /// deep copies): verification runs this once per record.
+    /// Parses and strictly validates canonical bytes: they must be the RFC 8785
+    /// form of an object with exactly the v1 members, each of the right type.
     pub fn from_canonical(bytes: &[u8]) -> Result<Record, RecordError> {
-        let value: Value =
-            serde_json::from_slice(bytes).map_err(|e| RecordError::Json(e.to_string()))?;
-        let Value::Object(obj) = &value else {
-            return Err(RecordError::Json("not an object".into()));
-        };
-        for k in obj.keys() {
-            if !MEMBERS.contains(&k.as_str()) {
-                return Err(RecordError::UnexpectedMember(k.clone()));
-            }
-        }
-        match obj.get("v").and_then(Value::as_u64) {
-            Some(FORMAT_VERSION) => {}
-            Some(other) => return Err(RecordError::Version(other.to_string())),
-            None => return Err(RecordError::Member("v")),
-        }
-        match obj.get("data") {
-            Some(Value::Object(data)) => check_data(data)?,
-            _ => return Err(RecordError::Member("data")),
-        }
-        if canonical::to_canonical_bytes(&value).map_err(|e| RecordError::Json(e.to_string()))?
-            != bytes
-        {
-            return Err(RecordError::NotCanonical);
-        }
-        let Value::Object(mut obj) = value else {
-            return Err(RecordError::Json("not an object".into()));
-        };
-        let mut take_string = |k: &'static str| match obj.remove(k) {
-            Some(Value::String(s)) => Ok(s),
-            _ => Err(RecordError::Member(k)),
-        };
-        let event_id_text = take_string("event_id")?;
-        let stream = take_string("stream")?;
-        let event_type = take_string("type")?;
-        let occurred_text = take_string("occurred_at")?;
-        let tenant = take_string("tenant")?;
-        let correlation_id = take_string("correlation_id")?;
-        let prev_text = take_string("prev_hash")?;
-        let event_id = Uuid::parse_str(&event_id_text).map_err(|e| RecordError::Invalid {
-            field: "event_id",
-            reason: e.to_string(),
-        })?;
-        if event_id.hyphenated().to_string() != event_id_text {
-            return Err(RecordError::Invalid {
-                field: "event_id",
-                reason: "not a lowercase hyphenated UUID".into(),
-            });
-        }
-        let occurred_at = DateTime::parse_from_rfc3339(&occurred_text)
-            .map_err(|e| RecordError::Invalid {
-                field: "occurred_at",
-                reason: e.to_string(),
-            })?
-            .with_timezone(&Utc);
-        if format_timestamp(&occurred_at) != occurred_text {
-            return Err(RecordError::Invalid {
-                field: "occurred_at",
-                reason: "not UTC with microseconds and `Z`".into(),
-            });
-        }
+        canonical::check_canonical_integers(bytes).map_err(classify_not_canonical)?;
+        let raw: RawRecord<'_, Map<String, Value>> =
+            serde_json::from_slice(bytes).map_err(shape_error)?;
+        let (event_id, occurred_at, prev_hash) = raw.check()?;
         Ok(Record {
-            position: positive(&obj, "position")?,
-            stream_version: positive(&obj, "stream_version")?,
+            position: raw.position,
             event_id,
-            stream,
-            event_type,
+            stream: raw.stream.into_owned(),
+            stream_version: raw.stream_version,
+            event_type: raw.event_type.into_owned(),
             occurred_at,
-            tenant,
-            actor: serde_json::from_value(obj.remove("actor").unwrap_or(Value::Null))
-                .map_err(|_| RecordError::Member("actor"))?,
-            correlation_id,
-            causation_id: nullable_string(&obj, "causation_id")?,
-            request_id: nullable_string(&obj, "request_id")?,
-            data: match obj.remove("data") {
-                Some(Value::Object(m)) => m,
-                _ => return Err(RecordError::Member("data")),
-            },
-            prev_hash: Digest::from_hex(&prev_text).ok_or(RecordError::Invalid {
-                field: "prev_hash",
-                reason: "not 64 lowercase hex digits".into(),
-            })?,
+            tenant: raw.tenant.into_owned(),
+            actor: raw.actor,
+            correlation_id: raw.correlation_id.into_owned(),
+            causation_id: raw.causation_id,
+            request_id: raw.request_id,
+            data: raw.data,
+            prev_hash,
         })
     }
 
@@ -309,24 +411,6 @@ impl Record {
 
 fn opt_str(s: &Option<String>) -> Value {
     s.as_ref().map_or(Value::Null, |s| Value::from(s.clone()))
-}
-
-fn nullable_string(
-    obj: &Map<String, Value>,
-    k: &'static str,
-) -> Result<Option<String>, RecordError> {
-    match obj.get(k) {
-        Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        _ => Err(RecordError::Member(k)),
-    }
-}
-
-fn positive(obj: &Map<String, Value>, k: &'static str) -> Result<u64, RecordError> {
-    match obj.get(k).and_then(Value::as_u64) {
-        Some(n) if n >= 1 => Ok(n),
-        _ => Err(RecordError::Member(k)),
-    }
 }
 
 #[cfg(test)]
@@ -413,5 +497,39 @@ pub(crate) mod tests {
             Record::from_canonical(&bytes),
             Err(RecordError::Member("tenant"))
         );
+    }
+
+    #[test]
+    fn header_and_full_parse_judge_alike() {
+        let r = sample(3, Digest::of(b"p"));
+        let good = r.canonical_bytes().expect("bytes");
+        let h = Header::from_canonical(&good).expect("header");
+        assert_eq!((h.position, h.stream.as_str(), h.prev_hash), (3, "job-1", r.prev_hash));
+        let mut variants: Vec<Vec<u8>> = Vec::new();
+        for (path, replacement) in [
+            ("actor", json!({"kind": "system", "id": "x", "via": "internal"})),
+            ("actor", json!({"kind": "system", "id": "x", "app": null, "agent": null, "via": "internal", "extra": 1})),
+            ("actor", json!({"kind": "robot", "id": "x", "app": null, "agent": null, "via": "internal"})),
+            ("data", json!([1, 2])),
+            ("data", json!({"f": 1.5})),
+            ("causation_id", json!(7)),
+            ("position", json!(0)),
+            ("event_id", json!("0B7E3C9A-0C55-4D0E-9A48-5F0C1F7F3F0E")),
+            ("occurred_at", json!("2026-11-26T07:12:47Z")),
+            ("prev_hash", json!("00")),
+            ("v", json!(2)),
+        ] {
+            let mut v = r.to_value();
+            v.as_object_mut().expect("object").insert(path.into(), replacement);
+            variants.push(canonical::to_canonical_bytes(&v).expect("bytes"));
+        }
+        let mut v = r.to_value();
+        v.as_object_mut().expect("object").remove("request_id");
+        variants.push(canonical::to_canonical_bytes(&v).expect("bytes"));
+        for bad in variants {
+            let text = String::from_utf8_lossy(&bad).into_owned();
+            assert!(Header::from_canonical(&bad).is_err(), "header accepted {text}");
+            assert!(Record::from_canonical(&bad).is_err(), "record accepted {text}");
+        }
     }
 }

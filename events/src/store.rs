@@ -703,7 +703,7 @@ impl EventStore {
                     .map_err(|e| StoreError::InvalidRequest(format!("verify: worker failed: {e}")))
                 }
             })
-            .buffered(3);
+            .buffered(4);
         while let Some(batch) = batches.next().await {
             let (rows, pre) = batch?;
             for (row, pre) in rows.iter().zip(pre) {

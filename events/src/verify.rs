@@ -10,7 +10,7 @@
 use crate::checkpoint::Checkpoint;
 use crate::hash::Digest;
 use crate::merkle::{Frontier, leaf_hash};
-use crate::record::Record;
+use crate::record::Header;
 use std::collections::HashMap;
 use std::fmt;
 
@@ -127,14 +127,14 @@ pub struct Failure {
 pub struct Prechecked {
     computed: Digest,
     leaf: Digest,
-    record: Result<Record, crate::record::RecordError>,
+    record: Result<Header, crate::record::RecordError>,
 }
 
 pub fn precheck(row: &RawRow) -> Prechecked {
     Prechecked {
         computed: Digest::of(&row.canonical),
         leaf: leaf_hash(&row.canonical),
-        record: Record::from_canonical(&row.canonical),
+        record: Header::from_canonical(&row.canonical),
     }
 }
 
