@@ -504,12 +504,24 @@ pub(crate) mod tests {
         let r = sample(3, Digest::of(b"p"));
         let good = r.canonical_bytes().expect("bytes");
         let h = Header::from_canonical(&good).expect("header");
-        assert_eq!((h.position, h.stream.as_str(), h.prev_hash), (3, "job-1", r.prev_hash));
+        assert_eq!(
+            (h.position, h.stream.as_str(), h.prev_hash),
+            (3, "job-1", r.prev_hash)
+        );
         let mut variants: Vec<Vec<u8>> = Vec::new();
         for (path, replacement) in [
-            ("actor", json!({"kind": "system", "id": "x", "via": "internal"})),
-            ("actor", json!({"kind": "system", "id": "x", "app": null, "agent": null, "via": "internal", "extra": 1})),
-            ("actor", json!({"kind": "robot", "id": "x", "app": null, "agent": null, "via": "internal"})),
+            (
+                "actor",
+                json!({"kind": "system", "id": "x", "via": "internal"}),
+            ),
+            (
+                "actor",
+                json!({"kind": "system", "id": "x", "app": null, "agent": null, "via": "internal", "extra": 1}),
+            ),
+            (
+                "actor",
+                json!({"kind": "robot", "id": "x", "app": null, "agent": null, "via": "internal"}),
+            ),
             ("data", json!([1, 2])),
             ("data", json!({"f": 1.5})),
             ("causation_id", json!(7)),
@@ -520,7 +532,9 @@ pub(crate) mod tests {
             ("v", json!(2)),
         ] {
             let mut v = r.to_value();
-            v.as_object_mut().expect("object").insert(path.into(), replacement);
+            v.as_object_mut()
+                .expect("object")
+                .insert(path.into(), replacement);
             variants.push(canonical::to_canonical_bytes(&v).expect("bytes"));
         }
         let mut v = r.to_value();
@@ -528,8 +542,14 @@ pub(crate) mod tests {
         variants.push(canonical::to_canonical_bytes(&v).expect("bytes"));
         for bad in variants {
             let text = String::from_utf8_lossy(&bad).into_owned();
-            assert!(Header::from_canonical(&bad).is_err(), "header accepted {text}");
-            assert!(Record::from_canonical(&bad).is_err(), "record accepted {text}");
+            assert!(
+                Header::from_canonical(&bad).is_err(),
+                "header accepted {text}"
+            );
+            assert!(
+                Record::from_canonical(&bad).is_err(),
+                "record accepted {text}"
+            );
         }
     }
 }
