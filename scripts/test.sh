@@ -10,6 +10,11 @@ ensure_postgres
 ensure_redis
 ensure_runsc
 
+# Databases left by earlier interrupted test runs.
+for db in $(psql "$GLASSBOX_TEST_DATABASE_URL" -Atc "SELECT datname FROM pg_database WHERE datname LIKE 'glassbox_test_%'"); do
+  psql "$GLASSBOX_TEST_DATABASE_URL" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" || true
+done
+
 log "cargo fmt --check"
 cargo fmt --all --check
 log "cargo clippy"
