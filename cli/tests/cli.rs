@@ -198,3 +198,114 @@ async fn bench_ledger_prints_one_json_line_with_baseline_and_ratios() {
     assert_eq!(v["verify"]["records"], 600);
     assert_eq!(v["inclusion_proof_at_size"], 600);
 }
+
+#[test]
+fn sandbox_exec_runs_a_file_and_prints_the_result_as_json() {
+    let dir = std::env::temp_dir().join(format!("gb-exec-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("hello.py");
+    std::fs::write(
+        &file,
+        "import sys\nprint('hello', sys.argv[1:])\nsys.exit(4)\n",
+    )
+    .expect("write");
+    let runner = format!("cli{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let o = Command::new(env!("CARGO_BIN_EXE_glassbox"))
+        .args([
+            "sandbox",
+            "exec",
+            "--lang",
+            "python",
+            "--memory",
+            "256M",
+            "--timeout",
+            "5s",
+        ])
+        .args(["--base-dir", "/run/glassbox-test", "--runner-id", &runner])
+        .arg(&file)
+        .args(["--", "a", "b"])
+        .output()
+        .expect("run");
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "exit 1: the program failed; {}",
+        stderr(&o)
+    );
+    let v: Value = serde_json::from_str(&stdout(&o)).expect("json");
+    assert_eq!(v["outcome"], "failed");
+    assert_eq!(v["exit_code"], 4);
+    assert_eq!(v["stdout"]["text"], "hello ['a', 'b']\n");
+    assert_eq!(v["backend"], "runsc");
+    assert!(v["teardown"]["bytes_scrubbed"].as_u64().expect("scrubbed") > 0);
+
+    let o = Command::new(env!("CARGO_BIN_EXE_glassbox"))
+        .args([
+            "sandbox",
+            "exec",
+            "--lang",
+            "cobol",
+            "--base-dir",
+            "/run/glassbox-test",
+            "--runner-id",
+            &runner,
+        ])
+        .arg(&file)
+        .output()
+        .expect("run");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("unknown language \"cobol\""),
+        "{}",
+        stderr(&o)
+    );
+    let o = Command::new(env!("CARGO_BIN_EXE_glassbox"))
+        .args(["sandbox", "exec", "--lang", "python", "--memory", "lots"])
+        .arg(&file)
+        .output()
+        .expect("run");
+    assert_eq!(o.status.code(), Some(2), "clap rejects a bad size");
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+#[test]
+fn bench_sandbox_prints_one_json_line_with_raw_runsc_baseline() {
+    let o = Command::new(env!("CARGO_BIN_EXE_glassbox"))
+        .args([
+            "bench",
+            "sandbox",
+            "--runs",
+            "2",
+            "--base-dir",
+            "/run/glassbox-test-bench",
+        ])
+        .output()
+        .expect("run bench");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert_eq!(out.lines().count(), 1, "{out}");
+    let v: Value = serde_json::from_str(&out).expect("json");
+    for lang in ["python", "node", "bash"] {
+        assert!(v["backend"][lang]["p50_ms"].as_f64().expect("p50") > 0.0);
+        assert!(
+            v["baseline_raw_runsc"][lang]["p95_ms"]
+                .as_f64()
+                .expect("raw")
+                > 0.0
+        );
+        assert!(
+            v["baseline_native"][lang]["p50_ms"]
+                .as_f64()
+                .expect("native")
+                > 0.0
+        );
+        assert!(v["ratio_to_raw_runsc_p50"][lang].as_f64().expect("ratio") > 0.0);
+    }
+    assert_eq!(v["concurrent_python_hello"]["30"]["succeeded"], 30);
+    assert!(
+        v["idle_sandbox_memory_bytes_median"]
+            .as_u64()
+            .expect("memory")
+            > 1 << 20
+    );
+}
