@@ -1,0 +1,44 @@
+# Whether a job may run, and with which limits.
+# Input: {"tenant", "language", "limits": {…requested, integers}, "dependencies": [...], "secrets": [...]}
+package glassbox.admission
+
+import rego.v1
+
+default allow := false
+
+settings := object.get(data.glassbox.tenants, input.tenant, data.glassbox.tenants["default"])
+
+requested := object.get(input, "limits", {})
+
+# Requested limits fill in the tenant's defaults.
+effective_limits := object.union(settings.default_limits, {k: v |
+	some k, v in requested
+	v != null
+})
+
+reasons contains sprintf("language %s is not allowed for tenant %s", [input.language, input.tenant]) if {
+	not input.language in settings.languages
+}
+
+reasons contains sprintf("%s %d exceeds the tenant maximum %d", [k, v, settings.max_limits[k]]) if {
+	some k, v in effective_limits
+	v > settings.max_limits[k]
+}
+
+reasons contains sprintf("unknown limit %s", [k]) if {
+	some k, _ in requested
+	not settings.max_limits[k]
+}
+
+reasons contains sprintf("too many dependencies (%d > %d)", [count(deps), settings.max_dependencies]) if {
+	deps := object.get(input, "dependencies", [])
+	count(deps) > settings.max_dependencies
+}
+
+allow if count(reasons) == 0
+
+decision := {
+	"allow": allow,
+	"reasons": sort([r | some r in reasons]),
+	"effective_limits": effective_limits,
+}

@@ -1,0 +1,43 @@
+# Who may do what. Input: {"identity": {tenant, subject, roles, app, agent},
+#                          "action": "job.submit" | …, "resource": {"tenant": …}}
+package glassbox.authz
+
+import rego.v1
+
+default allow := false
+
+role_actions := data.glassbox.roles
+
+granted contains role if {
+	some role in input.identity.roles
+	input.action in role_actions[role].actions
+}
+
+same_tenant if input.identity.tenant == input.resource.tenant
+
+cross_tenant_ok if {
+	some role in granted
+	role_actions[role].cross_tenant
+}
+
+allow if {
+	count(granted) > 0
+	same_tenant
+}
+
+allow if cross_tenant_ok
+
+reasons contains sprintf("granted by role %s", [role]) if {
+	allow
+	some role in granted
+}
+
+reasons contains sprintf("no role of %v grants %s", [input.identity.roles, input.action]) if count(granted) == 0
+
+reasons contains "the resource belongs to another tenant" if {
+	count(granted) > 0
+	not same_tenant
+	not cross_tenant_ok
+}
+
+decision := {"allow": allow, "reasons": sort([r | some r in reasons])}

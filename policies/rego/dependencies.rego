@@ -1,0 +1,28 @@
+# Whether a declared package may be installed.
+# Input: {"tenant", "ecosystem": "pypi", "name", "version"}
+package glassbox.dependencies
+
+import rego.v1
+
+default allow := false
+
+settings := object.get(data.glassbox.tenants, input.tenant, data.glassbox.tenants["default"])
+
+default rule := null
+
+allowed := object.get(object.get(settings.dependencies, input.ecosystem, {}), lower(input.name), null)
+
+rule := sprintf("%s:%s==*", [input.ecosystem, lower(input.name)]) if allowed == "*"
+
+rule := sprintf("%s:%s==%s", [input.ecosystem, lower(input.name), input.version]) if {
+	is_array(allowed)
+	input.version in allowed
+}
+
+allow if rule != null
+
+reasons contains sprintf("allowed by %s", [rule]) if allow
+
+reasons contains sprintf("%s package %s %s is not on the allowlist of tenant %s", [input.ecosystem, input.name, object.get(input, "version", "(any version)"), input.tenant]) if not allow
+
+decision := {"allow": allow, "reasons": sort([r | some r in reasons]), "rule": rule}

@@ -1,0 +1,282 @@
+//! # glassbox-policies — decisions as data
+//!
+//! One Rego bundle (`policies/rego/*.rego` plus tenant settings in
+//! `policies/data/*.json`) decides authorization, admission (and the effective
+//! limits), secret injection, dependency allowlisting and egress. It is
+//! evaluated in-process with regorus.
+//!
+//! Why it is shaped like this: every decision is recorded in the ledger with the
+//! bundle's digest and the digest of its input, and the bundle itself is kept by
+//! digest, so an incident responder can re-evaluate any past decision exactly.
+//! Evaluation **fails closed**: a parse error, an undefined result or a runtime
+//! error is a deny that carries the error.
+
+use glassbox_events::Digest;
+use glassbox_events::canonical;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// The packages of the bundle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Policy {
+    Authz,
+    Admission,
+    Secrets,
+    Dependencies,
+    Egress,
+}
+
+impl Policy {
+    pub const ALL: [Policy; 5] = [
+        Policy::Authz,
+        Policy::Admission,
+        Policy::Secrets,
+        Policy::Dependencies,
+        Policy::Egress,
+    ];
+
+    /// The name recorded in `policy.evaluated` (`glassbox.admission`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::Authz => "glassbox.authz",
+            Policy::Admission => "glassbox.admission",
+            Policy::Secrets => "glassbox.secrets",
+            Policy::Dependencies => "glassbox.dependencies",
+            Policy::Egress => "glassbox.egress",
+        }
+    }
+
+    fn rule(self) -> String {
+        format!("data.{}.decision", self.name())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("policy bundle {path}: {reason}")]
+    Bundle { path: String, reason: String },
+    #[error("policy bundle: {file} does not compile: {reason}")]
+    Compile { file: String, reason: String },
+    #[error("policy bundle: data file {file} is not a JSON object: {reason}")]
+    Data { file: String, reason: String },
+}
+
+/// The bundle's files, by path relative to the bundle root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bundle {
+    files: BTreeMap<String, Vec<u8>>,
+}
+
+const BUILTIN: &[(&str, &str)] = &[
+    ("rego/authz.rego", include_str!("../rego/authz.rego")),
+    (
+        "rego/admission.rego",
+        include_str!("../rego/admission.rego"),
+    ),
+    ("rego/secrets.rego", include_str!("../rego/secrets.rego")),
+    (
+        "rego/dependencies.rego",
+        include_str!("../rego/dependencies.rego"),
+    ),
+    ("rego/egress.rego", include_str!("../rego/egress.rego")),
+    ("data/roles.json", include_str!("../data/roles.json")),
+    ("data/tenants.json", include_str!("../data/tenants.json")),
+];
+
+impl Bundle {
+    /// The bundle compiled into this build.
+    pub fn builtin() -> Bundle {
+        Bundle {
+            files: BUILTIN
+                .iter()
+                .map(|(p, c)| ((*p).to_owned(), c.as_bytes().to_vec()))
+                .collect(),
+        }
+    }
+
+    /// Loads `rego/*.rego` and `data/*.json` under `root`.
+    pub fn load_dir(root: &Path) -> Result<Bundle, PolicyError> {
+        let err = |reason: String| PolicyError::Bundle {
+            path: root.display().to_string(),
+            reason,
+        };
+        let mut files = BTreeMap::new();
+        for (dir, ext) in [("rego", "rego"), ("data", "json")] {
+            let entries =
+                std::fs::read_dir(root.join(dir)).map_err(|e| err(format!("{dir}/: {e}")))?;
+            for e in entries {
+                let e = e.map_err(|e| err(e.to_string()))?;
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.ends_with(&format!(".{ext}")) {
+                    let content =
+                        std::fs::read(e.path()).map_err(|e| err(format!("{dir}/{name}: {e}")))?;
+                    files.insert(format!("{dir}/{name}"), content);
+                }
+            }
+        }
+        if !files.keys().any(|k| k.ends_with(".rego")) {
+            return Err(err("no rego/*.rego files".into()));
+        }
+        Ok(Bundle { files })
+    }
+
+    /// Rebuilds a bundle from its files (e.g. fetched from the blob store by digest).
+    pub fn from_files(files: BTreeMap<String, Vec<u8>>) -> Bundle {
+        Bundle { files }
+    }
+
+    pub fn files(&self) -> &BTreeMap<String, Vec<u8>> {
+        &self.files
+    }
+
+    /// `{"files": {"<path>": "<sha256 hex>", …}}` — what the digest covers.
+    pub fn manifest(&self) -> Value {
+        let files: Map<String, Value> = self
+            .files
+            .iter()
+            .map(|(p, c)| (p.clone(), Value::from(Digest::of(c).to_hex())))
+            .collect();
+        json!({ "files": files })
+    }
+
+    /// SHA-256 of the manifest's canonical (RFC 8785) bytes.
+    pub fn digest(&self) -> Digest {
+        Digest::of(&canonical::to_canonical_bytes(&self.manifest()).unwrap_or_default())
+    }
+}
+
+/// One decision, as recorded in `policy.evaluated`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    pub policy: &'static str,
+    pub allow: bool,
+    pub reasons: Vec<String>,
+    /// Admission only: the limits the job runs with.
+    pub effective_limits: Option<Map<String, Value>>,
+    /// Dependencies only: the allowlist rule that matched.
+    pub rule: Option<String>,
+    pub bundle_digest: Digest,
+    /// SHA-256 of the input's canonical JSON.
+    pub input_digest: Digest,
+    /// Set when evaluation failed; the decision is then a deny.
+    pub error: Option<String>,
+}
+
+/// A compiled bundle, ready to evaluate. Cheap to share across threads.
+#[derive(Clone)]
+pub struct PolicyEngine {
+    base: regorus::Engine,
+    digest: Digest,
+}
+
+impl std::fmt::Debug for PolicyEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PolicyEngine({})", self.digest)
+    }
+}
+
+impl PolicyEngine {
+    /// Compiles every policy and loads the data files under `data.glassbox.<file stem>`.
+    pub fn new(bundle: &Bundle) -> Result<PolicyEngine, PolicyError> {
+        let mut engine = regorus::Engine::new();
+        let mut data = Map::new();
+        for (path, content) in bundle.files() {
+            let text = String::from_utf8_lossy(content).into_owned();
+            if path.ends_with(".rego") {
+                engine
+                    .add_policy(path.clone(), text)
+                    .map_err(|e| PolicyError::Compile {
+                        file: path.clone(),
+                        reason: e.to_string(),
+                    })?;
+            } else if let Some(stem) = path
+                .strip_prefix("data/")
+                .and_then(|p| p.strip_suffix(".json"))
+            {
+                let v: Value = serde_json::from_str(&text).map_err(|e| PolicyError::Data {
+                    file: path.clone(),
+                    reason: e.to_string(),
+                })?;
+                if !v.is_object() {
+                    return Err(PolicyError::Data {
+                        file: path.clone(),
+                        reason: "top level must be an object".into(),
+                    });
+                }
+                data.insert(stem.to_owned(), v);
+            }
+        }
+        let data = json!({ "glassbox": data }).to_string();
+        engine.add_data_json(&data).map_err(|e| PolicyError::Data {
+            file: "data/".into(),
+            reason: e.to_string(),
+        })?;
+        Ok(PolicyEngine {
+            base: engine,
+            digest: bundle.digest(),
+        })
+    }
+
+    pub fn bundle_digest(&self) -> Digest {
+        self.digest
+    }
+
+    /// Evaluates one policy. Never fails: any error is a deny carrying the error.
+    pub fn evaluate(&self, policy: Policy, input: &Value) -> Decision {
+        let input_digest = Digest::of(&canonical::to_canonical_bytes(input).unwrap_or_default());
+        let deny = |error: String| Decision {
+            policy: policy.name(),
+            allow: false,
+            reasons: vec![format!("policy evaluation failed: {error}")],
+            effective_limits: None,
+            rule: None,
+            bundle_digest: self.digest,
+            input_digest,
+            error: Some(error),
+        };
+        let mut engine = self.base.clone();
+        if let Err(e) = engine.set_input_json(&input.to_string()) {
+            return deny(format!("input: {e}"));
+        }
+        let value = match engine.eval_rule(policy.rule()) {
+            Ok(v) => v,
+            Err(e) => return deny(e.to_string()),
+        };
+        let out: Value = match value
+            .to_json_str()
+            .ok()
+            .and_then(|s| serde_json::from_str(&s).ok())
+        {
+            Some(v) => v,
+            None => return deny("decision is undefined".into()),
+        };
+        let Some(allow) = out.get("allow").and_then(Value::as_bool) else {
+            return deny(format!("decision has no boolean `allow`: {out}"));
+        };
+        let reasons = out
+            .get("reasons")
+            .and_then(Value::as_array)
+            .map(|r| {
+                r.iter()
+                    .filter_map(|x| x.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Decision {
+            policy: policy.name(),
+            allow,
+            reasons,
+            effective_limits: out
+                .get("effective_limits")
+                .and_then(Value::as_object)
+                .cloned(),
+            rule: out.get("rule").and_then(Value::as_str).map(str::to_owned),
+            bundle_digest: self.digest,
+            input_digest,
+            error: None,
+        }
+    }
+}
