@@ -9,6 +9,7 @@ ensure_rust
 ensure_postgres
 ensure_redis
 ensure_runsc
+ensure_s3
 
 # Databases left by earlier interrupted test runs.
 for db in $(psql "$GLASSBOX_TEST_DATABASE_URL" -Atc "SELECT datname FROM pg_database WHERE datname LIKE 'glassbox_test_%'"); do

@@ -6,6 +6,7 @@
 //! their core's commands and use these pieces for everything around that.
 
 pub mod auth;
+pub mod blob;
 pub mod config;
 pub mod health;
 pub mod problem;

@@ -70,3 +70,25 @@ ensure_runsc() {
     apt_install runsc
   fi
 }
+
+# An S3-compatible server for the blob store's S3 path (moto_server from PyPI).
+# Exports GLASSBOX_TEST_S3_ENDPOINT.
+ensure_s3() {
+  export GLASSBOX_TEST_S3_ENDPOINT="${GLASSBOX_TEST_S3_ENDPOINT:-http://127.0.0.1:5000}"
+  if curl -fsS -o /dev/null "$GLASSBOX_TEST_S3_ENDPOINT/" 2>/dev/null; then
+    return
+  fi
+  if ! python3 -c "import moto.server, flask" >/dev/null 2>&1; then
+    log "installing moto_server (S3-compatible test server)"
+    python3 -m pip install -q "moto[server]==5.2.5" >&2
+  fi
+  log "starting moto_server on 127.0.0.1:5000"
+  mkdir -p /var/log/glassbox
+  nohup python3 -m moto.server -H 127.0.0.1 -p 5000 >/var/log/glassbox/moto.log 2>&1 &
+  for _ in $(seq 1 60); do
+    curl -fsS -o /dev/null "$GLASSBOX_TEST_S3_ENDPOINT/" 2>/dev/null && return
+    sleep 0.5
+  done
+  log "moto_server did not come up (see /var/log/glassbox/moto.log)"
+  exit 2
+}
