@@ -18,12 +18,12 @@ key="$GLASSBOX_DATA_DIR/keys/ledger.key"
 [ -f "$key" ] || "$gb" keys generate --key-file "$key" >/dev/null
 
 log "appending 5,000 events (and measuring them against plain INSERTs)"
-out=$("$gb" bench ledger --database-url "$GLASSBOX_TEST_DATABASE_URL" --appends 400 --batches 10 --size 5000 --keep)
+out=$("$gb" bench ledger --database-url "$GLASSBOX_TEST_DATABASE_URL" --appends 400 --batches 10 --size 5000 --keep --key-file "$key")
 echo "$out"
 export DATABASE_URL
 DATABASE_URL=$(printf '%s' "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["database_url"])')
 
-log "signing a checkpoint"
+log "the checkpoint signed over it with your key (C2SP signed note)"
 "$gb" ledger checkpoint --key-file "$key"
 log "verifying the whole ledger"
 "$gb" ledger verify --key-file "$key"

@@ -38,6 +38,9 @@ pub struct LedgerBench {
     /// Ledger size at which verification and inclusion proofs are measured.
     #[arg(long, default_value_t = 1_000_000)]
     pub size: u64,
+    /// Sign the benchmark's checkpoint with this key file (default: a throw-away key).
+    #[arg(long)]
+    pub key_file: Option<std::path::PathBuf>,
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
@@ -276,11 +279,12 @@ async fn ledger_inner(args: &LedgerBench, url: &str) -> anyhow::Result<Value> {
     }
     let fill_secs = fill_started.elapsed().as_secs_f64();
 
-    let key = SigningKey::generate("glassbox.bench/ledger")?;
+    let key = match &args.key_file {
+        Some(path) => SigningKey::load_file(path)?,
+        None => SigningKey::generate("glassbox.bench/ledger")?,
+    };
     let cp_started = Instant::now();
-    store
-        .publish_checkpoint(&key, "glassbox.bench/ledger")
-        .await?;
+    store.publish_checkpoint(&key, key.name()).await?;
     let checkpoint_secs = cp_started.elapsed().as_secs_f64();
 
     let verify_started = Instant::now();
