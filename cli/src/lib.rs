@@ -122,13 +122,7 @@ pub fn default_key_file() -> PathBuf {
 
 /// JSON logs to stderr, filtered by `RUST_LOG` (default: warnings).
 pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    glassbox_platform::telemetry::init("warn");
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {

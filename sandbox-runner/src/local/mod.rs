@@ -231,7 +231,11 @@ impl LocalRunsc {
             }
         }
         for id in ids.into_iter().filter(|i| stale(i)) {
-            self.destroy_sandbox(&id).await;
+            let backend = self.clone();
+            let stale_id = id.clone();
+            let _ =
+                tokio::task::spawn_blocking(move || backend.destroy_sandbox_blocking(&stale_id))
+                    .await;
             report.sandboxes.push(id);
         }
         // 2. Workspaces, bundles and cgroups.
@@ -280,29 +284,35 @@ impl LocalRunsc {
         Ok(report)
     }
 
-    /// Kills and deletes a sandbox's runsc state (ignoring "not found").
-    async fn destroy_sandbox(&self, id: &str) {
-        let _ = self
-            .runsc()
-            .args(["kill", "--all", id, "KILL"])
-            .stdin(Stdio::null())
-            .output()
-            .await;
-        let _ = self
-            .runsc()
-            .args(["delete", "--force", id])
-            .stdin(Stdio::null())
-            .output()
-            .await;
-        if let Ok(entries) = std::fs::read_dir(&self.inner.paths.state) {
-            for e in entries.filter_map(Result::ok) {
-                if e.file_name()
-                    .to_string_lossy()
-                    .starts_with(&format!("{id}_sandbox:"))
-                {
-                    let _ = std::fs::remove_file(e.path());
-                }
-            }
+    /// runsc's state and lock files of sandbox `id`.
+    fn state_files(&self, id: &str) -> Vec<PathBuf> {
+        let prefix = format!("{id}_sandbox:");
+        std::fs::read_dir(&self.inner.paths.state)
+            .map(|it| {
+                it.filter_map(Result::ok)
+                    .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+                    .map(|e| e.path())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Kills and deletes a sandbox's runsc state, ignoring "not found"
+    /// (blocking: used by the sweep and by `Cleanup`, which may run in `Drop`).
+    fn destroy_sandbox_blocking(&self, id: &str) {
+        for args in [
+            &["kill", "--all", id, "KILL"][..],
+            &["delete", "--force", id][..],
+        ] {
+            let _ = std::process::Command::new(&self.inner.config.runsc)
+                .arg("--root")
+                .arg(&self.inner.paths.state)
+                .args(args)
+                .stdin(Stdio::null())
+                .output();
+        }
+        for f in self.state_files(id) {
+            let _ = std::fs::remove_file(f);
         }
     }
 
@@ -542,37 +552,8 @@ struct Cleanup {
 
 impl Cleanup {
     fn blocking(backend: &LocalRunsc, id: &str) -> Result<Teardown, SandboxError> {
-        let state = &backend.inner.paths.state;
-        let has_state = std::fs::read_dir(state)
-            .map(|it| {
-                it.filter_map(Result::ok).any(|e| {
-                    e.file_name()
-                        .to_string_lossy()
-                        .starts_with(&format!("{id}_sandbox:"))
-                })
-            })
-            .unwrap_or(false);
-        if has_state {
-            let runsc = |args: &[&str]| {
-                let _ = std::process::Command::new(&backend.inner.config.runsc)
-                    .arg("--root")
-                    .arg(state)
-                    .args(args)
-                    .stdin(Stdio::null())
-                    .output();
-            };
-            runsc(&["kill", "--all", id, "KILL"]);
-            runsc(&["delete", "--force", id]);
-            if let Ok(entries) = std::fs::read_dir(state) {
-                for e in entries.filter_map(Result::ok) {
-                    if e.file_name()
-                        .to_string_lossy()
-                        .starts_with(&format!("{id}_sandbox:"))
-                    {
-                        let _ = std::fs::remove_file(e.path());
-                    }
-                }
-            }
+        if !backend.state_files(id).is_empty() {
+            backend.destroy_sandbox_blocking(id);
         }
         let teardown = workspace::destroy(id, &backend.workspace_dir(id));
         backend.cgroups(id).remove_all();
