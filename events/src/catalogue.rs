@@ -84,18 +84,21 @@ pub struct Dependency {
     pub version: Option<String>,
 }
 
-/// Resource limits in integer units (the ledger refuses floats).
+/// Resource limits in integer units (the ledger refuses floats). The names are
+/// the ones `glassbox.admission` and the sandbox core use.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Limits {
     pub wall_time_ms: Option<u64>,
     pub cpu_millicores: Option<u64>,
     pub memory_bytes: Option<u64>,
-    pub pids: Option<u64>,
+    pub processes: Option<u64>,
     pub workspace_bytes: Option<u64>,
     pub tmp_bytes: Option<u64>,
+    pub stdout_bytes: Option<u64>,
+    pub stderr_bytes: Option<u64>,
     pub output_bytes: Option<u64>,
-    pub artifact_bytes: Option<u64>,
-    pub artifact_files: Option<u64>,
+    pub output_files: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,20 +172,25 @@ catalogue! {
         code: BlobRef,
         stdin: Option<BlobRef>,
         args: Vec<String>,
-        /// Names of non-secret environment variables (values are in the code blob's manifest).
-        env: Map<String, Value>,
+        /// Names of the environment variables; their values are in the `env` blob.
+        env_names: Vec<String>,
+        env: Option<BlobRef>,
         files: Vec<FileRef>,
         dependencies: Vec<Dependency>,
         secrets: Vec<String>,
+        /// The limits as requested (policy fills in the rest).
         limits: Limits,
         idempotency_key: Option<String>,
     }
-    /// One policy was consulted.
+    /// One policy was consulted: what it was asked and what it answered, so the
+    /// decision can be re-evaluated later against the bundle kept by digest.
     PolicyEvaluated = "policy.evaluated" v 1 {
         policy: String,
         decision: Decision,
         reasons: Vec<String>,
         bundle_digest: Digest,
+        /// The exact input (no secret values, no code).
+        input: Map<String, Value>,
         input_digest: Digest,
         /// Set when evaluation failed (which is a deny).
         error: Option<String>,
@@ -230,6 +238,9 @@ catalogue! {
     /// A request was let through on an asserted identity without a token.
     AuthBypassed = "auth.bypassed" v 1 { plane: String, method: String, path: String, asserted: Map<String, Value> }
     PolicyBundleLoaded = "policy.bundle_loaded" v 1 { bundle_digest: Digest, blob_key: String, files: Vec<String> }
+    /// The first request over a tenant's rate limit in a window (later ones in the
+    /// same window are refused without another event, so a flood cannot fill the ledger).
+    RateLimitExceeded = "rate_limit.exceeded" v 1 { subject: String, window_start: String, limit: u64 }
     AuditExported = "audit.exported" v 1 { query: Map<String, Value>, bundle_digest: Digest, record_count: u64 }
 }
 

@@ -421,6 +421,33 @@ impl EventStore {
         rows.iter().map(StoredRecord::from_row).collect()
     }
 
+    /// What an idempotency key of `tenant` was used for: the request digest and
+    /// the positions it produced. Lets a caller answer a retry without redoing work;
+    /// the append itself still decides races.
+    pub async fn idempotency_lookup(
+        &self,
+        tenant: &str,
+        key: &str,
+    ) -> Result<Option<(Digest, u64, u64)>, StoreError> {
+        let step = "idempotency lookup";
+        let row = sqlx::query(
+            "SELECT request_digest, first_position, last_position FROM ledger.idempotency \
+             WHERE tenant = $1 AND key = $2",
+        )
+        .bind(tenant)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db(step))?;
+        let Some(r) = row else { return Ok(None) };
+        let digest: Vec<u8> = r.try_get("request_digest").map_err(db(step))?;
+        Ok(Some((
+            Digest::from_slice(&digest).unwrap_or(Digest::ZERO),
+            r.try_get::<i64, _>("first_position").map_err(db(step))? as u64,
+            r.try_get::<i64, _>("last_position").map_err(db(step))? as u64,
+        )))
+    }
+
     /// Delivers every record after `after`, exactly once, in position order,
     /// forever (until the [`Subscription`] is dropped).
     pub fn subscribe(&self, after: u64) -> Subscription {
@@ -552,6 +579,19 @@ impl EventStore {
         key: &SigningKey,
         origin: &str,
     ) -> Result<Option<StoredCheckpoint>, StoreError> {
+        self.publish_checkpoint_every(key, origin, Duration::ZERO)
+            .await
+    }
+
+    /// Like [`EventStore::publish_checkpoint`], but also returns `None` when the
+    /// latest checkpoint (by anyone) is younger than `min_interval` — so several
+    /// publishers together still sign at most once per interval.
+    pub async fn publish_checkpoint_every(
+        &self,
+        key: &SigningKey,
+        origin: &str,
+        min_interval: Duration,
+    ) -> Result<Option<StoredCheckpoint>, StoreError> {
         let mut tx = self.pool.begin().await.map_err(db("checkpoint: begin"))?;
         let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
             .bind(CHECKPOINT_LOCK)
@@ -560,6 +600,19 @@ impl EventStore {
             .map_err(db("checkpoint: lock"))?;
         if !locked {
             return Ok(None);
+        }
+        if !min_interval.is_zero() {
+            let recent: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM ledger.checkpoints \
+                 WHERE created_at > now() - make_interval(secs => $1))",
+            )
+            .bind(min_interval.as_secs_f64())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db("checkpoint: read latest"))?;
+            if recent {
+                return Ok(None);
+            }
         }
         let latest: Option<i64> =
             sqlx::query_scalar("SELECT max(tree_size) FROM ledger.checkpoints")

@@ -54,6 +54,8 @@ pub enum AuthError {
     MissingClaim(String),
     #[error("token keys are unavailable")]
     KeysUnavailable,
+    #[error("token claim {0} is not acceptable: {1}")]
+    BadClaim(String, &'static str),
 }
 
 #[derive(Clone)]
@@ -286,11 +288,57 @@ pub fn identity(claims: &Map<String, Value>, names: &ClaimNames) -> Result<Ident
         Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
         _ => Vec::new(),
     };
-    Ok(Identity {
+    let id = Identity {
         tenant,
         subject,
         app: text(&names.app),
         agent: text(&names.agent),
         roles,
-    })
+    };
+    check_identity(&id, names)?;
+    Ok(id)
+}
+
+/// A tenant name: what storage keys, stream names and policy data can hold safely.
+pub fn valid_tenant(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= 63
+        && t.bytes().enumerate().all(|(i, b)| {
+            b.is_ascii_alphanumeric() || (i > 0 && matches!(b, b'-' | b'_' | b'.'))
+        })
+}
+
+/// Refuses identities the rest of the system could not store faithfully
+/// (control characters, oversized values, odd tenant names).
+pub fn check_identity(id: &Identity, names: &ClaimNames) -> Result<(), AuthError> {
+    if !valid_tenant(&id.tenant) {
+        return Err(AuthError::BadClaim(
+            names.tenant.clone(),
+            "a tenant is 1-63 letters, digits, '-', '_' or '.', starting with a letter or digit",
+        ));
+    }
+    let plain = |s: &str| s.len() <= 256 && !s.chars().any(char::is_control);
+    if !plain(&id.subject) {
+        return Err(AuthError::BadClaim(
+            names.subject.clone(),
+            "at most 256 characters, no control characters",
+        ));
+    }
+    for (name, v) in [(&names.app, &id.app), (&names.agent, &id.agent)] {
+        if let Some(v) = v
+            && !plain(v)
+        {
+            return Err(AuthError::BadClaim(
+                name.clone(),
+                "at most 256 characters, no control characters",
+            ));
+        }
+    }
+    if id.roles.len() > 32 || id.roles.iter().any(|r| !plain(r) || r.len() > 64) {
+        return Err(AuthError::BadClaim(
+            names.roles.clone(),
+            "at most 32 roles of at most 64 characters, no control characters",
+        ));
+    }
+    Ok(())
 }

@@ -162,7 +162,7 @@ pub enum Backend {
         endpoint: Option<String>,
         region: String,
         access_key_id: String,
-        secret_access_key: String,
+        secret_access_key: crate::config::Secret,
         allow_http: bool,
     },
 }
@@ -216,7 +216,7 @@ impl BlobStore {
                     .with_bucket_name(bucket)
                     .with_region(region)
                     .with_access_key_id(access_key_id)
-                    .with_secret_access_key(secret_access_key)
+                    .with_secret_access_key(secret_access_key.expose())
                     .with_allow_http(*allow_http);
                 if let Some(e) = endpoint {
                     b = b.with_endpoint(e).with_virtual_hosted_style_request(false);

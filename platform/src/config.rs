@@ -56,6 +56,10 @@ pub struct ClaimNames {
 pub struct Secret(String);
 
 impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -93,6 +97,14 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub max_body_bytes: usize,
     pub auth: AuthConfig,
+    /// Requests per second per tenant (Redis fixed window).
+    pub rate_limit_per_sec: u64,
+    /// Longest `wait` a read may ask for (long polling), in seconds.
+    pub max_wait_secs: u64,
+    /// A policy bundle directory; the built-in bundle when unset.
+    pub policy_dir: Option<PathBuf>,
+    /// Where blobs are kept: `data_dir/blobs` unless an S3 bucket is configured.
+    pub blob: crate::blob::Backend,
 }
 
 const PREFIX: &str = "GLASSBOX_";
@@ -117,8 +129,21 @@ const KNOWN: &[&str] = &[
     "auth_leeway_secs",
     "auth_jwks_min_refresh_secs",
     "auth_bypass",
+    "rate_limit_per_sec",
+    "max_wait_secs",
+    "policy_dir",
+    "blob_s3_bucket",
+    "blob_s3_endpoint",
+    "blob_s3_region",
+    "blob_s3_access_key_id",
+    "blob_s3_secret_access_key",
+    "blob_s3_allow_http",
 ];
-const SECRETS: &[&str] = &["auth_hs256_secret", "database_url"];
+const SECRETS: &[&str] = &[
+    "auth_hs256_secret",
+    "database_url",
+    "blob_s3_secret_access_key",
+];
 
 impl Config {
     /// From the process environment (and the file it names).
@@ -319,6 +344,41 @@ impl Config {
                 reason: "no way to verify tokens: set GLASSBOX_AUTH_JWKS_FILE or GLASSBOX_AUTH_JWKS_URL (or, in development, GLASSBOX_AUTH_HS256_SECRET)".into(),
             });
         }
+        let rate_limit_per_sec = number("rate_limit_per_sec", 100, 1)?;
+        let max_wait_secs = number("max_wait_secs", 60, 0)?;
+        if max_wait_secs > 3600 {
+            return Err(bad("max_wait_secs", format!("{max_wait_secs} is more than 3600")));
+        }
+        let policy_dir = get("policy_dir").map(PathBuf::from);
+        let blob = match get("blob_s3_bucket") {
+            None => crate::blob::Backend::Local(data_dir.join("blobs")),
+            Some(bucket) => {
+                let required = |k: &str| {
+                    get(k).map(str::to_owned).ok_or_else(|| {
+                        bad(k, "is required when GLASSBOX_BLOB_S3_BUCKET is set".into())
+                    })
+                };
+                let allow_http = boolean("blob_s3_allow_http")?;
+                let endpoint = get("blob_s3_endpoint").map(str::to_owned);
+                if let Some(e) = &endpoint
+                    && e.starts_with("http://")
+                    && !allow_http
+                {
+                    return Err(bad(
+                        "blob_s3_endpoint",
+                        format!("{e:?} is plain http; set GLASSBOX_BLOB_S3_ALLOW_HTTP=true to allow it"),
+                    ));
+                }
+                crate::blob::Backend::S3 {
+                    bucket: bucket.to_owned(),
+                    endpoint,
+                    region: get("blob_s3_region").unwrap_or("us-east-1").to_owned(),
+                    access_key_id: required("blob_s3_access_key_id")?,
+                    secret_access_key: Secret::new(required("blob_s3_secret_access_key")?),
+                    allow_http,
+                }
+            }
+        };
         Ok(Config {
             environment,
             http_addr,
@@ -327,6 +387,10 @@ impl Config {
             data_dir,
             max_body_bytes,
             auth,
+            rate_limit_per_sec,
+            max_wait_secs,
+            policy_dir,
+            blob,
         })
     }
 }

@@ -610,7 +610,7 @@ mod blobs {
             endpoint: Some(endpoint.clone()),
             region: "us-east-1".into(),
             access_key_id: "test".into(),
-            secret_access_key: "test".into(),
+            secret_access_key: glassbox_platform::config::Secret::new("test"),
             allow_http: true,
         };
         let store = BlobStore::new(&backend, db.pool.clone(), kek()).expect("store");

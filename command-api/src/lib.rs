@@ -1,0 +1,361 @@
+//! # glassbox-command-api — the control plane's HTTP API
+//!
+//! Clients and agents submit jobs here. [`core`] decides and records; [`api`]
+//! parses HTTP into core calls; [`auth`] establishes who is calling (JWT, or the
+//! audited test-only bypass) and counts rate limits in Redis.
+//!
+//! Reads come from the projector's read models. A submission answers with the
+//! ledger position of its records; passing it as `min_position` to a read makes
+//! the read wait until the read models include it (read-your-writes), woken by
+//! the projector's NOTIFY (see [`projection_watch`]).
+//!
+//! [`Application::build`] wires everything from a [`Config`]; binding port 0
+//! gives tests a free port ([`Application::port`]).
+
+#![recursion_limit = "512"]
+
+pub mod api;
+pub mod auth;
+pub mod core;
+pub mod error;
+pub mod openapi;
+pub mod ratelimit;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::HeaderValue;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use glassbox_events::catalogue;
+use glassbox_events::store::{AppendRequest, EventStore, NewEvent};
+use glassbox_events::{Actor, Digest};
+use glassbox_platform::blob::{BlobStore, Kek};
+use glassbox_platform::{Config, JwtVerifier};
+use glassbox_policies::{Bundle, PolicyEngine};
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+pub use crate::core::{Caller, Core};
+pub use crate::error::ApiError;
+
+/// Shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub core: Core,
+    pub config: Arc<Config>,
+    pub verifier: Arc<JwtVerifier>,
+    pub limiter: ratelimit::RateLimiter,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("start-up: GLASSBOX_DATABASE_URL (or DATABASE_URL) is not set")]
+    NoDatabase,
+    #[error("start-up: connecting to PostgreSQL: {0}")]
+    Database(#[source] sqlx::Error),
+    #[error("start-up: {0}")]
+    Store(#[from] glassbox_events::store::StoreError),
+    #[error("start-up: {0}")]
+    Config(#[from] glassbox_platform::ConfigError),
+    #[error("start-up: blob store: {0}")]
+    Blob(#[from] glassbox_platform::blob::BlobError),
+    #[error("start-up: {0}")]
+    Policy(#[from] glassbox_policies::PolicyError),
+    #[error("start-up: {0}")]
+    RateLimit(#[from] ratelimit::RateLimitError),
+    #[error("start-up: binding {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub struct Application {
+    port: u16,
+    listener: tokio::net::TcpListener,
+    router: Router,
+    state: AppState,
+    shutdown: CancellationToken,
+}
+
+/// Connects a pool for a service and runs the migrations.
+pub async fn connect(url: &str) -> Result<PgPool, BuildError> {
+    let pool = PgPoolOptions::new()
+        .max_connections(32)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(url)
+        .await
+        .map_err(BuildError::Database)?;
+    glassbox_events::store::migrate(&pool).await?;
+    Ok(pool)
+}
+
+impl Application {
+    pub async fn build(config: Config) -> Result<Application, BuildError> {
+        let url = config
+            .database_url
+            .clone()
+            .ok_or(BuildError::NoDatabase)?;
+        let pool = connect(&url).await?;
+        let store = EventStore::new(pool.clone());
+        let verifier = JwtVerifier::new(&config.auth).await?;
+        let kek = Kek::load_or_generate(&config.data_dir.join("kek"))?;
+        let blobs = BlobStore::new(&config.blob, pool.clone(), kek)?;
+        let bundle = match &config.policy_dir {
+            Some(dir) => Bundle::load_dir(dir)?,
+            None => Bundle::builtin(),
+        };
+        let engine = PolicyEngine::new(&bundle)?;
+        keep_bundle(&store, &blobs, &bundle).await?;
+        if config.auth.bypass {
+            tracing::warn!(
+                environment = config.environment.as_str(),
+                "authentication bypass is ON: requests without a token act as X-Glassbox-Identity (each recorded as auth.bypassed)"
+            );
+            auth::record_bypass_enabled(&store, config.environment.as_str()).await?;
+        }
+        // Rate-limit keys are namespaced by database, so deployments (and test
+        // databases) sharing one Redis do not count against each other.
+        let db_name = url.rsplit('/').next().unwrap_or("").split('?').next().unwrap_or("");
+        let limiter = ratelimit::RateLimiter::connect(
+            &config.redis_url,
+            config.rate_limit_per_sec,
+            &format!("glassbox:{db_name}"),
+        )
+        .await?;
+        let shutdown = CancellationToken::new();
+        let projected = projection_watch(pool.clone(), shutdown.clone()).await;
+        let core = Core {
+            store,
+            pool: pool.clone(),
+            blobs,
+            engine: Arc::new(engine),
+            projected,
+        };
+        let state = AppState {
+            core,
+            config: Arc::new(config.clone()),
+            verifier: Arc::new(verifier),
+            limiter,
+        };
+        let router = router(state.clone(), pool);
+        let listener = tokio::net::TcpListener::bind(config.http_addr)
+            .await
+            .map_err(|source| BuildError::Bind {
+                addr: config.http_addr,
+                source,
+            })?;
+        let port = listener
+            .local_addr()
+            .map_err(|source| BuildError::Bind {
+                addr: config.http_addr,
+                source,
+            })?
+            .port();
+        Ok(Application {
+            port,
+            listener,
+            router,
+            state,
+            shutdown,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Cancelling it stops the server gracefully (in-flight requests finish).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let token = self.shutdown.clone();
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(async move { token.cancelled().await })
+            .await
+    }
+}
+
+/// The routes, for embedding (e.g. `glassbox dev`) and tests.
+pub fn router(state: AppState, pool: PgPool) -> Router {
+    let v1 = Router::new()
+        .route("/v1/jobs", post(api::submit_job).get(api::list_jobs))
+        .route("/v1/jobs/{id}", get(api::get_job))
+        .route("/v1/jobs/{id}/events", get(api::job_events))
+        .route("/v1/jobs/{id}/cancel", post(api::cancel_job))
+        .route("/v1/status", get(api::status))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ));
+    let max_body = state.config.max_body_bytes;
+    let document = Arc::new(openapi::document(state.config.max_wait_secs));
+    Router::new()
+        .merge(v1)
+        .route(
+            "/openapi.json",
+            get(move || {
+                let d = document.clone();
+                async move { axum::Json((*d).clone()) }
+            }),
+        )
+        .route("/metrics", get(api::metrics))
+        .with_state(state)
+        .merge(glassbox_platform::health::router(pool))
+        .fallback(api::not_found)
+        .method_not_allowed_fallback(api::method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn(request_id))
+}
+
+/// Gives every request a correlation ID (the caller's `X-Request-Id` when it is
+/// sane, else a new UUID), logs the request in a span carrying it, and echoes it.
+async fn request_id(mut req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    req.extensions_mut().insert(auth::RequestId(id.clone()));
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id,
+        method = %req.method(),
+        path = %req.uri().path(),
+    );
+    let started = std::time::Instant::now();
+    let mut resp = next.run(req).instrument(span.clone()).await;
+    span.in_scope(|| {
+        tracing::info!(
+            status = resp.status().as_u16(),
+            ms = started.elapsed().as_millis() as u64,
+            "request finished"
+        );
+    });
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+/// The projector's position as a watch channel: updated on its NOTIFY, and
+/// re-read every second as a safety net for missed notifications.
+pub async fn projection_watch(pool: PgPool, shutdown: CancellationToken) -> watch::Receiver<u64> {
+    let initial = glassbox_projector::position(&pool).await.unwrap_or(0);
+    let (tx, rx) = watch::channel(initial);
+    tokio::spawn(async move {
+        let mut listener = None;
+        loop {
+            if listener.is_none() {
+                match PgListener::connect_with(&pool).await {
+                    Ok(mut l) => {
+                        if l.listen(glassbox_projector::NOTIFY_CHANNEL).await.is_ok() {
+                            listener = Some(l);
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "projection watch: cannot listen"),
+                }
+            }
+            let notified = async {
+                match listener.as_mut() {
+                    Some(l) => l.recv().await.ok().and_then(|n| n.payload().parse::<u64>().ok()),
+                    None => None,
+                }
+            };
+            let got = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = tokio::time::timeout(Duration::from_secs(1), notified) => r,
+            };
+            let position = match got {
+                Ok(Some(p)) => Some(p),
+                _ => glassbox_projector::position(&pool).await.ok(),
+            };
+            if let Some(p) = position {
+                tx.send_if_modified(|cur| {
+                    if p > *cur {
+                        *cur = p;
+                        true
+                    } else {
+                        false
+                    }
+                });
+            }
+            if tx.is_closed() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Keeps the policy bundle in the blob store under its digest and records
+/// `policy.bundle_loaded` once per digest (an idempotency key makes repeated
+/// start-ups and concurrent replicas record it once).
+async fn keep_bundle(store: &EventStore, blobs: &BlobStore, bundle: &Bundle) -> Result<(), BuildError> {
+    let digest = bundle.digest();
+    let key_id = format!("policy-bundle-{}", digest.to_hex());
+    let path = format!("policy-bundles/{}.json", digest.to_hex());
+    let files: serde_json::Map<String, serde_json::Value> = bundle
+        .files()
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::Value::String(String::from_utf8_lossy(v).into_owned())))
+        .collect();
+    let content = serde_json::to_vec(&serde_json::json!({ "files": files }))
+        .map_err(|e| glassbox_events::store::StoreError::InvalidRequest(e.to_string()))?;
+    blobs.create_data_key(&key_id, "system").await?;
+    blobs.put(&key_id, &path, &content).await?;
+    let event = catalogue::PolicyBundleLoaded {
+        bundle_digest: digest,
+        blob_key: path,
+        files: bundle.files().keys().cloned().collect(),
+    };
+    let e = NewEvent::typed("policy-bundles", &event)
+        .map_err(|e| glassbox_events::store::StoreError::InvalidRequest(e.to_string()))?;
+    let req = AppendRequest::new("system", Actor::system("command-api"), vec![e])
+        .idempotent(format!("policy.bundle_loaded:{}", digest.to_hex()), Digest::of(&content));
+    store.append(req).await?;
+    Ok(())
+}
+
+/// Reads a bundle back from the blob store by digest (for re-evaluation).
+pub async fn load_bundle(blobs: &BlobStore, digest: &Digest) -> Result<Bundle, ApiError> {
+    let key_id = format!("policy-bundle-{}", digest.to_hex());
+    let path = format!("policy-bundles/{}.json", digest.to_hex());
+    let bytes = blobs
+        .get(&key_id, &path)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let files = v
+        .get("files")
+        .and_then(serde_json::Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").as_bytes().to_vec()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let bundle = Bundle::from_files(files);
+    if bundle.digest() != *digest {
+        return Err(ApiError::Internal(format!(
+            "policy bundle {digest} read back with a different digest"
+        )));
+    }
+    Ok(bundle)
+}

@@ -1,0 +1,6 @@
+//! command-api end to end over HTTP, against the real PostgreSQL and Redis.
+
+mod helpers;
+mod jobs;
+mod schemathesis;
+mod security;

@@ -1,0 +1,668 @@
+//! # glassbox-projector — read models folded from the ledger
+//!
+//! The ledger is the only source of truth; the tables in schema `projections`
+//! (jobs, policy decisions, an audit index) are a cache of it that the API reads.
+//! This crate is the only writer of those tables.
+//!
+//! **Delivery guarantee: exactly-once effects.** Each batch is folded inside one
+//! transaction that first locks this projector's checkpoint row (`FOR UPDATE`),
+//! reads the records after it, writes the read models and moves the checkpoint
+//! to the batch's last position, then commits. A crash before the commit leaves
+//! neither; several projector instances serialize on the row lock, and the one
+//! that comes second sees the moved checkpoint — so every record's effects are
+//! applied exactly once however many instances run or how often they restart.
+//!
+//! **Deterministic.** Nothing written depends on when the projection ran: times
+//! come from the records, so [`Projector::rebuild`] (fold from position 1) yields
+//! tables identical to the live ones; [`snapshot`] is how tests and
+//! `glassbox projector rebuild --check` compare them.
+//!
+//! **Signed checkpoints.** While new events arrive, [`Projector::run`] asks the
+//! store to publish a signed checkpoint at most once per interval (default one
+//! second). The store serializes publishers with an advisory lock and refuses to
+//! sign if one was signed less than an interval ago by anyone, so a fleet of
+//! projectors still signs at most once per interval.
+
+use chrono::{DateTime, Utc};
+use glassbox_events::catalogue::KnownEvent;
+use glassbox_events::store::{EventStore, StoreError, StoredRecord};
+use glassbox_events::{Digest, SigningKey};
+use serde_json::{Value, json};
+use sqlx::postgres::{PgListener, PgPool};
+use sqlx::{Postgres, Row as _, Transaction};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// The projector's name in `projections.checkpoints`.
+pub const NAME: &str = "read_models";
+/// NOTIFY channel carrying this projector's new position after each commit.
+pub const NOTIFY_CHANNEL: &str = "glassbox_projection";
+/// Records folded per transaction.
+pub const DEFAULT_BATCH: u64 = 500;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectorError {
+    #[error("projector: {step}: database error: {source}")]
+    Database {
+        step: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("projector: {0}")]
+    Store(#[from] StoreError),
+    #[error("projector: ledger position {expected} is missing (found {found})")]
+    Gap { expected: u64, found: u64 },
+}
+
+fn db(step: &'static str) -> impl FnOnce(sqlx::Error) -> ProjectorError {
+    move |source| ProjectorError::Database { step, source }
+}
+
+/// How far the read models are behind the ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lag {
+    pub head: u64,
+    pub position: u64,
+    /// `head - position`.
+    pub events: u64,
+    /// Milliseconds from the first record not yet folded to now (0 when caught up).
+    pub millis: u64,
+}
+
+/// Signing configuration for [`Projector::run`].
+#[derive(Clone)]
+pub struct Publisher {
+    pub key: std::sync::Arc<SigningKey>,
+    pub origin: String,
+    pub interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Projector {
+    store: EventStore,
+    batch: u64,
+}
+
+impl Projector {
+    pub fn new(store: EventStore) -> Projector {
+        Projector {
+            store,
+            batch: DEFAULT_BATCH,
+        }
+    }
+
+    pub fn with_batch(mut self, batch: u64) -> Projector {
+        self.batch = batch.max(1);
+        self
+    }
+
+    fn pool(&self) -> &PgPool {
+        self.store.pool()
+    }
+
+    /// The last position folded into the read models.
+    pub async fn position(&self) -> Result<u64, ProjectorError> {
+        position(self.pool()).await
+    }
+
+    /// Folds one batch in one transaction; returns how many records it folded.
+    pub async fn step(&self) -> Result<usize, ProjectorError> {
+        let mut tx = self.pool().begin().await.map_err(db("begin"))?;
+        let at = lock_checkpoint(&mut tx).await?;
+        let n = self.fold_batch(&mut tx, at).await?;
+        if n > 0 {
+            tx.commit().await.map_err(db("commit"))?;
+        }
+        Ok(n)
+    }
+
+    async fn fold_batch(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        at: u64,
+    ) -> Result<usize, ProjectorError> {
+        let records = self.store.read_all(at + 1, self.batch).await?;
+        let Some(last) = records.last() else {
+            return Ok(0);
+        };
+        for (i, r) in records.iter().enumerate() {
+            let expected = at + 1 + i as u64;
+            if r.record.position != expected {
+                return Err(ProjectorError::Gap {
+                    expected,
+                    found: r.record.position,
+                });
+            }
+        }
+        index(tx, &records).await?;
+        for r in &records {
+            fold(tx, r).await?;
+        }
+        let last_pos = last.record.position;
+        sqlx::query(
+            "UPDATE projections.checkpoints SET position = $2, occurred_at = $3 WHERE projector = $1",
+        )
+        .bind(NAME)
+        .bind(last_pos as i64)
+        .bind(last.record.occurred_at)
+        .execute(&mut **tx)
+        .await
+        .map_err(db("move checkpoint"))?;
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(NOTIFY_CHANNEL)
+            .bind(last_pos.to_string())
+            .execute(&mut **tx)
+            .await
+            .map_err(db("notify"))?;
+        Ok(records.len())
+    }
+
+    /// Folds until the read models reach the head seen at the start; returns the position.
+    pub async fn catch_up(&self) -> Result<u64, ProjectorError> {
+        let (head, _) = self.store.head().await?;
+        loop {
+            let p = self.position().await?;
+            if p >= head || self.step().await? == 0 {
+                return self.position().await;
+            }
+        }
+    }
+
+    /// Empties the read models and folds the whole ledger again from position 1,
+    /// in one transaction: readers see the old tables until the new ones commit
+    /// (rows are deleted, not truncated, so nobody blocks on the rebuild), and
+    /// live projectors wait on the checkpoint row meanwhile.
+    pub async fn rebuild(&self) -> Result<u64, ProjectorError> {
+        let mut tx = self.pool().begin().await.map_err(db("rebuild: begin"))?;
+        lock_checkpoint(&mut tx).await?;
+        for table in [
+            "projections.jobs",
+            "projections.policy_decisions",
+            "projections.audit_index",
+        ] {
+            sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table}")))
+                .execute(&mut *tx)
+                .await
+                .map_err(db("rebuild: clear"))?;
+        }
+        let mut at = 0;
+        loop {
+            let n = self.fold_batch(&mut tx, at).await?;
+            if n == 0 {
+                break;
+            }
+            at += n as u64;
+        }
+        if at == 0 {
+            sqlx::query(
+                "UPDATE projections.checkpoints SET position = 0, occurred_at = NULL WHERE projector = $1",
+            )
+            .bind(NAME)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("rebuild: reset checkpoint"))?;
+        }
+        tx.commit().await.map_err(db("rebuild: commit"))?;
+        Ok(at)
+    }
+
+    /// How far behind the ledger the read models are.
+    pub async fn lag(&self) -> Result<Lag, ProjectorError> {
+        let (head, _) = self.store.head().await?;
+        let position = self.position().await?;
+        let mut millis = 0;
+        if head > position
+            && let Some(r) = self.store.record(position + 1).await?
+        {
+            millis = (Utc::now() - r.record.occurred_at)
+                .num_milliseconds()
+                .max(0) as u64;
+        }
+        Ok(Lag {
+            head,
+            position,
+            events: head.saturating_sub(position),
+            millis,
+        })
+    }
+
+    /// Folds new records as they arrive until `shutdown`, publishing signed
+    /// checkpoints while new events arrive when `publisher` is set. Errors are
+    /// logged and retried; the loop only ends on shutdown.
+    pub async fn run(self, publisher: Option<Publisher>, shutdown: CancellationToken) {
+        let mut listener = match PgListener::connect_with(self.pool()).await {
+            Ok(mut l) => match l.listen(glassbox_events::store::NOTIFY_CHANNEL).await {
+                Ok(()) => Some(l),
+                Err(e) => {
+                    tracing::warn!(error = %e, "projector: LISTEN failed; polling");
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "projector: cannot open a listener; polling");
+                None
+            }
+        };
+        let mut last_publish = Instant::now() - Duration::from_secs(3600);
+        let mut unsigned = true;
+        loop {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            let progressed = match self.step().await {
+                Ok(n) => n > 0,
+                Err(e) => {
+                    tracing::error!(error = %e, "projector: batch failed; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                    false
+                }
+            };
+            unsigned |= progressed;
+            if let Some(p) = &publisher
+                && unsigned
+                && last_publish.elapsed() >= p.interval
+            {
+                last_publish = Instant::now();
+                match self
+                    .store
+                    .publish_checkpoint_every(&p.key, &p.origin, p.interval)
+                    .await
+                {
+                    Ok(Some(c)) => {
+                        unsigned = false;
+                        tracing::info!(size = c.checkpoint.size, "projector: signed checkpoint");
+                    }
+                    Ok(None) => {
+                        // Someone else signed recently, or nothing new: check again later.
+                        let (head, _) = self.store.head().await.unwrap_or((0, Digest::ZERO));
+                        let signed = self.latest_signed().await.unwrap_or(0);
+                        unsigned = head > signed;
+                    }
+                    Err(e) => tracing::error!(error = %e, "projector: signing a checkpoint failed"),
+                }
+            }
+            if progressed {
+                continue;
+            }
+            let wait = if unsigned && publisher.is_some() {
+                Duration::from_millis(250)
+            } else {
+                Duration::from_secs(1)
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = async {
+                    match listener.as_mut() {
+                        Some(l) => { let _ = tokio::time::timeout(wait, l.recv()).await; }
+                        None => tokio::time::sleep(wait.min(Duration::from_millis(250))).await,
+                    }
+                } => {}
+            }
+        }
+    }
+
+    async fn latest_signed(&self) -> Result<u64, ProjectorError> {
+        let n: Option<i64> = sqlx::query_scalar("SELECT max(tree_size) FROM ledger.checkpoints")
+            .fetch_one(self.pool())
+            .await
+            .map_err(db("read checkpoints"))?;
+        Ok(n.unwrap_or(0) as u64)
+    }
+}
+
+/// The last position folded, read without locking.
+pub async fn position(pool: &PgPool) -> Result<u64, ProjectorError> {
+    let p: Option<i64> =
+        sqlx::query_scalar("SELECT position FROM projections.checkpoints WHERE projector = $1")
+            .bind(NAME)
+            .fetch_optional(pool)
+            .await
+            .map_err(db("read checkpoint"))?;
+    Ok(p.unwrap_or(0) as u64)
+}
+
+async fn lock_checkpoint(tx: &mut Transaction<'static, Postgres>) -> Result<u64, ProjectorError> {
+    sqlx::query(
+        "INSERT INTO projections.checkpoints (projector, position) VALUES ($1, 0) \
+         ON CONFLICT (projector) DO NOTHING",
+    )
+    .bind(NAME)
+    .execute(&mut **tx)
+    .await
+    .map_err(db("create checkpoint"))?;
+    let p: i64 = sqlx::query_scalar(
+        "SELECT position FROM projections.checkpoints WHERE projector = $1 FOR UPDATE",
+    )
+    .bind(NAME)
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(db("lock checkpoint"))?;
+    Ok(p as u64)
+}
+
+/// The audit index: one row per record, inserted for the whole batch at once.
+async fn index(
+    tx: &mut Transaction<'static, Postgres>,
+    records: &[StoredRecord],
+) -> Result<(), ProjectorError> {
+    let mut position = Vec::with_capacity(records.len());
+    let mut tenant = Vec::with_capacity(records.len());
+    let mut stream = Vec::with_capacity(records.len());
+    let mut event_type = Vec::with_capacity(records.len());
+    let mut actor_kind = Vec::with_capacity(records.len());
+    let mut actor_id = Vec::with_capacity(records.len());
+    let mut actor_app = Vec::with_capacity(records.len());
+    let mut actor_agent = Vec::with_capacity(records.len());
+    let mut via = Vec::with_capacity(records.len());
+    let mut occurred = Vec::with_capacity(records.len());
+    let mut correlation = Vec::with_capacity(records.len());
+    let mut hash = Vec::with_capacity(records.len());
+    for s in records {
+        let r = &s.record;
+        position.push(r.position as i64);
+        tenant.push(r.tenant.as_str());
+        stream.push(r.stream.as_str());
+        event_type.push(r.event_type.as_str());
+        actor_kind.push(enum_name(&r.actor.kind));
+        actor_id.push(r.actor.id.as_str());
+        actor_app.push(r.actor.app.as_deref());
+        actor_agent.push(r.actor.agent.as_deref());
+        via.push(enum_name(&r.actor.via));
+        occurred.push(r.occurred_at);
+        correlation.push(r.correlation_id.as_str());
+        hash.push(s.entry_hash.as_bytes().to_vec());
+    }
+    sqlx::query(
+        "INSERT INTO projections.audit_index (position, tenant, stream, event_type, actor_kind, \
+         actor_id, actor_app, actor_agent, auth_via, occurred_at, correlation_id, entry_hash) \
+         SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], \
+         $6::text[], $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::text[], $12::bytea[])",
+    )
+    .bind(&position)
+    .bind(&tenant)
+    .bind(&stream)
+    .bind(&event_type)
+    .bind(&actor_kind)
+    .bind(&actor_id)
+    .bind(&actor_app)
+    .bind(&actor_agent)
+    .bind(&via)
+    .bind(&occurred)
+    .bind(&correlation)
+    .bind(&hash)
+    .execute(&mut **tx)
+    .await
+    .map_err(db("insert audit index"))?;
+    Ok(())
+}
+
+fn enum_name<T: serde::Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(Value::String(s)) => s,
+        _ => String::new(),
+    }
+}
+
+/// The job a stream belongs to (`job-<id>`).
+pub fn job_id_of(stream: &str) -> Option<&str> {
+    stream.strip_prefix("job-")
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+/// Statuses after which nothing but data deletion changes a job.
+pub const TERMINAL: &[&str] = &["rejected", "completed", "failed", "cancelled"];
+
+async fn fold(
+    tx: &mut Transaction<'static, Postgres>,
+    s: &StoredRecord,
+) -> Result<(), ProjectorError> {
+    let r = &s.record;
+    let event = match KnownEvent::decode(&r.event_type, &r.data) {
+        Ok(Some(e)) => e,
+        Ok(None) => return Ok(()),
+        Err(e) => {
+            // Still indexed; its effects on the job tables are skipped, the same
+            // way on every rebuild.
+            tracing::warn!(position = r.position, error = %e, "projector: undecodable event");
+            return Ok(());
+        }
+    };
+    let pos = r.position as i64;
+    let at: DateTime<Utc> = r.occurred_at;
+    let job = job_id_of(&r.stream).map(str::to_owned);
+    // A status change that never moves a terminal job backwards.
+    let set_status = |status: &'static str| {
+        format!(
+            "UPDATE projections.jobs SET status = CASE WHEN status = ANY($4) THEN status ELSE '{status}' END, \
+             last_position = $2, updated_at = $3 WHERE job_id = $1"
+        )
+    };
+    let terminal: Vec<String> = TERMINAL.iter().map(|s| (*s).to_owned()).collect();
+    let step = "fold event";
+    match event {
+        KnownEvent::JobSubmitted(e) => {
+            sqlx::query(
+                "INSERT INTO projections.jobs (job_id, tenant, status, language, submitted_by, app, agent, \
+                 idempotency_key, submitted_position, submitted_at, last_position, updated_at, \
+                 requested_limits, secrets, dependencies) \
+                 VALUES ($1, $2, 'submitted', $3, $4, $5, $6, $7, $8, $9, $8, $9, $10, $11, $12) \
+                 ON CONFLICT (job_id) DO NOTHING",
+            )
+            .bind(&e.job_id)
+            .bind(&r.tenant)
+            .bind(&e.language)
+            .bind(&r.actor.id)
+            .bind(&r.actor.app)
+            .bind(&r.actor.agent)
+            .bind(&e.idempotency_key)
+            .bind(pos)
+            .bind(at)
+            .bind(to_json(&e.limits))
+            .bind(to_json(&e.secrets))
+            .bind(to_json(&e.dependencies))
+            .execute(&mut **tx)
+            .await
+            .map_err(db(step))?;
+        }
+        KnownEvent::PolicyEvaluated(e) => {
+            sqlx::query(
+                "INSERT INTO projections.policy_decisions (position, tenant, stream, job_id, policy, \
+                 decision, reasons, bundle_digest, input_digest, error, occurred_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            )
+            .bind(pos)
+            .bind(&r.tenant)
+            .bind(&r.stream)
+            .bind(&job)
+            .bind(&e.policy)
+            .bind(enum_name(&e.decision))
+            .bind(to_json(&e.reasons))
+            .bind(e.bundle_digest.to_hex())
+            .bind(e.input_digest.to_hex())
+            .bind(&e.error)
+            .bind(at)
+            .execute(&mut **tx)
+            .await
+            .map_err(db(step))?;
+        }
+        KnownEvent::JobAccepted(e) => {
+            sqlx::query(
+                "UPDATE projections.jobs SET status = CASE WHEN status = ANY($4) THEN status ELSE 'accepted' END, \
+                 effective_limits = $5, last_position = $2, updated_at = $3 WHERE job_id = $1",
+            )
+            .bind(&e.job_id)
+            .bind(pos)
+            .bind(at)
+            .bind(&terminal)
+            .bind(to_json(&e.effective_limits))
+            .execute(&mut **tx)
+            .await
+            .map_err(db(step))?;
+        }
+        KnownEvent::JobRejected(e) => {
+            sqlx::query(
+                "UPDATE projections.jobs SET status = 'rejected', reasons = $4, last_position = $2, \
+                 updated_at = $3 WHERE job_id = $1",
+            )
+            .bind(&e.job_id)
+            .bind(pos)
+            .bind(at)
+            .bind(to_json(&e.reasons))
+            .execute(&mut **tx)
+            .await
+            .map_err(db(step))?;
+        }
+        KnownEvent::JobCancelRequested(e) => {
+            sqlx::query(
+                "UPDATE projections.jobs SET cancel_requested = true, last_position = $2, updated_at = $3 \
+                 WHERE job_id = $1",
+            )
+            .bind(&e.job_id)
+            .bind(pos)
+            .bind(at)
+            .execute(&mut **tx)
+            .await
+            .map_err(db(step))?;
+        }
+        KnownEvent::ExecutionClaimed(e) => {
+            if let Some(job) = &job {
+                sqlx::query(
+                    "UPDATE projections.jobs SET status = CASE WHEN status = ANY($4) THEN status ELSE 'claimed' END, \
+                     attempt = $5, runner = $6, last_position = $2, updated_at = $3 WHERE job_id = $1",
+                )
+                .bind(job)
+                .bind(pos)
+                .bind(at)
+                .bind(&terminal)
+                .bind(e.attempt as i64)
+                .bind(&e.runner)
+                .execute(&mut **tx)
+                .await
+                .map_err(db(step))?;
+            }
+        }
+        KnownEvent::ExecutionStarted(_) => {
+            if let Some(job) = &job {
+                sqlx::query(sqlx::AssertSqlSafe(set_status("running")))
+                    .bind(job)
+                    .bind(pos)
+                    .bind(at)
+                    .bind(&terminal)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(db(step))?;
+            }
+        }
+        KnownEvent::ExecutionFinished(e) => {
+            // The first `execution.finished` is the result; later ones never are.
+            if let Some(job) = &job {
+                sqlx::query(
+                    "UPDATE projections.jobs SET outcome = $4, exit_code = $5, signal = $6, wall_ms = $7, \
+                     result = $8, last_position = $2, updated_at = $3 WHERE job_id = $1 AND outcome IS NULL",
+                )
+                .bind(job)
+                .bind(pos)
+                .bind(at)
+                .bind(enum_name(&e.outcome))
+                .bind(e.exit_code)
+                .bind(e.signal)
+                .bind(e.wall_ms as i64)
+                .bind(to_json(&e))
+                .execute(&mut **tx)
+                .await
+                .map_err(db(step))?;
+            }
+        }
+        KnownEvent::ArtifactStored(e) => {
+            if let Some(job) = &job {
+                sqlx::query(
+                    "UPDATE projections.jobs SET artifacts = artifacts || $4, last_position = $2, \
+                     updated_at = $3 WHERE job_id = $1",
+                )
+                .bind(job)
+                .bind(pos)
+                .bind(at)
+                .bind(json!([{ "path": e.path, "sha256": e.blob.sha256, "size_bytes": e.blob.size_bytes }]))
+                .execute(&mut **tx)
+                .await
+                .map_err(db(step))?;
+            }
+        }
+        KnownEvent::KeyDestroyed(e) => {
+            sqlx::query(
+                "UPDATE projections.jobs SET data_destroyed = true, last_position = $2, updated_at = $3 \
+                 WHERE job_id = $1",
+            )
+            .bind(&e.key_id)
+            .bind(pos)
+            .bind(at)
+            .execute(&mut **tx)
+            .await
+            .map_err(db(step))?;
+        }
+        KnownEvent::JobCompleted(e) => {
+            sqlx::query(sqlx::AssertSqlSafe(set_status("completed")))
+                .bind(&e.job_id)
+                .bind(pos)
+                .bind(at)
+                .bind(&terminal)
+                .execute(&mut **tx)
+                .await
+                .map_err(db(step))?;
+        }
+        KnownEvent::JobFailed(e) => {
+            sqlx::query(
+                "UPDATE projections.jobs SET status = CASE WHEN status = ANY($4) THEN status ELSE 'failed' END, \
+                 reasons = reasons || $5, last_position = $2, updated_at = $3 WHERE job_id = $1",
+            )
+            .bind(&e.job_id)
+            .bind(pos)
+            .bind(at)
+            .bind(&terminal)
+            .bind(json!([e.reason]))
+            .execute(&mut **tx)
+            .await
+            .map_err(db(step))?;
+        }
+        KnownEvent::JobCancelled(e) => {
+            sqlx::query(sqlx::AssertSqlSafe(set_status("cancelled")))
+                .bind(&e.job_id)
+                .bind(pos)
+                .bind(at)
+                .bind(&terminal)
+                .execute(&mut **tx)
+                .await
+                .map_err(db(step))?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The read models as one deterministic JSON value (every table, every column,
+/// rows in key order) — equal for equal projections.
+pub async fn snapshot(pool: &PgPool) -> Result<Value, ProjectorError> {
+    let mut out = serde_json::Map::new();
+    for (table, key) in [
+        ("projections.jobs", "job_id"),
+        ("projections.policy_decisions", "position"),
+        ("projections.audit_index", "position"),
+        ("projections.checkpoints", "projector"),
+    ] {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT coalesce(jsonb_agg(to_jsonb(t) ORDER BY t.{key}), '[]'::jsonb) AS rows FROM {table} t"
+        )))
+        .fetch_one(pool)
+        .await
+        .map_err(db("snapshot"))?;
+        let v: Value = rows.try_get("rows").map_err(db("snapshot"))?;
+        out.insert(table.to_owned(), v);
+    }
+    Ok(Value::Object(out))
+}
