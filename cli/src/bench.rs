@@ -19,6 +19,8 @@ pub enum BenchCommand {
     Ledger(LedgerBench),
     /// Sandbox start-to-result latency against raw `runsc run` and a native process.
     Sandbox(crate::bench_sandbox::SandboxBench),
+    /// Job submissions over HTTP against ledger appends of the same events.
+    Submit(crate::bench_submit::SubmitBench),
 }
 
 #[derive(Debug, Args)]
@@ -47,6 +49,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
     match command {
         BenchCommand::Ledger(args) => ledger(args).await,
         BenchCommand::Sandbox(args) => crate::bench_sandbox::run(args).await,
+        BenchCommand::Submit(args) => crate::bench_submit::run(args).await,
     }
 }
 
@@ -72,14 +75,14 @@ fn payload(i: u64) -> Map<String, Value> {
     v.as_object().cloned().unwrap_or_default()
 }
 
-struct Sample {
-    elapsed: Duration,
-    latencies: Vec<Duration>,
-    events: u64,
+pub(crate) struct Sample {
+    pub elapsed: Duration,
+    pub latencies: Vec<Duration>,
+    pub events: u64,
 }
 
 impl Sample {
-    fn json(&mut self) -> Value {
+    pub(crate) fn json(&mut self) -> Value {
         self.latencies.sort();
         json!({
             "events_per_s": round(self.events as f64 / self.elapsed.as_secs_f64()),
@@ -87,13 +90,18 @@ impl Sample {
             "p99_ms": round(percentile(&self.latencies, 0.99)),
         })
     }
-    fn rate(&self) -> f64 {
+    pub(crate) fn rate(&self) -> f64 {
         self.events as f64 / self.elapsed.as_secs_f64()
     }
 }
 
 /// Runs `per` timed operations on each of `writers` concurrent tasks.
-async fn measure<F, Fut>(writers: u64, total: u64, batch: u64, op: F) -> anyhow::Result<Sample>
+pub(crate) async fn measure<F, Fut>(
+    writers: u64,
+    total: u64,
+    batch: u64,
+    op: F,
+) -> anyhow::Result<Sample>
 where
     F: Fn(u64, u64) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
@@ -185,29 +193,49 @@ async fn baseline_inserts(
     .await
 }
 
-async fn ledger(args: LedgerBench) -> anyhow::Result<ExitCode> {
-    let name = format!("glassbox_bench_{}", uuid::Uuid::new_v4().simple());
-    let (prefix, _) = args
-        .database_url
-        .rsplit_once('/')
-        .context("--database-url must end in /<database>")?;
-    let url = format!("{prefix}/{name}");
-    let mut admin = sqlx::PgConnection::connect(&args.database_url)
-        .await
-        .context("connecting to the PostgreSQL server")?;
-    admin
-        .execute(sqlx::raw_sql(AssertSqlSafe(format!(
-            "CREATE DATABASE {name}"
-        ))))
-        .await
-        .context("creating the benchmark database")?;
-    let result = ledger_inner(&args, &url).await;
-    if !args.keep {
-        let _ = admin
+/// A throw-away database on the server at `server_url`, dropped by [`BenchDb::drop`].
+pub(crate) struct BenchDb {
+    admin: sqlx::PgConnection,
+    pub name: String,
+    pub url: String,
+}
+
+impl BenchDb {
+    pub(crate) async fn create(server_url: &str) -> anyhow::Result<BenchDb> {
+        let name = format!("glassbox_bench_{}", uuid::Uuid::new_v4().simple());
+        let (prefix, _) = server_url
+            .rsplit_once('/')
+            .context("--database-url must end in /<database>")?;
+        let url = format!("{prefix}/{name}");
+        let mut admin = sqlx::PgConnection::connect(server_url)
+            .await
+            .context("connecting to the PostgreSQL server")?;
+        admin
             .execute(sqlx::raw_sql(AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                "CREATE DATABASE {name}"
+            ))))
+            .await
+            .context("creating the benchmark database")?;
+        Ok(BenchDb { admin, name, url })
+    }
+
+    pub(crate) async fn drop(mut self) {
+        let _ = self
+            .admin
+            .execute(sqlx::raw_sql(AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
             ))))
             .await;
+    }
+}
+
+async fn ledger(args: LedgerBench) -> anyhow::Result<ExitCode> {
+    let db = BenchDb::create(&args.database_url).await?;
+    let url = db.url.clone();
+    let result = ledger_inner(&args, &url).await;
+    if !args.keep {
+        db.drop().await;
     }
     let mut out = result?;
     if args.keep {

@@ -1,12 +1,15 @@
-//! `glassbox` command-line tools: keys, ledger verification and proofs, benchmarks.
+//! `glassbox` command-line tools: the services (`serve`, `projector`), keys, ledger
+//! verification and proofs, benchmarks.
 //!
 //! Exit codes: 0 success (for `ledger verify`: the ledger verifies), 1 the ledger
 //! does not verify (or a proof does not check), 2 usage or infrastructure errors.
 
 pub mod bench;
 mod bench_sandbox;
+mod bench_submit;
 pub mod ledger;
 pub mod sandbox;
+pub mod serve;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
@@ -50,6 +53,16 @@ pub enum Command {
     Sandbox {
         #[command(subcommand)]
         command: sandbox::SandboxCommand,
+    },
+    /// Run the command API (and, unless --no-projector, a projector signing checkpoints).
+    /// Configured by GLASSBOX_* variables (see README).
+    Serve(serve::ServeArgs),
+    /// Read models: run the projector, rebuild from position 1, show lag.
+    Projector {
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(subcommand)]
+        command: serve::ProjectorCommand,
     },
     /// Benchmarks that measure their own baseline in the same run.
     Bench {
@@ -158,5 +171,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         },
         Command::Sandbox { command } => sandbox::run(command).await,
         Command::Bench { command } => bench::run(command).await,
+        Command::Serve(args) => serve::serve(args).await,
+        Command::Projector { db, command } => serve::projector(&db, command).await,
     }
 }

@@ -107,12 +107,17 @@ pub async fn submit_job(
             .with("position", r.position)
             .with("submitted_position", r.submitted_position)
             .with("reasons", r.reasons.clone())
-            .with("decisions", serde_json::to_value(&r.decisions).unwrap_or(Value::Null))
+            .with(
+                "decisions",
+                serde_json::to_value(&r.decisions).unwrap_or(Value::Null),
+            )
             .into_response()
     };
     if reply.replayed {
-        resp.headers_mut()
-            .insert("idempotent-replayed", axum::http::HeaderValue::from_static("true"));
+        resp.headers_mut().insert(
+            "idempotent-replayed",
+            axum::http::HeaderValue::from_static("true"),
+        );
     }
     Ok(resp)
 }
@@ -165,7 +170,9 @@ pub async fn get_job(
     let max_wait = state.config.max_wait_secs;
     let wait = match p.wait {
         Some(w) if w > max_wait => {
-            return Err(ApiError::Invalid(format!("wait: at most {max_wait} seconds")));
+            return Err(ApiError::Invalid(format!(
+                "wait: at most {max_wait} seconds"
+            )));
         }
         w => Duration::from_secs(w.unwrap_or(0)),
     };
@@ -186,11 +193,8 @@ pub async fn get_job(
             return Ok(Json(job));
         }
         // Wake on the next projection (or re-check at least every second).
-        let _ = tokio::time::timeout(
-            (deadline - now).min(Duration::from_secs(1)),
-            rx.changed(),
-        )
-        .await;
+        let _ =
+            tokio::time::timeout((deadline - now).min(Duration::from_secs(1)), rx.changed()).await;
     }
 }
 
@@ -225,9 +229,14 @@ fn encode_cursor(position: i64) -> String {
 }
 
 fn decode_cursor(c: &str) -> Option<i64> {
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(c).ok()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(c)
+        .ok()?;
     let s = String::from_utf8(bytes).ok()?;
-    s.strip_prefix("v1:")?.parse::<i64>().ok().filter(|p| *p > 0)
+    s.strip_prefix("v1:")?
+        .parse::<i64>()
+        .ok()
+        .filter(|p| *p > 0)
 }
 
 pub async fn list_jobs(
@@ -246,7 +255,11 @@ pub async fn list_jobs(
         )));
     }
     if let Some(l) = &p.language
-        && (l.is_empty() || l.len() > 32 || !l.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.')))
+        && (l.is_empty()
+            || l.len() > 32
+            || !l
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.')))
     {
         return Err(ApiError::Invalid("language: not a language name".into()));
     }
@@ -257,11 +270,15 @@ pub async fn list_jobs(
     let before = match &p.cursor {
         None => None,
         Some(c) => Some(
-            decode_cursor(c).ok_or_else(|| ApiError::Invalid("cursor: not a cursor from this API".into()))?,
+            decode_cursor(c)
+                .ok_or_else(|| ApiError::Invalid("cursor: not a cursor from this API".into()))?,
         ),
     };
     if let Some(min) = p.min_position {
-        state.core.await_projection(min, Duration::from_secs(10)).await?;
+        state
+            .core
+            .await_projection(min, Duration::from_secs(10))
+            .await?;
     }
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {JOB_COLUMNS}, j.submitted_position AS p FROM projections.jobs j \
@@ -284,7 +301,10 @@ pub async fn list_jobs(
             r.try_get::<Value, _>("v")
                 .map_err(|e| ApiError::Internal(format!("list jobs: {e}")))?,
         );
-        last = Some(r.try_get::<i64, _>("p").map_err(|e| ApiError::Internal(format!("list jobs: {e}")))?);
+        last = Some(
+            r.try_get::<i64, _>("p")
+                .map_err(|e| ApiError::Internal(format!("list jobs: {e}")))?,
+        );
     }
     let next = if rows.len() > limit as usize {
         last.map(encode_cursor)
@@ -338,7 +358,9 @@ pub async fn cancel_job(
     if let Some(r) = &body.reason
         && (r.len() > 1024 || r.contains('\0'))
     {
-        return Err(ApiError::Invalid("reason: at most 1024 characters, no NUL".into()));
+        return Err(ApiError::Invalid(
+            "reason: at most 1024 characters, no NUL".into(),
+        ));
     }
     let reply = state.core.cancel(&caller, &id, body.reason).await?;
     Ok((StatusCode::ACCEPTED, Json(reply)).into_response())
@@ -395,7 +417,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
 }
 
 pub async fn not_found(uri: axum::http::Uri) -> ApiError {
-    ApiError::NotFound(format!("{}", uri.path().chars().take(200).collect::<String>()))
+    ApiError::NotFound(uri.path().chars().take(200).collect::<String>())
 }
 
 pub async fn method_not_allowed() -> Response {

@@ -36,11 +36,17 @@ pub async fn authenticate(State(state): State<AppState>, req: Request, next: Nex
         Ok(caller) => {
             match state.limiter.check(&caller.identity.tenant).await {
                 Ok(Verdict::Allowed) => {}
-                Ok(Verdict::Limited { first, window_start }) => {
+                Ok(Verdict::Limited {
+                    first,
+                    window_start,
+                }) => {
                     if first {
                         record_rate_limit(&state, &caller, window_start).await;
                     }
-                    return ApiError::RateLimited { retry_after_secs: 1 }.into_response();
+                    return ApiError::RateLimited {
+                        retry_after_secs: 1,
+                    }
+                    .into_response();
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "rate limiter unavailable; refusing");
@@ -153,7 +159,11 @@ pub async fn record_bypass_enabled(
     let e = NewEvent::typed("auth-system", &event)
         .map_err(|e| glassbox_events::store::StoreError::InvalidRequest(e.to_string()))?;
     store
-        .append(AppendRequest::new("system", Actor::system("command-api"), vec![e]))
+        .append(AppendRequest::new(
+            "system",
+            Actor::system("command-api"),
+            vec![e],
+        ))
         .await
         .map(|_| ())
 }

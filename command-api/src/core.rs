@@ -215,7 +215,9 @@ impl JobRequest {
         }
         for (k, v) in &self.env {
             if !env_name(k) {
-                return bad(format!("env: {k:?} is not a variable name (letters, digits, '_')"));
+                return bad(format!(
+                    "env: {k:?} is not a variable name (letters, digits, '_')"
+                ));
             }
             if k.starts_with("GLASSBOX_") {
                 return bad(format!("env: {k} is reserved"));
@@ -257,9 +259,9 @@ impl JobRequest {
             if let Some(v) = &d.version
                 && (v.is_empty()
                     || v.len() > 64
-                    || !v
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'+' | b'!')))
+                    || !v.bytes().all(|b| {
+                        b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'+' | b'!')
+                    }))
             {
                 return bad(format!("dependencies[{i}].version: not a version"));
             }
@@ -270,7 +272,9 @@ impl JobRequest {
         let mut names = std::collections::BTreeSet::new();
         for (i, s) in self.secrets.iter().enumerate() {
             if !env_name(s.name()) {
-                return bad(format!("secrets[{i}]: not a secret name (letters, digits, '_')"));
+                return bad(format!(
+                    "secrets[{i}]: not a secret name (letters, digits, '_')"
+                ));
             }
             if !names.insert(s.name()) {
                 return bad(format!("secrets[{i}]: {} appears twice", s.name()));
@@ -364,7 +368,11 @@ fn typed<E: catalogue::Event>(stream: &str, e: &E) -> Result<NewEvent, ApiError>
 fn evaluated(d: &Decision, input: &Value) -> catalogue::PolicyEvaluated {
     catalogue::PolicyEvaluated {
         policy: d.policy.to_owned(),
-        decision: if d.allow { Verdict::Allow } else { Verdict::Deny },
+        decision: if d.allow {
+            Verdict::Allow
+        } else {
+            Verdict::Deny
+        },
         reasons: d.reasons.clone(),
         bundle_digest: d.bundle_digest,
         input: input.as_object().cloned().unwrap_or_default(),
@@ -431,11 +439,11 @@ impl Core {
         let tenant = caller.identity.tenant.clone();
         let digest = request.digest(&caller.identity);
         if let Some(key) = &idempotency_key
-            && let Some((stored, first, last)) = self
-                .store
-                .idempotency_lookup(&tenant, key)
-                .await
-                .map_err(ApiError::store("look up the idempotency key"))?
+            && let Some((stored, first, last)) =
+                self.store
+                    .idempotency_lookup(&tenant, key)
+                    .await
+                    .map_err(ApiError::store("look up the idempotency key"))?
         {
             if stored != digest {
                 return Err(ApiError::IdempotencyConflict);
@@ -531,7 +539,8 @@ impl Core {
                 .clone()
                 .and_then(|m| serde_json::from_value(Value::Object(m)).ok());
             if admission.allow && effective.is_none() {
-                reasons.push("the admission policy returned limits this service does not know".into());
+                reasons
+                    .push("the admission policy returned limits this service does not know".into());
             }
             match (reasons.is_empty(), effective) {
                 (true, Some(effective_limits)) => events.push(typed(
@@ -614,7 +623,8 @@ impl Core {
         let env = if r.env.is_empty() {
             None
         } else {
-            let bytes = serde_json::to_vec(&r.env).map_err(|e| ApiError::Internal(e.to_string()))?;
+            let bytes =
+                serde_json::to_vec(&r.env).map_err(|e| ApiError::Internal(e.to_string()))?;
             Some(blob_ref(
                 self.blobs
                     .put(job_id, &blob_path(job_id, "env"), &bytes)
@@ -799,12 +809,19 @@ impl Core {
                 // Asking twice is not an error: the first request stands.
                 return Ok(CancelReply {
                     job_id: job_id.to_owned(),
-                    status: if state == "cancelled" { "cancelled" } else { "cancel_requested" }.into(),
+                    status: if state == "cancelled" {
+                        "cancelled"
+                    } else {
+                        "cancel_requested"
+                    }
+                    .into(),
                     position,
                 });
             }
             if matches!(state, "rejected" | "completed" | "failed") {
-                return Err(ApiError::Conflict(format!("job {job_id} is already {state}")));
+                return Err(ApiError::Conflict(format!(
+                    "job {job_id} is already {state}"
+                )));
             }
             let stream = format!("job-{job_id}");
             let mut events = vec![typed(
@@ -830,7 +847,12 @@ impl Core {
                 Ok(o) => {
                     return Ok(CancelReply {
                         job_id: job_id.to_owned(),
-                        status: if claimed { "cancel_requested" } else { "cancelled" }.into(),
+                        status: if claimed {
+                            "cancel_requested"
+                        } else {
+                            "cancelled"
+                        }
+                        .into(),
                         position: o.first_position(),
                     });
                 }

@@ -7,8 +7,8 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use glassbox_events::store::StoreError;
-use glassbox_platform::problem::{Problem, codes};
 use glassbox_platform::AuthError;
+use glassbox_platform::problem::{Problem, codes};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -50,13 +50,11 @@ impl ApiError {
         match self {
             ApiError::Invalid(d) => Problem::invalid(d.clone()),
             ApiError::Unauthenticated(e) => Problem::unauthenticated(e.to_string()),
-            ApiError::Forbidden(reasons) => Problem::new(
-                StatusCode::FORBIDDEN,
-                codes::FORBIDDEN,
-                "Forbidden",
-            )
-            .detail(reasons.join("; "))
-            .with("reasons", reasons.clone()),
+            ApiError::Forbidden(reasons) => {
+                Problem::new(StatusCode::FORBIDDEN, codes::FORBIDDEN, "Forbidden")
+                    .detail(reasons.join("; "))
+                    .with("reasons", reasons.clone())
+            }
             ApiError::NotFound(what) => Problem::not_found(format!("{what} does not exist")),
             ApiError::Conflict(d) => {
                 Problem::new(StatusCode::CONFLICT, codes::CONFLICT, "Conflict").detail(d.clone())
@@ -112,7 +110,8 @@ impl IntoResponse for ApiError {
         if let Some(s) = retry
             && let Ok(v) = axum::http::HeaderValue::from_str(&s.to_string())
         {
-            resp.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, v);
         }
         resp
     }

@@ -99,10 +99,7 @@ pub async fn connect(url: &str) -> Result<PgPool, BuildError> {
 
 impl Application {
     pub async fn build(config: Config) -> Result<Application, BuildError> {
-        let url = config
-            .database_url
-            .clone()
-            .ok_or(BuildError::NoDatabase)?;
+        let url = config.database_url.clone().ok_or(BuildError::NoDatabase)?;
         let pool = connect(&url).await?;
         let store = EventStore::new(pool.clone());
         let verifier = JwtVerifier::new(&config.auth).await?;
@@ -123,7 +120,13 @@ impl Application {
         }
         // Rate-limit keys are namespaced by database, so deployments (and test
         // databases) sharing one Redis do not count against each other.
-        let db_name = url.rsplit('/').next().unwrap_or("").split('?').next().unwrap_or("");
+        let db_name = url
+            .rsplit('/')
+            .next()
+            .unwrap_or("")
+            .split('?')
+            .next()
+            .unwrap_or("");
         let limiter = ratelimit::RateLimiter::connect(
             &config.redis_url,
             config.rate_limit_per_sec,
@@ -273,7 +276,11 @@ pub async fn projection_watch(pool: PgPool, shutdown: CancellationToken) -> watc
             }
             let notified = async {
                 match listener.as_mut() {
-                    Some(l) => l.recv().await.ok().and_then(|n| n.payload().parse::<u64>().ok()),
+                    Some(l) => l
+                        .recv()
+                        .await
+                        .ok()
+                        .and_then(|n| n.payload().parse::<u64>().ok()),
                     None => None,
                 }
             };
@@ -306,14 +313,23 @@ pub async fn projection_watch(pool: PgPool, shutdown: CancellationToken) -> watc
 /// Keeps the policy bundle in the blob store under its digest and records
 /// `policy.bundle_loaded` once per digest (an idempotency key makes repeated
 /// start-ups and concurrent replicas record it once).
-async fn keep_bundle(store: &EventStore, blobs: &BlobStore, bundle: &Bundle) -> Result<(), BuildError> {
+async fn keep_bundle(
+    store: &EventStore,
+    blobs: &BlobStore,
+    bundle: &Bundle,
+) -> Result<(), BuildError> {
     let digest = bundle.digest();
     let key_id = format!("policy-bundle-{}", digest.to_hex());
     let path = format!("policy-bundles/{}.json", digest.to_hex());
     let files: serde_json::Map<String, serde_json::Value> = bundle
         .files()
         .iter()
-        .map(|(k, v)| (k.clone(), serde_json::Value::String(String::from_utf8_lossy(v).into_owned())))
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                serde_json::Value::String(String::from_utf8_lossy(v).into_owned()),
+            )
+        })
         .collect();
     let content = serde_json::to_vec(&serde_json::json!({ "files": files }))
         .map_err(|e| glassbox_events::store::StoreError::InvalidRequest(e.to_string()))?;
@@ -326,8 +342,10 @@ async fn keep_bundle(store: &EventStore, blobs: &BlobStore, bundle: &Bundle) -> 
     };
     let e = NewEvent::typed("policy-bundles", &event)
         .map_err(|e| glassbox_events::store::StoreError::InvalidRequest(e.to_string()))?;
-    let req = AppendRequest::new("system", Actor::system("command-api"), vec![e])
-        .idempotent(format!("policy.bundle_loaded:{}", digest.to_hex()), Digest::of(&content));
+    let req = AppendRequest::new("system", Actor::system("command-api"), vec![e]).idempotent(
+        format!("policy.bundle_loaded:{}", digest.to_hex()),
+        Digest::of(&content),
+    );
     store.append(req).await?;
     Ok(())
 }

@@ -15,12 +15,30 @@ fn problem(description: &str) -> Value {
 
 fn common_errors() -> serde_json::Map<String, Value> {
     let mut m = serde_json::Map::new();
-    m.insert("400".into(), problem("Invalid request (code `invalid_request`)"));
-    m.insert("401".into(), problem("Missing or refused token (code `unauthenticated`)"));
-    m.insert("403".into(), problem("Refused by policy (codes `forbidden`, `policy_denied`)"));
-    m.insert("404".into(), problem("No such resource for this tenant (code `not_found`)"));
-    m.insert("429".into(), problem("Tenant rate limit exhausted (code `rate_limited`)"));
-    m.insert("503".into(), problem("Dependency unavailable or read models behind (code `unavailable`)"));
+    m.insert(
+        "400".into(),
+        problem("Invalid request (code `invalid_request`)"),
+    );
+    m.insert(
+        "401".into(),
+        problem("Missing or refused token (code `unauthenticated`)"),
+    );
+    m.insert(
+        "403".into(),
+        problem("Refused by policy (codes `forbidden`, `policy_denied`)"),
+    );
+    m.insert(
+        "404".into(),
+        problem("No such resource for this tenant (code `not_found`)"),
+    );
+    m.insert(
+        "429".into(),
+        problem("Tenant rate limit exhausted (code `rate_limited`)"),
+    );
+    m.insert(
+        "503".into(),
+        problem("Dependency unavailable or read models behind (code `unavailable`)"),
+    );
     m
 }
 

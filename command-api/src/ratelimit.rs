@@ -32,7 +32,10 @@ pub enum Verdict {
     Allowed,
     /// Over the limit. `first` is true for exactly one request per tenant and
     /// window — the one that gets recorded in the ledger.
-    Limited { first: bool, window_start: u64 },
+    Limited {
+        first: bool,
+        window_start: u64,
+    },
 }
 
 #[derive(Clone)]
@@ -44,7 +47,11 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     /// Connects (and fails start-up if Redis cannot be reached).
-    pub async fn connect(url: &str, per_second: u64, prefix: &str) -> Result<RateLimiter, RateLimitError> {
+    pub async fn connect(
+        url: &str,
+        per_second: u64,
+        prefix: &str,
+    ) -> Result<RateLimiter, RateLimitError> {
         let connect = |source| RateLimitError::Connect {
             url: redact(url),
             source,

@@ -771,12 +771,19 @@ impl EventStore {
             Err(f) => return Ok(Err(f)),
         };
         if full {
-            // Rows slipped in beyond the head are not part of the ledger.
-            let max: Option<i64> = sqlx::query_scalar("SELECT max(position) FROM ledger.records")
-                .fetch_one(&self.pool)
-                .await
-                .map_err(db("verify: read last position"))?;
-            if let Some(max) = max.filter(|m| *m as u64 > head_size) {
+            // Rows slipped in beyond the head are not part of the ledger. Head and
+            // last row are read in one statement (one snapshot): appends commit
+            // both together, so concurrent appends never look like this.
+            let (now_head, max): (i64, Option<i64>) = sqlx::query_as(
+                "SELECT h.position, (SELECT max(position) FROM ledger.records) \
+                 FROM ledger.head h WHERE id",
+            )
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db("verify: read last position"))?;
+            let now_head = now_head as u64;
+            if let Some(max) = max.filter(|m| *m as u64 > now_head) {
+                let head_size = now_head;
                 return Ok(Err(Failure {
                     position: head_size + 1,
                     problem: Problem::HeadMismatch(format!(

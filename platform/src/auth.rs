@@ -303,9 +303,9 @@ pub fn identity(claims: &Map<String, Value>, names: &ClaimNames) -> Result<Ident
 pub fn valid_tenant(t: &str) -> bool {
     !t.is_empty()
         && t.len() <= 63
-        && t.bytes().enumerate().all(|(i, b)| {
-            b.is_ascii_alphanumeric() || (i > 0 && matches!(b, b'-' | b'_' | b'.'))
-        })
+        && t.bytes()
+            .enumerate()
+            .all(|(i, b)| b.is_ascii_alphanumeric() || (i > 0 && matches!(b, b'-' | b'_' | b'.')))
 }
 
 /// Refuses identities the rest of the system could not store faithfully

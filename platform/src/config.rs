@@ -347,7 +347,10 @@ impl Config {
         let rate_limit_per_sec = number("rate_limit_per_sec", 100, 1)?;
         let max_wait_secs = number("max_wait_secs", 60, 0)?;
         if max_wait_secs > 3600 {
-            return Err(bad("max_wait_secs", format!("{max_wait_secs} is more than 3600")));
+            return Err(bad(
+                "max_wait_secs",
+                format!("{max_wait_secs} is more than 3600"),
+            ));
         }
         let policy_dir = get("policy_dir").map(PathBuf::from);
         let blob = match get("blob_s3_bucket") {
@@ -366,7 +369,9 @@ impl Config {
                 {
                     return Err(bad(
                         "blob_s3_endpoint",
-                        format!("{e:?} is plain http; set GLASSBOX_BLOB_S3_ALLOW_HTTP=true to allow it"),
+                        format!(
+                            "{e:?} is plain http; set GLASSBOX_BLOB_S3_ALLOW_HTTP=true to allow it"
+                        ),
                     ));
                 }
                 crate::blob::Backend::S3 {

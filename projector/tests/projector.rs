@@ -99,30 +99,86 @@ async fn the_first_finished_attempt_is_the_result_and_terminal_states_stay() {
     let store = db.store().await.expect("store");
     submit(&store, "acme", "j1").await;
     let s = "job-j1";
-    append(&store, "acme", s, &catalogue::ExecutionClaimed {
-        runner: "r1".into(), attempt: 1, lease_expires_at: "2026-11-26T10:00:00Z".into(),
-    }).await;
-    append(&store, "acme", s, &catalogue::ExecutionStarted { attempt: 1, sandbox_id: "sb1".into() }).await;
+    append(
+        &store,
+        "acme",
+        s,
+        &catalogue::ExecutionClaimed {
+            runner: "r1".into(),
+            attempt: 1,
+            lease_expires_at: "2026-11-26T10:00:00Z".into(),
+        },
+    )
+    .await;
+    append(
+        &store,
+        "acme",
+        s,
+        &catalogue::ExecutionStarted {
+            attempt: 1,
+            sandbox_id: "sb1".into(),
+        },
+    )
+    .await;
     let p = Projector::new(store.clone());
     p.catch_up().await.expect("catch up");
     let row = job_row(&db, "j1").await;
     assert_eq!(row["status"], "running");
     assert_eq!(row["runner"], "r1");
-    append(&store, "acme", s, &catalogue::ExecutionClaimed {
-        runner: "r2".into(), attempt: 2, lease_expires_at: "2026-11-26T10:01:00Z".into(),
-    }).await;
+    append(
+        &store,
+        "acme",
+        s,
+        &catalogue::ExecutionClaimed {
+            runner: "r2".into(),
+            attempt: 2,
+            lease_expires_at: "2026-11-26T10:01:00Z".into(),
+        },
+    )
+    .await;
     append(&store, "acme", s, &finished(2, Outcome::Succeeded, 0)).await;
     // A late finish of attempt 1 is never a second result.
     append(&store, "acme", s, &finished(1, Outcome::Failed, 3)).await;
-    append(&store, "acme", s, &catalogue::ArtifactStored { path: "out/a.txt".into(), blob: blob("a") }).await;
-    append(&store, "acme", s, &catalogue::JobCompleted { job_id: "j1".into(), outcome: Outcome::Succeeded }).await;
+    append(
+        &store,
+        "acme",
+        s,
+        &catalogue::ArtifactStored {
+            path: "out/a.txt".into(),
+            blob: blob("a"),
+        },
+    )
+    .await;
+    append(
+        &store,
+        "acme",
+        s,
+        &catalogue::JobCompleted {
+            job_id: "j1".into(),
+            outcome: Outcome::Succeeded,
+        },
+    )
+    .await;
     // Nothing moves a terminal job back.
-    append(&store, "acme", s, &catalogue::ExecutionStarted { attempt: 3, sandbox_id: "sb3".into() }).await;
+    append(
+        &store,
+        "acme",
+        s,
+        &catalogue::ExecutionStarted {
+            attempt: 3,
+            sandbox_id: "sb3".into(),
+        },
+    )
+    .await;
     // Unknown event types are indexed but change nothing.
     let mut data = Map::new();
     data.insert("x".into(), json!(1));
     store
-        .append(AppendRequest::new("acme", Actor::system("test"), vec![NewEvent::new(s, "vendor.thing_happened", data)]))
+        .append(AppendRequest::new(
+            "acme",
+            Actor::system("test"),
+            vec![NewEvent::new(s, "vendor.thing_happened", data)],
+        ))
         .await
         .expect("append unknown");
     p.catch_up().await.expect("catch up");
@@ -135,11 +191,24 @@ async fn the_first_finished_attempt_is_the_result_and_terminal_states_stay() {
     let (head, _) = store.head().await.expect("head");
     // The unknown event (the head) does not touch the job; the late start before it did.
     assert_eq!(row["last_position"], head - 1);
-    let indexed: i64 = sqlx::query_scalar("SELECT count(*) FROM projections.audit_index WHERE event_type = 'vendor.thing_happened'")
-        .fetch_one(&db.pool).await.expect("count");
+    let indexed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM projections.audit_index WHERE event_type = 'vendor.thing_happened'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("count");
     assert_eq!(indexed, 1);
     // Data destruction is recorded on the job.
-    append(&store, "acme", s, &catalogue::KeyDestroyed { key_id: "j1".into(), reason: "retention".into() }).await;
+    append(
+        &store,
+        "acme",
+        s,
+        &catalogue::KeyDestroyed {
+            key_id: "j1".into(),
+            reason: "retention".into(),
+        },
+    )
+    .await;
     p.catch_up().await.expect("catch up");
     assert_eq!(job_row(&db, "j1").await["data_destroyed"], true);
     db.drop_db().await;
@@ -159,7 +228,16 @@ async fn concurrent_projectors_apply_each_record_exactly_once_and_rebuild_is_ide
         let job = format!("j{i}");
         submit(&store, if i % 2 == 0 { "acme" } else { "globex" }, &job).await;
         if i % 3 == 0 {
-            append(&store, "acme", &format!("job-{job}"), &catalogue::JobCancelled { job_id: job.clone(), reason: None }).await;
+            append(
+                &store,
+                "acme",
+                &format!("job-{job}"),
+                &catalogue::JobCancelled {
+                    job_id: job.clone(),
+                    reason: None,
+                },
+            )
+            .await;
         }
     }
     let (head, _) = store.head().await.expect("head");
@@ -175,7 +253,10 @@ async fn concurrent_projectors_apply_each_record_exactly_once_and_rebuild_is_ide
     let live = snapshot(&db.pool).await.expect("snapshot");
     let index = live["projections.audit_index"].as_array().expect("rows");
     assert_eq!(index.len() as u64, head, "each record indexed exactly once");
-    let positions: Vec<u64> = index.iter().map(|r| r["position"].as_u64().expect("p")).collect();
+    let positions: Vec<u64> = index
+        .iter()
+        .map(|r| r["position"].as_u64().expect("p"))
+        .collect();
     assert_eq!(positions, (1..=head).collect::<Vec<_>>());
     assert_eq!(live["projections.jobs"].as_array().expect("jobs").len(), 60);
     assert_eq!(p.rebuild().await.expect("rebuild"), head);
@@ -184,7 +265,10 @@ async fn concurrent_projectors_apply_each_record_exactly_once_and_rebuild_is_ide
     let empty = TestDb::new().await.expect("db");
     let e = Projector::new(empty.store().await.expect("store"));
     assert_eq!(e.rebuild().await.expect("rebuild"), 0);
-    assert_eq!(snapshot(&empty.pool).await.expect("snapshot")["projections.jobs"], json!([]));
+    assert_eq!(
+        snapshot(&empty.pool).await.expect("snapshot")["projections.jobs"],
+        json!([])
+    );
     empty.drop_db().await;
     db.drop_db().await;
 }
@@ -242,10 +326,17 @@ async fn checkpoints_are_signed_at_most_once_per_interval_by_one_publisher() {
     assert!(rows.len() >= 3, "signed while events arrived: {rows:?}");
     assert!(rows.len() <= 7, "at most one per second: {rows:?}");
     for w in rows.windows(2) {
-        assert!(w[1].1 - w[0].1 >= 0.999, "two checkpoints within a second: {rows:?}");
+        assert!(
+            w[1].1 - w[0].1 >= 0.999,
+            "two checkpoints within a second: {rows:?}"
+        );
     }
     let (head, _) = store.head().await.expect("head");
-    assert_eq!(rows.last().expect("last").0 as u64, head, "the tail is signed");
+    assert_eq!(
+        rows.last().expect("last").0 as u64,
+        head,
+        "the tail is signed"
+    );
     // Every checkpoint verifies against the verifier key.
     let report = store
         .verify(Some(&key.verifier()), &[], None, None)
@@ -255,13 +346,20 @@ async fn checkpoints_are_signed_at_most_once_per_interval_by_one_publisher() {
     assert_eq!(report.checkpoints_checked.len(), rows.len());
     // And nothing more is signed while nothing new arrives.
     let p = Projector::new(store.clone());
-    let publisher = Publisher { key: key.clone(), origin: "glassbox.test/log".into(), interval: Duration::from_secs(1) };
+    let publisher = Publisher {
+        key: key.clone(),
+        origin: "glassbox.test/log".into(),
+        interval: Duration::from_secs(1),
+    };
     let t = CancellationToken::new();
     let h = tokio::spawn(p.run(Some(publisher), t.clone()));
     tokio::time::sleep(Duration::from_millis(1500)).await;
     t.cancel();
     h.await.expect("join");
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger.checkpoints").fetch_one(&db.pool).await.expect("count");
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger.checkpoints")
+        .fetch_one(&db.pool)
+        .await
+        .expect("count");
     assert_eq!(n as usize, rows.len());
     db.drop_db().await;
 }

@@ -92,3 +92,24 @@ ensure_s3() {
   log "moto_server did not come up (see /var/log/glassbox/moto.log)"
   exit 2
 }
+
+# schemathesis (property-based API fuzzing against /openapi.json), from PyPI.
+SCHEMATHESIS_VERSION=4.32.5
+ensure_schemathesis() {
+  if command -v schemathesis >/dev/null 2>&1 \
+     && schemathesis --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+    export GLASSBOX_SCHEMATHESIS="$(command -v schemathesis)"
+    return
+  fi
+  if ! command -v python3 >/dev/null 2>&1; then
+    apt_install python3 python3-pip
+  fi
+  log "installing schemathesis $SCHEMATHESIS_VERSION from PyPI"
+  python3 -m pip install -q "schemathesis==$SCHEMATHESIS_VERSION" >&2 \
+    || python3 -m pip install -q --break-system-packages "schemathesis==$SCHEMATHESIS_VERSION" >&2
+  GLASSBOX_SCHEMATHESIS="$(command -v schemathesis || true)"
+  if [ -z "$GLASSBOX_SCHEMATHESIS" ]; then
+    GLASSBOX_SCHEMATHESIS="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/schemathesis"
+  fi
+  export GLASSBOX_SCHEMATHESIS
+}

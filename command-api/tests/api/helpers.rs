@@ -183,7 +183,10 @@ impl TestApp {
 
     /// Every record in the ledger.
     pub async fn records(&self) -> Vec<StoredRecord> {
-        self.store.read_all(1, 1_000_000).await.expect("read ledger")
+        self.store
+            .read_all(1, 1_000_000)
+            .await
+            .expect("read ledger")
     }
 
     pub async fn records_of_type(&self, t: &str) -> Vec<StoredRecord> {

@@ -71,10 +71,18 @@ async fn an_accepted_job_is_one_atomic_append_with_its_code_encrypted_in_the_blo
         .collect();
     assert_eq!(
         policies,
-        ["glassbox.authz", "glassbox.admission", "glassbox.secrets", "glassbox.secrets"]
+        [
+            "glassbox.authz",
+            "glassbox.admission",
+            "glassbox.secrets",
+            "glassbox.secrets"
+        ]
     );
     let digest = app.app_state.core.engine.bundle_digest().to_hex();
-    for s in job.iter().filter(|s| s.record.event_type == "policy.evaluated") {
+    for s in job
+        .iter()
+        .filter(|s| s.record.event_type == "policy.evaluated")
+    {
         assert_eq!(s.record.data["bundle_digest"], digest);
         let input = serde_json::to_vec(&s.record.data["input"]).expect("input");
         assert!(s.record.data["input"].is_object());
@@ -84,8 +92,16 @@ async fn an_accepted_job_is_one_atomic_append_with_its_code_encrypted_in_the_blo
     // Code, stdin and env values are not in the ledger — only their digests.
     for s in &records {
         let text = String::from_utf8_lossy(&s.canonical);
-        for m in ["glassbox-code-marker-7f3a", "stdin-marker-91c2", "env-value-marker-55d1"] {
-            assert!(!text.contains(m), "{m} leaked into record {}", s.record.position);
+        for m in [
+            "glassbox-code-marker-7f3a",
+            "stdin-marker-91c2",
+            "env-value-marker-55d1",
+        ] {
+            assert!(
+                !text.contains(m),
+                "{m} leaked into record {}",
+                s.record.position
+            );
         }
     }
     let submitted = &job[0].record.data;
@@ -97,7 +113,10 @@ async fn an_accepted_job_is_one_atomic_append_with_its_code_encrypted_in_the_blo
     // …and the blob store gives them back, decrypted, under the job's key.
     let blobs = &app.app_state.core.blobs;
     let code_key = submitted["code"]["key"].as_str().expect("key");
-    assert_eq!(blobs.get(&id, code_key).await.expect("code"), marker.as_bytes());
+    assert_eq!(
+        blobs.get(&id, code_key).await.expect("code"),
+        marker.as_bytes()
+    );
     let file_key = submitted["files"][0]["blob"]["key"].as_str().expect("key");
     assert_eq!(blobs.get(&id, file_key).await.expect("file"), b"hello");
     // At rest it is ciphertext.
@@ -112,7 +131,9 @@ async fn a_policy_denial_is_a_403_with_reasons_and_is_in_the_ledger() {
     // Tenant `restricted` allows python only, 10 s at most, no secrets.
     let body = json!({"language": "node", "code": "console.log(1)",
                       "limits": {"wall_time_ms": 50000}, "secrets": ["OPENAI_API_KEY"]});
-    let r = app.submit(&token("restricted"), &body, Some("deny-1")).await;
+    let r = app
+        .submit(&token("restricted"), &body, Some("deny-1"))
+        .await;
     assert_problem(&r, 403, "policy_denied");
     let reasons: Vec<String> = r.body["reasons"]
         .as_array()
@@ -120,11 +141,28 @@ async fn a_policy_denial_is_a_403_with_reasons_and_is_in_the_ledger() {
         .iter()
         .map(|v| v.as_str().unwrap_or("").to_owned())
         .collect();
-    assert!(reasons.iter().any(|x| x.contains("language node is not allowed")), "{reasons:?}");
-    assert!(reasons.iter().any(|x| x.contains("wall_time_ms 50000 exceeds")), "{reasons:?}");
-    assert!(reasons.iter().any(|x| x.contains("secret OPENAI_API_KEY is not allowed")), "{reasons:?}");
+    assert!(
+        reasons
+            .iter()
+            .any(|x| x.contains("language node is not allowed")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|x| x.contains("wall_time_ms 50000 exceeds")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|x| x.contains("secret OPENAI_API_KEY is not allowed")),
+        "{reasons:?}"
+    );
     let id = r.body["job_id"].as_str().expect("job id").to_owned();
-    let events = app.get(&token("restricted"), &format!("/v1/jobs/{id}/events")).await;
+    let events = app
+        .get(&token("restricted"), &format!("/v1/jobs/{id}/events"))
+        .await;
     assert_eq!(events.status, 200);
     let types: Vec<&str> = events.body["events"]
         .as_array()
@@ -134,8 +172,14 @@ async fn a_policy_denial_is_a_403_with_reasons_and_is_in_the_ledger() {
         .collect();
     assert_eq!(
         types,
-        ["job.submitted", "policy.evaluated", "policy.evaluated", "policy.evaluated",
-         "secret.injection_denied", "job.rejected"]
+        [
+            "job.submitted",
+            "policy.evaluated",
+            "policy.evaluated",
+            "policy.evaluated",
+            "secret.injection_denied",
+            "job.rejected"
+        ]
     );
     let admission = &events.body["events"][2]["record"]["data"];
     assert_eq!(admission["policy"], "glassbox.admission");
@@ -143,7 +187,9 @@ async fn a_policy_denial_is_a_403_with_reasons_and_is_in_the_ledger() {
     assert_eq!(admission["input"]["language"], "node");
     // Retrying the same request replays the same denial (nothing new appended).
     let before = app.records().await.len();
-    let again = app.submit(&token("restricted"), &body, Some("deny-1")).await;
+    let again = app
+        .submit(&token("restricted"), &body, Some("deny-1"))
+        .await;
     assert_eq!(again.status, 403);
     assert_eq!(again.body, r.body);
     assert_eq!(app.records().await.len(), before);
@@ -208,8 +254,17 @@ async fn fifty_concurrent_identical_submissions_make_one_job_and_a_changed_body_
     // A later retry of the original is still the original.
     let r = app.submit(&t, &body, Some("same-key-1")).await;
     assert_eq!(r.status, 201);
-    assert_eq!(serde_json::to_vec(&r.body).expect("json"), serde_json::to_vec(&serde_json::from_slice::<Value>(&first.1).expect("json")).expect("json"));
-    assert_eq!(r.headers.get("idempotent-replayed").and_then(|v| v.to_str().ok()), Some("true"));
+    assert_eq!(
+        serde_json::to_vec(&r.body).expect("json"),
+        serde_json::to_vec(&serde_json::from_slice::<Value>(&first.1).expect("json"))
+            .expect("json")
+    );
+    assert_eq!(
+        r.headers
+            .get("idempotent-replayed")
+            .and_then(|v| v.to_str().ok()),
+        Some("true")
+    );
     app.stop().await;
 }
 
@@ -222,7 +277,9 @@ async fn reads_wait_for_positions_and_terminal_states_and_cancel_is_recorded() {
     let id = r.body["job_id"].as_str().expect("id").to_owned();
     let pos = r.body["position"].as_u64().expect("pos");
     // Read-your-writes.
-    let job = app.get(&t, &format!("/v1/jobs/{id}?min_position={pos}")).await;
+    let job = app
+        .get(&t, &format!("/v1/jobs/{id}?min_position={pos}"))
+        .await;
     assert_eq!(job.status, 200, "{:?}", job.body);
     assert_eq!(job.body["status"], "accepted");
     assert_eq!(job.body["job_id"], id.as_str());
@@ -255,13 +312,20 @@ async fn reads_wait_for_positions_and_terminal_states_and_cancel_is_recorded() {
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     let c = app
-        .post(&t, &format!("/v1/jobs/{id}/cancel"), Some(&json!({"reason": "changed my mind"})))
+        .post(
+            &t,
+            &format!("/v1/jobs/{id}/cancel"),
+            Some(&json!({"reason": "changed my mind"})),
+        )
         .await;
     assert_eq!(c.status, 202, "{:?}", c.body);
     assert_eq!(c.body["status"], "cancelled");
     let (v, took) = waiter.await.expect("waiter");
     assert_eq!(v["status"], "cancelled");
-    assert!(took < Duration::from_secs(10), "woken by the projection, took {took:?}");
+    assert!(
+        took < Duration::from_secs(10),
+        "woken by the projection, took {took:?}"
+    );
     // Cancelling again answers with the first cancellation; nothing new is appended.
     let n = app.records().await.len();
     let again = app.post(&t, &format!("/v1/jobs/{id}/cancel"), None).await;
@@ -275,7 +339,10 @@ async fn reads_wait_for_positions_and_terminal_states_and_cancel_is_recorded() {
         .iter()
         .map(|e| e["record"]["type"].as_str().unwrap_or(""))
         .collect();
-    assert_eq!(&types[types.len() - 2..], ["job.cancel_requested", "job.cancelled"]);
+    assert_eq!(
+        &types[types.len() - 2..],
+        ["job.cancel_requested", "job.cancelled"]
+    );
     // A rejected job cannot be cancelled.
     let rejected = app
         .submit(&t, &json!({"language": "cobol", "code": "x"}), None)
@@ -297,7 +364,10 @@ async fn reads_wait_for_positions_and_terminal_states_and_cancel_is_recorded() {
         .text()
         .await
         .expect("text");
-    assert!(metrics.contains("glassbox_projection_lag_events"), "{metrics}");
+    assert!(
+        metrics.contains("glassbox_projection_lag_events"),
+        "{metrics}"
+    );
     projector.cancel();
     app.stop().await;
 }
@@ -405,7 +475,9 @@ async fn projections_rebuilt_from_the_ledger_equal_the_live_ones() {
     for i in 0..12 {
         let body = match i % 4 {
             0 => json!({"language": "cobol", "code": "x"}),
-            1 => json!({"language": "python", "code": format!("print({i})"), "secrets": ["OPENAI_API_KEY"]}),
+            1 => {
+                json!({"language": "python", "code": format!("print({i})"), "secrets": ["OPENAI_API_KEY"]})
+            }
             _ => json!({"language": "bash", "code": format!("echo {i}")}),
         };
         let r = app.submit(&t, &body, None).await;
@@ -429,18 +501,37 @@ async fn projections_rebuilt_from_the_ledger_equal_the_live_ones() {
     p2.cancel();
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(last <= head);
-    let live = glassbox_projector::snapshot(&app.db.pool).await.expect("snapshot");
-    let audit = live["projections.audit_index"].as_array().expect("rows").len() as u64;
+    let live = glassbox_projector::snapshot(&app.db.pool)
+        .await
+        .expect("snapshot");
+    let audit = live["projections.audit_index"]
+        .as_array()
+        .expect("rows")
+        .len() as u64;
     assert_eq!(audit, head, "every record indexed exactly once");
-    let decisions = live["projections.policy_decisions"].as_array().expect("rows").len();
-    assert_eq!(decisions, app.records_of_type("policy.evaluated").await.len());
+    let decisions = live["projections.policy_decisions"]
+        .as_array()
+        .expect("rows")
+        .len();
+    assert_eq!(
+        decisions,
+        app.records_of_type("policy.evaluated").await.len()
+    );
     let rebuilt_to = projector.rebuild().await.expect("rebuild");
     assert_eq!(rebuilt_to, head);
-    let rebuilt = glassbox_projector::snapshot(&app.db.pool).await.expect("snapshot");
+    let rebuilt = glassbox_projector::snapshot(&app.db.pool)
+        .await
+        .expect("snapshot");
     assert_eq!(live, rebuilt);
     let jobs = rebuilt["projections.jobs"].as_array().expect("jobs");
     assert_eq!(jobs.len(), 13);
-    let statuses: BTreeSet<&str> = jobs.iter().map(|j| j["status"].as_str().unwrap_or("")).collect();
-    assert_eq!(statuses, BTreeSet::from(["accepted", "cancelled", "rejected"]));
+    let statuses: BTreeSet<&str> = jobs
+        .iter()
+        .map(|j| j["status"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        statuses,
+        BTreeSet::from(["accepted", "cancelled", "rejected"])
+    );
     app.stop().await;
 }

@@ -45,7 +45,10 @@ async fn schemathesis_finds_no_server_errors_against_openapi_json() {
         .unwrap_or_else(|e| panic!("running {bin} (scripts/test.sh installs it from PyPI): {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let _ = std::fs::write(std::env::temp_dir().join("glassbox-schemathesis.log"), format!("{stdout}\n{stderr}"));
+    let _ = std::fs::write(
+        std::env::temp_dir().join("glassbox-schemathesis.log"),
+        format!("{stdout}\n{stderr}"),
+    );
     assert!(
         out.status.success(),
         "schemathesis found problems:\n{stdout}\n{stderr}"
@@ -59,7 +62,10 @@ async fn schemathesis_finds_no_server_errors_against_openapi_json() {
         .map(|p| p.as_object().map_or(0, |m| m.len()))
         .sum();
     assert!(operations >= 6);
-    assert!(stdout.contains(&format!("Tested: {operations}")), "{stdout}");
+    assert!(
+        stdout.contains(&format!("Tested: {operations}")),
+        "{stdout}"
+    );
     projector.cancel();
     app.stop().await;
 }

@@ -29,16 +29,38 @@ async fn every_bad_token_is_a_401_problem_and_a_good_one_passes() {
     let none = format!(
         "{}.{}.",
         b64(br#"{"alg":"none","typ":"JWT"}"#),
-        b64(claims("acme", "alice", &["submitter"]).to_string().as_bytes())
+        b64(claims("acme", "alice", &["submitter"])
+            .to_string()
+            .as_bytes())
     );
     let cases: Vec<(&str, String, &str)> = vec![
-        ("expired", sign(&with(&|c| c["exp"] = json!(now() - 3600))), "expired"),
-        ("not yet valid", sign(&with(&|c| c["nbf"] = json!(now() + 3600))), "not valid yet"),
-        ("wrong issuer", sign(&with(&|c| c["iss"] = json!("evil"))), "issuer"),
-        ("wrong audience", sign(&with(&|c| c["aud"] = json!("other"))), "audience"),
+        (
+            "expired",
+            sign(&with(&|c| c["exp"] = json!(now() - 3600))),
+            "expired",
+        ),
+        (
+            "not yet valid",
+            sign(&with(&|c| c["nbf"] = json!(now() + 3600))),
+            "not valid yet",
+        ),
+        (
+            "wrong issuer",
+            sign(&with(&|c| c["iss"] = json!("evil"))),
+            "issuer",
+        ),
+        (
+            "wrong audience",
+            sign(&with(&|c| c["aud"] = json!("other"))),
+            "audience",
+        ),
         (
             "unknown key",
-            sign_with("rsa_unknown", "rsa_unknown.pem", &claims("acme", "alice", &["submitter"])),
+            sign_with(
+                "rsa_unknown",
+                "rsa_unknown.pem",
+                &claims("acme", "alice", &["submitter"]),
+            ),
             "unknown",
         ),
         ("alg none", none, "algorithm"),
@@ -62,18 +84,20 @@ async fn every_bad_token_is_a_401_problem_and_a_good_one_passes() {
         assert_problem(&r, 401, "unauthenticated");
         let d = r.body["detail"].as_str().unwrap_or("").to_lowercase();
         assert!(d.contains(detail), "{name}: detail {d:?} lacks {detail:?}");
-        assert!(r.headers.get("www-authenticate").is_some(), "{name}: WWW-Authenticate");
+        assert!(
+            r.headers.get("www-authenticate").is_some(),
+            "{name}: WWW-Authenticate"
+        );
         // Reads are guarded the same way.
         let r = app.get(&token, "/v1/jobs").await;
         assert_problem(&r, 401, "unauthenticated");
     }
     // No token at all (bypass off): 401 even with an asserted identity.
     let r = app
-        .send(
-            app.client
-                .get(format!("{}/v1/jobs", app.addr))
-                .header("X-Glassbox-Identity", r#"{"tenant":"acme","subject":"x","app":null,"agent":null,"roles":["submitter"]}"#),
-        )
+        .send(app.client.get(format!("{}/v1/jobs", app.addr)).header(
+            "X-Glassbox-Identity",
+            r#"{"tenant":"acme","subject":"x","app":null,"agent":null,"roles":["submitter"]}"#,
+        ))
         .await;
     assert_problem(&r, 401, "unauthenticated");
     // Nothing was recorded for any refused request, and the good token works.
@@ -122,11 +146,19 @@ async fn bypass_is_refused_in_production_and_every_bypassed_request_is_audited()
     assert_eq!(serde_json::to_value(b.actor.via).expect("via"), "bypass");
     // The job's own records say how the caller was authenticated, too.
     let submitted = app.records_of_type("job.submitted").await;
-    assert_eq!(serde_json::to_value(submitted[0].record.actor.via).expect("via"), "bypass");
-    assert!(b.position < submitted[0].record.position, "audited before it is handled");
+    assert_eq!(
+        serde_json::to_value(submitted[0].record.actor.via).expect("via"),
+        "bypass"
+    );
+    assert!(
+        b.position < submitted[0].record.position,
+        "audited before it is handled"
+    );
 
     // Without a token or an identity: 401. A malformed identity: 401.
-    let r = app.send(app.client.get(format!("{}/v1/jobs", app.addr))).await;
+    let r = app
+        .send(app.client.get(format!("{}/v1/jobs", app.addr)))
+        .await;
     assert_problem(&r, 401, "unauthenticated");
     let r = app
         .send(
@@ -160,7 +192,11 @@ async fn rate_limits_are_counted_in_redis_and_the_first_refusal_is_recorded() {
     assert!(limited >= 15, "30 quick requests at 5/s: {statuses:?}");
     // One event per tenant and one-second window, however many were refused.
     let recorded = app.records_of_type("rate_limit.exceeded").await;
-    assert!(!recorded.is_empty() && recorded.len() <= 3, "{} events", recorded.len());
+    assert!(
+        !recorded.is_empty() && recorded.len() <= 3,
+        "{} events",
+        recorded.len()
+    );
     assert!(recorded.len() < limited);
     assert_eq!(recorded[0].record.data["limit"], 5);
     // Another tenant has its own budget.
@@ -205,18 +241,34 @@ async fn a_tenant_never_sees_another_tenants_job() {
     let id = r.body["job_id"].as_str().expect("id").to_owned();
     let pos = r.body["position"].as_u64().expect("position");
     // The owner sees it everywhere.
-    assert_eq!(app.get(&acme, &format!("/v1/jobs/{id}?min_position={pos}")).await.status, 200);
-    assert_eq!(app.get(&acme, &format!("/v1/jobs/{id}/events")).await.status, 200);
-    let list = app.get(&acme, &format!("/v1/jobs?min_position={pos}")).await;
+    assert_eq!(
+        app.get(&acme, &format!("/v1/jobs/{id}?min_position={pos}"))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        app.get(&acme, &format!("/v1/jobs/{id}/events"))
+            .await
+            .status,
+        200
+    );
+    let list = app
+        .get(&acme, &format!("/v1/jobs?min_position={pos}"))
+        .await;
     assert_eq!(list.body["jobs"].as_array().expect("jobs").len(), 1);
     // The other tenant: 404 (not 403) on every path, and an empty list.
     for path in [format!("/v1/jobs/{id}"), format!("/v1/jobs/{id}/events")] {
         let r = app.get(&globex, &path).await;
         assert_problem(&r, 404, "not_found");
     }
-    let r = app.post(&globex, &format!("/v1/jobs/{id}/cancel"), None).await;
+    let r = app
+        .post(&globex, &format!("/v1/jobs/{id}/cancel"), None)
+        .await;
     assert_problem(&r, 404, "not_found");
-    let list = app.get(&globex, &format!("/v1/jobs?min_position={pos}")).await;
+    let list = app
+        .get(&globex, &format!("/v1/jobs?min_position={pos}"))
+        .await;
     assert_eq!(list.status, 200);
     assert_eq!(list.body["jobs"], json!([]));
     // The same idempotency key in another tenant is another tenant's key.
@@ -225,10 +277,15 @@ async fn a_tenant_never_sees_another_tenants_job() {
     assert_ne!(r.body["job_id"].as_str(), Some(id.as_str()));
     // A reader of acme can read but not submit or cancel; the refusals are recorded.
     let reader = sign(&claims("acme", "rita", &["reader"]));
-    assert_eq!(app.get(&reader, &format!("/v1/jobs/{id}")).await.status, 200);
+    assert_eq!(
+        app.get(&reader, &format!("/v1/jobs/{id}")).await.status,
+        200
+    );
     let r = app.submit(&reader, &hello("python"), None).await;
     assert_problem(&r, 403, "forbidden");
-    let r = app.post(&reader, &format!("/v1/jobs/{id}/cancel"), None).await;
+    let r = app
+        .post(&reader, &format!("/v1/jobs/{id}/cancel"), None)
+        .await;
     assert_problem(&r, 403, "forbidden");
     let denials: Vec<_> = app
         .records_of_type("policy.evaluated")
@@ -237,7 +294,11 @@ async fn a_tenant_never_sees_another_tenants_job() {
         .filter(|r| r.record.data["decision"] == "deny")
         .collect();
     assert_eq!(denials.len(), 2, "both refusals are in the ledger");
-    assert!(denials.iter().all(|d| d.record.data["policy"] == "glassbox.authz"));
+    assert!(
+        denials
+            .iter()
+            .all(|d| d.record.data["policy"] == "glassbox.authz")
+    );
     // An auditor (cross-tenant for audit only) gets no jobs of another tenant either.
     let auditor = sign(&claims("globex", "audrey", &["auditor"]));
     let r = app.get(&auditor, &format!("/v1/jobs/{id}")).await;
@@ -275,22 +336,61 @@ async fn hostile_bodies_get_their_own_problem() {
         .await;
     assert_problem(&r, 400, "invalid_request");
     let cases: Vec<(Value, &str)> = vec![
-        (json!({"language": "python", "code": "1", "colour": "red"}), "colour"),
+        (
+            json!({"language": "python", "code": "1", "colour": "red"}),
+            "colour",
+        ),
         (json!({"language": "python"}), "code"),
         (json!({"language": "python", "code": ""}), "code"),
         (json!({"language": "py thon", "code": "1"}), "language"),
-        (json!({"language": "python", "code": "1", "args": ["a\u{0}b"]}), "args"),
-        (json!({"language": "python", "code": "1", "env": {"1X": "y"}}), "env"),
-        (json!({"language": "python", "code": "1", "env": {"GLASSBOX_X": "y"}}), "reserved"),
-        (json!({"language": "python", "code": "1", "files": [{"path": "../etc/passwd", "content": "x"}]}), "files[0].path"),
-        (json!({"language": "python", "code": "1", "files": [{"path": "/abs", "content": "x"}]}), "files[0].path"),
-        (json!({"language": "python", "code": "1", "files": [{"path": "a", "content": "***", "encoding": "base64"}]}), "base64"),
-        (json!({"language": "python", "code": "1", "limits": {"memory_bytes": 9_007_199_254_740_993_u64}}), "limits.memory_bytes"),
-        (json!({"language": "python", "code": "1", "limits": {"memory_bytes": -1}}), "memory_bytes"),
-        (json!({"language": "python", "code": "1", "limits": {"memory_bytes": 1.5}}), "memory_bytes"),
-        (json!({"language": "python", "code": "1", "limits": {"gpu": 1}}), "gpu"),
-        (json!({"language": "python", "code": "1", "secrets": ["A", "A"]}), "twice"),
-        (json!({"language": "python", "code": "1", "dependencies": [{"name": "x y"}]}), "dependencies[0].name"),
+        (
+            json!({"language": "python", "code": "1", "args": ["a\u{0}b"]}),
+            "args",
+        ),
+        (
+            json!({"language": "python", "code": "1", "env": {"1X": "y"}}),
+            "env",
+        ),
+        (
+            json!({"language": "python", "code": "1", "env": {"GLASSBOX_X": "y"}}),
+            "reserved",
+        ),
+        (
+            json!({"language": "python", "code": "1", "files": [{"path": "../etc/passwd", "content": "x"}]}),
+            "files[0].path",
+        ),
+        (
+            json!({"language": "python", "code": "1", "files": [{"path": "/abs", "content": "x"}]}),
+            "files[0].path",
+        ),
+        (
+            json!({"language": "python", "code": "1", "files": [{"path": "a", "content": "***", "encoding": "base64"}]}),
+            "base64",
+        ),
+        (
+            json!({"language": "python", "code": "1", "limits": {"memory_bytes": 9_007_199_254_740_993_u64}}),
+            "limits.memory_bytes",
+        ),
+        (
+            json!({"language": "python", "code": "1", "limits": {"memory_bytes": -1}}),
+            "memory_bytes",
+        ),
+        (
+            json!({"language": "python", "code": "1", "limits": {"memory_bytes": 1.5}}),
+            "memory_bytes",
+        ),
+        (
+            json!({"language": "python", "code": "1", "limits": {"gpu": 1}}),
+            "gpu",
+        ),
+        (
+            json!({"language": "python", "code": "1", "secrets": ["A", "A"]}),
+            "twice",
+        ),
+        (
+            json!({"language": "python", "code": "1", "dependencies": [{"name": "x y"}]}),
+            "dependencies[0].name",
+        ),
     ];
     for (body, needle) in cases {
         let r = app.submit(&t, &body, None).await;
@@ -299,7 +399,9 @@ async fn hostile_bodies_get_their_own_problem() {
         assert!(d.contains(needle), "{body}: detail {d:?} lacks {needle:?}");
     }
     // Bad headers and parameters.
-    let r = app.submit(&t, &hello("python"), Some(&"k".repeat(300))).await;
+    let r = app
+        .submit(&t, &hello("python"), Some(&"k".repeat(300)))
+        .await;
     assert_problem(&r, 400, "invalid_request");
     for path in [
         "/v1/jobs?limit=0",
@@ -315,7 +417,11 @@ async fn hostile_bodies_get_their_own_problem() {
         assert_problem(&app.get(&t, path).await, 404, "not_found");
     }
     let r = app
-        .send(app.client.delete(format!("{}/v1/jobs", app.addr)).bearer_auth(&t))
+        .send(
+            app.client
+                .delete(format!("{}/v1/jobs", app.addr))
+                .bearer_auth(&t),
+        )
         .await;
     assert_eq!(r.status, 405);
     // None of it reached the ledger as a job.
