@@ -64,6 +64,8 @@ pub enum Command {
         #[command(subcommand)]
         command: serve::ProjectorCommand,
     },
+    /// Mint a development JWT (HS256 with GLASSBOX_AUTH_HS256_SECRET; development/test only).
+    Token(TokenArgs),
     /// Benchmarks that measure their own baseline in the same run.
     Bench {
         #[command(subcommand)]
@@ -90,6 +92,68 @@ pub enum KeysCommand {
         #[command(flatten)]
         key: KeyFileArgs,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    #[arg(long, default_value = "default")]
+    pub tenant: String,
+    #[arg(long, default_value = "developer")]
+    pub subject: String,
+    /// Comma-separated roles.
+    #[arg(long, default_value = "submitter")]
+    pub roles: String,
+    #[arg(long)]
+    pub app: Option<String>,
+    #[arg(long)]
+    pub agent: Option<String>,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub ttl: u64,
+}
+
+fn mint_token(args: &TokenArgs) -> anyhow::Result<String> {
+    let config = glassbox_platform::Config::from_env().context("configuration")?;
+    anyhow::ensure!(
+        config.environment.is_permissive(),
+        "glassbox token mints development tokens: set GLASSBOX_ENV=development (it is {})",
+        config.environment.as_str()
+    );
+    let secret =
+        config.auth.hs256_secret.as_ref().context(
+            "set GLASSBOX_AUTH_HS256_SECRET (at least 32 bytes) to mint development tokens",
+        )?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let names = &config.auth.claims;
+    let mut claims = serde_json::Map::new();
+    claims.insert("iss".into(), config.auth.issuer.clone().into());
+    claims.insert("aud".into(), config.auth.audience.clone().into());
+    claims.insert("iat".into(), now.into());
+    claims.insert("exp".into(), (now + args.ttl).into());
+    claims.insert(names.tenant.clone(), args.tenant.clone().into());
+    claims.insert(names.subject.clone(), args.subject.clone().into());
+    let roles: Vec<serde_json::Value> = args
+        .roles
+        .split(',')
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .map(|r| r.to_owned().into())
+        .collect();
+    claims.insert(names.roles.clone(), roles.into());
+    if let Some(a) = &args.app {
+        claims.insert(names.app.clone(), a.clone().into());
+    }
+    if let Some(a) = &args.agent {
+        claims.insert(names.agent.clone(), a.clone().into());
+    }
+    Ok(jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.expose().as_bytes()),
+    )?)
 }
 
 #[derive(Debug, Subcommand)]
@@ -172,6 +236,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sandbox { command } => sandbox::run(command).await,
         Command::Bench { command } => bench::run(command).await,
         Command::Serve(args) => serve::serve(args).await,
+        Command::Token(args) => {
+            println!("{}", mint_token(&args)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Projector { db, command } => serve::projector(&db, command).await,
     }
 }
