@@ -33,6 +33,9 @@ pub struct SubmitBench {
     pub submissions: u64,
     #[arg(long, default_value_t = 16)]
     pub concurrency: u64,
+    /// Run without a projector (no lag figures): the API and ledger alone.
+    #[arg(long)]
+    pub without_projector: bool,
 }
 
 const SECRET: &str = "bench-only-hs256-secret-0123456789abcdef";
@@ -80,6 +83,7 @@ async fn inner(args: &SubmitBench, url: &str, dir: &std::path::Path) -> anyhow::
     let port = app.port();
     let stop = app.shutdown_token();
     let store = app.state().core.store.clone();
+    let app_core = app.state().core.clone();
     tokio::spawn(app.run_until_stopped());
     let key = SigningKey::generate("glassbox.bench/ledger")?;
     let publisher = Publisher {
@@ -87,7 +91,9 @@ async fn inner(args: &SubmitBench, url: &str, dir: &std::path::Path) -> anyhow::
         key: Arc::new(key),
         interval: Duration::from_secs(1),
     };
-    tokio::spawn(Projector::new(store.clone()).run(Some(publisher), stop.clone()));
+    if !args.without_projector {
+        tokio::spawn(Projector::new(store.clone()).run(Some(publisher), stop.clone()));
+    }
 
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency as usize)
@@ -187,6 +193,33 @@ async fn inner(args: &SubmitBench, url: &str, dir: &std::path::Path) -> anyhow::
         })
         .await?
     };
+    // Where an API submission's time goes, measured on the same service.
+    let core = app_core;
+    let mut policy = Vec::new();
+    let mut blobs = Vec::new();
+    for i in 0..200u64 {
+        let t = std::time::Instant::now();
+        let authz = json!({"identity": {"tenant": "acme", "subject": "bench", "roles": ["submitter"], "app": null, "agent": null},
+                           "action": "job.submit", "resource": {"tenant": "acme"}});
+        let _ = core
+            .engine
+            .evaluate(glassbox_policies::Policy::Authz, &authz);
+        let admission = json!({"tenant": "acme", "language": "python", "limits": {"wall_time_ms": 5000},
+                               "dependencies": [], "secrets": []});
+        let _ = core
+            .engine
+            .evaluate(glassbox_policies::Policy::Admission, &admission);
+        policy.push(t.elapsed());
+        let t = std::time::Instant::now();
+        let id = format!("bench-blob-{i}");
+        core.blobs.create_data_key(&id, "acme").await?;
+        core.blobs
+            .put(&id, &format!("bench/{id}/code"), b"print('x')\n")
+            .await?;
+        blobs.push(t.elapsed());
+    }
+    policy.sort();
+    blobs.sort();
     stop.cancel();
     api.latencies.sort();
     ledger.latencies.sort();
@@ -194,6 +227,7 @@ async fn inner(args: &SubmitBench, url: &str, dir: &std::path::Path) -> anyhow::
         "bench": "submit",
         "build": if cfg!(debug_assertions) { "debug" } else { "release" },
         "concurrency": args.concurrency,
+        "projector_running": !args.without_projector,
         "submissions": api.latencies.len(),
         "events_per_submission": round(events as f64 / api.latencies.len() as f64),
         "api": {
@@ -207,6 +241,10 @@ async fn inner(args: &SubmitBench, url: &str, dir: &std::path::Path) -> anyhow::
             "p99_ms": round(percentile(&ledger.latencies, 0.99)),
         },
         "ratio_api_to_ledger": round(api.rate() / ledger.rate()),
+        "breakdown_p50_ms": {
+            "policies_authz_and_admission": round(percentile(&policy, 0.5)),
+            "blob_key_and_code_put": round(percentile(&blobs, 0.5)),
+        },
         "projection_lag_ms": {
             "samples": lags.len(),
             "p50": round(percentile(&lags, 0.5)),
