@@ -366,6 +366,97 @@ pub async fn cancel_job(
     Ok((StatusCode::ACCEPTED, Json(reply)).into_response())
 }
 
+// ---------------------------------------------------------------- results
+
+fn text_or_base64(bytes: &[u8]) -> Value {
+    match std::str::from_utf8(bytes) {
+        Ok(t) => json!({"encoding": "utf8", "content": t}),
+        Err(_) => json!({"encoding": "base64",
+                         "content": base64::engine::general_purpose::STANDARD.encode(bytes)}),
+    }
+}
+
+/// `GET /v1/jobs/{id}/output`: stdout and stderr (decrypted), exit status.
+pub async fn job_output(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = caller.identity.tenant.clone();
+    state
+        .core
+        .authorize(&caller, "artifact.read", &tenant)
+        .await?;
+    let r = state.core.result(&tenant, &id).await?;
+    let f = &r.finished;
+    let mut streams = serde_json::Map::new();
+    for (name, out) in [("stdout", &f.stdout), ("stderr", &f.stderr)] {
+        let mut v = match &out.blob {
+            Some(b) => text_or_base64(&state.core.read_blob(&id, b).await?),
+            None => json!({"encoding": "utf8", "content": ""}),
+        };
+        v["size_bytes"] = out.size_bytes.into();
+        v["truncated"] = out.truncated.into();
+        streams.insert(name.into(), v);
+    }
+    Ok(Json(json!({
+        "job_id": id,
+        "attempt": f.attempt,
+        "outcome": f.outcome,
+        "exit_code": f.exit_code,
+        "signal": f.signal,
+        "wall_ms": f.wall_ms,
+        "stdout": streams.remove("stdout"),
+        "stderr": streams.remove("stderr"),
+    })))
+}
+
+/// `GET /v1/jobs/{id}/artifacts`: files the job left in `/workspace/out`.
+pub async fn job_artifacts(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = caller.identity.tenant.clone();
+    state
+        .core
+        .authorize(&caller, "artifact.read", &tenant)
+        .await?;
+    let r = state.core.result(&tenant, &id).await?;
+    if r.destroyed {
+        return Err(ApiError::Gone(format!(
+            "the data of job {id} was destroyed"
+        )));
+    }
+    let items: Vec<Value> = r
+        .artifacts
+        .iter()
+        .map(|a| json!({"path": a.path, "size_bytes": a.blob.size_bytes, "sha256": a.blob.sha256}))
+        .collect();
+    Ok(Json(json!({"job_id": id, "artifacts": items})))
+}
+
+/// `GET /v1/jobs/{id}/artifacts/{path}`: one artifact's bytes, decrypted.
+pub async fn job_artifact(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((id, path)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let tenant = caller.identity.tenant.clone();
+    state
+        .core
+        .authorize(&caller, "artifact.read", &tenant)
+        .await?;
+    let r = state.core.result(&tenant, &id).await?;
+    let a = r
+        .artifacts
+        .iter()
+        .find(|a| a.path == path)
+        .ok_or_else(|| ApiError::NotFound(format!("artifact {path} of job {id}")))?;
+    let bytes = state.core.read_blob(&id, &a.blob).await?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+}
+
 // ---------------------------------------------------------------- status
 
 async fn status_value(state: &AppState) -> Result<Value, ApiError> {

@@ -866,6 +866,57 @@ impl Core {
     }
 }
 
+/// A job's result as stored: the first `execution.finished` and the artifacts
+/// stored with it.
+#[derive(Debug, Clone)]
+pub struct JobResult {
+    pub finished: catalogue::ExecutionFinished,
+    pub artifacts: Vec<catalogue::ArtifactStored>,
+    pub destroyed: bool,
+}
+
+impl Core {
+    /// The job's recorded result (409 while it has none).
+    pub async fn result(&self, tenant: &str, job_id: &str) -> Result<JobResult, ApiError> {
+        let records = self.job_records(tenant, job_id).await?;
+        let mut finished = None;
+        let mut artifacts = Vec::new();
+        let mut destroyed = false;
+        for r in &records {
+            match KnownEvent::decode(&r.record.event_type, &r.record.data) {
+                Ok(Some(KnownEvent::ExecutionFinished(e))) if finished.is_none() => {
+                    finished = Some(*e);
+                }
+                Ok(Some(KnownEvent::ArtifactStored(e))) => artifacts.push(*e),
+                Ok(Some(KnownEvent::KeyDestroyed(_))) => destroyed = true,
+                _ => {}
+            }
+        }
+        let finished =
+            finished.ok_or_else(|| ApiError::Conflict(format!("job {job_id} has not finished")))?;
+        Ok(JobResult {
+            finished,
+            artifacts,
+            destroyed,
+        })
+    }
+
+    /// Decrypts one of the job's blobs (410 once its data key is destroyed).
+    pub async fn read_blob(&self, job_id: &str, blob: &BlobRef) -> Result<Vec<u8>, ApiError> {
+        match self.blobs.get(job_id, &blob.key).await {
+            Ok(b) if Digest::of(&b) == blob.sha256 => Ok(b),
+            Ok(_) => Err(ApiError::Internal(format!(
+                "blob {} of job {job_id} does not match its digest",
+                blob.key
+            ))),
+            Err(glassbox_platform::blob::BlobError::KeyDestroyed { .. }) => Err(ApiError::Gone(
+                format!("the data of job {job_id} was destroyed"),
+            )),
+            Err(e) => Err(ApiError::Internal(e.to_string())),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CancelReply {
     pub job_id: String,

@@ -22,6 +22,8 @@ pub enum ApiError {
     NotFound(String),
     #[error("conflict: {0}")]
     Conflict(String),
+    #[error("gone: {0}")]
+    Gone(String),
     #[error("the idempotency key was used for a different request")]
     IdempotencyConflict,
     #[error("payload too large: {0}")]
@@ -58,6 +60,9 @@ impl ApiError {
             ApiError::NotFound(what) => Problem::not_found(format!("{what} does not exist")),
             ApiError::Conflict(d) => {
                 Problem::new(StatusCode::CONFLICT, codes::CONFLICT, "Conflict").detail(d.clone())
+            }
+            ApiError::Gone(d) => {
+                Problem::new(StatusCode::GONE, codes::GONE, "Gone").detail(d.clone())
             }
             ApiError::IdempotencyConflict => Problem::new(
                 StatusCode::CONFLICT,

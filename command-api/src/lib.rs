@@ -20,6 +20,7 @@ pub mod core;
 pub mod error;
 pub mod openapi;
 pub mod ratelimit;
+pub mod testing;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
@@ -199,6 +200,9 @@ pub fn router(state: AppState, pool: PgPool) -> Router {
         .route("/v1/jobs/{id}", get(api::get_job))
         .route("/v1/jobs/{id}/events", get(api::job_events))
         .route("/v1/jobs/{id}/cancel", post(api::cancel_job))
+        .route("/v1/jobs/{id}/output", get(api::job_output))
+        .route("/v1/jobs/{id}/artifacts", get(api::job_artifacts))
+        .route("/v1/jobs/{id}/artifacts/{*path}", get(api::job_artifact))
         .route("/v1/status", get(api::status))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

@@ -244,6 +244,40 @@ pub fn document(max_wait: u64) -> Value {
                         "position": {"type": "integer"}
                     }
                 },
+                "Stream": {
+                    "type": "object",
+                    "required": ["encoding", "content", "size_bytes", "truncated"],
+                    "properties": {
+                        "encoding": {"type": "string", "enum": ["utf8", "base64"]},
+                        "content": {"type": "string"},
+                        "size_bytes": {"type": "integer"},
+                        "truncated": {"type": "boolean"}
+                    }
+                },
+                "Output": {
+                    "type": "object",
+                    "required": ["job_id", "attempt", "outcome", "stdout", "stderr"],
+                    "properties": {
+                        "job_id": {"type": "string"},
+                        "attempt": {"type": "integer"},
+                        "outcome": {"type": "string", "enum": ["succeeded", "failed", "timed_out", "oom_killed", "crashed", "cancelled"]},
+                        "exit_code": {"type": "integer", "nullable": true},
+                        "signal": {"type": "integer", "nullable": true},
+                        "wall_ms": {"type": "integer"},
+                        "stdout": {"$ref": "#/components/schemas/Stream"},
+                        "stderr": {"$ref": "#/components/schemas/Stream"}
+                    }
+                },
+                "Artifacts": {
+                    "type": "object",
+                    "required": ["job_id", "artifacts"],
+                    "properties": {
+                        "job_id": {"type": "string"},
+                        "artifacts": {"type": "array", "items": {"type": "object",
+                            "required": ["path", "size_bytes", "sha256"],
+                            "properties": {"path": {"type": "string"}, "size_bytes": {"type": "integer"}, "sha256": {"type": "string"}}}}
+                    }
+                },
                 "Status": {"type": "object"}
             }
         },
@@ -307,6 +341,36 @@ pub fn document(max_wait: u64) -> Value {
                     }}}},
                     "responses": responses(&[("202", ok_json("Cancellation recorded", "CancelReply"))],
                         &[("409", "The job already finished (code `conflict`)")])
+                }
+            },
+            "/v1/jobs/{id}/output": {
+                "get": {
+                    "operationId": "getJobOutput",
+                    "summary": "stdout and stderr of the job's result (decrypted), with its exit status",
+                    "parameters": [job_id_param()],
+                    "responses": responses(&[("200", ok_json("The output", "Output"))],
+                        &[("409", "The job has not finished (code `conflict`)"),
+                          ("410", "The job's data was destroyed (code `gone`)")])
+                }
+            },
+            "/v1/jobs/{id}/artifacts": {
+                "get": {
+                    "operationId": "listJobArtifacts",
+                    "summary": "Files the job left in /workspace/out",
+                    "parameters": [job_id_param()],
+                    "responses": responses(&[("200", ok_json("The artifacts", "Artifacts"))],
+                        &[("409", "The job has not finished (code `conflict`)"),
+                          ("410", "The job's data was destroyed (code `gone`)")])
+                }
+            },
+            "/v1/jobs/{id}/artifacts/{path}": {
+                "get": {
+                    "operationId": "getJobArtifact",
+                    "summary": "One artifact's bytes (decrypted)",
+                    "parameters": [job_id_param(), {"name": "path", "in": "path", "required": true, "schema": {"type": "string"}}],
+                    "responses": responses(&[("200", json!({"description": "The bytes", "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}))],
+                        &[("409", "The job has not finished (code `conflict`)"),
+                          ("410", "The job's data was destroyed (code `gone`)")])
                 }
             },
             "/v1/status": {

@@ -29,6 +29,16 @@ pub enum ActionOutput {
     Swept(SweepReport),
 }
 
+/// Milestones of one execution, reported while it runs (the runner service
+/// records them as `sandbox.provisioned` and `execution.started`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Progress {
+    /// Bundle, workspace and cgroups exist; the sandbox is about to start.
+    Provisioned { sandbox_id: String, runtime: String },
+    /// The sandboxed process was started.
+    Started { sandbox_id: String },
+}
+
 /// A place code can run: gVisor via runsc locally, or a gVisor pod on Kubernetes.
 pub trait SandboxBackend: Send + Sync {
     /// Short backend name recorded in `sandbox.provisioned` (e.g. `runsc`).
@@ -38,6 +48,14 @@ pub trait SandboxBackend: Send + Sync {
         &self,
         spec: ExecutionSpec,
         cancel: CancellationToken,
+    ) -> impl Future<Output = Result<ExecutionResult, SandboxError>> + Send;
+
+    /// Like `execute`, reporting [`Progress`] on `progress` as it happens.
+    fn execute_observed(
+        &self,
+        spec: ExecutionSpec,
+        cancel: CancellationToken,
+        progress: Option<tokio::sync::mpsc::UnboundedSender<Progress>>,
     ) -> impl Future<Output = Result<ExecutionResult, SandboxError>> + Send;
 
     fn sweep(&self) -> impl Future<Output = Result<SweepReport, SandboxError>> + Send;

@@ -17,6 +17,7 @@ pub mod error;
 pub mod local;
 pub mod result;
 pub mod runtime;
+pub mod service;
 pub mod spec;
 
 pub use backend::{Action, ActionOutput, SandboxBackend};

@@ -5,45 +5,11 @@ use glassbox_command_api::Application;
 use glassbox_events::store::{EventStore, StoredRecord};
 use glassbox_events::testing::TestDb;
 use glassbox_platform::Config;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use tokio_util::sync::CancellationToken;
 
-pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../platform/tests/fixtures")
-        .join(name)
-}
-
-pub fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs() as i64
-}
-
-pub fn claims(tenant: &str, subject: &str, roles: &[&str]) -> Value {
-    json!({"iss": "glassbox", "aud": "glassbox", "sub": subject, "tenant": tenant,
-           "roles": roles, "exp": now() + 600, "iat": now()})
-}
-
-pub fn sign(claims: &Value) -> String {
-    sign_with("rsa1", "rsa1.pem", claims)
-}
-
-pub fn sign_with(kid: &str, pem: &str, claims: &Value) -> String {
-    let mut h = Header::new(Algorithm::RS256);
-    h.kid = Some(kid.to_owned());
-    let key =
-        EncodingKey::from_rsa_pem(&std::fs::read(fixture(pem)).expect("pem")).expect("rsa key");
-    jsonwebtoken::encode(&h, claims, &key).expect("encode")
-}
-
-/// A submitter of tenant `tenant`.
-pub fn token(tenant: &str) -> String {
-    sign(&claims(tenant, &format!("user@{tenant}"), &["submitter"]))
-}
+pub use glassbox_command_api::testing::{claims, fixture, jwks_file, now, sign, sign_with, token};
 
 pub struct TestApp {
     pub addr: String,
@@ -55,17 +21,13 @@ pub struct TestApp {
     pub app_state: glassbox_command_api::AppState,
 }
 
+/// The service's variables without the JWKS file (callers add one).
 pub fn base_vars(db_url: &str, data_dir: &Path) -> Vec<(String, String)> {
-    [
-        ("GLASSBOX_ENV", "test"),
-        ("GLASSBOX_HTTP_ADDR", "127.0.0.1:0"),
-        ("GLASSBOX_DATABASE_URL", db_url),
-        ("GLASSBOX_DATA_DIR", data_dir.to_str().expect("path")),
-        ("GLASSBOX_RATE_LIMIT_PER_SEC", "100000"),
-    ]
-    .iter()
-    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-    .collect()
+    glassbox_command_api::testing::vars(db_url, data_dir)
+        .expect("test variables")
+        .into_iter()
+        .filter(|(k, _)| k != "GLASSBOX_AUTH_JWKS_FILE")
+        .collect()
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -81,22 +43,8 @@ pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
     spawn_on(db, data_dir, extra).await
 }
 
-/// A JWKS file holding the single fixture key — the format the verifier reads.
-pub fn jwks_file(dir: &Path) -> PathBuf {
-    let jwk: Value = serde_json::from_slice(&std::fs::read(fixture("rsa1.jwk.json")).expect("jwk"))
-        .expect("json");
-    let path = dir.join("jwks.json");
-    std::fs::write(&path, json!({"keys": [jwk]}).to_string()).expect("write jwks");
-    path
-}
-
 pub async fn spawn_on(db: TestDb, data_dir: PathBuf, extra: &[(&str, &str)]) -> TestApp {
-    let mut vars = base_vars(&db.url, &data_dir);
-    let jwks = jwks_file(&data_dir);
-    vars.push((
-        "GLASSBOX_AUTH_JWKS_FILE".into(),
-        jwks.to_str().expect("path").into(),
-    ));
+    let mut vars = glassbox_command_api::testing::vars(&db.url, &data_dir).expect("test variables");
     for (k, v) in extra {
         vars.push(((*k).to_owned(), (*v).to_owned()));
     }

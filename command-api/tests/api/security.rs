@@ -218,7 +218,11 @@ async fn start_up_fails_closed_when_redis_is_unreachable() {
     vars.push(("GLASSBOX_REDIS_URL".into(), "redis://127.0.0.1:1".into()));
     vars.push((
         "GLASSBOX_AUTH_JWKS_FILE".into(),
-        jwks_file(&dir).to_str().expect("path").into(),
+        jwks_file(&dir)
+            .expect("jwks")
+            .to_str()
+            .expect("path")
+            .into(),
     ));
     let config = Config::from_vars(vars).expect("config");
     let err = match glassbox_command_api::Application::build(config).await {

@@ -321,7 +321,13 @@ impl LocalRunsc {
         spec: ExecutionSpec,
         cancel: CancellationToken,
         id: String,
+        progress: Option<tokio::sync::mpsc::UnboundedSender<crate::backend::Progress>>,
     ) -> Result<ExecutionResult, SandboxError> {
+        let tell = |p: crate::backend::Progress| {
+            if let Some(tx) = &progress {
+                let _ = tx.send(p);
+            }
+        };
         let registry = &self.inner.config.registry;
         let runtime = registry.get(&spec.language)?.clone();
         let bundle = self.bundle_dir(&id);
@@ -362,6 +368,10 @@ impl LocalRunsc {
             source,
         })?;
         let log = bundle.join("runsc.log");
+        tell(crate::backend::Progress::Provisioned {
+            sandbox_id: id.clone(),
+            runtime: format!("{}-{}", spec.language, runtime.version),
+        });
 
         let started = Instant::now();
         let mut child = self
@@ -383,6 +393,9 @@ impl LocalRunsc {
                 path: self.inner.config.runsc.clone(),
                 detail: e.to_string(),
             })?;
+        tell(crate::backend::Progress::Started {
+            sandbox_id: id.clone(),
+        });
         let stdin = child.stdin.take();
         let input = spec.stdin.clone();
         let writer = tokio::spawn(async move {
@@ -592,6 +605,15 @@ impl SandboxBackend for LocalRunsc {
         spec: ExecutionSpec,
         cancel: CancellationToken,
     ) -> Result<ExecutionResult, SandboxError> {
+        self.execute_observed(spec, cancel, None).await
+    }
+
+    async fn execute_observed(
+        &self,
+        spec: ExecutionSpec,
+        cancel: CancellationToken,
+        progress: Option<tokio::sync::mpsc::UnboundedSender<crate::backend::Progress>>,
+    ) -> Result<ExecutionResult, SandboxError> {
         spec.validate()?;
         self.inner.config.registry.get(&spec.language)?;
         let id = format!(
@@ -607,7 +629,7 @@ impl SandboxBackend for LocalRunsc {
             id: id.clone(),
             armed: true,
         };
-        let result = self.run(spec, cancel, id.clone()).await;
+        let result = self.run(spec, cancel, id.clone(), progress).await;
         guard.armed = false;
         let backend = self.clone();
         let cleanup_id = id.clone();

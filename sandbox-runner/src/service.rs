@@ -1,0 +1,870 @@
+//! The runner service: picks accepted jobs up from the ledger, runs them with a
+//! [`SandboxBackend`], and records every step (DESIGN §5–§6).
+//!
+//! **Discovery vs decision.** Candidate jobs come from the projector's read model
+//! (`projections.jobs`, cheap to query, woken by the projector's NOTIFY); whether
+//! a job may be claimed is decided from its ledger stream alone, and the claim is
+//! an append of `execution.claimed` at the stream version that was read — so of
+//! several runners racing for one attempt exactly one wins.
+//!
+//! **At-least-once with de-duplication.** A claim carries a lease (the job's wall
+//! time plus a grace period). A lease that expires without `execution.finished`
+//! may be claimed again by any runner as the next attempt. The first
+//! `execution.finished` of a job is its result; a later one is recorded as
+//! `execution.superseded`, never as a second result. If a job has a finished
+//! attempt but no terminal event (its runner died in between), the next claimant
+//! completes it from the recorded result without running it again.
+//!
+//! **What runs.** Only approved secrets (a `secret.injection_approved` in the
+//! stream) are materialized, from the configured provider; their values are
+//! redacted from stdout, stderr and artifacts before anything is stored, and never
+//! logged. Declared dependencies are checked against `glassbox.dependencies`
+//! first; a denial fails the job before anything runs.
+
+use crate::backend::{Progress, SandboxBackend};
+use crate::result::ExecutionResult;
+use crate::spec::{ExecutionSpec, InputFile, Limits};
+use chrono::{DateTime, Utc};
+use glassbox_events::catalogue::{
+    self, BlobRef, Decision as Verdict, KnownEvent, Outcome, OutputRef,
+};
+use glassbox_events::store::{
+    AppendRequest, EventStore, ExpectedVersion, NewEvent, StoreError, StoredRecord,
+};
+use glassbox_events::{Actor, Digest};
+use glassbox_platform::blob::BlobStore;
+use glassbox_policies::{Policy, PolicyEngine};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    #[error("runner: job {job}: {step}: {source}")]
+    Store {
+        job: String,
+        step: &'static str,
+        #[source]
+        source: Box<StoreError>,
+    },
+    #[error("runner: job {job}: {step}: {detail}")]
+    Job {
+        job: String,
+        step: &'static str,
+        detail: String,
+    },
+    #[error("runner: {step}: database error: {source}")]
+    Database {
+        step: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+/// Where secret values come from. Values never leave this module except into
+/// the sandbox.
+#[derive(Clone, Default)]
+pub enum SecretProvider {
+    /// No secrets: a job with an approved secret fails (fail closed).
+    #[default]
+    None,
+    /// A JSON file `{"NAME": "value", …}` (read on each use, so it can rotate).
+    File(PathBuf),
+    /// Environment variables `GLASSBOX_SECRET_<NAME>` of the runner process.
+    Env,
+}
+
+impl std::fmt::Debug for SecretProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretProvider::None => f.write_str("SecretProvider::None"),
+            SecretProvider::File(p) => write!(f, "SecretProvider::File({})", p.display()),
+            SecretProvider::Env => f.write_str("SecretProvider::Env"),
+        }
+    }
+}
+
+impl SecretProvider {
+    fn value(&self, name: &str) -> Option<String> {
+        match self {
+            SecretProvider::None => None,
+            SecretProvider::Env => std::env::var(format!("GLASSBOX_SECRET_{name}")).ok(),
+            SecretProvider::File(p) => {
+                let text = std::fs::read_to_string(p).ok()?;
+                let v: Value = serde_json::from_str(&text).ok()?;
+                v.get(name).and_then(Value::as_str).map(str::to_owned)
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// Recorded in `execution.claimed`; also the sandbox backend's runner id.
+    pub runner_id: String,
+    /// Jobs run at once; more wait in the queue.
+    pub slots: usize,
+    /// Added to a job's wall time to make its lease.
+    pub lease_grace: Duration,
+    pub secrets: SecretProvider,
+}
+
+/// The state of one job, folded from its stream.
+#[derive(Debug, Default, Clone)]
+pub struct JobState {
+    pub tenant: String,
+    pub version: u64,
+    pub submitted: Option<catalogue::JobSubmitted>,
+    pub accepted: Option<catalogue::JobAccepted>,
+    pub approved_secrets: Vec<(String, String)>,
+    pub attempt: u64,
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    pub claimed_by: Option<String>,
+    pub finished: Option<catalogue::ExecutionFinished>,
+    pub cancel_requested: bool,
+    pub terminal: bool,
+}
+
+impl JobState {
+    pub fn fold(records: &[StoredRecord]) -> JobState {
+        let mut s = JobState::default();
+        for r in records {
+            s.version = r.record.stream_version;
+            s.tenant.clone_from(&r.record.tenant);
+            match KnownEvent::decode(&r.record.event_type, &r.record.data) {
+                Ok(Some(KnownEvent::JobSubmitted(e))) => s.submitted = Some(*e),
+                Ok(Some(KnownEvent::JobAccepted(e))) => s.accepted = Some(*e),
+                Ok(Some(KnownEvent::SecretInjectionApproved(e))) => {
+                    s.approved_secrets.push((e.name, e.mode));
+                }
+                Ok(Some(KnownEvent::ExecutionClaimed(e))) => {
+                    s.attempt = s.attempt.max(e.attempt);
+                    s.lease_expires_at = DateTime::parse_from_rfc3339(&e.lease_expires_at)
+                        .ok()
+                        .map(|t| t.with_timezone(&Utc));
+                    s.claimed_by = Some(e.runner);
+                }
+                Ok(Some(KnownEvent::ExecutionFinished(e))) if s.finished.is_none() => {
+                    s.finished = Some(*e);
+                }
+                Ok(Some(KnownEvent::JobCancelRequested(_))) => s.cancel_requested = true,
+                Ok(Some(
+                    KnownEvent::JobCompleted(_)
+                    | KnownEvent::JobFailed(_)
+                    | KnownEvent::JobCancelled(_)
+                    | KnownEvent::JobRejected(_),
+                )) => s.terminal = true,
+                _ => {}
+            }
+        }
+        s
+    }
+
+    /// May a runner claim the next attempt now?
+    pub fn claimable(&self, now: DateTime<Utc>) -> bool {
+        self.accepted.is_some()
+            && !self.terminal
+            && (self.attempt == 0 || self.lease_expires_at.is_none_or(|t| t <= now))
+    }
+}
+
+pub struct Runner<B: SandboxBackend> {
+    store: EventStore,
+    blobs: BlobStore,
+    engine: Arc<PolicyEngine>,
+    backend: B,
+    config: RunnerConfig,
+    slots: Arc<Semaphore>,
+    queued: AtomicUsize,
+    running: std::sync::Mutex<std::collections::BTreeSet<String>>,
+}
+
+fn db(step: &'static str) -> impl FnOnce(sqlx::Error) -> RunnerError {
+    move |source| RunnerError::Database { step, source }
+}
+
+impl<B: SandboxBackend + 'static> Runner<B> {
+    pub fn new(
+        store: EventStore,
+        blobs: BlobStore,
+        engine: Arc<PolicyEngine>,
+        backend: B,
+        config: RunnerConfig,
+    ) -> Arc<Runner<B>> {
+        Arc::new(Runner {
+            slots: Arc::new(Semaphore::new(config.slots.max(1))),
+            store,
+            blobs,
+            engine,
+            backend,
+            config,
+            queued: AtomicUsize::new(0),
+            running: std::sync::Mutex::new(Default::default()),
+        })
+    }
+
+    /// Jobs that could be claimed but wait for a free slot.
+    pub fn queue_depth(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    fn actor(&self) -> Actor {
+        Actor::system(format!("runner:{}", self.config.runner_id))
+    }
+
+    /// Claims and runs jobs until `shutdown`; then waits for the jobs it holds
+    /// (each is cancelled and recorded as such, so nothing is left half-done).
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let pool = self.store.pool().clone();
+        let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
+            Ok(mut l) => l.listen("glassbox_projection").await.ok().map(|_| l),
+            Err(_) => None,
+        };
+        let mut tasks = tokio::task::JoinSet::new();
+        loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            match self.candidates().await {
+                Ok(jobs) => {
+                    let mut waiting = 0;
+                    for job in jobs {
+                        if self.is_running(&job) {
+                            continue;
+                        }
+                        let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+                            waiting += 1;
+                            continue;
+                        };
+                        match self.try_claim(&job).await {
+                            Ok(Some(state)) => {
+                                self.mark(&job, true);
+                                let me = self.clone();
+                                let token = shutdown.child_token();
+                                tasks.spawn(async move {
+                                    if let Err(e) = me.execute_job(&job, state, token).await {
+                                        tracing::error!(error = %e, "runner: job failed to run");
+                                    }
+                                    me.mark(&job, false);
+                                    drop(permit);
+                                });
+                            }
+                            Ok(None) => drop(permit),
+                            Err(e) => {
+                                drop(permit);
+                                tracing::warn!(error = %e, "runner: claim failed");
+                            }
+                        }
+                    }
+                    self.queued.store(waiting, Ordering::Relaxed);
+                }
+                Err(e) => tracing::warn!(error = %e, "runner: cannot list jobs"),
+            }
+            while tasks.try_join_next().is_some() {}
+            let wait = Duration::from_millis(500);
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = async {
+                    match listener.as_mut() {
+                        Some(l) => { let _ = tokio::time::timeout(wait, l.recv()).await; }
+                        None => tokio::time::sleep(wait).await,
+                    }
+                } => {}
+            }
+        }
+        // Graceful shutdown: running jobs see their token cancelled and record it.
+        while tasks.join_next().await.is_some() {}
+    }
+
+    fn is_running(&self, job: &str) -> bool {
+        self.running.lock().map(|r| r.contains(job)).unwrap_or(true)
+    }
+
+    fn mark(&self, job: &str, on: bool) {
+        if let Ok(mut r) = self.running.lock() {
+            if on {
+                r.insert(job.to_owned());
+            } else {
+                r.remove(job);
+            }
+        }
+    }
+
+    /// Jobs that may need a runner, oldest first (from the read model).
+    async fn candidates(&self) -> Result<Vec<String>, RunnerError> {
+        sqlx::query_scalar(
+            "SELECT job_id FROM projections.jobs WHERE status IN ('accepted', 'claimed', 'running') \
+             ORDER BY submitted_position LIMIT 256",
+        )
+        .fetch_all(self.store.pool())
+        .await
+        .map_err(db("list candidate jobs"))
+    }
+
+    async fn read(&self, job: &str) -> Result<JobState, RunnerError> {
+        let records = self
+            .store
+            .read_stream(&format!("job-{job}"), 1, 100_000)
+            .await
+            .map_err(|source| RunnerError::Store {
+                job: job.to_owned(),
+                step: "read stream",
+                source: Box::new(source),
+            })?;
+        Ok(JobState::fold(&records))
+    }
+
+    /// Appends `execution.claimed` at the version read; `None` if the job is not
+    /// claimable or another runner won.
+    pub async fn try_claim(&self, job: &str) -> Result<Option<JobState>, RunnerError> {
+        let state = self.read(job).await?;
+        if !state.claimable(Utc::now()) {
+            return Ok(None);
+        }
+        let wall = state
+            .accepted
+            .as_ref()
+            .and_then(|a| a.effective_limits.wall_time_ms)
+            .unwrap_or(10_000);
+        let lease = Utc::now()
+            + chrono::Duration::milliseconds(wall as i64)
+            + chrono::Duration::from_std(self.config.lease_grace).unwrap_or_default();
+        let claim = catalogue::ExecutionClaimed {
+            runner: self.config.runner_id.clone(),
+            attempt: state.attempt + 1,
+            lease_expires_at: lease.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        };
+        let stream = format!("job-{job}");
+        let ev = NewEvent::typed(&stream, &claim).map_err(|e| RunnerError::Job {
+            job: job.to_owned(),
+            step: "encode claim",
+            detail: e.to_string(),
+        })?;
+        let req = AppendRequest::new(state.tenant.clone(), self.actor(), vec![ev])
+            .expect(stream, ExpectedVersion::Exactly(state.version));
+        match self.store.append(req).await {
+            Ok(_) => Ok(Some(self.read(job).await?)),
+            Err(StoreError::Conflict(_)) => Ok(None),
+            Err(source) => Err(RunnerError::Store {
+                job: job.to_owned(),
+                step: "claim",
+                source: Box::new(source),
+            }),
+        }
+    }
+
+    /// Appends to the job's stream at its current version, retrying on conflicts
+    /// that only added a cancellation request. Returns the new version, or `None`
+    /// when another runner took the job over (our lease is gone).
+    async fn append(
+        &self,
+        job: &str,
+        attempt: u64,
+        events: Vec<NewEvent>,
+    ) -> Result<Option<JobState>, RunnerError> {
+        let stream = format!("job-{job}");
+        for _ in 0..10 {
+            let state = self.read(job).await?;
+            if state.attempt != attempt || state.terminal {
+                return Ok(None);
+            }
+            let req = AppendRequest::new(state.tenant.clone(), self.actor(), events.clone())
+                .expect(stream.clone(), ExpectedVersion::Exactly(state.version));
+            match self.store.append(req).await {
+                Ok(_) => return Ok(Some(state)),
+                Err(StoreError::Conflict(_)) => continue,
+                Err(source) => {
+                    return Err(RunnerError::Store {
+                        job: job.to_owned(),
+                        step: "append",
+                        source: Box::new(source),
+                    });
+                }
+            }
+        }
+        Err(RunnerError::Job {
+            job: job.to_owned(),
+            step: "append",
+            detail: "the stream kept changing".into(),
+        })
+    }
+
+    fn ev<E: catalogue::Event>(job: &str, e: &E) -> Result<NewEvent, RunnerError> {
+        NewEvent::typed(format!("job-{job}"), e).map_err(|err| RunnerError::Job {
+            job: job.to_owned(),
+            step: "encode event",
+            detail: err.to_string(),
+        })
+    }
+
+    async fn fail(&self, job: &str, attempt: u64, reason: String) -> Result<(), RunnerError> {
+        let e = Self::ev(
+            job,
+            &catalogue::JobFailed {
+                job_id: job.to_owned(),
+                reason,
+            },
+        )?;
+        self.append(job, attempt, vec![e]).await.map(|_| ())
+    }
+
+    async fn blob(&self, job: &str, name: &str, r: &BlobRef) -> Result<Vec<u8>, RunnerError> {
+        let bytes = self
+            .blobs
+            .get(job, &r.key)
+            .await
+            .map_err(|e| RunnerError::Job {
+                job: job.to_owned(),
+                step: "read input blob",
+                detail: format!("{name}: {e}"),
+            })?;
+        if Digest::of(&bytes) != r.sha256 {
+            return Err(RunnerError::Job {
+                job: job.to_owned(),
+                step: "read input blob",
+                detail: format!("{name}: digest does not match the ledger"),
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// Runs one claimed attempt to its recorded end.
+    pub async fn execute_job(
+        &self,
+        job: &str,
+        state: JobState,
+        shutdown: CancellationToken,
+    ) -> Result<(), RunnerError> {
+        let attempt = state.attempt;
+        // A previous attempt finished but nobody recorded the end: complete from it.
+        if let Some(f) = &state.finished {
+            let end = if f.outcome == Outcome::Cancelled {
+                Self::ev(
+                    job,
+                    &catalogue::JobCancelled {
+                        job_id: job.to_owned(),
+                        reason: None,
+                    },
+                )?
+            } else {
+                Self::ev(
+                    job,
+                    &catalogue::JobCompleted {
+                        job_id: job.to_owned(),
+                        outcome: f.outcome,
+                    },
+                )?
+            };
+            return self.append(job, attempt, vec![end]).await.map(|_| ());
+        }
+        if state.cancel_requested {
+            let e = Self::ev(
+                job,
+                &catalogue::JobCancelled {
+                    job_id: job.to_owned(),
+                    reason: Some("cancelled before it ran".into()),
+                },
+            )?;
+            return self.append(job, attempt, vec![e]).await.map(|_| ());
+        }
+        let (Some(sub), Some(acc)) = (state.submitted.clone(), state.accepted.clone()) else {
+            return self
+                .fail(
+                    job,
+                    attempt,
+                    "the job's submission is missing from its stream".into(),
+                )
+                .await;
+        };
+
+        // Dependencies: every declared package is checked before anything runs.
+        let mut checks = Vec::new();
+        let mut denied = Vec::new();
+        for d in &sub.dependencies {
+            let input = json!({"tenant": state.tenant, "ecosystem": d.ecosystem, "name": d.name, "version": d.version});
+            let dec = self.engine.evaluate(Policy::Dependencies, &input);
+            if !dec.allow {
+                denied.push(format!(
+                    "{} {}: {}",
+                    d.name,
+                    d.version.clone().unwrap_or_default(),
+                    dec.reasons.join("; ")
+                ));
+            }
+            checks.push(Self::ev(
+                job,
+                &catalogue::DependencyChecked {
+                    ecosystem: d.ecosystem.clone(),
+                    name: d.name.clone(),
+                    version: d.version.clone(),
+                    decision: if dec.allow {
+                        Verdict::Allow
+                    } else {
+                        Verdict::Deny
+                    },
+                    rule: dec.rule.clone(),
+                },
+            )?);
+        }
+        if !denied.is_empty() {
+            checks.push(Self::ev(
+                job,
+                &catalogue::JobFailed {
+                    job_id: job.to_owned(),
+                    reason: format!("dependency denied: {}", denied.join(", ")),
+                },
+            )?);
+            return self.append(job, attempt, checks).await.map(|_| ());
+        }
+        if !sub.dependencies.is_empty() {
+            // Fail closed until the vetted-mirror installer exists.
+            checks.push(Self::ev(
+                job,
+                &catalogue::JobFailed {
+                    job_id: job.to_owned(),
+                    reason: "installing dependencies is not available on this runner".into(),
+                },
+            )?);
+            return self.append(job, attempt, checks).await.map(|_| ());
+        }
+
+        // Inputs from the blob store, checked against the ledger's digests.
+        let mut spec = ExecutionSpec::new(
+            sub.language.clone(),
+            self.blob(job, "code", &sub.code).await?,
+        );
+        if let Some(s) = &sub.stdin {
+            spec.stdin = self.blob(job, "stdin", s).await?;
+        }
+        if let Some(e) = &sub.env {
+            let bytes = self.blob(job, "env", e).await?;
+            spec.env = serde_json::from_slice::<BTreeMap<String, String>>(&bytes).map_err(|e| {
+                RunnerError::Job {
+                    job: job.to_owned(),
+                    step: "read env",
+                    detail: e.to_string(),
+                }
+            })?;
+        }
+        for f in &sub.files {
+            spec.files.push(InputFile {
+                path: f.path.clone(),
+                content: self.blob(job, &f.path, &f.blob).await?,
+                executable: false,
+            });
+        }
+        spec.args = sub.args.clone();
+        spec.limits = limits(&acc.effective_limits);
+
+        // Secrets: only approved ones, from the provider.
+        let mut secret_values: Vec<(String, String)> = Vec::new();
+        let mut events = checks;
+        for (name, mode) in &state.approved_secrets {
+            let Some(value) = self.config.secrets.value(name) else {
+                events.push(Self::ev(
+                    job,
+                    &catalogue::JobFailed {
+                        job_id: job.to_owned(),
+                        reason: format!("secret {name} has no value in this runner's provider"),
+                    },
+                )?);
+                return self.append(job, attempt, events).await.map(|_| ());
+            };
+            if mode == "file" {
+                spec.files.push(InputFile {
+                    path: format!(".secrets/{name}"),
+                    content: value.clone().into_bytes(),
+                    executable: false,
+                });
+            } else {
+                spec.env.insert(name.clone(), value.clone());
+            }
+            events.push(Self::ev(
+                job,
+                &catalogue::SecretMaterialized {
+                    name: name.clone(),
+                    mode: mode.clone(),
+                },
+            )?);
+            secret_values.push((name.clone(), value));
+        }
+        if !events.is_empty() && self.append(job, attempt, events).await?.is_none() {
+            return Ok(());
+        }
+
+        // Run, recording progress as it happens and honouring cancellation.
+        let cancel = CancellationToken::new();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let exec = self
+            .backend
+            .execute_observed(spec, cancel.clone(), Some(tx));
+        tokio::pin!(exec);
+        let mut poll = tokio::time::interval(Duration::from_millis(300));
+        let mut cancel_reason: Option<String> = None;
+        let result = loop {
+            tokio::select! {
+                r = &mut exec => break r,
+                Some(p) = rx.recv() => {
+                    let e = match p {
+                        Progress::Provisioned { sandbox_id, runtime } => Self::ev(job, &catalogue::SandboxProvisioned {
+                            attempt, sandbox_id, backend: self.backend.name().to_owned(), runtime, image_digest: None,
+                        })?,
+                        Progress::Started { sandbox_id } => Self::ev(job, &catalogue::ExecutionStarted { attempt, sandbox_id })?,
+                    };
+                    if self.append(job, attempt, vec![e]).await?.is_none() {
+                        cancel_reason.get_or_insert_with(|| "another runner took the job over".into());
+                        cancel.cancel();
+                    }
+                }
+                _ = poll.tick() => {
+                    if self.read(job).await.map(|s| s.cancel_requested).unwrap_or(false) {
+                        cancel_reason.get_or_insert_with(|| "cancel requested".into());
+                        cancel.cancel();
+                    }
+                }
+                _ = shutdown.cancelled(), if !cancel.is_cancelled() => {
+                    cancel_reason.get_or_insert_with(|| "the runner shut down".into());
+                    cancel.cancel();
+                }
+            }
+        };
+        let result = match result {
+            Ok(r) => r,
+            Err(e) => {
+                return self
+                    .fail(job, attempt, format!("the sandbox failed: {e}"))
+                    .await;
+            }
+        };
+        self.record_result(job, attempt, result, &secret_values, cancel_reason)
+            .await
+    }
+
+    async fn store_output(
+        &self,
+        job: &str,
+        attempt: u64,
+        name: &str,
+        bytes: &[u8],
+    ) -> Result<BlobRef, RunnerError> {
+        let b = self
+            .blobs
+            .put(job, &format!("jobs/{job}/attempts/{attempt}/{name}"), bytes)
+            .await
+            .map_err(|e| RunnerError::Job {
+                job: job.to_owned(),
+                step: "store output",
+                detail: e.to_string(),
+            })?;
+        Ok(BlobRef {
+            sha256: b.sha256,
+            size_bytes: b.size_bytes,
+            key: b.key,
+        })
+    }
+
+    async fn record_result(
+        &self,
+        job: &str,
+        attempt: u64,
+        mut r: ExecutionResult,
+        secrets: &[(String, String)],
+        cancel_reason: Option<String>,
+    ) -> Result<(), RunnerError> {
+        // Redact before anything is stored.
+        let mut redactions: Vec<(String, String, u64)> = Vec::new();
+        for (name, value) in secrets {
+            let n = redact(&mut r.stdout.bytes, value);
+            if n > 0 {
+                redactions.push((name.clone(), "stdout".into(), n));
+            }
+            let n = redact(&mut r.stderr.bytes, value);
+            if n > 0 {
+                redactions.push((name.clone(), "stderr".into(), n));
+            }
+            for f in &mut r.files {
+                let n = redact(&mut f.content, value);
+                if n > 0 {
+                    redactions.push((name.clone(), format!("artifact:{}", f.path), n));
+                }
+            }
+        }
+        let stdout = self
+            .store_output(job, attempt, "stdout", &r.stdout.bytes)
+            .await?;
+        let stderr = self
+            .store_output(job, attempt, "stderr", &r.stderr.bytes)
+            .await?;
+        let mut artifacts = Vec::new();
+        for f in &r.files {
+            let b = self
+                .store_output(job, attempt, &format!("out/{}", f.path), &f.content)
+                .await?;
+            artifacts.push((f.path.clone(), b));
+        }
+        let state = self.read(job).await?;
+        let mut events = Vec::new();
+        let first = state.finished.is_none();
+        if first {
+            events.push(Self::ev(
+                job,
+                &catalogue::ExecutionFinished {
+                    attempt,
+                    outcome: r.outcome,
+                    exit_code: r.exit_code.map(i64::from),
+                    signal: r.signal.map(i64::from),
+                    wall_ms: r.wall_ms,
+                    cpu_ms: r.cpu_ms,
+                    peak_memory_bytes: r.peak_memory_bytes,
+                    stdout: OutputRef {
+                        blob: Some(stdout),
+                        size_bytes: r.stdout.total_bytes,
+                        truncated: r.stdout.truncated,
+                    },
+                    stderr: OutputRef {
+                        blob: Some(stderr),
+                        size_bytes: r.stderr.total_bytes,
+                        truncated: r.stderr.truncated,
+                    },
+                },
+            )?);
+            for (secret_name, target, count) in redactions {
+                events.push(Self::ev(
+                    job,
+                    &catalogue::OutputRedacted {
+                        secret_name,
+                        target,
+                        count,
+                    },
+                )?);
+            }
+            for (path, blob) in artifacts {
+                events.push(Self::ev(job, &catalogue::ArtifactStored { path, blob })?);
+            }
+        } else {
+            events.push(Self::ev(
+                job,
+                &catalogue::ExecutionSuperseded {
+                    attempt,
+                    winning_attempt: state.finished.as_ref().map_or(0, |f| f.attempt),
+                },
+            )?);
+        }
+        events.push(Self::ev(
+            job,
+            &catalogue::WorkspaceDestroyed {
+                sandbox_id: r.sandbox_id.clone(),
+                method: r.teardown.method.clone(),
+                bytes_scrubbed: r.teardown.bytes_scrubbed,
+            },
+        )?);
+        if first && !state.terminal {
+            events.push(if r.outcome == Outcome::Cancelled {
+                Self::ev(
+                    job,
+                    &catalogue::JobCancelled {
+                        job_id: job.to_owned(),
+                        reason: cancel_reason,
+                    },
+                )?
+            } else {
+                Self::ev(
+                    job,
+                    &catalogue::JobCompleted {
+                        job_id: job.to_owned(),
+                        outcome: r.outcome,
+                    },
+                )?
+            });
+        }
+        // A superseded attempt records itself whatever the stream's attempt is now.
+        let stream = format!("job-{job}");
+        for _ in 0..10 {
+            let s = self.read(job).await?;
+            let req = AppendRequest::new(s.tenant.clone(), self.actor(), events.clone())
+                .expect(stream.clone(), ExpectedVersion::Exactly(s.version));
+            match self.store.append(req).await {
+                Ok(_) => return Ok(()),
+                Err(StoreError::Conflict(_)) if s.finished.is_none() == first => continue,
+                Err(StoreError::Conflict(_)) => {
+                    // Someone finished meanwhile: record this attempt as superseded.
+                    return Box::pin(self.record_result(job, attempt, r, secrets, None)).await;
+                }
+                Err(source) => {
+                    return Err(RunnerError::Store {
+                        job: job.to_owned(),
+                        step: "record result",
+                        source: Box::new(source),
+                    });
+                }
+            }
+        }
+        Err(RunnerError::Job {
+            job: job.to_owned(),
+            step: "record result",
+            detail: "the stream kept changing".into(),
+        })
+    }
+}
+
+/// Replaces every occurrence of `secret` in `buf` with `[REDACTED]`; returns the count.
+pub fn redact(buf: &mut Vec<u8>, secret: &str) -> u64 {
+    let needle = secret.as_bytes();
+    if needle.is_empty() || buf.len() < needle.len() {
+        return 0;
+    }
+    let mut out = Vec::with_capacity(buf.len());
+    let mut count = 0;
+    let mut i = 0;
+    while i < buf.len() {
+        if buf[i..].starts_with(needle) {
+            out.extend_from_slice(b"[REDACTED]");
+            i += needle.len();
+            count += 1;
+        } else {
+            out.push(buf[i]);
+            i += 1;
+        }
+    }
+    if count > 0 {
+        *buf = out;
+    }
+    count
+}
+
+/// Effective limits from the ledger over the core's defaults.
+pub fn limits(l: &catalogue::Limits) -> Limits {
+    let d = Limits::default();
+    Limits {
+        wall_time_ms: l.wall_time_ms.unwrap_or(d.wall_time_ms),
+        cpu_millicores: l.cpu_millicores.unwrap_or(d.cpu_millicores),
+        memory_bytes: l.memory_bytes.unwrap_or(d.memory_bytes),
+        processes: l.processes.unwrap_or(d.processes),
+        workspace_bytes: l.workspace_bytes.unwrap_or(d.workspace_bytes),
+        tmp_bytes: l.tmp_bytes.unwrap_or(d.tmp_bytes),
+        stdout_bytes: l.stdout_bytes.unwrap_or(d.stdout_bytes),
+        stderr_bytes: l.stderr_bytes.unwrap_or(d.stderr_bytes),
+        output_bytes: l.output_bytes.unwrap_or(d.output_bytes),
+        output_files: l.output_files.unwrap_or(d.output_files),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_counts_and_replaces_every_occurrence() {
+        let mut b = b"key=s3cr3t and s3cr3t again; s3cr".to_vec();
+        assert_eq!(redact(&mut b, "s3cr3t"), 2);
+        assert_eq!(b, b"key=[REDACTED] and [REDACTED] again; s3cr".to_vec());
+        let mut b = b"nothing here".to_vec();
+        assert_eq!(redact(&mut b, "s3cr3t"), 0);
+        assert_eq!(redact(&mut b, ""), 0);
+    }
+}

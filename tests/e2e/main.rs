@@ -1,0 +1,322 @@
+//! The whole path on one machine: a job submitted over HTTP is accepted by the
+//! command API, claimed by a runner, run under gVisor (runsc, as root), and every
+//! step lands on the ledger — against the real PostgreSQL, Redis, blob store and
+//! runsc.
+
+use glassbox_command_api::Application;
+use glassbox_command_api::testing::{token, vars};
+use glassbox_events::store::{EventStore, StoredRecord};
+use glassbox_events::testing::TestDb;
+use glassbox_sandbox_runner::service::{Runner, RunnerConfig, SecretProvider};
+use glassbox_sandbox_runner::{LocalConfig, LocalRunsc};
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+struct Stack {
+    addr: String,
+    client: reqwest::Client,
+    store: EventStore,
+    db: TestDb,
+    data_dir: PathBuf,
+    stop: CancellationToken,
+}
+
+async fn stack(secrets: SecretProvider) -> Stack {
+    glassbox_platform::install_crypto_provider();
+    let db = TestDb::new().await.expect("database");
+    let data_dir = std::env::temp_dir().join(format!("glassbox-e2e-{}", db.name));
+    let config = glassbox_platform::Config::from_vars(vars(&db.url, &data_dir).expect("vars"))
+        .expect("config");
+    let app = Application::build(config).await.expect("command api");
+    let addr = format!("http://127.0.0.1:{}", app.port());
+    let stop = app.shutdown_token();
+    let core = app.state().core.clone();
+    tokio::spawn(app.run_until_stopped());
+    tokio::spawn(glassbox_projector::Projector::new(core.store.clone()).run(None, stop.clone()));
+    let runner_id = format!("e2e{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    let (backend, _) = LocalRunsc::start(LocalConfig {
+        runner_id: runner_id.clone(),
+        base_dir: PathBuf::from("/run/glassbox-test"),
+        ..LocalConfig::default()
+    })
+    .await
+    .expect("runsc backend (root and runsc needed)");
+    let runner = Runner::new(
+        core.store.clone(),
+        core.blobs.clone(),
+        core.engine.clone(),
+        backend,
+        RunnerConfig {
+            runner_id,
+            slots: 2,
+            lease_grace: Duration::from_secs(30),
+            secrets,
+        },
+    );
+    tokio::spawn(runner.run(stop.clone()));
+    Stack {
+        addr,
+        client: reqwest::Client::new(),
+        store: core.store.clone(),
+        db,
+        data_dir,
+        stop,
+    }
+}
+
+impl Stack {
+    async fn submit(&self, tenant: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .client
+            .post(format!("{}/v1/jobs", self.addr))
+            .bearer_auth(token(tenant))
+            .json(&body)
+            .send()
+            .await
+            .expect("submit");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn get(&self, tenant: &str, path: &str) -> (u16, Value) {
+        let r = self
+            .client
+            .get(format!("{}{path}", self.addr))
+            .bearer_auth(token(tenant))
+            .send()
+            .await
+            .expect("get");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Waits (long-polling) until the job is terminal; returns it.
+    async fn wait(&self, tenant: &str, receipt: &Value) -> Value {
+        let id = receipt["job_id"].as_str().expect("job id");
+        let pos = receipt["position"].as_u64().expect("position");
+        for _ in 0..12 {
+            let (status, job) = self
+                .get(tenant, &format!("/v1/jobs/{id}?min_position={pos}&wait=10"))
+                .await;
+            assert_eq!(status, 200, "{job}");
+            if ["completed", "failed", "cancelled", "rejected"]
+                .contains(&job["status"].as_str().unwrap_or(""))
+            {
+                return job;
+            }
+        }
+        panic!("job {id} did not finish in 2 minutes");
+    }
+
+    async fn stream(&self, id: &str) -> Vec<StoredRecord> {
+        self.store
+            .read_stream(&format!("job-{id}"), 1, 1000)
+            .await
+            .expect("stream")
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+        self.db.drop_db().await;
+    }
+}
+
+fn types(records: &[StoredRecord]) -> Vec<String> {
+    records
+        .iter()
+        .map(|r| r.record.event_type.clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn each_runtime_runs_end_to_end_and_every_step_is_on_the_ledger() {
+    let s = stack(SecretProvider::None).await;
+    for (lang, code, want) in [
+        (
+            "python",
+            "import sys\nprint('hello from python', sys.argv[1:])\n",
+            "hello from python ['a']\n",
+        ),
+        (
+            "node",
+            "console.log('hello from node', process.argv.slice(2))\n",
+            "hello from node [ 'a' ]\n",
+        ),
+        (
+            "bash",
+            "echo \"hello from bash $1\"\n",
+            "hello from bash a\n",
+        ),
+    ] {
+        let (status, receipt) = s
+            .submit(
+                "acme",
+                json!({"language": lang, "code": code, "args": ["a"]}),
+            )
+            .await;
+        assert_eq!(status, 201, "{receipt}");
+        let job = s.wait("acme", &receipt).await;
+        assert_eq!(job["status"], "completed", "{job}");
+        assert_eq!(job["outcome"], "succeeded");
+        assert_eq!(job["exit_code"], 0);
+        let id = receipt["job_id"].as_str().expect("id");
+        let (status, out) = s.get("acme", &format!("/v1/jobs/{id}/output")).await;
+        assert_eq!(status, 200, "{out}");
+        assert_eq!(out["stdout"]["content"], want, "{lang}");
+        assert_eq!(out["outcome"], "succeeded");
+        let t = types(&s.stream(id).await);
+        assert_eq!(
+            t[t.len() - 6..],
+            [
+                "execution.claimed",
+                "sandbox.provisioned",
+                "execution.started",
+                "execution.finished",
+                "workspace.destroyed",
+                "job.completed"
+            ],
+            "{lang}: {t:?}"
+        );
+        // Another tenant cannot read the output.
+        let (status, _) = s.get("globex", &format!("/v1/jobs/{id}/output")).await;
+        assert_eq!(status, 404);
+    }
+    let report = s
+        .store
+        .verify(None, &[], None, None)
+        .await
+        .expect("verify")
+        .expect("the ledger verifies");
+    assert!(report.records > 20);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn refused_jobs_never_reach_a_runner_and_denied_dependencies_fail_before_running() {
+    let s = stack(SecretProvider::None).await;
+    // Admission refuses: no claim ever.
+    let (status, refused) = s
+        .submit(
+            "restricted",
+            json!({"language": "node", "code": "console.log(1)"}),
+        )
+        .await;
+    assert_eq!(status, 403);
+    // A dependency the tenant does not allow: checked, denied, failed — never run.
+    let (status, receipt) = s
+        .submit(
+            "acme",
+            json!({"language": "python", "code": "import leftpad", "dependencies": [{"name": "leftpad", "version": "1.0"}]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{receipt}");
+    let job = s.wait("acme", &receipt).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert!(
+        job["reasons"].to_string().contains("dependency denied"),
+        "{job}"
+    );
+    let t = types(&s.stream(receipt["job_id"].as_str().expect("id")).await);
+    assert!(t.contains(&"dependency.checked".to_owned()), "{t:?}");
+    assert!(!t.contains(&"sandbox.provisioned".to_owned()), "{t:?}");
+    assert!(!t.contains(&"execution.started".to_owned()), "{t:?}");
+    let checked = s
+        .stream(receipt["job_id"].as_str().expect("id"))
+        .await
+        .into_iter()
+        .find(|r| r.record.event_type == "dependency.checked")
+        .expect("dependency.checked");
+    assert_eq!(checked.record.data["decision"], "deny");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let t = types(&s.stream(refused["job_id"].as_str().expect("id")).await);
+    assert_eq!(t.last().map(String::as_str), Some("job.rejected"));
+    assert!(!t.contains(&"execution.claimed".to_owned()), "{t:?}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn approved_secrets_are_materialized_and_redacted_from_output_and_artifacts() {
+    let dir = std::env::temp_dir().join(format!(
+        "glassbox-e2e-secrets-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("secrets.json");
+    let value = "sk-e2e-7c1f9a3b5d";
+    std::fs::write(
+        &file,
+        json!({"OPENAI_API_KEY": value, "DATABASE_PASSWORD": "pw-e2e-0042"}).to_string(),
+    )
+    .expect("secrets file");
+    let s = stack(SecretProvider::File(file)).await;
+    let code = "import os\n\
+                k = os.environ['OPENAI_API_KEY']\n\
+                print('key is', k, 'and again', k)\n\
+                pw = open('.secrets/DATABASE_PASSWORD').read()\n\
+                os.makedirs('out', exist_ok=True)\n\
+                open('out/result.txt', 'w').write('result 42 with ' + pw)\n";
+    let (status, receipt) = s
+        .submit(
+            "acme",
+            json!({"language": "python", "code": code,
+                   "secrets": ["OPENAI_API_KEY", {"name": "DATABASE_PASSWORD", "mode": "file"}]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{receipt}");
+    let job = s.wait("acme", &receipt).await;
+    assert_eq!(job["status"], "completed", "{job}");
+    let id = receipt["job_id"].as_str().expect("id");
+    let (_, out) = s.get("acme", &format!("/v1/jobs/{id}/output")).await;
+    assert_eq!(
+        out["stdout"]["content"], "key is [REDACTED] and again [REDACTED]\n",
+        "{out}"
+    );
+    let (status, arts) = s.get("acme", &format!("/v1/jobs/{id}/artifacts")).await;
+    assert_eq!(status, 200);
+    assert_eq!(arts["artifacts"][0]["path"], "result.txt");
+    let bytes = s
+        .client
+        .get(format!("{}/v1/jobs/{id}/artifacts/result.txt", s.addr))
+        .bearer_auth(token("acme"))
+        .send()
+        .await
+        .expect("artifact")
+        .bytes()
+        .await
+        .expect("bytes");
+    assert_eq!(&bytes[..], b"result 42 with [REDACTED]");
+    let records = s.stream(id).await;
+    let redacted: Vec<&StoredRecord> = records
+        .iter()
+        .filter(|r| r.record.event_type == "output.redacted")
+        .collect();
+    assert_eq!(redacted.len(), 2, "{:?}", types(&records));
+    assert_eq!(redacted[0].record.data["secret_name"], "OPENAI_API_KEY");
+    assert_eq!(redacted[0].record.data["count"], 2);
+    assert_eq!(redacted[1].record.data["target"], "artifact:result.txt");
+    let materialized = records
+        .iter()
+        .filter(|r| r.record.event_type == "secret.materialized")
+        .count();
+    assert_eq!(materialized, 2);
+    // No secret value anywhere in the ledger or the read models.
+    for r in s.store.read_all(1, 100_000).await.expect("ledger") {
+        let text = String::from_utf8_lossy(&r.canonical);
+        assert!(
+            !text.contains(value) && !text.contains("pw-e2e-0042"),
+            "secret in record {}",
+            r.record.position
+        );
+    }
+    let dump = glassbox_projector::snapshot(&s.db.pool)
+        .await
+        .expect("snapshot")
+        .to_string();
+    assert!(!dump.contains(value) && !dump.contains("pw-e2e-0042"));
+    s.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
