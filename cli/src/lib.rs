@@ -7,6 +7,7 @@
 pub mod bench;
 mod bench_sandbox;
 mod bench_submit;
+pub mod dev;
 pub mod ledger;
 pub mod sandbox;
 pub mod serve;
@@ -64,6 +65,13 @@ pub enum Command {
         #[command(subcommand)]
         command: serve::ProjectorCommand,
     },
+    /// Everything on one machine: command API, projector and a runner, on embedded
+    /// defaults (a private PostgreSQL cluster unless DATABASE_URL is set).
+    Dev(dev::DevArgs),
+    /// The runner service: claims accepted jobs and runs them under runsc (as root).
+    Runner,
+    /// Submit a program, wait for it, print its output; exits with its exit code.
+    Run(dev::RunArgs),
     /// Mint a development JWT (HS256 with GLASSBOX_AUTH_HS256_SECRET; development/test only).
     Token(TokenArgs),
     /// Benchmarks that measure their own baseline in the same run.
@@ -112,8 +120,16 @@ pub struct TokenArgs {
     pub ttl: u64,
 }
 
-fn mint_token(args: &TokenArgs) -> anyhow::Result<String> {
-    let config = glassbox_platform::Config::from_env().context("configuration")?;
+pub(crate) fn mint_token(args: &TokenArgs) -> anyhow::Result<String> {
+    let mut vars: std::collections::BTreeMap<String, String> = std::env::vars().collect();
+    // A development tool: development unless told otherwise, with the secret
+    // `glassbox dev` keeps in the data directory.
+    vars.entry("GLASSBOX_ENV".into())
+        .or_insert_with(|| "development".into());
+    if let Some(s) = dev::dev_secret(false)? {
+        vars.entry("GLASSBOX_AUTH_HS256_SECRET".into()).or_insert(s);
+    }
+    let config = glassbox_platform::Config::from_vars(vars).context("configuration")?;
     anyhow::ensure!(
         config.environment.is_permissive(),
         "glassbox token mints development tokens: set GLASSBOX_ENV=development (it is {})",
@@ -236,6 +252,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sandbox { command } => sandbox::run(command).await,
         Command::Bench { command } => bench::run(command).await,
         Command::Serve(args) => serve::serve(args).await,
+        Command::Dev(args) => dev::dev(args).await,
+        Command::Runner => dev::runner().await,
+        Command::Run(args) => dev::run(args).await,
         Command::Token(args) => {
             println!("{}", mint_token(&args)?);
             Ok(ExitCode::SUCCESS)

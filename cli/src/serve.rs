@@ -40,7 +40,7 @@ pub struct SigningArgs {
 }
 
 impl SigningArgs {
-    fn publisher(&self) -> anyhow::Result<Option<Publisher>> {
+    pub(crate) fn publisher(&self) -> anyhow::Result<Option<Publisher>> {
         if self.no_checkpoints {
             return Ok(None);
         }
@@ -72,7 +72,7 @@ pub enum ProjectorCommand {
     Status,
 }
 
-async fn shutdown_signal(token: CancellationToken) {
+pub(crate) async fn shutdown_signal(token: CancellationToken) {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

@@ -868,3 +868,146 @@ mod tests {
         assert_eq!(redact(&mut b, ""), 0);
     }
 }
+
+/// A runner's own settings (the shared ones — database, blobs, policies — come
+/// from `glassbox_platform::Config`).
+#[derive(Debug, Clone)]
+pub struct RunnerSettings {
+    pub runner: RunnerConfig,
+    pub local: crate::local::LocalConfig,
+}
+
+/// A bad runner setting, naming its variable.
+#[derive(Debug, thiserror::Error)]
+#[error("{var}: {reason}")]
+pub struct SettingError {
+    pub var: &'static str,
+    pub reason: String,
+}
+
+impl RunnerSettings {
+    /// `GLASSBOX_RUNNER_ID` (`[a-z0-9_]{1,32}`, default `local`),
+    /// `GLASSBOX_RUNNER_SLOTS` (default 2), `GLASSBOX_RUNNER_LEASE_GRACE_SECS`
+    /// (default 30), `GLASSBOX_SECRETS_FILE` or `GLASSBOX_SECRETS_FROM_ENV=true`,
+    /// `GLASSBOX_RUNSC` (default `runsc`), `GLASSBOX_SANDBOX_DIR` (default
+    /// `/run/glassbox`), `GLASSBOX_RUNTIMES_FILE`.
+    pub fn from_vars(vars: &BTreeMap<String, String>) -> Result<RunnerSettings, SettingError> {
+        let get = |k: &str| vars.get(k).map(String::as_str).filter(|v| !v.is_empty());
+        let number = |var: &'static str, default: u64| -> Result<u64, SettingError> {
+            match get(var) {
+                None => Ok(default),
+                Some(v) => v.parse::<u64>().map_err(|_| SettingError {
+                    var,
+                    reason: format!("{v:?} is not a non-negative integer"),
+                }),
+            }
+        };
+        let runner_id = get("GLASSBOX_RUNNER_ID").unwrap_or("local").to_owned();
+        let ok = !runner_id.is_empty()
+            && runner_id.len() <= 32
+            && runner_id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !ok {
+            return Err(SettingError {
+                var: "GLASSBOX_RUNNER_ID",
+                reason: format!("{runner_id:?} must be 1-32 of a-z, 0-9, _"),
+            });
+        }
+        let slots = number("GLASSBOX_RUNNER_SLOTS", 2)?;
+        if slots == 0 || slots > 256 {
+            return Err(SettingError {
+                var: "GLASSBOX_RUNNER_SLOTS",
+                reason: "must be 1 to 256".into(),
+            });
+        }
+        let secrets = match (
+            get("GLASSBOX_SECRETS_FILE"),
+            get("GLASSBOX_SECRETS_FROM_ENV"),
+        ) {
+            (Some(f), _) => SecretProvider::File(PathBuf::from(f)),
+            (None, Some("true" | "1")) => SecretProvider::Env,
+            _ => SecretProvider::None,
+        };
+        let mut local = crate::local::LocalConfig {
+            runner_id: runner_id.clone(),
+            ..crate::local::LocalConfig::default()
+        };
+        if let Some(r) = get("GLASSBOX_RUNSC") {
+            local.runsc = PathBuf::from(r);
+        }
+        if let Some(d) = get("GLASSBOX_SANDBOX_DIR") {
+            local.base_dir = PathBuf::from(d);
+        }
+        if let Some(f) = get("GLASSBOX_RUNTIMES_FILE") {
+            local.registry = crate::runtime::RuntimeRegistry::load(std::path::Path::new(f))
+                .map_err(|e| SettingError {
+                    var: "GLASSBOX_RUNTIMES_FILE",
+                    reason: e.to_string(),
+                })?;
+        }
+        Ok(RunnerSettings {
+            runner: RunnerConfig {
+                runner_id,
+                slots: slots as usize,
+                lease_grace: Duration::from_secs(number("GLASSBOX_RUNNER_LEASE_GRACE_SECS", 30)?),
+                secrets,
+            },
+            local,
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("runner start-up: GLASSBOX_DATABASE_URL (or DATABASE_URL) is not set")]
+    NoDatabase,
+    #[error("runner start-up: connecting to PostgreSQL: {0}")]
+    Database(#[source] sqlx::Error),
+    #[error("runner start-up: {0}")]
+    Store(#[from] StoreError),
+    #[error("runner start-up: blob store: {0}")]
+    Blob(#[from] glassbox_platform::blob::BlobError),
+    #[error("runner start-up: {0}")]
+    Policy(#[from] glassbox_policies::PolicyError),
+    #[error("runner start-up: {0}")]
+    Sandbox(#[from] crate::error::SandboxError),
+}
+
+/// Connects to the database and blob store, loads the policy bundle, starts the
+/// runsc backend (sweeping what an earlier run of this runner id left) and runs
+/// the runner until `shutdown`.
+pub async fn run_service(
+    config: &glassbox_platform::Config,
+    settings: RunnerSettings,
+    shutdown: CancellationToken,
+) -> Result<(), StartError> {
+    let url = config
+        .database_url
+        .as_deref()
+        .ok_or(StartError::NoDatabase)?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(8)
+        .connect(url)
+        .await
+        .map_err(StartError::Database)?;
+    glassbox_events::store::migrate(&pool).await?;
+    let store = EventStore::new(pool.clone());
+    let kek = glassbox_platform::blob::Kek::load_or_generate(&config.data_dir.join("kek"))?;
+    let blobs = BlobStore::new(&config.blob, pool, kek)?;
+    let bundle = match &config.policy_dir {
+        Some(d) => glassbox_policies::Bundle::load_dir(d)?,
+        None => glassbox_policies::Bundle::builtin(),
+    };
+    let engine = Arc::new(PolicyEngine::new(&bundle)?);
+    let (backend, swept) = crate::local::LocalRunsc::start(settings.local).await?;
+    if !swept.sandboxes.is_empty() || !swept.workspaces.is_empty() {
+        tracing::warn!(sandboxes = ?swept.sandboxes, bytes_scrubbed = swept.bytes_scrubbed,
+            "runner: swept what an earlier run left behind");
+    }
+    tracing::info!(runner = %settings.runner.runner_id, slots = settings.runner.slots, "runner started");
+    Runner::new(store, blobs, engine, backend, settings.runner)
+        .run(shutdown)
+        .await;
+    Ok(())
+}
