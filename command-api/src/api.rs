@@ -366,6 +366,21 @@ pub async fn cancel_job(
     Ok((StatusCode::ACCEPTED, Json(reply)).into_response())
 }
 
+/// `DELETE /v1/jobs/{id}/data`: crypto-shred a finished job's data.
+pub async fn delete_job_data(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<crate::core::DeleteReply>, ApiError> {
+    let tenant = caller.identity.tenant.clone();
+    state
+        .core
+        .authorize(&caller, "job.delete_data", &tenant)
+        .await?;
+    let reason = format!("deleted on request of {}", caller.identity.subject);
+    Ok(Json(state.core.delete_data(&caller, &id, reason).await?))
+}
+
 // ---------------------------------------------------------------- results
 
 fn text_or_base64(bytes: &[u8]) -> Value {

@@ -918,6 +918,89 @@ impl Core {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeleteReply {
+    pub job_id: String,
+    /// Position of the `key.destroyed` record.
+    pub position: u64,
+}
+
+impl Core {
+    /// Crypto-shreds a finished job's data: appends `key.destroyed`, then
+    /// destroys the job's data key, after which its code, inputs, output and
+    /// artifacts are unreadable (410) while the ledger still verifies. Recorded
+    /// first, so a destruction is never unrecorded; asking again re-attempts the
+    /// destruction and answers with the first record.
+    pub async fn delete_data(
+        &self,
+        caller: &Caller,
+        job_id: &str,
+        reason: String,
+    ) -> Result<DeleteReply, ApiError> {
+        for _ in 0..5 {
+            let records = self.job_records(&caller.identity.tenant, job_id).await?;
+            let version = records.last().map_or(0, |r| r.record.stream_version);
+            let mut terminal = false;
+            let mut destroyed_at = None;
+            for r in &records {
+                match r.record.event_type.as_str() {
+                    t if t == catalogue::KeyDestroyed::TYPE => {
+                        destroyed_at.get_or_insert(r.record.position);
+                    }
+                    t if [
+                        catalogue::JobRejected::TYPE,
+                        catalogue::JobCompleted::TYPE,
+                        catalogue::JobFailed::TYPE,
+                        catalogue::JobCancelled::TYPE,
+                    ]
+                    .contains(&t) =>
+                    {
+                        terminal = true;
+                    }
+                    _ => {}
+                }
+            }
+            let position = match destroyed_at {
+                Some(p) => p,
+                None => {
+                    if !terminal {
+                        return Err(ApiError::Conflict(format!(
+                            "job {job_id} has not finished; cancel it first"
+                        )));
+                    }
+                    let stream = format!("job-{job_id}");
+                    let e = typed(
+                        &stream,
+                        &catalogue::KeyDestroyed {
+                            key_id: job_id.to_owned(),
+                            reason: reason.clone(),
+                        },
+                    )?;
+                    let req = caller
+                        .append(vec![e])
+                        .expect(stream, ExpectedVersion::Exactly(version));
+                    match self.store.append(req).await {
+                        Ok(o) => o.first_position(),
+                        Err(StoreError::Conflict(_)) => continue,
+                        Err(e) => return Err(ApiError::store("record the key destruction")(e)),
+                    }
+                }
+            };
+            self.blobs
+                .destroy_key(job_id)
+                .await
+                .map_err(|e| ApiError::Internal(format!("destroy data key of {job_id}: {e}")))?;
+            return Ok(DeleteReply {
+                job_id: job_id.to_owned(),
+                position,
+            });
+        }
+        Err(ApiError::Conflict(format!(
+            "job {job_id} kept changing; try again"
+        )))
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CancelReply {
     pub job_id: String,
     /// `cancelled` (it never ran) or `cancel_requested` (its runner will stop it).

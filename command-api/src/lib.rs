@@ -201,6 +201,10 @@ pub fn router(state: AppState, pool: PgPool) -> Router {
         .route("/v1/jobs/{id}/events", get(api::job_events))
         .route("/v1/jobs/{id}/cancel", post(api::cancel_job))
         .route("/v1/jobs/{id}/output", get(api::job_output))
+        .route(
+            "/v1/jobs/{id}/data",
+            axum::routing::delete(api::delete_job_data),
+        )
         .route("/v1/jobs/{id}/artifacts", get(api::job_artifacts))
         .route("/v1/jobs/{id}/artifacts/{*path}", get(api::job_artifact))
         .route("/v1/status", get(api::status))

@@ -278,6 +278,11 @@ pub fn document(max_wait: u64) -> Value {
                             "properties": {"path": {"type": "string"}, "size_bytes": {"type": "integer"}, "sha256": {"type": "string"}}}}
                     }
                 },
+                "DeleteReply": {
+                    "type": "object",
+                    "required": ["job_id", "position"],
+                    "properties": {"job_id": {"type": "string"}, "position": {"type": "integer"}}
+                },
                 "Status": {"type": "object"}
             }
         },
@@ -351,6 +356,15 @@ pub fn document(max_wait: u64) -> Value {
                     "responses": responses(&[("200", ok_json("The output", "Output"))],
                         &[("409", "The job has not finished (code `conflict`)"),
                           ("410", "The job's data was destroyed (code `gone`)")])
+                }
+            },
+            "/v1/jobs/{id}/data": {
+                "delete": {
+                    "operationId": "deleteJobData",
+                    "summary": "Crypto-shred a finished job's data (key.destroyed); afterwards its code, output and artifacts answer 410",
+                    "parameters": [job_id_param()],
+                    "responses": responses(&[("200", ok_json("Destroyed (or already destroyed)", "DeleteReply"))],
+                        &[("409", "The job has not finished (code `conflict`)")])
                 }
             },
             "/v1/jobs/{id}/artifacts": {

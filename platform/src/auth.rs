@@ -110,7 +110,20 @@ fn parse_jwks(text: &str) -> Result<HashMap<String, Key>, String> {
 
 impl JwtVerifier {
     /// Loads the configured keys (a JWKS URL that does not answer is an error).
+    /// A service that verifies tokens needs a way to: without a JWKS file or
+    /// URL, an HS256 secret (development) or the bypass (tests), start-up fails
+    /// here. (Services that take no tokens, like the runner, never build one.)
     pub async fn new(cfg: &AuthConfig) -> Result<JwtVerifier, crate::ConfigError> {
+        if cfg.jwks_file.is_none()
+            && cfg.jwks_url.is_none()
+            && cfg.hs256_secret.is_none()
+            && !cfg.bypass
+        {
+            return Err(crate::ConfigError {
+                var: "GLASSBOX_AUTH_JWKS_FILE".into(),
+                reason: "no way to verify tokens: set GLASSBOX_AUTH_JWKS_FILE or GLASSBOX_AUTH_JWKS_URL (or, in development, GLASSBOX_AUTH_HS256_SECRET)".into(),
+            });
+        }
         crate::install_crypto_provider();
         let http = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(5))

@@ -334,16 +334,6 @@ impl Config {
             jwks_min_refresh: Duration::from_secs(number("auth_jwks_min_refresh_secs", 30, 0)?),
             bypass,
         };
-        if auth.jwks_file.is_none()
-            && auth.jwks_url.is_none()
-            && auth.hs256_secret.is_none()
-            && !auth.bypass
-        {
-            return Err(ConfigError {
-                var: "GLASSBOX_AUTH_JWKS_FILE".into(),
-                reason: "no way to verify tokens: set GLASSBOX_AUTH_JWKS_FILE or GLASSBOX_AUTH_JWKS_URL (or, in development, GLASSBOX_AUTH_HS256_SECRET)".into(),
-            });
-        }
         let rate_limit_per_sec = number("rate_limit_per_sec", 100, 1)?;
         let max_wait_secs = number("max_wait_secs", 60, 0)?;
         if max_wait_secs > 3600 {

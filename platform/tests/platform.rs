@@ -378,10 +378,18 @@ fn configuration_names_the_bad_variable_and_fails_closed() {
         e.var, "GLASSBOX_AUTH_JWKS_URL",
         "plain http only outside production"
     );
-    assert!(
-        Config::from_vars(vars(&[])).is_err(),
-        "no key source at all is refused"
-    );
+    // No key source at all: a configuration (the runner takes no tokens), but
+    // no token verifier can be built from it.
+    let bare = Config::from_vars(vars(&[])).expect("no key source is a valid configuration");
+    let refused = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(JwtVerifier::new(&bare.auth));
+    match refused {
+        Ok(_) => panic!("a verifier without keys was built"),
+        Err(e) => assert_eq!(e.var, "GLASSBOX_AUTH_JWKS_FILE"),
+    }
 
     let ok = |extra: &[(&str, &str)]| {
         let mut v = vars(&base);
