@@ -21,6 +21,8 @@ pub enum BenchCommand {
     Sandbox(crate::bench_sandbox::SandboxBench),
     /// Job submissions over HTTP against ledger appends of the same events.
     Submit(crate::bench_submit::SubmitBench),
+    /// POST to completed result through API, runner and runsc, against raw runsc (root).
+    E2e(crate::bench_e2e::E2eBench),
 }
 
 #[derive(Debug, Args)]
@@ -50,6 +52,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Ledger(args) => ledger(args).await,
         BenchCommand::Sandbox(args) => crate::bench_sandbox::run(args).await,
         BenchCommand::Submit(args) => crate::bench_submit::run(args).await,
+        BenchCommand::E2e(args) => crate::bench_e2e::run(args).await,
     }
 }
 

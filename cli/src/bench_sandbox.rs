@@ -33,6 +33,54 @@ fn stats(mut v: Vec<Duration>) -> serde_json::Value {
     json!({"p50_ms": round(percentile(&v, 0.5)), "p95_ms": round(percentile(&v, 0.95))})
 }
 
+/// A bundle equivalent to what the backend builds for `code` (same root template,
+/// same runtime), for timing raw `runsc run` against it.
+pub(crate) fn raw_bundle(
+    base_dir: &std::path::Path,
+    lang: &str,
+    code: &str,
+) -> anyhow::Result<PathBuf> {
+    let registry = RuntimeRegistry::builtin();
+    let rt = registry.get(lang)?;
+    let bundle = base_dir.join("raw-bundle").join(lang);
+    let ws = bundle.join("ws");
+    std::fs::create_dir_all(&ws)?;
+    std::fs::write(ws.join(&rt.file_name), code)?;
+    std::os::unix::fs::chown(&ws, Some(oci::SANDBOX_UID), Some(oci::SANDBOX_UID))?;
+    let mut config = oci::config(
+        &ExecutionSpec::new(lang, code),
+        rt,
+        &base_dir.join("rootfs"),
+        &ws,
+        "/glassbox/bench-raw",
+    );
+    // Raw runsc manages its own cgroups.
+    if let Some(linux) = config.get_mut("linux").and_then(|l| l.as_object_mut()) {
+        linux.remove("cgroupsPath");
+    }
+    std::fs::write(bundle.join("config.json"), serde_json::to_vec(&config)?)?;
+    Ok(bundle)
+}
+
+/// One raw `runsc run` of `bundle`.
+pub(crate) async fn raw_run(
+    state: &std::path::Path,
+    bundle: &std::path::Path,
+    id: &str,
+) -> anyhow::Result<std::process::Output> {
+    Ok(tokio::process::Command::new("runsc")
+        .arg("--root")
+        .arg(state)
+        .args(["--network=none", "run", "--bundle"])
+        .arg(bundle)
+        .arg(id)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .await?)
+}
+
 pub async fn run(args: SandboxBench) -> anyhow::Result<ExitCode> {
     let (backend, _) = LocalRunsc::start(LocalConfig {
         runner_id: "bench".into(),
@@ -51,23 +99,8 @@ pub async fn run(args: SandboxBench) -> anyhow::Result<ExitCode> {
             .execute(ExecutionSpec::new(lang, code), CancellationToken::new())
             .await?;
         let rt = registry.get(lang)?;
-        let bundle = args.base_dir.join("raw-bundle").join(lang);
+        let bundle = raw_bundle(&args.base_dir, lang, code)?;
         let ws = bundle.join("ws");
-        std::fs::create_dir_all(&ws)?;
-        std::fs::write(ws.join(&rt.file_name), code)?;
-        std::os::unix::fs::chown(&ws, Some(oci::SANDBOX_UID), Some(oci::SANDBOX_UID))?;
-        let mut config = oci::config(
-            &ExecutionSpec::new(lang, code),
-            rt,
-            &args.base_dir.join("rootfs"),
-            &ws,
-            "/glassbox/bench-raw",
-        );
-        // Raw runsc manages its own cgroups.
-        if let Some(linux) = config.get_mut("linux").and_then(|l| l.as_object_mut()) {
-            linux.remove("cgroupsPath");
-        }
-        std::fs::write(bundle.join("config.json"), serde_json::to_vec(&config)?)?;
         let state = args.base_dir.join("raw-state");
         let (mut ours, mut theirs, mut host) = (Vec::new(), Vec::new(), Vec::new());
         for i in 0..args.runs {
@@ -84,17 +117,7 @@ pub async fn run(args: SandboxBench) -> anyhow::Result<ExitCode> {
 
             let id = format!("bench-raw-{lang}-{i}-{}", std::process::id());
             let t = Instant::now();
-            let out = tokio::process::Command::new("runsc")
-                .arg("--root")
-                .arg(&state)
-                .args(["--network=none", "run", "--bundle"])
-                .arg(&bundle)
-                .arg(&id)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .output()
-                .await?;
+            let out = raw_run(&state, &bundle, &id).await?;
             theirs.push(t.elapsed());
             anyhow::ensure!(
                 out.stdout == b"hello\n",

@@ -5,6 +5,7 @@
 //! does not verify (or a proof does not check), 2 usage or infrastructure errors.
 
 pub mod bench;
+mod bench_e2e;
 mod bench_sandbox;
 mod bench_submit;
 pub mod dev;

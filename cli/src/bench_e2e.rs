@@ -1,0 +1,226 @@
+//! `glassbox bench e2e`: from `POST /v1/jobs` to a completed result for
+//! hello-world python, next to raw `runsc run` of the same program measured in
+//! the same run (interleaved), and completed jobs per minute with 1, 4 and 8
+//! runner slots. Needs root and runsc.
+
+use crate::bench::{BenchDb, percentile, round};
+use crate::bench_sandbox::{raw_bundle, raw_run};
+use anyhow::Context as _;
+use clap::Args;
+use glassbox_sandbox_runner::service::{Runner, RunnerConfig, SecretProvider};
+use glassbox_sandbox_runner::{LocalConfig, LocalRunsc};
+use serde_json::{Map, Value, json};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Args)]
+pub struct E2eBench {
+    /// A PostgreSQL server URL; the benchmark creates its own database there.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+    #[arg(
+        long,
+        env = "GLASSBOX_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    pub redis_url: String,
+    /// Sequential jobs for the latency measurement.
+    #[arg(long, default_value_t = 10)]
+    pub runs: usize,
+    /// Jobs per throughput measurement.
+    #[arg(long, default_value_t = 24)]
+    pub jobs: usize,
+    #[arg(long, default_value = "/run/glassbox-bench")]
+    pub base_dir: PathBuf,
+}
+
+const SECRET: &str = "bench-only-hs256-secret-0123456789abcdef";
+const CODE: &str = "print('hello')";
+
+fn token() -> anyhow::Result<String> {
+    let now = chrono::Utc::now().timestamp();
+    let claims = json!({"iss": "glassbox", "aud": "glassbox", "sub": "bench", "tenant": "acme",
+                        "roles": ["submitter"], "exp": now + 3600, "iat": now});
+    Ok(jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )?)
+}
+
+pub async fn run(args: E2eBench) -> anyhow::Result<ExitCode> {
+    let db = BenchDb::create(&args.database_url).await?;
+    let dir = std::env::temp_dir().join(format!("{}-data", db.name));
+    let result = inner(&args, &db.url, &dir).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    db.drop().await;
+    println!("{}", result?);
+    Ok(ExitCode::SUCCESS)
+}
+
+struct Client {
+    http: reqwest::Client,
+    api: String,
+    token: String,
+}
+
+impl Client {
+    /// Submits hello-world and waits for the job to be terminal.
+    async fn run_job(&self) -> anyhow::Result<Value> {
+        let receipt: Value = self
+            .http
+            .post(format!("{}/v1/jobs", self.api))
+            .bearer_auth(&self.token)
+            .json(&json!({"language": "python", "code": CODE}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let id = receipt["job_id"].as_str().context("no job id")?.to_owned();
+        let pos = receipt["position"].as_u64().unwrap_or(0);
+        loop {
+            let job: Value = self
+                .http
+                .get(format!(
+                    "{}/v1/jobs/{id}?min_position={pos}&wait=30",
+                    self.api
+                ))
+                .bearer_auth(&self.token)
+                .send()
+                .await?
+                .json()
+                .await?;
+            match job["status"].as_str() {
+                Some("completed" | "failed" | "cancelled" | "rejected") => return Ok(job),
+                Some(_) => {}
+                None => anyhow::bail!("job {id}: {job}"),
+            }
+        }
+    }
+}
+
+fn start_runner(
+    core: &glassbox_command_api::Core,
+    backend: &LocalRunsc,
+    slots: usize,
+    stop: &CancellationToken,
+) -> CancellationToken {
+    let t = stop.child_token();
+    let runner = Runner::new(
+        core.store.clone(),
+        core.blobs.clone(),
+        core.engine.clone(),
+        backend.clone(),
+        RunnerConfig {
+            runner_id: "benche2e".into(),
+            slots,
+            lease_grace: Duration::from_secs(30),
+            secrets: SecretProvider::None,
+        },
+    );
+    tokio::spawn(runner.run(t.clone()));
+    t
+}
+
+async fn inner(args: &E2eBench, url: &str, dir: &std::path::Path) -> anyhow::Result<Value> {
+    let vars: Vec<(String, String)> = [
+        ("GLASSBOX_ENV", "test"),
+        ("GLASSBOX_HTTP_ADDR", "127.0.0.1:0"),
+        ("GLASSBOX_DATABASE_URL", url),
+        ("GLASSBOX_REDIS_URL", &args.redis_url),
+        ("GLASSBOX_DATA_DIR", dir.to_str().context("data dir")?),
+        ("GLASSBOX_AUTH_HS256_SECRET", SECRET),
+        ("GLASSBOX_RATE_LIMIT_PER_SEC", "1000000000"),
+    ]
+    .iter()
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect();
+    let config = glassbox_platform::Config::from_vars(vars)?;
+    let app = glassbox_command_api::Application::build(config).await?;
+    let api = format!("http://127.0.0.1:{}", app.port());
+    let stop = app.shutdown_token();
+    let core = app.state().core.clone();
+    tokio::spawn(app.run_until_stopped());
+    tokio::spawn(glassbox_projector::Projector::new(core.store.clone()).run(None, stop.clone()));
+    let (backend, _) = LocalRunsc::start(LocalConfig {
+        runner_id: "benche2e".into(),
+        base_dir: args.base_dir.clone(),
+        ..LocalConfig::default()
+    })
+    .await?;
+    let client = Arc::new(Client {
+        http: reqwest::Client::new(),
+        api,
+        token: token()?,
+    });
+
+    // Latency: one job at a time, interleaved with raw runsc of the same program.
+    let runner = start_runner(&core, &backend, 1, &stop);
+    let job = client.run_job().await?; // warm-up
+    anyhow::ensure!(job["status"] == "completed", "warm-up job: {job}");
+    let bundle = raw_bundle(&args.base_dir, "python", CODE)?;
+    let state = args.base_dir.join("raw-state");
+    let (mut ours, mut raw) = (Vec::new(), Vec::new());
+    for i in 0..args.runs {
+        let t = Instant::now();
+        let job = client.run_job().await?;
+        ours.push(t.elapsed());
+        anyhow::ensure!(job["outcome"] == "succeeded", "job: {job}");
+        let t = Instant::now();
+        let out = raw_run(
+            &state,
+            &bundle,
+            &format!("bench-e2e-raw-{i}-{}", std::process::id()),
+        )
+        .await?;
+        raw.push(t.elapsed());
+        anyhow::ensure!(
+            out.stdout == b"hello\n",
+            "raw runsc: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    runner.cancel();
+    ours.sort();
+    raw.sort();
+
+    // Throughput with 1, 4 and 8 slots.
+    let mut per_min = Map::new();
+    for slots in [1usize, 4, 8] {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let runner = start_runner(&core, &backend, slots, &stop);
+        let t = Instant::now();
+        let tasks: Vec<_> = (0..args.jobs)
+            .map(|_| {
+                let c = client.clone();
+                tokio::spawn(async move { c.run_job().await })
+            })
+            .collect();
+        let mut ok = 0;
+        for task in tasks {
+            if task.await??["outcome"] == "succeeded" {
+                ok += 1;
+            }
+        }
+        let secs = t.elapsed().as_secs_f64();
+        runner.cancel();
+        per_min.insert(
+            slots.to_string(),
+            json!({"jobs": args.jobs, "succeeded": ok, "secs": round(secs), "jobs_per_min": round(args.jobs as f64 / secs * 60.0)}),
+        );
+    }
+    stop.cancel();
+    let _ = std::fs::remove_dir_all(args.base_dir.join("raw-bundle"));
+    Ok(json!({
+        "bench": "e2e",
+        "build": if cfg!(debug_assertions) { "debug" } else { "release" },
+        "runs": args.runs,
+        "post_to_completed_ms": {"p50": round(percentile(&ours, 0.5)), "p95": round(percentile(&ours, 0.95))},
+        "raw_runsc_ms": {"p50": round(percentile(&raw, 0.5)), "p95": round(percentile(&raw, 0.95))},
+        "ratio_p50": round(percentile(&ours, 0.5) / percentile(&raw, 0.5)),
+        "throughput": per_min,
+    }))
+}
