@@ -484,8 +484,14 @@ async fn status_value(state: &AppState) -> Result<Value, ApiError> {
         .fetch_one(&state.core.pool)
         .await
         .map_err(|e| ApiError::Internal(format!("read checkpoints: {e}")))?;
+    let queued: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM projections.jobs WHERE status = 'accepted'")
+            .fetch_one(&state.core.pool)
+            .await
+            .map_err(|e| ApiError::Internal(format!("count queued jobs: {e}")))?;
     Ok(json!({
         "ledger": { "head": lag.head, "latest_checkpoint_size": signed.unwrap_or(0) },
+        "queue": { "accepted_not_claimed": queued },
         "projection": { "position": lag.position, "lag_events": lag.events, "lag_ms": lag.millis },
         "policy_bundle_digest": state.core.engine.bundle_digest().to_hex(),
     }))
@@ -512,12 +518,14 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
          # TYPE glassbox_ledger_checkpoint_size gauge\nglassbox_ledger_checkpoint_size {}\n\
          # TYPE glassbox_projection_position gauge\nglassbox_projection_position {}\n\
          # TYPE glassbox_projection_lag_events gauge\nglassbox_projection_lag_events {}\n\
-         # TYPE glassbox_projection_lag_ms gauge\nglassbox_projection_lag_ms {}\n",
+         # TYPE glassbox_projection_lag_ms gauge\nglassbox_projection_lag_ms {}\n\
+         # TYPE glassbox_jobs_queued gauge\nglassbox_jobs_queued {}\n",
         n(&["ledger", "head"]),
         n(&["ledger", "latest_checkpoint_size"]),
         n(&["projection", "position"]),
         n(&["projection", "lag_events"]),
         n(&["projection", "lag_ms"]),
+        n(&["queue", "accepted_not_claimed"]),
     );
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response())
 }

@@ -49,9 +49,26 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// The service itself acting for `tenant` (e.g. the retention timer).
+    pub fn system(tenant: &str, who: &str) -> Caller {
+        Caller {
+            identity: Identity {
+                tenant: tenant.to_owned(),
+                subject: who.to_owned(),
+                app: None,
+                agent: None,
+                roles: Vec::new(),
+            },
+            via: AuthVia::Internal,
+            request_id: Uuid::new_v4().to_string(),
+        }
+    }
+
     pub fn actor(&self) -> Actor {
         Actor {
-            kind: if self.identity.agent.is_some() {
+            kind: if self.via == AuthVia::Internal {
+                ActorKind::System
+            } else if self.identity.agent.is_some() {
                 ActorKind::Agent
             } else {
                 ActorKind::User
@@ -914,6 +931,38 @@ impl Core {
             )),
             Err(e) => Err(ApiError::Internal(e.to_string())),
         }
+    }
+}
+
+impl Core {
+    /// Crypto-shreds the data of jobs that finished more than `retention` ago.
+    /// Returns how many were shredded.
+    pub async fn enforce_retention(&self, retention: Duration) -> Result<usize, ApiError> {
+        let due: Vec<(String, String)> = sqlx::query_as(
+            "SELECT job_id, tenant FROM projections.jobs \
+             WHERE status = ANY($1) AND NOT data_destroyed \
+             AND updated_at < now() - make_interval(secs => $2) ORDER BY updated_at LIMIT 500",
+        )
+        .bind(
+            glassbox_projector::TERMINAL
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect::<Vec<_>>(),
+        )
+        .bind(retention.as_secs_f64())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| ApiError::Internal(format!("find jobs past retention: {e}")))?;
+        let mut n = 0;
+        for (job, tenant) in due {
+            let caller = Caller::system(&tenant, "retention");
+            let reason = format!("retention period of {} s elapsed", retention.as_secs());
+            match self.delete_data(&caller, &job, reason).await {
+                Ok(_) => n += 1,
+                Err(e) => tracing::warn!(job, error = %e, "retention: could not shred"),
+            }
+        }
+        Ok(n)
     }
 }
 

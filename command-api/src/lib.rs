@@ -149,6 +149,22 @@ impl Application {
             verifier: Arc::new(verifier),
             limiter,
         };
+        if config.retention_secs > 0 {
+            let (core, token) = (state.core.clone(), shutdown.clone());
+            let retention = Duration::from_secs(config.retention_secs);
+            let every = retention.min(Duration::from_secs(60));
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = token.cancelled() => return,
+                        _ = tokio::time::sleep(every) => {}
+                    }
+                    if let Err(e) = core.enforce_retention(retention).await {
+                        tracing::warn!(error = %e, "retention sweep failed");
+                    }
+                }
+            });
+        }
         let router = router(state.clone(), pool);
         let listener = tokio::net::TcpListener::bind(config.http_addr)
             .await

@@ -101,6 +101,9 @@ pub struct Config {
     pub rate_limit_per_sec: u64,
     /// Longest `wait` a read may ask for (long polling), in seconds.
     pub max_wait_secs: u64,
+    /// Finished jobs' data is crypto-shredded this long after they finish
+    /// (0: kept until deleted).
+    pub retention_secs: u64,
     /// A policy bundle directory; the built-in bundle when unset.
     pub policy_dir: Option<PathBuf>,
     /// Where blobs are kept: `data_dir/blobs` unless an S3 bucket is configured.
@@ -131,6 +134,7 @@ const KNOWN: &[&str] = &[
     "auth_bypass",
     "rate_limit_per_sec",
     "max_wait_secs",
+    "retention_secs",
     "policy_dir",
     "blob_s3_bucket",
     "blob_s3_endpoint",
@@ -342,6 +346,7 @@ impl Config {
                 format!("{max_wait_secs} is more than 3600"),
             ));
         }
+        let retention_secs = number("retention_secs", 0, 0)?;
         let policy_dir = get("policy_dir").map(PathBuf::from);
         let blob = match get("blob_s3_bucket") {
             None => crate::blob::Backend::Local(data_dir.join("blobs")),
@@ -384,6 +389,7 @@ impl Config {
             auth,
             rate_limit_per_sec,
             max_wait_secs,
+            retention_secs,
             policy_dir,
             blob,
         })

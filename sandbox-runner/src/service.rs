@@ -217,8 +217,9 @@ impl<B: SandboxBackend + 'static> Runner<B> {
         Actor::system(format!("runner:{}", self.config.runner_id))
     }
 
-    /// Claims and runs jobs until `shutdown`; then waits for the jobs it holds
-    /// (each is cancelled and recorded as such, so nothing is left half-done).
+    /// Claims and runs jobs until `shutdown`; then stops claiming and waits for
+    /// the jobs it holds to finish (each is bounded by its wall time), so
+    /// nothing is left half-done.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let pool = self.store.pool().clone();
         let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
@@ -245,7 +246,9 @@ impl<B: SandboxBackend + 'static> Runner<B> {
                             Ok(Some(state)) => {
                                 self.mark(&job, true);
                                 let me = self.clone();
-                                let token = shutdown.child_token();
+                                // Not a child of `shutdown`: a stopping runner
+                                // finishes what it holds (bounded by wall time).
+                                let token = CancellationToken::new();
                                 tasks.spawn(async move {
                                     if let Err(e) = me.execute_job(&job, state, token).await {
                                         tracing::error!(error = %e, "runner: job failed to run");

@@ -24,11 +24,20 @@ struct Stack {
 }
 
 async fn stack(secrets: SecretProvider) -> Stack {
+    stack_with(secrets, &[]).await
+}
+
+async fn stack_with(secrets: SecretProvider, extra: &[(&str, &str)]) -> Stack {
     glassbox_platform::install_crypto_provider();
     let db = TestDb::new().await.expect("database");
     let data_dir = std::env::temp_dir().join(format!("glassbox-e2e-{}", db.name));
-    let config = glassbox_platform::Config::from_vars(vars(&db.url, &data_dir).expect("vars"))
-        .expect("config");
+    let mut v = vars(&db.url, &data_dir).expect("vars");
+    v.extend(
+        extra
+            .iter()
+            .map(|(k, x)| ((*k).to_owned(), (*x).to_owned())),
+    );
+    let config = glassbox_platform::Config::from_vars(v).expect("config");
     let app = Application::build(config).await.expect("command api");
     let addr = format!("http://127.0.0.1:{}", app.port());
     let stop = app.shutdown_token();
@@ -319,4 +328,93 @@ async fn approved_secrets_are_materialized_and_redacted_from_output_and_artifact
     assert!(!dump.contains(value) && !dump.contains("pw-e2e-0042"));
     s.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_cancel_stops_a_running_job_and_retention_shreds_finished_ones() {
+    let s = stack_with(SecretProvider::None, &[("GLASSBOX_RETENTION_SECS", "2")]).await;
+    let (status, receipt) = s
+        .submit(
+            "acme",
+            json!({"language": "python", "code": "import time\nprint('working', flush=True)\ntime.sleep(30)\n",
+                   "limits": {"wall_time_ms": 60000}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{receipt}");
+    let id = receipt["job_id"].as_str().expect("id").to_owned();
+    // Wait until it runs, then cancel it.
+    let started = std::time::Instant::now();
+    loop {
+        let t = types(&s.stream(&id).await);
+        if t.contains(&"execution.started".to_owned()) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "never started: {t:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = s
+        .client
+        .post(format!("{}/v1/jobs/{id}/cancel", s.addr))
+        .bearer_auth(token("acme"))
+        .send()
+        .await
+        .expect("cancel");
+    assert_eq!(r.status().as_u16(), 202);
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(
+        body["status"], "cancel_requested",
+        "a claimed job is stopped by its runner"
+    );
+    let cancelled_at = std::time::Instant::now();
+    let job = s.wait("acme", &receipt).await;
+    assert_eq!(job["status"], "cancelled", "{job}");
+    assert_eq!(job["outcome"], "cancelled");
+    assert!(
+        cancelled_at.elapsed() < Duration::from_secs(15),
+        "stopped promptly"
+    );
+    let t = types(&s.stream(&id).await);
+    let finished = t
+        .iter()
+        .position(|x| x == "execution.finished")
+        .expect("finished");
+    assert!(
+        t.iter()
+            .position(|x| x == "job.cancel_requested")
+            .expect("requested")
+            < finished
+    );
+    assert!(t.contains(&"workspace.destroyed".to_owned()));
+    // Retention: two seconds after it finished, its data is shredded by the service.
+    let started = std::time::Instant::now();
+    loop {
+        let records = s.stream(&id).await;
+        if let Some(k) = records
+            .iter()
+            .find(|r| r.record.event_type == "key.destroyed")
+        {
+            assert!(
+                k.record.data["reason"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("retention")
+            );
+            assert_eq!(
+                serde_json::to_value(k.record.actor.kind).expect("kind"),
+                "system"
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "retention never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, _) = s.get("acme", &format!("/v1/jobs/{id}/output")).await;
+    assert_eq!(status, 410);
+    s.stop().await;
 }
