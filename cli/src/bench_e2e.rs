@@ -119,6 +119,7 @@ fn start_runner(
             slots,
             lease_grace: Duration::from_secs(30),
             secrets: SecretProvider::None,
+            wheel_mirror: None,
         },
     );
     tokio::spawn(runner.run(t.clone()));

@@ -112,6 +112,9 @@ pub struct RunnerConfig {
     /// Added to a job's wall time to make its lease.
     pub lease_grace: Duration,
     pub secrets: SecretProvider,
+    /// A directory of vetted wheels; allowed Python dependencies are installed
+    /// from it inside the sandbox. Without one, jobs with dependencies fail closed.
+    pub wheel_mirror: Option<PathBuf>,
 }
 
 /// The state of one job, folded from its stream.
@@ -525,15 +528,28 @@ impl<B: SandboxBackend + 'static> Runner<B> {
             return self.append(job, attempt, checks).await.map(|_| ());
         }
         if !sub.dependencies.is_empty() {
-            // Fail closed until the vetted-mirror installer exists.
-            checks.push(Self::ev(
-                job,
-                &catalogue::JobFailed {
-                    job_id: job.to_owned(),
-                    reason: "installing dependencies is not available on this runner".into(),
-                },
-            )?);
-            return self.append(job, attempt, checks).await.map(|_| ());
+            let unsupported = if sub.language != "python" {
+                Some("dependencies are only installed for python jobs".to_owned())
+            } else if let Some(d) = sub.dependencies.iter().find(|d| d.ecosystem != "pypi") {
+                Some(format!(
+                    "ecosystem {} is not installable here (pypi only)",
+                    d.ecosystem
+                ))
+            } else if self.config.wheel_mirror.is_none() {
+                Some("this runner has no wheel mirror (GLASSBOX_WHEEL_MIRROR)".to_owned())
+            } else {
+                None
+            };
+            if let Some(reason) = unsupported {
+                checks.push(Self::ev(
+                    job,
+                    &catalogue::JobFailed {
+                        job_id: job.to_owned(),
+                        reason,
+                    },
+                )?);
+                return self.append(job, attempt, checks).await.map(|_| ());
+            }
         }
 
         // Inputs from the blob store, checked against the ledger's digests.
@@ -563,6 +579,19 @@ impl<B: SandboxBackend + 'static> Runner<B> {
         }
         spec.args = sub.args.clone();
         spec.limits = limits(&acc.effective_limits);
+        if let (false, Some(mirror)) = (sub.dependencies.is_empty(), &self.config.wheel_mirror) {
+            spec.wheels = Some(crate::spec::WheelInstall {
+                mirror: mirror.clone(),
+                requirements: sub
+                    .dependencies
+                    .iter()
+                    .map(|d| match &d.version {
+                        Some(v) => format!("{}=={v}", d.name),
+                        None => d.name.clone(),
+                    })
+                    .collect(),
+            });
+        }
 
         // Secrets: only approved ones, from the provider.
         let mut secret_values: Vec<(String, String)> = Vec::new();
@@ -893,7 +922,7 @@ impl RunnerSettings {
     /// `GLASSBOX_RUNNER_SLOTS` (default 2), `GLASSBOX_RUNNER_LEASE_GRACE_SECS`
     /// (default 30), `GLASSBOX_SECRETS_FILE` or `GLASSBOX_SECRETS_FROM_ENV=true`,
     /// `GLASSBOX_RUNSC` (default `runsc`), `GLASSBOX_SANDBOX_DIR` (default
-    /// `/run/glassbox`), `GLASSBOX_RUNTIMES_FILE`.
+    /// `/run/glassbox`), `GLASSBOX_RUNTIMES_FILE`, `GLASSBOX_WHEEL_MIRROR`.
     pub fn from_vars(vars: &BTreeMap<String, String>) -> Result<RunnerSettings, SettingError> {
         let get = |k: &str| vars.get(k).map(String::as_str).filter(|v| !v.is_empty());
         let number = |var: &'static str, default: u64| -> Result<u64, SettingError> {
@@ -955,6 +984,19 @@ impl RunnerSettings {
                 slots: slots as usize,
                 lease_grace: Duration::from_secs(number("GLASSBOX_RUNNER_LEASE_GRACE_SECS", 30)?),
                 secrets,
+                wheel_mirror: match get("GLASSBOX_WHEEL_MIRROR") {
+                    None => None,
+                    Some(d) => {
+                        let p = PathBuf::from(d);
+                        if !p.is_absolute() || !p.is_dir() {
+                            return Err(SettingError {
+                                var: "GLASSBOX_WHEEL_MIRROR",
+                                reason: format!("{d:?} is not an absolute path to a directory"),
+                            });
+                        }
+                        Some(p)
+                    }
+                },
             },
             local,
         })

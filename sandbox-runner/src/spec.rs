@@ -96,6 +96,27 @@ pub struct ExecutionSpec {
     pub env: BTreeMap<String, String>,
     #[serde(default)]
     pub limits: Limits,
+    /// Python packages to install inside the sandbox before the program runs,
+    /// from a host directory of vetted wheels mounted read-only at
+    /// [`WHEEL_MOUNT`] (no index, no network). Set by the trusted runner after
+    /// each package passed `glassbox.dependencies`, never by a client.
+    #[serde(default)]
+    pub wheels: Option<WheelInstall>,
+}
+
+/// Where the wheel mirror appears inside the sandbox.
+pub const WHEEL_MOUNT: &str = "/mnt/wheels";
+/// Where packages are installed inside the sandbox (on `PYTHONPATH`).
+pub const WHEEL_TARGET: &str = "/workspace/.deps";
+/// The exit code of a sandbox whose package installation failed.
+pub const WHEEL_INSTALL_FAILED: i32 = 97;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WheelInstall {
+    /// Host directory of `.whl` files.
+    pub mirror: std::path::PathBuf,
+    /// `name` or `name==version`.
+    pub requirements: Vec<String>,
 }
 
 impl ExecutionSpec {
@@ -108,6 +129,7 @@ impl ExecutionSpec {
             args: Vec::new(),
             env: BTreeMap::new(),
             limits: Limits::default(),
+            wheels: None,
         }
     }
 
@@ -129,6 +151,31 @@ impl ExecutionSpec {
                 return Err(SandboxError::InvalidSpec(format!(
                     "environment variable {k} contains NUL"
                 )));
+            }
+        }
+        if let Some(w) = &self.wheels {
+            if !w.mirror.is_absolute() || !w.mirror.is_dir() {
+                return Err(SandboxError::InvalidSpec(format!(
+                    "wheel mirror {} is not an absolute directory",
+                    w.mirror.display()
+                )));
+            }
+            for r in &w.requirements {
+                let (name, version) = r.split_once("==").unwrap_or((r, "x"));
+                let ok = !name.is_empty()
+                    && !name.starts_with('-')
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+                    && !version.is_empty()
+                    && version.bytes().all(|b| {
+                        b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'+' | b'!')
+                    });
+                if !ok {
+                    return Err(SandboxError::InvalidSpec(format!(
+                        "requirement {r:?} is not name[==version]"
+                    )));
+                }
             }
         }
         if self.args.iter().any(|a| a.contains('\0')) {

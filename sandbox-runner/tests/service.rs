@@ -177,6 +177,7 @@ async fn a_runner_killed_mid_job_is_replaced_and_exactly_one_result_counts() {
             slots: 1,
             lease_grace: Duration::from_secs(1),
             secrets: SecretProvider::None,
+            wheel_mirror: None,
         },
     );
     tokio::spawn(runner.run(stop.clone()));

@@ -69,6 +69,16 @@ ensure_runsc() {
     log "installing gVisor (runsc)"
     apt_install runsc
   fi
+  # The built-in runtimes run the host's /usr read-only inside the sandbox:
+  # python3 (with pip, which installs vetted wheels inside the sandbox), node, bash.
+  if [ ! -x /usr/bin/python3 ] || ! /usr/bin/python3 -m pip --version >/dev/null 2>&1; then
+    log "installing python3 and pip (sandbox runtime)"
+    apt_install python3 python3-pip
+  fi
+  if [ ! -x /usr/bin/node ]; then
+    log "installing node (sandbox runtime)"
+    apt_install nodejs
+  fi
 }
 
 # An S3-compatible server for the blob store's S3 path (moto_server from PyPI).

@@ -24,10 +24,14 @@ struct Stack {
 }
 
 async fn stack(secrets: SecretProvider) -> Stack {
-    stack_with(secrets, &[]).await
+    stack_with(secrets, &[], None).await
 }
 
-async fn stack_with(secrets: SecretProvider, extra: &[(&str, &str)]) -> Stack {
+async fn stack_with(
+    secrets: SecretProvider,
+    extra: &[(&str, &str)],
+    wheel_mirror: Option<PathBuf>,
+) -> Stack {
     glassbox_platform::install_crypto_provider();
     let db = TestDb::new().await.expect("database");
     let data_dir = std::env::temp_dir().join(format!("glassbox-e2e-{}", db.name));
@@ -62,6 +66,7 @@ async fn stack_with(secrets: SecretProvider, extra: &[(&str, &str)]) -> Stack {
             slots: 2,
             lease_grace: Duration::from_secs(30),
             secrets,
+            wheel_mirror,
         },
     );
     tokio::spawn(runner.run(stop.clone()));
@@ -332,7 +337,12 @@ async fn approved_secrets_are_materialized_and_redacted_from_output_and_artifact
 
 #[tokio::test]
 async fn a_cancel_stops_a_running_job_and_retention_shreds_finished_ones() {
-    let s = stack_with(SecretProvider::None, &[("GLASSBOX_RETENTION_SECS", "2")]).await;
+    let s = stack_with(
+        SecretProvider::None,
+        &[("GLASSBOX_RETENTION_SECS", "2")],
+        None,
+    )
+    .await;
     let (status, receipt) = s
         .submit(
             "acme",
@@ -417,4 +427,109 @@ async fn a_cancel_stops_a_running_job_and_retention_shreds_finished_ones() {
     let (status, _) = s.get("acme", &format!("/v1/jobs/{id}/output")).await;
     assert_eq!(status, 410);
     s.stop().await;
+}
+
+/// Builds a small pure-Python wheel (no network, no build tools: a zip with the
+/// dist-info files pip needs).
+fn build_wheel(dir: &std::path::Path) {
+    let script = r#"
+import base64, hashlib, sys, zipfile
+out = sys.argv[1]
+files = {
+    "glassbox_demo/__init__.py": "GREETING = 'hi from a vetted wheel'\n",
+    "glassbox_demo-1.0.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: glassbox-demo\nVersion: 1.0.0\n",
+    "glassbox_demo-1.0.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: glassbox-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+}
+record = []
+with zipfile.ZipFile(out + "/glassbox_demo-1.0.0-py3-none-any.whl", "w") as z:
+    for name, text in files.items():
+        data = text.encode()
+        z.writestr(name, data)
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{name},sha256={digest},{len(data)}")
+    record.append("glassbox_demo-1.0.0.dist-info/RECORD,,")
+    z.writestr("glassbox_demo-1.0.0.dist-info/RECORD", "\n".join(record) + "\n")
+"#;
+    let ok = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(dir)
+        .status()
+        .expect("python3 builds the test wheel")
+        .success();
+    assert!(ok, "building the test wheel");
+}
+
+#[tokio::test]
+async fn an_allowed_wheel_installs_from_the_read_only_mirror_and_imports() {
+    let mirror = std::env::temp_dir().join(format!(
+        "glassbox-e2e-wheels-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&mirror).expect("mirror dir");
+    build_wheel(&mirror);
+    let s = stack_with(SecretProvider::None, &[], Some(mirror.clone())).await;
+    let code = "import glassbox_demo, os\n\
+                print(glassbox_demo.GREETING)\n\
+                try:\n    open('/mnt/wheels/x', 'w')\nexcept OSError as e:\n    print('mirror is read-only:', e.errno)\n";
+    let (status, receipt) = s
+        .submit(
+            "acme",
+            json!({"language": "python", "code": code,
+                   "dependencies": [{"name": "glassbox-demo", "version": "1.0.0"}]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{receipt}");
+    let job = s.wait("acme", &receipt).await;
+    let id = receipt["job_id"].as_str().expect("id");
+    let (_, out) = s.get("acme", &format!("/v1/jobs/{id}/output")).await;
+    assert_eq!(job["outcome"], "succeeded", "{job} {out}");
+    let stdout = out["stdout"]["content"].as_str().unwrap_or("");
+    assert!(stdout.starts_with("hi from a vetted wheel\n"), "{out}");
+    // EACCES before EROFS: the sandbox user cannot write there either way.
+    assert!(
+        stdout.contains("mirror is read-only: 30") || stdout.contains("mirror is read-only: 13"),
+        "{out}"
+    );
+    let records = s.stream(id).await;
+    let checked = records
+        .iter()
+        .find(|r| r.record.event_type == "dependency.checked")
+        .expect("dependency.checked");
+    assert_eq!(checked.record.data["decision"], "allow");
+    assert_eq!(checked.record.data["name"], "glassbox-demo");
+    assert!(!checked.record.data["rule"].is_null());
+    let t = types(&records);
+    assert!(
+        t.iter().position(|x| x == "dependency.checked")
+            < t.iter().position(|x| x == "sandbox.provisioned"),
+        "{t:?}"
+    );
+    // Allowed by policy but not in the mirror: pip cannot fetch it (no index,
+    // no network), so the program never runs.
+    let (_, receipt) = s
+        .submit(
+            "acme",
+            json!({"language": "python", "code": "import requests\nprint('ran')",
+                   "dependencies": [{"name": "requests", "version": "2.32.3"}]}),
+        )
+        .await;
+    let job = s.wait("acme", &receipt).await;
+    let id = receipt["job_id"].as_str().expect("id");
+    let (_, out) = s.get("acme", &format!("/v1/jobs/{id}/output")).await;
+    assert_eq!(out["exit_code"], 97, "{job} {out}");
+    assert!(
+        !out["stdout"]["content"]
+            .as_str()
+            .unwrap_or("")
+            .contains("ran")
+    );
+    assert!(
+        out["stderr"]["content"]
+            .as_str()
+            .unwrap_or("")
+            .contains("requests"),
+        "{out}"
+    );
+    s.stop().await;
+    let _ = std::fs::remove_dir_all(&mirror);
 }

@@ -52,6 +52,32 @@ pub fn config(
         json!({"destination": "/workspace", "type": "bind", "source": workspace,
                        "options": ["rbind", "rw", "nosuid", "nodev"]}),
     );
+    let mut args = runtime.argv(&spec.args);
+    if let Some(w) = &spec.wheels {
+        mounts.push(
+            json!({"destination": crate::spec::WHEEL_MOUNT, "type": "bind", "source": w.mirror,
+                           "options": ["rbind", "ro", "nosuid", "nodev"]}),
+        );
+        env.push(format!("PYTHONPATH={}", crate::spec::WHEEL_TARGET));
+        env.push("PIP_NO_CACHE_DIR=1".into());
+        env.push("PIP_DISABLE_PIP_VERSION_CHECK=1".into());
+        // Install from the read-only mirror only (no index, no network), then
+        // exec the program with its own argv; pip's log goes to stderr only on failure.
+        let script = format!(
+            "/usr/bin/python3 -m pip install --quiet --no-index --find-links {m} --target {t} -r /workspace/.glassbox/requirements.txt >/tmp/.pip.log 2>&1 || {{ cat /tmp/.pip.log >&2; exit {code}; }}; exec \"$@\"",
+            m = crate::spec::WHEEL_MOUNT,
+            t = crate::spec::WHEEL_TARGET,
+            code = crate::spec::WHEEL_INSTALL_FAILED,
+        );
+        let mut wrapped = vec![
+            "/bin/sh".to_owned(),
+            "-c".to_owned(),
+            script,
+            "glassbox-setup".to_owned(),
+        ];
+        wrapped.extend(args);
+        args = wrapped;
+    }
     // /usr brings /usr/local along; hide its host configuration.
     mounts.push(
         json!({"destination": "/usr/local/etc", "type": "tmpfs", "source": "tmpfs",
@@ -63,7 +89,7 @@ pub fn config(
         "process": {
             "terminal": false,
             "user": {"uid": SANDBOX_UID, "gid": SANDBOX_UID, "additionalGids": []},
-            "args": runtime.argv(&spec.args),
+            "args": args,
             "env": env,
             "cwd": "/workspace",
             "capabilities": {"bounding": caps, "effective": caps, "inheritable": caps, "permitted": caps, "ambient": caps},
@@ -106,6 +132,7 @@ pub fn ensure_rootfs(root: &Path, extra_binds: &[&Path]) -> std::io::Result<()> 
         "etc/alternatives",
         "tmp",
         "workspace",
+        "mnt/wheels",
         "proc",
         "dev",
         "sys",

@@ -129,6 +129,26 @@ pub fn write_inputs(
             if f.executable { 0o755 } else { 0o644 },
         )?;
     }
+    if let Some(w) = &spec.wheels {
+        let mut req = w.requirements.join("\n");
+        req.push('\n');
+        write_file(
+            id,
+            root,
+            ".glassbox/requirements.txt",
+            req.as_bytes(),
+            0o644,
+        )?;
+        let deps = root.join(".deps");
+        if !deps.exists() {
+            std::fs::create_dir(&deps).map_err(io("write inputs", id, &deps))?;
+            std::os::unix::fs::chown(&deps, Some(SANDBOX_UID), Some(SANDBOX_UID)).map_err(io(
+                "write inputs",
+                id,
+                &deps,
+            ))?;
+        }
+    }
     let out = root.join("out");
     if !out.exists() {
         std::fs::create_dir(&out).map_err(io("write inputs", id, &out))?;
