@@ -739,94 +739,103 @@ impl<B: SandboxBackend + 'static> Runner<B> {
                 .await?;
             artifacts.push((f.path.clone(), b));
         }
-        let state = self.read(job).await?;
-        let mut events = Vec::new();
-        let first = state.finished.is_none();
-        if first {
-            events.push(Self::ev(
-                job,
-                &catalogue::ExecutionFinished {
-                    attempt,
-                    outcome: r.outcome,
-                    exit_code: r.exit_code.map(i64::from),
-                    signal: r.signal.map(i64::from),
-                    wall_ms: r.wall_ms,
-                    cpu_ms: r.cpu_ms,
-                    peak_memory_bytes: r.peak_memory_bytes,
-                    stdout: OutputRef {
-                        blob: Some(stdout),
-                        size_bytes: r.stdout.total_bytes,
-                        truncated: r.stdout.truncated,
-                    },
-                    stderr: OutputRef {
-                        blob: Some(stderr),
-                        size_bytes: r.stderr.total_bytes,
-                        truncated: r.stderr.truncated,
-                    },
-                },
-            )?);
-            for (secret_name, target, count) in redactions {
+        // Each try builds the events from the stream as it is now, so a finish
+        // or an end recorded meanwhile by someone else is never duplicated.
+        let stream = format!("job-{job}");
+        for _ in 0..10 {
+            let state = self.read(job).await?;
+            let mut events = Vec::new();
+            let first = state.finished.is_none();
+            if first {
                 events.push(Self::ev(
                     job,
-                    &catalogue::OutputRedacted {
-                        secret_name,
-                        target,
-                        count,
+                    &catalogue::ExecutionFinished {
+                        attempt,
+                        outcome: r.outcome,
+                        exit_code: r.exit_code.map(i64::from),
+                        signal: r.signal.map(i64::from),
+                        wall_ms: r.wall_ms,
+                        cpu_ms: r.cpu_ms,
+                        peak_memory_bytes: r.peak_memory_bytes,
+                        stdout: OutputRef {
+                            blob: Some(stdout.clone()),
+                            size_bytes: r.stdout.total_bytes,
+                            truncated: r.stdout.truncated,
+                        },
+                        stderr: OutputRef {
+                            blob: Some(stderr.clone()),
+                            size_bytes: r.stderr.total_bytes,
+                            truncated: r.stderr.truncated,
+                        },
+                    },
+                )?);
+                for (secret_name, target, count) in &redactions {
+                    events.push(Self::ev(
+                        job,
+                        &catalogue::OutputRedacted {
+                            secret_name: secret_name.clone(),
+                            target: target.clone(),
+                            count: *count,
+                        },
+                    )?);
+                }
+                for (path, blob) in &artifacts {
+                    events.push(Self::ev(
+                        job,
+                        &catalogue::ArtifactStored {
+                            path: path.clone(),
+                            blob: blob.clone(),
+                        },
+                    )?);
+                }
+            } else {
+                events.push(Self::ev(
+                    job,
+                    &catalogue::ExecutionSuperseded {
+                        attempt,
+                        winning_attempt: state.finished.as_ref().map_or(0, |f| f.attempt),
                     },
                 )?);
             }
-            for (path, blob) in artifacts {
-                events.push(Self::ev(job, &catalogue::ArtifactStored { path, blob })?);
-            }
-        } else {
             events.push(Self::ev(
                 job,
-                &catalogue::ExecutionSuperseded {
-                    attempt,
-                    winning_attempt: state.finished.as_ref().map_or(0, |f| f.attempt),
+                &catalogue::WorkspaceDestroyed {
+                    sandbox_id: r.sandbox_id.clone(),
+                    method: r.teardown.method.clone(),
+                    bytes_scrubbed: r.teardown.bytes_scrubbed,
                 },
             )?);
-        }
-        events.push(Self::ev(
-            job,
-            &catalogue::WorkspaceDestroyed {
-                sandbox_id: r.sandbox_id.clone(),
-                method: r.teardown.method.clone(),
-                bytes_scrubbed: r.teardown.bytes_scrubbed,
-            },
-        )?);
-        if first && !state.terminal {
-            events.push(if r.outcome == Outcome::Cancelled {
-                Self::ev(
-                    job,
-                    &catalogue::JobCancelled {
-                        job_id: job.to_owned(),
-                        reason: cancel_reason,
-                    },
-                )?
-            } else {
-                Self::ev(
-                    job,
-                    &catalogue::JobCompleted {
-                        job_id: job.to_owned(),
-                        outcome: r.outcome,
-                    },
-                )?
-            });
-        }
-        // A superseded attempt records itself whatever the stream's attempt is now.
-        let stream = format!("job-{job}");
-        for _ in 0..10 {
-            let s = self.read(job).await?;
-            let req = AppendRequest::new(s.tenant.clone(), self.actor(), events.clone())
-                .expect(stream.clone(), ExpectedVersion::Exactly(s.version));
+            if !state.terminal {
+                // The job ends with the winning result: ours, or the earlier finish
+                // that superseded us (whose runner did not get to record the end).
+                let outcome = if first {
+                    r.outcome
+                } else {
+                    state.finished.as_ref().map_or(r.outcome, |f| f.outcome)
+                };
+                events.push(if outcome == Outcome::Cancelled {
+                    Self::ev(
+                        job,
+                        &catalogue::JobCancelled {
+                            job_id: job.to_owned(),
+                            reason: cancel_reason.clone(),
+                        },
+                    )?
+                } else {
+                    Self::ev(
+                        job,
+                        &catalogue::JobCompleted {
+                            job_id: job.to_owned(),
+                            outcome,
+                        },
+                    )?
+                });
+            }
+            let req = AppendRequest::new(state.tenant.clone(), self.actor(), events)
+                .expect(stream.clone(), ExpectedVersion::Exactly(state.version));
             match self.store.append(req).await {
                 Ok(_) => return Ok(()),
-                Err(StoreError::Conflict(_)) if s.finished.is_none() == first => continue,
-                Err(StoreError::Conflict(_)) => {
-                    // Someone finished meanwhile: record this attempt as superseded.
-                    return Box::pin(self.record_result(job, attempt, r, secrets, None)).await;
-                }
+                Err(StoreError::Conflict(_)) => continue,
                 Err(source) => {
                     return Err(RunnerError::Store {
                         job: job.to_owned(),

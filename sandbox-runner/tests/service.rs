@@ -257,3 +257,132 @@ async fn a_runner_killed_mid_job_is_replaced_and_exactly_one_result_counts() {
     let _ = std::fs::remove_dir_all(&data_dir);
     db.drop_db().await;
 }
+
+#[tokio::test]
+async fn a_late_finish_of_an_earlier_attempt_wins_and_the_later_one_is_superseded() {
+    glassbox_platform::install_crypto_provider();
+    let db = TestDb::new().await.expect("db");
+    let store = db.store().await.expect("store");
+    let data_dir = std::env::temp_dir().join(format!("glassbox-runner-test-{}", db.name));
+    std::fs::create_dir_all(&data_dir).expect("dir");
+    let blobs = BlobStore::new(
+        &Backend::Local(data_dir.join("blobs")),
+        db.pool.clone(),
+        Kek::load_or_generate(&data_dir.join("kek")).expect("kek"),
+    )
+    .expect("blobs");
+    let stop = CancellationToken::new();
+    tokio::spawn(glassbox_projector::Projector::new(store.clone()).run(None, stop.clone()));
+    let job = submit(
+        &store,
+        &blobs,
+        "import time\ntime.sleep(2)\nprint('attempt two')\n",
+        5000,
+    )
+    .await;
+    // A "ghost" runner claimed attempt 1 long ago; its lease has expired.
+    let s = format!("job-{job}");
+    let claim = NewEvent::typed(
+        &s,
+        &catalogue::ExecutionClaimed {
+            runner: "ghost".into(),
+            attempt: 1,
+            lease_expires_at: "2020-01-01T00:00:00.000Z".into(),
+        },
+    )
+    .expect("claim");
+    store
+        .append(AppendRequest::new(
+            "acme",
+            Actor::system("ghost"),
+            vec![claim],
+        ))
+        .await
+        .expect("ghost claim");
+    let id = runner_id("late");
+    let (backend, _) = LocalRunsc::start(LocalConfig {
+        runner_id: id.clone(),
+        base_dir: PathBuf::from(BASE),
+        ..LocalConfig::default()
+    })
+    .await
+    .expect("runsc backend");
+    let engine = Arc::new(
+        glassbox_policies::PolicyEngine::new(&glassbox_policies::Bundle::builtin())
+            .expect("engine"),
+    );
+    let runner = Runner::new(
+        store.clone(),
+        blobs.clone(),
+        engine,
+        backend,
+        RunnerConfig {
+            runner_id: id.clone(),
+            slots: 1,
+            lease_grace: Duration::from_secs(30),
+            secrets: SecretProvider::None,
+            wheel_mirror: None,
+        },
+    );
+    tokio::spawn(runner.run(stop.clone()));
+    until("attempt 2 to start", Duration::from_secs(60), async || {
+        count(&stream(&store, &job).await, "execution.started") == 1
+    })
+    .await;
+    // The ghost was alive after all and reports attempt 1 first.
+    let out = glassbox_events::catalogue::OutputRef {
+        blob: None,
+        size_bytes: 0,
+        truncated: false,
+    };
+    let late = NewEvent::typed(
+        &s,
+        &catalogue::ExecutionFinished {
+            attempt: 1,
+            outcome: catalogue::Outcome::Succeeded,
+            exit_code: Some(0),
+            signal: None,
+            wall_ms: 10,
+            cpu_ms: None,
+            peak_memory_bytes: None,
+            stdout: out.clone(),
+            stderr: out,
+        },
+    )
+    .expect("finish");
+    store
+        .append(AppendRequest::new(
+            "acme",
+            Actor::system("ghost"),
+            vec![late],
+        ))
+        .await
+        .expect("ghost finish");
+    until("the job to end", Duration::from_secs(60), async || {
+        count(&stream(&store, &job).await, "job.completed") == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let records = stream(&store, &job).await;
+    assert_eq!(count(&records, "execution.finished"), 1, "one result");
+    let sup = records
+        .iter()
+        .find(|r| r.record.event_type == "execution.superseded")
+        .expect("attempt 2 is recorded as superseded");
+    assert_eq!(sup.record.data["attempt"], 2);
+    assert_eq!(sup.record.data["winning_attempt"], 1);
+    assert_eq!(count(&records, "job.completed"), 1);
+    assert_eq!(
+        count(&records, "artifact.stored"),
+        0,
+        "a superseded attempt stores no result"
+    );
+    assert_eq!(
+        count(&records, "workspace.destroyed"),
+        1,
+        "its workspace is still accounted for"
+    );
+    stop.cancel();
+    let _ = std::fs::remove_dir_all(&data_dir);
+    db.drop_db().await;
+}
