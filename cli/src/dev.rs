@@ -85,9 +85,18 @@ async fn private_postgres() -> anyhow::Result<(String, Vec<String>)> {
         .pop()
         .context("no initdb under /usr/lib/postgresql/*/bin")?;
     let root = is_root();
-    // The postgres user cannot enter root's home: as root the cluster lives in /var/lib.
+    // The postgres user cannot enter root's home: as root the cluster lives in
+    // /var/lib, one per data directory (its blobs' keys are wrapped by that
+    // directory's key-encryption key, so the two belong together).
     let dir = if root {
-        PathBuf::from("/var/lib/glassbox/postgres")
+        let tag = hex::encode(
+            &ring::digest::digest(
+                &ring::digest::SHA256,
+                data_dir().to_string_lossy().as_bytes(),
+            )
+            .as_ref()[..6],
+        );
+        PathBuf::from(format!("/var/lib/glassbox/postgres-{tag}"))
     } else {
         data_dir().join("postgres")
     };
