@@ -4,6 +4,7 @@
 //! Exit codes: 0 success (for `ledger verify`: the ledger verifies), 1 the ledger
 //! does not verify (or a proof does not check), 2 usage or infrastructure errors.
 
+pub mod audit;
 pub mod bench;
 mod bench_e2e;
 mod bench_sandbox;
@@ -73,6 +74,13 @@ pub enum Command {
     Runner,
     /// Submit a program, wait for it, print its output; exits with its exit code.
     Run(dev::RunArgs),
+    /// Evidence bundles: export (recorded in the ledger) and offline verification.
+    Audit {
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(subcommand)]
+        command: audit::AuditCommand,
+    },
     /// Mint a development JWT (HS256 with GLASSBOX_AUTH_HS256_SECRET; development/test only).
     Token(TokenArgs),
     /// Benchmarks that measure their own baseline in the same run.
@@ -254,6 +262,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench { command } => bench::run(command).await,
         Command::Serve(args) => serve::serve(args).await,
         Command::Dev(args) => dev::dev(args).await,
+        Command::Audit { db, command } => audit::run(&db, command).await,
         Command::Runner => dev::runner().await,
         Command::Run(args) => dev::run(args).await,
         Command::Token(args) => {

@@ -309,3 +309,95 @@ fn bench_sandbox_prints_one_json_line_with_raw_runsc_baseline() {
             > 1 << 20
     );
 }
+
+#[tokio::test]
+async fn audit_export_then_verify_bundle_offline_and_the_export_is_recorded() {
+    let db = TestDb::new().await.expect("test database");
+    let dir = std::env::temp_dir().join(format!("gb-cli-{}", uuid::Uuid::new_v4()));
+    let key_file = dir.join("keys/ledger.key");
+    let url = Some(db.url.as_str());
+    let o = glassbox(
+        &["keys", "generate", "--name", "glassbox.test/ledger"],
+        None,
+        &key_file,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let verifier = stdout(&o).trim().to_owned();
+    fill(&db, 12).await;
+    let o = glassbox(&["ledger", "checkpoint"], url, &key_file);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // The export reads the audit index: bring the read models up to date.
+    let o = glassbox(&["projector", "rebuild"], url, &key_file);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let bundle = dir.join("evidence.tar");
+    let o = glassbox(
+        &[
+            "audit",
+            "export",
+            "--out",
+            bundle.to_str().expect("path"),
+            "--tenant",
+            "acme",
+            "--stream",
+            "s-1",
+            "--exported-by",
+            "audrey",
+        ],
+        url,
+        &key_file,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: Value = serde_json::from_str(&stdout(&o)).expect("json");
+    assert_eq!(report["records"], 4, "{report}");
+    // Offline: no DATABASE_URL.
+    let o = glassbox(
+        &[
+            "audit",
+            "verify-bundle",
+            bundle.to_str().expect("path"),
+            "--key",
+            &verifier,
+        ],
+        None,
+        &key_file,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains("bundle verifies: 4 records"),
+        "{}",
+        stdout(&o)
+    );
+    let mut bytes = std::fs::read(&bundle).expect("read");
+    let n = bytes.len();
+    bytes[n / 2] ^= 0x20;
+    std::fs::write(&bundle, &bytes).expect("write");
+    let o = glassbox(
+        &[
+            "audit",
+            "verify-bundle",
+            bundle.to_str().expect("path"),
+            "--key",
+            &verifier,
+            "--json",
+        ],
+        None,
+        &key_file,
+    );
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    let v: Value = serde_json::from_str(&stdout(&o)).expect("json");
+    assert_eq!(v["verifies"], false);
+    assert!(v["reason"].as_str().is_some_and(|r| !r.is_empty()));
+    // The export itself is in the ledger, with the bundle's digest.
+    let store = db.store().await.expect("store");
+    let all = store.read_all(1, 1000).await.expect("read");
+    let exported: Vec<_> = all
+        .iter()
+        .filter(|r| r.record.event_type == "audit.exported")
+        .collect();
+    assert_eq!(exported.len(), 1);
+    assert_eq!(exported[0].record.data["record_count"], 4);
+    assert_eq!(exported[0].record.actor.id, "audrey");
+    assert_eq!(exported[0].record.data["bundle_digest"], report["sha256"]);
+    let _ = std::fs::remove_dir_all(&dir);
+    db.drop_db().await;
+}

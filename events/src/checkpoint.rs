@@ -169,6 +169,11 @@ impl VerifierKey {
 
     /// Verifies a signed note and returns the checkpoint it carries.
     pub fn open(&self, note: &str) -> Result<Checkpoint, CheckpointError> {
+        Checkpoint::parse_body(self.open_text(note)?)
+    }
+
+    /// Verifies a signed note of any text and returns its body.
+    pub fn open_text<'n>(&self, note: &'n str) -> Result<&'n str, CheckpointError> {
         let (body, sigs) = split_note(note)?;
         for line in sigs.lines() {
             let Some(rest) = line.strip_prefix(SIG_PREFIX) else {
@@ -194,7 +199,7 @@ impl VerifierKey {
                 .verify(body.as_bytes(), &sig[4..])
                 .is_ok()
             {
-                return Checkpoint::parse_body(body);
+                return Ok(body);
             }
         }
         Err(CheckpointError::NoSignature(self.to_string()))
@@ -359,7 +364,12 @@ impl SigningKey {
 
     /// Signs a checkpoint body as a C2SP signed note.
     pub fn sign(&self, checkpoint: &Checkpoint) -> String {
-        let body = checkpoint.body();
+        self.sign_text(&checkpoint.body())
+    }
+
+    /// Signs any note text (non-empty lines, each ending in a newline) as a
+    /// C2SP signed note — used for evidence bundle manifests.
+    pub fn sign_text(&self, body: &str) -> String {
         let sig = self.pair.sign(body.as_bytes());
         let mut blob = self.verifier().id.to_vec();
         blob.extend_from_slice(sig.as_ref());

@@ -421,6 +421,20 @@ impl EventStore {
         rows.iter().map(StoredRecord::from_row).collect()
     }
 
+    /// The records at `positions` (those that exist), in position order.
+    pub async fn records_at(&self, positions: &[u64]) -> Result<Vec<StoredRecord>, StoreError> {
+        let p: Vec<i64> = positions.iter().map(|p| *p as i64).collect();
+        let rows = sqlx::query(
+            "SELECT position, canonical, entry_hash FROM ledger.records \
+             WHERE position = ANY($1) ORDER BY position",
+        )
+        .bind(&p)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("read records"))?;
+        rows.iter().map(StoredRecord::from_row).collect()
+    }
+
     /// What an idempotency key of `tenant` was used for: the request digest and
     /// the positions it produced. Lets a caller answer a retry without redoing work;
     /// the append itself still decides races.

@@ -1,0 +1,7 @@
+//! # glassbox-audit-query — what compliance and security teams come for
+//!
+//! [`bundle`]: evidence bundles — a filtered extract of the ledger that proves,
+//! offline and without revealing anything outside the filter, that each of its
+//! records is in the ledger. (Search, integrity endpoints and replay come next.)
+
+pub mod bundle;
