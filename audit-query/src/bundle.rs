@@ -310,9 +310,11 @@ pub async fn export(
         };
         after = page_last;
         let wanted: Vec<u64> = positions.iter().map(|p| *p as u64).collect();
-        for s in store.records_at(&wanted).await? {
+        let page = store.records_at(&wanted).await?;
+        let found: Vec<u64> = page.iter().map(|s| s.record.position).collect();
+        let page_proofs = store.inclusion_proofs(&found, cp.size).await?;
+        for (s, proof) in page.iter().zip(page_proofs) {
             let p = s.record.position;
-            let proof = store.inclusion_proof(p, cp.size).await?;
             w(&mut records, &s.canonical)?;
             w(&mut records, b"\n")?;
             let line = json!({

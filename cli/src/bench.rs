@@ -23,6 +23,9 @@ pub enum BenchCommand {
     Submit(crate::bench_submit::SubmitBench),
     /// POST to completed result through API, runner and runsc, against raw runsc (root).
     E2e(crate::bench_e2e::E2eBench),
+    /// Evidence bundle export throughput and peak memory; offline verification
+    /// against plain SHA-256 of the same bytes.
+    Audit(crate::bench_audit::AuditBench),
 }
 
 #[derive(Debug, Args)]
@@ -53,6 +56,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Sandbox(args) => crate::bench_sandbox::run(args).await,
         BenchCommand::Submit(args) => crate::bench_submit::run(args).await,
         BenchCommand::E2e(args) => crate::bench_e2e::run(args).await,
+        BenchCommand::Audit(args) => crate::bench_audit::run(args).await,
     }
 }
 
@@ -248,6 +252,30 @@ async fn ledger(args: LedgerBench) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Appends `bench.appended` events in batches of 1,000 until the ledger holds `size`.
+pub(crate) async fn fill_to(store: &EventStore, size: u64) -> anyhow::Result<u64> {
+    let mut head = store.head().await?.0;
+    let mut i = head;
+    while head < size {
+        let n = (size - head).min(1000);
+        let events = (0..n)
+            .map(|j| {
+                NewEvent::new(
+                    format!("fill-{}", (i + j) % 1024),
+                    "bench.appended",
+                    payload(i + j),
+                )
+            })
+            .collect();
+        head = store
+            .append(AppendRequest::new("bench", Actor::system("bench"), events))
+            .await?
+            .last_position();
+        i += n;
+    }
+    Ok(head)
+}
+
 async fn ledger_inner(args: &LedgerBench, url: &str) -> anyhow::Result<Value> {
     let pool = PgPoolOptions::new()
         .max_connections(16)
@@ -289,25 +317,7 @@ async fn ledger_inner(args: &LedgerBench, url: &str) -> anyhow::Result<Value> {
 
     // Fill up to the proof size with large batches.
     let fill_started = Instant::now();
-    let mut head = store.head().await?.0;
-    let mut i = 0u64;
-    while head < args.size {
-        let n = (args.size - head).min(1000);
-        let events = (0..n)
-            .map(|j| {
-                NewEvent::new(
-                    format!("fill-{}", (i + j) % 1024),
-                    "bench.appended",
-                    payload(i + j),
-                )
-            })
-            .collect();
-        head = store
-            .append(AppendRequest::new("bench", Actor::system("bench"), events))
-            .await?
-            .last_position();
-        i += n;
-    }
+    let head = fill_to(&store, args.size).await?;
     let fill_secs = fill_started.elapsed().as_secs_f64();
 
     let key = match &args.key_file {

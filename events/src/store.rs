@@ -545,6 +545,31 @@ impl EventStore {
             .await
     }
 
+    /// Inclusion proofs of many records in the tree of `size` records, with one
+    /// query for all the nodes they need (exports prove thousands at a time).
+    pub async fn inclusion_proofs(
+        &self,
+        positions: &[u64],
+        size: u64,
+    ) -> Result<Vec<Vec<Digest>>, StoreError> {
+        self.check_size(size).await?;
+        let mut plans = Vec::with_capacity(positions.len());
+        for p in positions {
+            if *p == 0 {
+                return Err(ProofError::LeafOutOfRange { index: 0, size }.into());
+            }
+            plans.push(merkle::inclusion_plan(p - 1, size)?);
+        }
+        let mut ids: Vec<NodeId> = plans.iter().flat_map(ProofPlan::nodes).collect();
+        ids.sort();
+        ids.dedup();
+        let nodes = self.fetch_nodes(&ids).await?;
+        plans
+            .iter()
+            .map(|plan| plan.assemble(&nodes).map_err(StoreError::from))
+            .collect()
+    }
+
     /// Consistency proof between the trees of `first` and `second` records.
     pub async fn consistency_proof(
         &self,
