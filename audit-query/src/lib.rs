@@ -5,3 +5,4 @@
 //! records is in the ledger. (Search, integrity endpoints and replay come next.)
 
 pub mod bundle;
+pub mod search;

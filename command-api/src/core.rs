@@ -445,6 +445,23 @@ impl Core {
         Err(ApiError::Forbidden(d.reasons))
     }
 
+    /// Evaluates `glassbox.authz` without recording (for deciding between 404
+    /// and a result; a refusal there is not a decision about the caller's request).
+    pub fn authorize_quietly(
+        &self,
+        caller: &Caller,
+        action: &str,
+        tenant: &str,
+    ) -> Result<(), Vec<String>> {
+        let input = json!({
+            "identity": identity_input(&caller.identity),
+            "action": action,
+            "resource": {"tenant": tenant},
+        });
+        let d = self.engine.evaluate(Policy::Authz, &input);
+        if d.allow { Ok(()) } else { Err(d.reasons) }
+    }
+
     /// Submits a job (see the module docs).
     pub async fn submit(
         &self,

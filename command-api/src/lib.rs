@@ -15,6 +15,7 @@
 #![recursion_limit = "512"]
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod core;
 pub mod error;
@@ -52,6 +53,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub verifier: Arc<JwtVerifier>,
     pub limiter: ratelimit::RateLimiter,
+    /// The ledger's checkpoint verifier key, when GLASSBOX_LEDGER_KEY_FILE is set.
+    pub verifier_key: Option<Arc<glassbox_events::VerifierKey>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +73,8 @@ pub enum BuildError {
     Policy(#[from] glassbox_policies::PolicyError),
     #[error("start-up: {0}")]
     RateLimit(#[from] ratelimit::RateLimitError),
+    #[error("start-up: checkpoint key {0}")]
+    Key(String),
     #[error("start-up: binding {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -143,11 +148,20 @@ impl Application {
             engine: Arc::new(engine),
             projected,
         };
+        let verifier_key = match &config.ledger_key_file {
+            Some(path) if path.exists() => Some(Arc::new(
+                glassbox_events::SigningKey::load_file(path)
+                    .map_err(|e| BuildError::Key(format!("{}: {e}", path.display())))?
+                    .verifier(),
+            )),
+            _ => None,
+        };
         let state = AppState {
             core,
             config: Arc::new(config.clone()),
             verifier: Arc::new(verifier),
             limiter,
+            verifier_key,
         };
         if config.retention_secs > 0 {
             let (core, token) = (state.core.clone(), shutdown.clone());
@@ -224,6 +238,15 @@ pub fn router(state: AppState, pool: PgPool) -> Router {
         .route("/v1/jobs/{id}/artifacts", get(api::job_artifacts))
         .route("/v1/jobs/{id}/artifacts/{*path}", get(api::job_artifact))
         .route("/v1/status", get(api::status))
+        .route("/v1/audit/events", get(audit::events))
+        .route(
+            "/v1/audit/checkpoints/latest",
+            get(audit::latest_checkpoint),
+        )
+        .route("/v1/audit/verifier-key", get(audit::verifier_key))
+        .route("/v1/audit/proofs/inclusion", get(audit::inclusion))
+        .route("/v1/audit/proofs/consistency", get(audit::consistency))
+        .route("/v1/audit/verify", post(audit::verify))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,

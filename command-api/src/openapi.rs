@@ -283,6 +283,22 @@ pub fn document(max_wait: u64) -> Value {
                     "required": ["job_id", "position"],
                     "properties": {"job_id": {"type": "string"}, "position": {"type": "integer"}}
                 },
+                "AuditPage": {
+                    "type": "object",
+                    "required": ["events", "next_cursor"],
+                    "properties": {
+                        "events": {"type": "array", "items": {"type": "object",
+                            "required": ["position", "entry_hash", "record"],
+                            "properties": {"position": {"type": "integer"}, "entry_hash": {"type": "string"}, "record": {"type": "object"}}}},
+                        "next_cursor": {"type": "string", "nullable": true}
+                    }
+                },
+                "Checkpoint": {
+                    "type": "object",
+                    "required": ["origin", "tree_size", "root", "key_name", "note"],
+                    "properties": {"origin": {"type": "string"}, "tree_size": {"type": "integer"}, "root": {"type": "string"},
+                                   "key_name": {"type": "string"}, "note": {"type": "string"}}
+                },
                 "Status": {"type": "object"}
             }
         },
@@ -385,6 +401,77 @@ pub fn document(max_wait: u64) -> Value {
                     "responses": responses(&[("200", json!({"description": "The bytes", "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}))],
                         &[("409", "The job has not finished (code `conflict`)"),
                           ("410", "The job's data was destroyed (code `gone`)")])
+                }
+            },
+            "/v1/audit/events": {
+                "get": {
+                    "operationId": "searchAudit",
+                    "summary": "Ledger records matching filters (own tenant; tenant=<other> or * needs a cross-tenant audit role, and is itself recorded)",
+                    "parameters": [
+                        {"name": "tenant", "in": "query", "schema": {"type": "string"}},
+                        {"name": "stream", "in": "query", "schema": {"type": "string"}},
+                        {"name": "event_type", "in": "query", "schema": {"type": "string"}},
+                        {"name": "actor", "in": "query", "schema": {"type": "string"}},
+                        {"name": "since", "in": "query", "schema": {"type": "string", "format": "date-time"}},
+                        {"name": "until", "in": "query", "schema": {"type": "string", "format": "date-time"}},
+                        {"name": "from_position", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                        {"name": "to_position", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                        {"name": "order", "in": "query", "schema": {"type": "string", "enum": ["asc", "desc"]}},
+                        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
+                        {"name": "cursor", "in": "query", "schema": {"type": "string"}}
+                    ],
+                    "responses": responses(&[("200", ok_json("A page of records", "AuditPage"))], &[])
+                }
+            },
+            "/v1/audit/checkpoints/latest": {
+                "get": {
+                    "operationId": "latestCheckpoint",
+                    "summary": "The latest signed checkpoint (C2SP signed note)",
+                    "responses": responses(&[("200", ok_json("The checkpoint", "Checkpoint"))], &[])
+                }
+            },
+            "/v1/audit/verifier-key": {
+                "get": {
+                    "operationId": "verifierKey",
+                    "summary": "The ledger's checkpoint verifier key",
+                    "responses": responses(&[("200", {
+                        let mut v = ok_json("The key", "Status");
+                        v["content"]["application/json"]["schema"] = json!({"type": "object", "required": ["verifier_key"], "properties": {"verifier_key": {"type": "string"}}});
+                        v
+                    })], &[])
+                }
+            },
+            "/v1/audit/proofs/inclusion": {
+                "get": {
+                    "operationId": "inclusionProof",
+                    "summary": "RFC 9162 inclusion proof of a record (default size: the latest signed checkpoint)",
+                    "parameters": [
+                        {"name": "position", "in": "query", "required": true, "schema": {"type": "integer", "minimum": 1}},
+                        {"name": "size", "in": "query", "schema": {"type": "integer", "minimum": 1}}
+                    ],
+                    "responses": responses(&[("200", ok_json("The proof", "Status"))], &[])
+                }
+            },
+            "/v1/audit/proofs/consistency": {
+                "get": {
+                    "operationId": "consistencyProof",
+                    "summary": "RFC 9162 consistency proof between two tree sizes",
+                    "parameters": [
+                        {"name": "from", "in": "query", "required": true, "schema": {"type": "integer", "minimum": 1}},
+                        {"name": "to", "in": "query", "required": true, "schema": {"type": "integer", "minimum": 1}}
+                    ],
+                    "responses": responses(&[("200", ok_json("The proof", "Status"))], &[])
+                }
+            },
+            "/v1/audit/verify": {
+                "post": {
+                    "operationId": "verifyLedger",
+                    "summary": "Verify the ledger (or a range) against its signed checkpoints; the first failure if any",
+                    "requestBody": {"required": false, "content": {"application/json": {"schema": {
+                        "type": "object", "additionalProperties": false,
+                        "properties": {"from": {"type": "integer", "minimum": 1}, "to": {"type": "integer", "minimum": 1}}
+                    }}}},
+                    "responses": responses(&[("200", ok_json("The verdict", "Status"))], &[])
                 }
             },
             "/v1/status": {

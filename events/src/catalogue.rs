@@ -251,6 +251,8 @@ catalogue! {
     /// The first request over a tenant's rate limit in a window (later ones in the
     /// same window are refused without another event, so a flood cannot fill the ledger).
     RateLimitExceeded = "rate_limit.exceeded" v 1 { subject: String, window_start: String, limit: u64 }
+    /// An auditor read records of a tenant other than their own.
+    AuditCrossTenantQueried = "audit.cross_tenant_queried" v 1 { query: Map<String, Value>, result_count: u64 }
     AuditExported = "audit.exported" v 1 { query: Map<String, Value>, bundle_digest: Digest, record_count: u64 }
 }
 

@@ -104,6 +104,9 @@ pub struct Config {
     /// Finished jobs' data is crypto-shredded this long after they finish
     /// (0: kept until deleted).
     pub retention_secs: u64,
+    /// The checkpoint signing key file; the API serves its verifier key and
+    /// verifies with it (it never signs).
+    pub ledger_key_file: Option<PathBuf>,
     /// A policy bundle directory; the built-in bundle when unset.
     pub policy_dir: Option<PathBuf>,
     /// Where blobs are kept: `data_dir/blobs` unless an S3 bucket is configured.
@@ -135,6 +138,7 @@ const KNOWN: &[&str] = &[
     "rate_limit_per_sec",
     "max_wait_secs",
     "retention_secs",
+    "ledger_key_file",
     "policy_dir",
     "blob_s3_bucket",
     "blob_s3_endpoint",
@@ -347,6 +351,7 @@ impl Config {
             ));
         }
         let retention_secs = number("retention_secs", 0, 0)?;
+        let ledger_key_file = get("ledger_key_file").map(PathBuf::from);
         let policy_dir = get("policy_dir").map(PathBuf::from);
         let blob = match get("blob_s3_bucket") {
             None => crate::blob::Backend::Local(data_dir.join("blobs")),
@@ -390,6 +395,7 @@ impl Config {
             rate_limit_per_sec,
             max_wait_secs,
             retention_secs,
+            ledger_key_file,
             policy_dir,
             blob,
         })

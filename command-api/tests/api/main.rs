@@ -1,5 +1,6 @@
 //! command-api end to end over HTTP, against the real PostgreSQL and Redis.
 
+mod audit;
 mod helpers;
 mod jobs;
 mod schemathesis;

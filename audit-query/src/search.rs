@@ -1,0 +1,132 @@
+//! Audit search: records matching filters, newest or oldest first, with their
+//! positions and entry hashes, cursor-paginated by position (keyset, so pages
+//! never repeat or skip a record even while the ledger grows).
+//!
+//! The filters run on the projector's audit index; the records themselves are
+//! read from the ledger, so what is returned is always the stored bytes.
+
+use crate::bundle::Filters;
+use base64::Engine as _;
+use glassbox_events::store::{EventStore, StoreError};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Order {
+    #[default]
+    Desc,
+    Asc,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SearchError {
+    #[error("search: {0}")]
+    Invalid(String),
+    #[error("search: {step}: database error: {source}")]
+    Database {
+        step: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("search: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// One page of results.
+#[derive(Debug, Clone, Serialize)]
+pub struct Page {
+    pub events: Vec<Value>,
+    pub next_cursor: Option<String>,
+}
+
+pub fn encode_cursor(position: u64) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("a1:{position}"))
+}
+
+pub fn decode_cursor(c: &str) -> Option<u64> {
+    let b = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(c)
+        .ok()?;
+    String::from_utf8(b).ok()?.strip_prefix("a1:")?.parse().ok()
+}
+
+/// Searches with `filters` (whose `tenant`, when set, the caller is entitled
+/// to — the HTTP layer decides that), `limit` 1..=500.
+pub async fn search(
+    store: &EventStore,
+    filters: &Filters,
+    order: Order,
+    limit: u64,
+    cursor: Option<&str>,
+) -> Result<Page, SearchError> {
+    if !(1..=500).contains(&limit) {
+        return Err(SearchError::Invalid("limit: between 1 and 500".into()));
+    }
+    let after = match cursor {
+        None => None,
+        Some(c) => Some(
+            decode_cursor(c)
+                .ok_or_else(|| SearchError::Invalid("cursor: not a cursor from this API".into()))?
+                as i64,
+        ),
+    };
+    let from = filters.from_position.map(|p| p.min(i64::MAX as u64) as i64);
+    let to = filters.to_position.map(|p| p.min(i64::MAX as u64) as i64);
+    let sql = format!(
+        "SELECT position FROM projections.audit_index WHERE \
+         ($1::text IS NULL OR tenant = $1) AND ($2::text IS NULL OR stream = $2) \
+         AND ($3::text IS NULL OR event_type = $3) AND ($4::text IS NULL OR actor_id = $4) \
+         AND ($5::timestamptz IS NULL OR occurred_at >= $5) AND ($6::timestamptz IS NULL OR occurred_at < $6) \
+         AND ($7::bigint IS NULL OR position >= $7) AND ($8::bigint IS NULL OR position <= $8) \
+         AND ($9::bigint IS NULL OR position {cmp} $9) \
+         ORDER BY position {dir} LIMIT $10",
+        cmp = if order == Order::Asc { ">" } else { "<" },
+        dir = if order == Order::Asc { "ASC" } else { "DESC" },
+    );
+    let positions: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .bind(&filters.tenant)
+        .bind(&filters.stream)
+        .bind(&filters.event_type)
+        .bind(&filters.actor)
+        .bind(filters.since)
+        .bind(filters.until)
+        .bind(from)
+        .bind(to)
+        .bind(after)
+        .bind(limit as i64 + 1)
+        .fetch_all(store.pool())
+        .await
+        .map_err(|source| SearchError::Database {
+            step: "search the audit index",
+            source,
+        })?;
+    let more = positions.len() as u64 > limit;
+    let page: Vec<u64> = positions
+        .iter()
+        .take(limit as usize)
+        .map(|p| *p as u64)
+        .collect();
+    let mut records = store.records_at(&page).await?;
+    if order == Order::Desc {
+        records.reverse();
+    }
+    let events = records
+        .iter()
+        .map(|s| {
+            json!({
+                "position": s.record.position,
+                "entry_hash": s.entry_hash.to_hex(),
+                "record": serde_json::from_slice::<Value>(&s.canonical).unwrap_or(Value::Null),
+            })
+        })
+        .collect();
+    Ok(Page {
+        events,
+        next_cursor: if more {
+            page.last().map(|p| encode_cursor(*p))
+        } else {
+            None
+        },
+    })
+}

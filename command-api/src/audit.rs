@@ -1,0 +1,331 @@
+//! `/v1/audit`: search and integrity endpoints over HTTP. The logic lives in
+//! `glassbox-audit-query`; this module only authorizes, validates and renders.
+//!
+//! Scope: a caller searches their own tenant; `tenant=<other>` or `tenant=*`
+//! needs a role with cross-tenant audit rights (auditor), and every such read is
+//! recorded as `audit.cross_tenant_queried` before the answer is sent.
+
+use crate::AppState;
+use crate::api::ApiQuery;
+use crate::core::Caller;
+use crate::error::ApiError;
+use axum::Json;
+use axum::extract::{Extension, State};
+use glassbox_audit_query::bundle::Filters;
+use glassbox_audit_query::search::{self, Order, SearchError};
+use glassbox_events::catalogue;
+use glassbox_events::store::NewEvent;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+fn search_error(e: SearchError) -> ApiError {
+    match e {
+        SearchError::Invalid(m) => ApiError::Invalid(m),
+        other => ApiError::Internal(other.to_string()),
+    }
+}
+
+fn plain(name: &str, v: &Option<String>) -> Result<(), ApiError> {
+    match v {
+        Some(s) if s.is_empty() || s.len() > 256 || s.chars().any(char::is_control) => Err(
+            ApiError::Invalid(format!("{name}: 1-256 characters, no control characters")),
+        ),
+        _ => Ok(()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchParams {
+    #[serde(default)]
+    pub tenant: Option<String>,
+    #[serde(default)]
+    pub stream: Option<String>,
+    #[serde(default)]
+    pub event_type: Option<String>,
+    #[serde(default)]
+    pub actor: Option<String>,
+    #[serde(default)]
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    #[serde(default)]
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+    #[serde(default)]
+    pub from_position: Option<u64>,
+    #[serde(default)]
+    pub to_position: Option<u64>,
+    #[serde(default)]
+    pub order: Option<Order>,
+    #[serde(default)]
+    pub limit: Option<u64>,
+    #[serde(default)]
+    pub cursor: Option<String>,
+}
+
+/// `GET /v1/audit/events`.
+pub async fn events(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    ApiQuery(p): ApiQuery<SearchParams>,
+) -> Result<Json<Value>, ApiError> {
+    for (n, v) in [
+        ("tenant", &p.tenant),
+        ("stream", &p.stream),
+        ("event_type", &p.event_type),
+        ("actor", &p.actor),
+        ("cursor", &p.cursor),
+    ] {
+        plain(n, v)?;
+    }
+    let own = caller.identity.tenant.clone();
+    let scope = p.tenant.clone().unwrap_or_else(|| own.clone());
+    state.core.authorize(&caller, "audit.read", &scope).await?;
+    let filters = Filters {
+        tenant: if scope == "*" {
+            None
+        } else {
+            Some(scope.clone())
+        },
+        stream: p.stream,
+        event_type: p.event_type,
+        actor: p.actor,
+        from_position: p.from_position,
+        to_position: p.to_position,
+        since: p.since,
+        until: p.until,
+    };
+    let page = search::search(
+        &state.core.store,
+        &filters,
+        p.order.unwrap_or_default(),
+        p.limit.unwrap_or(100),
+        p.cursor.as_deref(),
+    )
+    .await
+    .map_err(search_error)?;
+    if scope != own {
+        let query = match serde_json::to_value(&filters) {
+            Ok(Value::Object(m)) => m,
+            _ => serde_json::Map::new(),
+        };
+        let e = NewEvent::typed(
+            format!("audit-{own}"),
+            &catalogue::AuditCrossTenantQueried {
+                query,
+                result_count: page.events.len() as u64,
+            },
+        )
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let mut req = glassbox_events::store::AppendRequest::new(own, caller.actor(), vec![e]);
+        req.correlation_id.clone_from(&caller.request_id);
+        state
+            .core
+            .store
+            .append(req)
+            .await
+            .map_err(ApiError::store("record a cross-tenant read"))?;
+    }
+    Ok(Json(
+        json!({"events": page.events, "next_cursor": page.next_cursor}),
+    ))
+}
+
+fn verifier(state: &AppState) -> Result<&glassbox_events::VerifierKey, ApiError> {
+    state.verifier_key.as_deref().ok_or_else(|| {
+        ApiError::NotFound("a verifier key (GLASSBOX_LEDGER_KEY_FILE is not set)".into())
+    })
+}
+
+/// `GET /v1/audit/checkpoints/latest`.
+pub async fn latest_checkpoint(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<Value>, ApiError> {
+    let own = caller.identity.tenant.clone();
+    state.core.authorize(&caller, "audit.verify", &own).await?;
+    let cps = state
+        .core
+        .store
+        .checkpoints()
+        .await
+        .map_err(ApiError::store("read checkpoints"))?;
+    let c = cps
+        .iter()
+        .max_by_key(|c| c.checkpoint.size)
+        .ok_or_else(|| ApiError::NotFound("a signed checkpoint".into()))?;
+    Ok(Json(json!({
+        "origin": c.checkpoint.origin,
+        "tree_size": c.checkpoint.size,
+        "root": c.checkpoint.root.to_hex(),
+        "key_name": c.key_name,
+        "note": c.note,
+    })))
+}
+
+/// `GET /v1/audit/verifier-key`.
+pub async fn verifier_key(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<Value>, ApiError> {
+    let own = caller.identity.tenant.clone();
+    state.core.authorize(&caller, "audit.verify", &own).await?;
+    Ok(Json(json!({"verifier_key": verifier(&state)?.to_string()})))
+}
+
+fn proof_error(e: glassbox_events::store::StoreError) -> ApiError {
+    match e {
+        glassbox_events::store::StoreError::Proof(p) => ApiError::Invalid(p.to_string()),
+        other => ApiError::Internal(other.to_string()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InclusionParams {
+    pub position: u64,
+    #[serde(default)]
+    pub size: Option<u64>,
+}
+
+/// `GET /v1/audit/proofs/inclusion?position=&size=` (size: the latest signed
+/// checkpoint's by default). Another tenant's record is 404 unless the caller
+/// may read across tenants.
+pub async fn inclusion(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    ApiQuery(p): ApiQuery<InclusionParams>,
+) -> Result<Json<Value>, ApiError> {
+    let own = caller.identity.tenant.clone();
+    state.core.authorize(&caller, "audit.verify", &own).await?;
+    let size = match p.size {
+        Some(s) => s,
+        None => state
+            .core
+            .store
+            .checkpoints()
+            .await
+            .map_err(ApiError::store("read checkpoints"))?
+            .iter()
+            .map(|c| c.checkpoint.size)
+            .max()
+            .ok_or_else(|| ApiError::NotFound("a signed checkpoint".into()))?,
+    };
+    if p.position == 0 || p.position > size {
+        return Err(ApiError::Invalid(format!(
+            "position must be between 1 and the tree size {size}"
+        )));
+    }
+    let rec = state
+        .core
+        .store
+        .record(p.position)
+        .await
+        .map_err(ApiError::store("read the record"))?
+        .ok_or_else(|| ApiError::NotFound(format!("record {}", p.position)))?;
+    if rec.record.tenant != own {
+        // Only cross-tenant roles see other tenants' records (404 otherwise).
+        if state
+            .core
+            .authorize_quietly(&caller, "audit.read", &rec.record.tenant)
+            .is_err()
+        {
+            return Err(ApiError::NotFound(format!("record {}", p.position)));
+        }
+    }
+    let proof = state
+        .core
+        .store
+        .inclusion_proof(p.position, size)
+        .await
+        .map_err(proof_error)?;
+    let root = state.core.store.root_at(size).await.map_err(proof_error)?;
+    Ok(Json(json!({
+        "position": p.position,
+        "leaf_index": p.position - 1,
+        "tree_size": size,
+        "leaf_hash": glassbox_events::merkle::leaf_hash(&rec.canonical).to_hex(),
+        "entry_hash": rec.entry_hash.to_hex(),
+        "proof": proof.iter().map(|d| d.to_hex()).collect::<Vec<_>>(),
+        "root": root.to_hex(),
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsistencyParams {
+    pub from: u64,
+    pub to: u64,
+}
+
+/// `GET /v1/audit/proofs/consistency?from=&to=`.
+pub async fn consistency(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    ApiQuery(p): ApiQuery<ConsistencyParams>,
+) -> Result<Json<Value>, ApiError> {
+    let own = caller.identity.tenant.clone();
+    state.core.authorize(&caller, "audit.verify", &own).await?;
+    if p.from == 0 || p.from > p.to {
+        return Err(ApiError::Invalid("need 0 < from <= to".into()));
+    }
+    let proof = state
+        .core
+        .store
+        .consistency_proof(p.from, p.to)
+        .await
+        .map_err(proof_error)?;
+    let from_root = state
+        .core
+        .store
+        .root_at(p.from)
+        .await
+        .map_err(proof_error)?;
+    let to_root = state.core.store.root_at(p.to).await.map_err(proof_error)?;
+    Ok(Json(json!({
+        "from": p.from, "to": p.to,
+        "from_root": from_root.to_hex(), "to_root": to_root.to_hex(),
+        "proof": proof.iter().map(|d| d.to_hex()).collect::<Vec<_>>(),
+    })))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyBody {
+    #[serde(default)]
+    pub from: Option<u64>,
+    #[serde(default)]
+    pub to: Option<u64>,
+}
+
+/// `POST /v1/audit/verify {from?, to?}`: the ledger (or a range) against its
+/// signed checkpoints; answers with the first failure, if any.
+pub async fn verify(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let own = caller.identity.tenant.clone();
+    state.core.authorize(&caller, "audit.verify", &own).await?;
+    let b: VerifyBody = if body.iter().all(u8::is_ascii_whitespace) {
+        VerifyBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::Invalid(e.to_string()))?
+    };
+    if let (Some(f), Some(t)) = (b.from, b.to)
+        && (f == 0 || f > t)
+    {
+        return Err(ApiError::Invalid("need 0 < from <= to".into()));
+    }
+    let key = verifier(&state)?;
+    let result = state
+        .core
+        .store
+        .verify(Some(key), &[], b.from.filter(|f| *f > 0), b.to)
+        .await
+        .map_err(proof_error)?;
+    Ok(Json(match result {
+        Ok(r) => json!({"verifies": true, "report": r}),
+        Err(f) => {
+            json!({"verifies": false, "failure": {"position": f.position, "reason": f.problem.to_string()}})
+        }
+    }))
+}
