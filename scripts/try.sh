@@ -67,5 +67,11 @@ sleep 1.2
 log "verifying the whole ledger against the checkpoints the projector signed"
 db="${GLASSBOX_DATABASE_URL:-${DATABASE_URL:-postgres://postgres@127.0.0.1:${GLASSBOX_DEV_PG_PORT:-54329}/glassbox}}"
 DATABASE_URL="$db" "$gb" ledger verify --key-file "$key"
+log "an evidence bundle of tenant 'default', verified offline with the verifier key"
+DATABASE_URL="$db" "$gb" audit export --key-file "$key" --tenant default --out "$work/evidence.tar"
+"$gb" audit verify-bundle "$work/evidence.tar" --key "$("$gb" keys verifier --key-file "$key")"
+log "the same ledger verified by the API (an auditor's token)"
+curl -fsS -X POST "$api/v1/audit/verify" -H "Authorization: Bearer $("$gb" token --tenant default --roles auditor)" \
+  | python3 -c 'import json,sys; v=json.load(sys.stdin); print("verifies:", v["verifies"], "records:", v.get("report", {}).get("records"))'
 rm -rf "$work"
 log "done; 'glassbox dev' stops now (run it yourself to keep it: $gb dev)"

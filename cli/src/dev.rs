@@ -244,6 +244,11 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<ExitCode> {
         vars.insert("GLASSBOX_DATABASE_URL".into(), url);
         stop_pg = Some(stop);
     }
+    if !args.signing.no_checkpoints {
+        // The API serves the verifier key and verifies with it.
+        vars.entry("GLASSBOX_LEDGER_KEY_FILE".into())
+            .or_insert_with(|| args.signing.key_file.to_string_lossy().into_owned());
+    }
     let config = glassbox_platform::Config::from_vars(vars.clone()).context("configuration")?;
     let token = CancellationToken::new();
     tokio::spawn(crate::serve::shutdown_signal(token.clone()));
@@ -262,10 +267,11 @@ async fn dev_inner(
     vars: &BTreeMap<String, String>,
     token: CancellationToken,
 ) -> anyhow::Result<ExitCode> {
+    // The key first (created if missing): the API loads its verifier key.
+    let publisher = args.signing.publisher()?;
     let app = glassbox_command_api::Application::build(config.clone()).await?;
     let app_token = app.shutdown_token();
     let store = app.state().core.store.clone();
-    let publisher = args.signing.publisher()?;
     let projector =
         tokio::spawn(glassbox_projector::Projector::new(store).run(publisher, token.clone()));
     let runner = if args.no_runner {

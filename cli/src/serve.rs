@@ -98,7 +98,17 @@ pub(crate) async fn shutdown_signal(token: CancellationToken) {
 }
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let config = glassbox_platform::Config::from_env().context("configuration")?;
+    let mut vars: std::collections::BTreeMap<String, String> = std::env::vars().collect();
+    let publisher = if args.no_projector {
+        None
+    } else {
+        args.signing.publisher()?
+    };
+    if publisher.is_some() {
+        vars.entry("GLASSBOX_LEDGER_KEY_FILE".into())
+            .or_insert_with(|| args.signing.key_file.to_string_lossy().into_owned());
+    }
+    let config = glassbox_platform::Config::from_vars(vars).context("configuration")?;
     let app = glassbox_command_api::Application::build(config.clone()).await?;
     let token = app.shutdown_token();
     eprintln!(
@@ -110,7 +120,6 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut projector = None;
     if !args.no_projector {
         let store = app.state().core.store.clone();
-        let publisher = args.signing.publisher()?;
         projector = Some(tokio::spawn(
             Projector::new(store).run(publisher, token.clone()),
         ));
