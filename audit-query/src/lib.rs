@@ -5,4 +5,6 @@
 //! records is in the ledger. (Search, integrity endpoints and replay come next.)
 
 pub mod bundle;
+pub mod policy_bundles;
+pub mod replay;
 pub mod search;

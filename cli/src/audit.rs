@@ -118,3 +118,91 @@ pub async fn run(db: &crate::DbArgs, command: AuditCommand) -> anyhow::Result<Ex
         }
     }
 }
+
+/// `glassbox replay STREAM [--at N|TIME] [--reevaluate] [--json]`.
+pub async fn replay(
+    db: &crate::DbArgs,
+    stream: &str,
+    at: Option<String>,
+    reevaluate: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    use glassbox_audit_query::replay::{self, At};
+    let at: Option<At> = match at {
+        None => None,
+        Some(a) => Some(
+            a.parse()
+                .map_err(|e: String| anyhow::anyhow!("--at: {e}"))?,
+        ),
+    };
+    let store = EventStore::connect(db.url()?).await?;
+    let r = replay::replay(&store, stream, at).await?;
+    let mut reevaluated = None;
+    if reevaluate {
+        let config = glassbox_platform::Config::from_env().context("configuration")?;
+        let kek_path = config.data_dir.join("kek");
+        anyhow::ensure!(
+            kek_path.exists(),
+            "no key-encryption key at {} (set GLASSBOX_DATA_DIR to the service's data directory)",
+            kek_path.display()
+        );
+        let kek = glassbox_platform::blob::Kek::load_or_generate(&kek_path)?;
+        let blobs =
+            glassbox_platform::blob::BlobStore::new(&config.blob, store.pool().clone(), kek)?;
+        let records = replay::records_until(&store, stream, at).await?;
+        reevaluated = Some(replay::reevaluate(&blobs, &records).await);
+    }
+    let all_reproduce = reevaluated
+        .as_ref()
+        .is_none_or(|v| v.iter().all(|x| x.reproduces));
+    if json {
+        let mut v = serde_json::to_value(&r)?;
+        if let Some(re) = &reevaluated {
+            v["reevaluated"] = serde_json::to_value(re)?;
+            v["all_reproduce"] = all_reproduce.into();
+        }
+        println!("{v}");
+    } else {
+        println!(
+            "stream {} (tenant {}) as of position {}",
+            r.stream, r.tenant, r.at_position
+        );
+        for e in &r.timeline {
+            println!(
+                "{:>8}  {}  {:<28} {:<10} {}  {}",
+                e["position"],
+                e["occurred_at"].as_str().unwrap_or(""),
+                e["type"].as_str().unwrap_or(""),
+                e["actor"]["kind"].as_str().unwrap_or(""),
+                e["actor"]["id"].as_str().unwrap_or(""),
+                if e["summary"].is_null() {
+                    String::new()
+                } else {
+                    e["summary"].to_string()
+                },
+            );
+        }
+        if !r.state.is_null() {
+            println!("state: {}", r.state);
+        }
+        if let Some(re) = &reevaluated {
+            for x in re {
+                println!(
+                    "decision at {} ({}): {}",
+                    x.position,
+                    x.policy,
+                    if x.reproduces {
+                        "reproduces".to_owned()
+                    } else {
+                        format!("DOES NOT reproduce: recorded {} now {}", x.recorded, x.now)
+                    }
+                );
+            }
+        }
+    }
+    Ok(if all_reproduce {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

@@ -82,6 +82,20 @@ pub enum Command {
         #[command(subcommand)]
         command: audit::AuditCommand,
     },
+    /// A stream's state and timeline at a position or time; --reevaluate re-runs
+    /// each recorded policy decision against its bundle (exit 1 if one differs).
+    Replay {
+        #[command(flatten)]
+        db: DbArgs,
+        stream: String,
+        /// A ledger position or an RFC 3339 time (default: now).
+        #[arg(long)]
+        at: Option<String>,
+        #[arg(long)]
+        reevaluate: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Mint a development JWT (HS256 with GLASSBOX_AUTH_HS256_SECRET; development/test only).
     Token(TokenArgs),
     /// Benchmarks that measure their own baseline in the same run.
@@ -264,6 +278,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve::serve(args).await,
         Command::Dev(args) => dev::dev(args).await,
         Command::Audit { db, command } => audit::run(&db, command).await,
+        Command::Replay {
+            db,
+            stream,
+            at,
+            reevaluate,
+            json,
+        } => audit::replay(&db, &stream, at, reevaluate, json).await,
         Command::Runner => dev::runner().await,
         Command::Run(args) => dev::run(args).await,
         Command::Token(args) => {

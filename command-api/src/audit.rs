@@ -329,3 +329,78 @@ pub async fn verify(
         }
     }))
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayParams {
+    /// A ledger position or an RFC 3339 time (default: now).
+    #[serde(default)]
+    pub at: Option<String>,
+    /// Re-run each recorded policy decision against the recorded bundle.
+    #[serde(default)]
+    pub reevaluate: Option<bool>,
+}
+
+/// `GET /v1/audit/replay/{stream}?at=&reevaluate=`: the stream's state and
+/// timeline at a point in the past. Another tenant's stream is 404 unless the
+/// caller may read across tenants (and then the read is recorded).
+pub async fn replay(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    axum::extract::Path(stream): axum::extract::Path<String>,
+    ApiQuery(p): ApiQuery<ReplayParams>,
+) -> Result<Json<Value>, ApiError> {
+    use glassbox_audit_query::replay::{self, At, ReplayError};
+    plain("stream", &Some(stream.clone()))?;
+    let at: Option<At> = match &p.at {
+        None => None,
+        Some(a) => Some(a.parse().map_err(ApiError::Invalid)?),
+    };
+    let own = caller.identity.tenant.clone();
+    state.core.authorize(&caller, "audit.replay", &own).await?;
+    let not_found = || ApiError::NotFound(format!("stream {stream}"));
+    let r = match replay::replay(&state.core.store, &stream, at).await {
+        Ok(r) => r,
+        Err(ReplayError::NoStream(_)) => return Err(not_found()),
+        Err(e) => return Err(ApiError::Internal(e.to_string())),
+    };
+    if r.tenant != own {
+        if state
+            .core
+            .authorize_quietly(&caller, "audit.replay", &r.tenant)
+            .is_err()
+        {
+            return Err(not_found());
+        }
+        let mut query = serde_json::Map::new();
+        query.insert("replay".into(), stream.clone().into());
+        query.insert("tenant".into(), r.tenant.clone().into());
+        let e = NewEvent::typed(
+            format!("audit-{own}"),
+            &catalogue::AuditCrossTenantQueried {
+                query,
+                result_count: r.timeline.len() as u64,
+            },
+        )
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let mut req = glassbox_events::store::AppendRequest::new(own, caller.actor(), vec![e]);
+        req.correlation_id.clone_from(&caller.request_id);
+        state
+            .core
+            .store
+            .append(req)
+            .await
+            .map_err(ApiError::store("record a cross-tenant read"))?;
+    }
+    let mut v = serde_json::to_value(&r).map_err(|e| ApiError::Internal(e.to_string()))?;
+    if p.reevaluate.unwrap_or(false) {
+        let records = replay::records_until(&state.core.store, &stream, at)
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let re = replay::reevaluate(&state.core.blobs, &records).await;
+        v["all_reproduce"] = re.iter().all(|x| x.reproduces).into();
+        v["reevaluated"] =
+            serde_json::to_value(&re).map_err(|e| ApiError::Internal(e.to_string()))?;
+    }
+    Ok(Json(v))
+}

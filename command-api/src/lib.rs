@@ -29,9 +29,8 @@ use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
-use glassbox_events::catalogue;
-use glassbox_events::store::{AppendRequest, EventStore, NewEvent};
-use glassbox_events::{Actor, Digest};
+use glassbox_events::Digest;
+use glassbox_events::store::EventStore;
 use glassbox_platform::blob::{BlobStore, Kek};
 use glassbox_platform::{Config, JwtVerifier};
 use glassbox_policies::{Bundle, PolicyEngine};
@@ -247,6 +246,7 @@ pub fn router(state: AppState, pool: PgPool) -> Router {
         .route("/v1/audit/proofs/inclusion", get(audit::inclusion))
         .route("/v1/audit/proofs/consistency", get(audit::consistency))
         .route("/v1/audit/verify", post(audit::verify))
+        .route("/v1/audit/replay/{stream}", get(audit::replay))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,
@@ -357,70 +357,28 @@ pub async fn projection_watch(pool: PgPool, shutdown: CancellationToken) -> watc
     rx
 }
 
-/// Keeps the policy bundle in the blob store under its digest and records
-/// `policy.bundle_loaded` once per digest (an idempotency key makes repeated
-/// start-ups and concurrent replicas record it once).
+/// Keeps the policy bundle in the blob store by digest (see
+/// [`glassbox_audit_query::policy_bundles::keep`]).
 async fn keep_bundle(
     store: &EventStore,
     blobs: &BlobStore,
     bundle: &Bundle,
 ) -> Result<(), BuildError> {
-    let digest = bundle.digest();
-    let key_id = format!("policy-bundle-{}", digest.to_hex());
-    let path = format!("policy-bundles/{}.json", digest.to_hex());
-    let files: serde_json::Map<String, serde_json::Value> = bundle
-        .files()
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.clone(),
-                serde_json::Value::String(String::from_utf8_lossy(v).into_owned()),
-            )
+    glassbox_audit_query::policy_bundles::keep(store, blobs, bundle)
+        .await
+        .map(|_| ())
+        .map_err(|e| match e {
+            glassbox_audit_query::policy_bundles::BundleStoreError::Store(s) => {
+                BuildError::Store(s)
+            }
+            glassbox_audit_query::policy_bundles::BundleStoreError::Blob(b) => BuildError::Blob(b),
+            other => BuildError::Key(other.to_string()),
         })
-        .collect();
-    let content = serde_json::to_vec(&serde_json::json!({ "files": files }))
-        .map_err(|e| glassbox_events::store::StoreError::InvalidRequest(e.to_string()))?;
-    blobs.create_data_key(&key_id, "system").await?;
-    blobs.put(&key_id, &path, &content).await?;
-    let event = catalogue::PolicyBundleLoaded {
-        bundle_digest: digest,
-        blob_key: path,
-        files: bundle.files().keys().cloned().collect(),
-    };
-    let e = NewEvent::typed("policy-bundles", &event)
-        .map_err(|e| glassbox_events::store::StoreError::InvalidRequest(e.to_string()))?;
-    let req = AppendRequest::new("system", Actor::system("command-api"), vec![e]).idempotent(
-        format!("policy.bundle_loaded:{}", digest.to_hex()),
-        Digest::of(&content),
-    );
-    store.append(req).await?;
-    Ok(())
 }
 
 /// Reads a bundle back from the blob store by digest (for re-evaluation).
 pub async fn load_bundle(blobs: &BlobStore, digest: &Digest) -> Result<Bundle, ApiError> {
-    let key_id = format!("policy-bundle-{}", digest.to_hex());
-    let path = format!("policy-bundles/{}.json", digest.to_hex());
-    let bytes = blobs
-        .get(&key_id, &path)
+    glassbox_audit_query::policy_bundles::load(blobs, digest)
         .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let v: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let files = v
-        .get("files")
-        .and_then(serde_json::Value::as_object)
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").as_bytes().to_vec()))
-                .collect()
-        })
-        .unwrap_or_default();
-    let bundle = Bundle::from_files(files);
-    if bundle.digest() != *digest {
-        return Err(ApiError::Internal(format!(
-            "policy bundle {digest} read back with a different digest"
-        )));
-    }
-    Ok(bundle)
+        .map_err(|e| ApiError::Internal(e.to_string()))
 }

@@ -463,6 +463,18 @@ pub fn document(max_wait: u64) -> Value {
                     "responses": responses(&[("200", ok_json("The proof", "Status"))], &[])
                 }
             },
+            "/v1/audit/replay/{stream}": {
+                "get": {
+                    "operationId": "replayStream",
+                    "summary": "A stream's state and timeline at a position or time; reevaluate=true re-runs each recorded decision against its bundle",
+                    "parameters": [
+                        {"name": "stream", "in": "path", "required": true, "schema": {"type": "string"}},
+                        {"name": "at", "in": "query", "schema": {"type": "string", "description": "a ledger position or an RFC 3339 time"}},
+                        {"name": "reevaluate", "in": "query", "schema": {"type": "boolean"}}
+                    ],
+                    "responses": responses(&[("200", ok_json("The replay", "Status"))], &[])
+                }
+            },
             "/v1/audit/verify": {
                 "post": {
                     "operationId": "verifyLedger",

@@ -313,6 +313,46 @@ impl Projector {
     }
 }
 
+/// A job's read-model row as it stood once the ledger reached position `at`:
+/// its stream's records up to `at`, folded by the same code as the live
+/// projection, in a transaction that is rolled back (nothing is changed). For
+/// replay: equal to the live row as it was at `at`, by construction.
+pub async fn job_as_of(
+    store: &EventStore,
+    job_id: &str,
+    at: u64,
+) -> Result<Option<Value>, ProjectorError> {
+    let stream = format!("job-{job_id}");
+    let records: Vec<StoredRecord> = store
+        .read_stream(&stream, 1, 1_000_000)
+        .await?
+        .into_iter()
+        .filter(|r| r.record.position <= at)
+        .collect();
+    let mut tx = store.pool().begin().await.map_err(db("replay: begin"))?;
+    for sql in [
+        "DELETE FROM projections.jobs WHERE job_id = $1",
+        "DELETE FROM projections.policy_decisions WHERE stream = 'job-' || $1",
+    ] {
+        sqlx::query(sql)
+            .bind(job_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("replay: clear"))?;
+    }
+    for r in &records {
+        fold(&mut tx, r).await?;
+    }
+    let row: Option<Value> =
+        sqlx::query_scalar("SELECT to_jsonb(j) FROM projections.jobs j WHERE job_id = $1")
+            .bind(job_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db("replay: read"))?;
+    tx.rollback().await.map_err(db("replay: roll back"))?;
+    Ok(row)
+}
+
 /// The last position folded, read without locking.
 pub async fn position(pool: &PgPool) -> Result<u64, ProjectorError> {
     let p: Option<i64> =
