@@ -404,3 +404,85 @@ pub async fn replay(
     }
     Ok(Json(v))
 }
+
+/// `POST /v1/audit/exports` with the search filters: an evidence bundle (tar),
+/// streamed from a temporary file; the export is recorded (`audit.exported`).
+pub async fn export(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    crate::api::ApiJson(filters): crate::api::ApiJson<Filters>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse as _;
+    for (n, v) in [
+        ("tenant", &filters.tenant),
+        ("stream", &filters.stream),
+        ("event_type", &filters.event_type),
+        ("actor", &filters.actor),
+    ] {
+        plain(n, v)?;
+    }
+    let own = caller.identity.tenant.clone();
+    let scope = filters.tenant.clone().unwrap_or_else(|| own.clone());
+    state
+        .core
+        .authorize(&caller, "audit.export", &scope)
+        .await?;
+    let mut filters = filters;
+    filters.tenant = if scope == "*" { None } else { Some(scope) };
+    let key = state.signing_key.clone().ok_or_else(|| {
+        ApiError::NotFound("a checkpoint key (GLASSBOX_LEDGER_KEY_FILE is not set)".into())
+    })?;
+    let dir =
+        std::env::temp_dir().join(format!("glassbox-export-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).map_err(|e| ApiError::Internal(format!("export dir: {e}")))?;
+    let path = dir.join("evidence.tar");
+    let result = glassbox_audit_query::bundle::export_recorded(
+        &state.core.store,
+        &key,
+        &filters,
+        caller.actor(),
+        &path,
+    )
+    .await;
+    let (report, digest) = match result {
+        Ok(r) => r,
+        Err(glassbox_audit_query::bundle::BundleError::NotReady(m)) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(ApiError::Unavailable(m));
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(ApiError::Internal(e.to_string()));
+        }
+    };
+    let file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| ApiError::Internal(format!("open bundle: {e}")))?;
+    // Unlinked now; the open handle streams it and the space is freed after.
+    let _ = std::fs::remove_dir_all(&dir);
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    let mut resp = (
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "application/x-tar".to_owned(),
+            ),
+            (
+                axum::http::header::CONTENT_DISPOSITION,
+                "attachment; filename=\"evidence.tar\"".to_owned(),
+            ),
+        ],
+        body,
+    )
+        .into_response();
+    for (k, v) in [
+        ("x-glassbox-bundle-sha256", digest.to_hex()),
+        ("x-glassbox-bundle-records", report.records.to_string()),
+        ("x-glassbox-bundle-tree-size", report.tree_size.to_string()),
+    ] {
+        if let Ok(v) = axum::http::HeaderValue::from_str(&v) {
+            resp.headers_mut().insert(k, v);
+        }
+    }
+    Ok(resp)
+}

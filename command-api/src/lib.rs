@@ -54,6 +54,8 @@ pub struct AppState {
     pub limiter: ratelimit::RateLimiter,
     /// The ledger's checkpoint verifier key, when GLASSBOX_LEDGER_KEY_FILE is set.
     pub verifier_key: Option<Arc<glassbox_events::VerifierKey>>,
+    /// The checkpoint key itself, used only to sign evidence bundle manifests.
+    pub signing_key: Option<Arc<glassbox_events::SigningKey>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -147,20 +149,21 @@ impl Application {
             engine: Arc::new(engine),
             projected,
         };
-        let verifier_key = match &config.ledger_key_file {
+        let signing_key = match &config.ledger_key_file {
             Some(path) if path.exists() => Some(Arc::new(
                 glassbox_events::SigningKey::load_file(path)
-                    .map_err(|e| BuildError::Key(format!("{}: {e}", path.display())))?
-                    .verifier(),
+                    .map_err(|e| BuildError::Key(format!("{}: {e}", path.display())))?,
             )),
             _ => None,
         };
+        let verifier_key = signing_key.as_ref().map(|k| Arc::new(k.verifier()));
         let state = AppState {
             core,
             config: Arc::new(config.clone()),
             verifier: Arc::new(verifier),
             limiter,
             verifier_key,
+            signing_key,
         };
         if config.retention_secs > 0 {
             let (core, token) = (state.core.clone(), shutdown.clone());
@@ -247,6 +250,7 @@ pub fn router(state: AppState, pool: PgPool) -> Router {
         .route("/v1/audit/proofs/consistency", get(audit::consistency))
         .route("/v1/audit/verify", post(audit::verify))
         .route("/v1/audit/replay/{stream}", get(audit::replay))
+        .route("/v1/audit/exports", post(audit::export))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,

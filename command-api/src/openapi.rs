@@ -475,6 +475,24 @@ pub fn document(max_wait: u64) -> Value {
                     "responses": responses(&[("200", ok_json("The replay", "Status"))], &[])
                 }
             },
+            "/v1/audit/exports": {
+                "post": {
+                    "operationId": "exportEvidence",
+                    "summary": "An evidence bundle (tar) for the filters, proving each record against the latest signed checkpoint; recorded as audit.exported",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {
+                        "type": "object", "additionalProperties": false,
+                        "properties": {
+                            "tenant": {"type": "string"}, "stream": {"type": "string"}, "event_type": {"type": "string"},
+                            "actor": {"type": "string"}, "from_position": {"type": "integer", "minimum": 0},
+                            "to_position": {"type": "integer", "minimum": 0},
+                            "since": {"type": "string", "format": "date-time"}, "until": {"type": "string", "format": "date-time"}
+                        }
+                    }}}},
+                    "responses": responses(&[("200", json!({"description": "The bundle (docs/evidence-bundle.md)",
+                        "content": {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}}}))],
+                        &[("413", "Body too large (code `payload_too_large`)"), ("415", "Not JSON (code `unsupported_media_type`)")])
+                }
+            },
             "/v1/audit/verify": {
                 "post": {
                     "operationId": "verifyLedger",

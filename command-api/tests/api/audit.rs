@@ -229,6 +229,53 @@ async fn search_is_scoped_paginated_and_cross_tenant_reads_are_recorded() {
     let r = app.post(&admin, "/v1/audit/verify", None).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.body["verifies"], true, "{:?}", r.body);
+    // An evidence bundle over HTTP verifies offline and is recorded.
+    let resp = app
+        .client
+        .post(format!("{}/v1/audit/exports", app.addr))
+        .bearer_auth(&admin)
+        .json(&json!({"tenant": "acme"}))
+        .send()
+        .await
+        .expect("export");
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(
+        resp.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("application/x-tar")
+    );
+    let sha = resp
+        .headers()
+        .get("x-glassbox-bundle-sha256")
+        .and_then(|v| v.to_str().ok())
+        .expect("digest header")
+        .to_owned();
+    let bytes = resp.bytes().await.expect("bundle");
+    assert_eq!(Digest::of(&bytes).to_hex(), sha);
+    let file = app.data_dir.join("evidence.tar");
+    std::fs::write(&file, &bytes).expect("write");
+    let report = glassbox_audit_query::bundle::verify_bundle(&file, &key.verifier())
+        .expect("bundle verifies");
+    assert_eq!(report.filters.tenant.as_deref(), Some("acme"));
+    // Exactly acme's records up to the signed tree (the verifier also checked
+    // each record's tenant against the filter). acme's own records may mention
+    // globex — the admin's refused attempt to read it is one of them.
+    let want = app
+        .records()
+        .await
+        .iter()
+        .filter(|r| r.record.tenant == "acme" && r.record.position <= report.tree_size)
+        .count() as u64;
+    assert_eq!(report.records, want);
+    let exported = app.records_of_type("audit.exported").await;
+    assert_eq!(exported.len(), 1);
+    assert_eq!(exported[0].record.data["bundle_digest"], sha.as_str());
+    assert_eq!(exported[0].record.actor.id, "ada");
+    let r = app
+        .post(&token("acme"), "/v1/audit/exports", Some(&json!({})))
+        .await;
+    assert_problem(&r, 403, "forbidden");
     // A tampered record is found by the same endpoint.
     app.db
         .tamper(&format!(
