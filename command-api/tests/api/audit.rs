@@ -377,6 +377,16 @@ async fn replay_at_a_position_equals_the_read_model_then_and_decisions_reproduce
         "invalid_request",
     );
 
+    // Every policy decision recorded so far in this run reproduces.
+    let all = app.records().await;
+    let every = glassbox_audit_query::replay::reevaluate(&app.app_state.core.blobs, &all).await;
+    assert_eq!(
+        every.len(),
+        app.records_of_type("policy.evaluated").await.len()
+    );
+    assert!(every.len() >= 5, "{}", every.len());
+    assert!(every.iter().all(|x| x.reproduces), "{every:?}");
+
     // A decision recorded against a changed bundle does not reproduce.
     let mut files = glassbox_policies::Bundle::builtin().files().clone();
     let tenants = String::from_utf8(files["data/tenants.json"].clone()).expect("utf8");
