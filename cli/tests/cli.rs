@@ -401,3 +401,33 @@ async fn audit_export_then_verify_bundle_offline_and_the_export_is_recorded() {
     let _ = std::fs::remove_dir_all(&dir);
     db.drop_db().await;
 }
+
+#[tokio::test]
+async fn replay_prints_a_streams_timeline_up_to_a_position() {
+    let db = TestDb::new().await.expect("test database");
+    let dir = std::env::temp_dir().join(format!("gb-cli-{}", uuid::Uuid::new_v4()));
+    let key_file = dir.join("keys/ledger.key");
+    let url = Some(db.url.as_str());
+    fill(&db, 12).await;
+    // fill() writes streams s-0, s-1, s-2 round robin: s-1 holds 2, 5, 8, 11.
+    let o = glassbox(&["replay", "s-1", "--at", "8", "--json"], url, &key_file);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: Value = serde_json::from_str(&stdout(&o)).expect("json");
+    let positions: Vec<u64> = v["timeline"]
+        .as_array()
+        .expect("timeline")
+        .iter()
+        .map(|e| e["position"].as_u64().expect("position"))
+        .collect();
+    assert_eq!(positions, [2, 5, 8]);
+    assert_eq!(v["at_position"], 8);
+    assert_eq!(v["tenant"], "acme");
+    let o = glassbox(&["replay", "s-1"], url, &key_file);
+    assert!(stdout(&o).contains("as of position 11"), "{}", stdout(&o));
+    let o = glassbox(&["replay", "no-such-stream"], url, &key_file);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let o = glassbox(&["replay", "s-1", "--at", "yesterday"], url, &key_file);
+    assert_eq!(o.status.code(), Some(2));
+    let _ = std::fs::remove_dir_all(&dir);
+    db.drop_db().await;
+}
