@@ -19,6 +19,7 @@ pub mod audit;
 pub mod auth;
 pub mod core;
 pub mod error;
+pub mod mcp;
 pub mod openapi;
 pub mod ratelimit;
 pub mod testing;
@@ -255,6 +256,22 @@ pub fn router(state: AppState, pool: PgPool) -> Router {
             state.clone(),
             auth::authenticate,
         ));
+    // MCP (streamable HTTP) behind the same authentication as REST.
+    let mcp_state = state.clone();
+    let mcp = rmcp::transport::streamable_http_server::StreamableHttpService::new(
+        move || Ok(mcp::GlassboxMcp::new(mcp_state.clone())),
+        std::sync::Arc::new(
+            rmcp::transport::streamable_http_server::session::local::LocalSessionManager::default(),
+        ),
+        Default::default(),
+    );
+    let mcp = Router::new()
+        .nest_service("/mcp", mcp)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ));
+    let v1 = v1.merge(mcp);
     let max_body = state.config.max_body_bytes;
     let document = Arc::new(openapi::document(state.config.max_wait_secs));
     Router::new()

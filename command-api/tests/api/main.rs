@@ -3,5 +3,6 @@
 mod audit;
 mod helpers;
 mod jobs;
+mod mcp;
 mod schemathesis;
 mod security;

@@ -1,0 +1,286 @@
+//! The MCP server (Model Context Protocol, rmcp): agents run code and query the
+//! audit trail through tools, mounted at `/mcp` (streamable HTTP).
+//!
+//! Same identity, same policies, same ledger as REST: `/mcp` sits behind the
+//! same authentication middleware (an unauthenticated connection gets the 401
+//! problem before any MCP message is read), each tool takes the caller from the
+//! request and calls the same [`Core`] functions the REST handlers call — MCP
+//! adds no path around a check. Failures are tool errors (`isError: true`)
+//! with the problem's text, never a broken session.
+
+use crate::AppState;
+use crate::core::{Caller, JobRequest, SecretInput};
+use crate::error::ApiError;
+use rmcp::handler::server::tool::Extension;
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{CallToolResult, ContentBlock, Implementation, ServerCapabilities, ServerConfig};
+use rmcp::schemars::{self, JsonSchema};
+use rmcp::{ErrorData, ServerHandler, tool, tool_handler, tool_router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+/// Longest a `run_code` call waits for the job to finish.
+pub const MAX_RUN_WAIT: Duration = Duration::from_secs(120);
+
+#[derive(Clone)]
+pub struct GlassboxMcp {
+    state: AppState,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunCodeArgs {
+    /// python, node or bash.
+    pub language: String,
+    /// The program.
+    pub code: String,
+    /// Standard input for the program.
+    #[serde(default)]
+    pub stdin: Option<String>,
+    /// Program arguments.
+    #[serde(default)]
+    pub args: Option<Vec<String>>,
+    /// Names of secrets to inject (as environment variables), if policy allows.
+    #[serde(default)]
+    pub secrets: Option<Vec<String>>,
+    /// Seconds to wait for the result (default 60, at most 120).
+    #[serde(default)]
+    pub wait_seconds: Option<u64>,
+    /// Retrying with the same key never runs the job twice.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobArgs {
+    /// The job ID returned by run_code.
+    pub job_id: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SearchArgs {
+    /// Only this event type (e.g. job.submitted, policy.evaluated).
+    #[serde(default)]
+    pub event_type: Option<String>,
+    /// Only this stream (e.g. job-<id>).
+    #[serde(default)]
+    pub stream: Option<String>,
+    /// At most this many records (1-100, default 20), newest first.
+    #[serde(default)]
+    pub limit: Option<u64>,
+}
+
+fn caller(parts: &axum::http::request::Parts) -> Result<Caller, ErrorData> {
+    parts
+        .extensions
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| ErrorData::invalid_request("not authenticated", None))
+}
+
+fn tool_error(e: ApiError) -> CallToolResult {
+    let p = e.to_problem();
+    CallToolResult::error(vec![ContentBlock::text(format!(
+        "{} ({}): {}",
+        p.title,
+        p.code,
+        p.detail.unwrap_or_default()
+    ))])
+}
+
+fn ok_json(v: Value) -> CallToolResult {
+    CallToolResult::success(vec![ContentBlock::text(v.to_string())])
+}
+
+const TERMINAL_EVENTS: [&str; 4] = [
+    "job.completed",
+    "job.failed",
+    "job.cancelled",
+    "job.rejected",
+];
+
+#[tool_router]
+impl GlassboxMcp {
+    pub fn new(state: AppState) -> GlassboxMcp {
+        GlassboxMcp { state }
+    }
+
+    async fn wait_and_collect(
+        &self,
+        caller: &Caller,
+        job_id: &str,
+        wait: Duration,
+    ) -> Result<Value, ApiError> {
+        let tenant = &caller.identity.tenant;
+        let deadline = Instant::now() + wait;
+        let status = loop {
+            let records = self.state.core.job_records(tenant, job_id).await?;
+            if let Some(t) = records
+                .iter()
+                .rev()
+                .map(|r| r.record.event_type.as_str())
+                .find(|t| TERMINAL_EVENTS.contains(t))
+            {
+                break t.trim_start_matches("job.").to_owned();
+            }
+            if Instant::now() >= deadline {
+                return Ok(json!({"job_id": job_id, "status": "running",
+                                 "note": "still running: call get_job later"}));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let mut out = json!({"job_id": job_id, "status": status});
+        if let Ok(r) = self.state.core.result(tenant, job_id).await {
+            let f = &r.finished;
+            out["outcome"] = serde_json::to_value(f.outcome).unwrap_or(Value::Null);
+            out["exit_code"] = f.exit_code.into();
+            for (name, o) in [("stdout", &f.stdout), ("stderr", &f.stderr)] {
+                if let Some(b) = &o.blob {
+                    let bytes = self.state.core.read_blob(job_id, b).await?;
+                    out[name] = String::from_utf8_lossy(&bytes).into_owned().into();
+                }
+            }
+            out["artifacts"] = r
+                .artifacts
+                .iter()
+                .map(|a| a.path.clone())
+                .collect::<Vec<_>>()
+                .into();
+        }
+        let (head, _) = self
+            .state
+            .core
+            .store
+            .head()
+            .await
+            .map_err(ApiError::store("read the ledger head"))?;
+        out["ledger_position"] = head.into();
+        Ok(out)
+    }
+
+    #[tool(
+        description = "Run a program in a gVisor sandbox and return its output. Every step (policy decisions, execution, result) is recorded in Glassbox's tamper-evident ledger. Returns JSON with job_id, status, outcome, exit_code, stdout, stderr and ledger_position. Refused (as a tool error) when the caller's policy denies the language, limits or secrets."
+    )]
+    async fn run_code(
+        &self,
+        Extension(parts): Extension<axum::http::request::Parts>,
+        Parameters(a): Parameters<RunCodeArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let caller = caller(&parts)?;
+        let request = JobRequest {
+            language: a.language,
+            code: a.code,
+            stdin: a.stdin,
+            args: a.args.unwrap_or_default(),
+            env: Default::default(),
+            files: Vec::new(),
+            dependencies: Vec::new(),
+            secrets: a
+                .secrets
+                .unwrap_or_default()
+                .into_iter()
+                .map(SecretInput::Name)
+                .collect(),
+            limits: Default::default(),
+        };
+        let reply = match self
+            .state
+            .core
+            .submit(&caller, request, a.idempotency_key)
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => return Ok(tool_error(e)),
+        };
+        let r = reply.receipt;
+        if r.status != "accepted" {
+            return Ok(CallToolResult::error(vec![ContentBlock::text(format!(
+                "job {} was rejected by policy: {}",
+                r.job_id,
+                r.reasons.join("; ")
+            ))]));
+        }
+        let wait = Duration::from_secs(a.wait_seconds.unwrap_or(60)).min(MAX_RUN_WAIT);
+        match self.wait_and_collect(&caller, &r.job_id, wait).await {
+            Ok(v) => Ok(ok_json(v)),
+            Err(e) => Ok(tool_error(e)),
+        }
+    }
+
+    #[tool(
+        description = "The status and (once finished) the output of a job started with run_code."
+    )]
+    async fn get_job(
+        &self,
+        Extension(parts): Extension<axum::http::request::Parts>,
+        Parameters(a): Parameters<JobArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let caller = caller(&parts)?;
+        let tenant = caller.identity.tenant.clone();
+        if let Err(e) = self
+            .state
+            .core
+            .authorize(&caller, "job.read", &tenant)
+            .await
+        {
+            return Ok(tool_error(e));
+        }
+        match self
+            .wait_and_collect(&caller, &a.job_id, Duration::ZERO)
+            .await
+        {
+            Ok(v) => Ok(ok_json(v)),
+            Err(e) => Ok(tool_error(e)),
+        }
+    }
+
+    #[tool(
+        description = "Search the caller's tenant's audit trail (the ledger records), newest first. Needs an audit role."
+    )]
+    async fn search_audit(
+        &self,
+        Extension(parts): Extension<axum::http::request::Parts>,
+        Parameters(a): Parameters<SearchArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let caller = caller(&parts)?;
+        let tenant = caller.identity.tenant.clone();
+        if let Err(e) = self
+            .state
+            .core
+            .authorize(&caller, "audit.read", &tenant)
+            .await
+        {
+            return Ok(tool_error(e));
+        }
+        let filters = glassbox_audit_query::bundle::Filters {
+            tenant: Some(tenant),
+            stream: a.stream,
+            event_type: a.event_type,
+            ..Default::default()
+        };
+        let limit = a.limit.unwrap_or(20).clamp(1, 100);
+        match glassbox_audit_query::search::search(
+            &self.state.core.store,
+            &filters,
+            glassbox_audit_query::search::Order::Desc,
+            limit,
+            None,
+        )
+        .await
+        {
+            Ok(page) => Ok(ok_json(json!({"events": page.events}))),
+            Err(e) => Ok(tool_error(ApiError::Invalid(e.to_string()))),
+        }
+    }
+}
+
+#[tool_handler]
+impl ServerHandler for GlassboxMcp {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("glassbox", env!("CARGO_PKG_VERSION")))
+    }
+}

@@ -1,0 +1,211 @@
+//! MCP over streamable HTTP at /mcp, spoken as raw JSON-RPC: the same token,
+//! policies and ledger as REST; unauthenticated connections are refused.
+
+use crate::helpers::*;
+use serde_json::{Value, json};
+
+struct Session {
+    id: Option<String>,
+    token: String,
+    next: u64,
+}
+
+async fn rpc(app: &TestApp, s: &mut Session, method: &str, params: Value) -> (u16, Value) {
+    s.next += 1;
+    let mut req = app
+        .client
+        .post(format!("{}/mcp", app.addr))
+        .bearer_auth(&s.token)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2025-06-18")
+        .json(&json!({"jsonrpc": "2.0", "id": s.next, "method": method, "params": params}));
+    if let Some(id) = &s.id {
+        req = req.header("mcp-session-id", id);
+    }
+    let resp = req.send().await.expect("mcp request");
+    let status = resp.status().as_u16();
+    if let Some(id) = resp
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+    {
+        s.id = Some(id.to_owned());
+    }
+    let text = resp.text().await.expect("body");
+    // JSON, or server-sent events whose data lines carry the JSON-RPC response.
+    let body = serde_json::from_str::<Value>(&text).ok().or_else(|| {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
+            .find(|v| v.get("id").is_some())
+    });
+    (status, body.unwrap_or(Value::Null))
+}
+
+async fn notify(app: &TestApp, s: &Session, method: &str) {
+    let mut req = app
+        .client
+        .post(format!("{}/mcp", app.addr))
+        .bearer_auth(&s.token)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2025-06-18")
+        .json(&json!({"jsonrpc": "2.0", "method": method}));
+    if let Some(id) = &s.id {
+        req = req.header("mcp-session-id", id);
+    }
+    let status = req.send().await.expect("notify").status().as_u16();
+    assert!(status == 202 || status == 200, "{method}: {status}");
+}
+
+#[tokio::test]
+async fn agents_use_the_same_identity_policies_and_ledger_through_mcp() {
+    let app = spawn_app().await;
+    // No token: the 401 problem, before any MCP message is read.
+    let r = app
+        .send(
+            app.client
+                .post(format!("{}/mcp", app.addr))
+                .header("accept", "application/json, text/event-stream")
+                .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}})),
+        )
+        .await;
+    assert_problem(&r, 401, "unauthenticated");
+
+    let mut s = Session {
+        id: None,
+        token: token("acme"),
+        next: 0,
+    };
+    let (status, init) = rpc(
+        &app,
+        &mut s,
+        "initialize",
+        json!({"protocolVersion": "2025-06-18", "capabilities": {},
+               "clientInfo": {"name": "glassbox-test", "version": "1"}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{init}");
+    assert_eq!(init["result"]["protocolVersion"], "2025-06-18", "{init}");
+    assert_eq!(init["result"]["serverInfo"]["name"], "glassbox");
+    notify(&app, &s, "notifications/initialized").await;
+
+    let (_, tools) = rpc(&app, &mut s, "tools/list", json!({})).await;
+    let names: Vec<&str> = tools["result"]["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .map(|t| t["name"].as_str().unwrap_or(""))
+        .collect();
+    for n in ["run_code", "get_job", "search_audit"] {
+        assert!(names.contains(&n), "{names:?}");
+    }
+    let run = tools["result"]["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .find(|t| t["name"] == "run_code")
+        .expect("run_code");
+    assert!(
+        run["inputSchema"]["properties"]["language"].is_object(),
+        "{run}"
+    );
+    assert!(run["description"].as_str().unwrap_or("").contains("ledger"));
+
+    // run_code goes through the same submission path (no runner here: it stays queued).
+    let (_, call) = rpc(
+        &app,
+        &mut s,
+        "tools/call",
+        json!({"name": "run_code", "arguments": {"language": "python", "code": "print(1)",
+               "wait_seconds": 1, "idempotency_key": "mcp-1"}}),
+    )
+    .await;
+    assert_eq!(call["result"]["isError"], false, "{call}");
+    let out: Value =
+        serde_json::from_str(call["result"]["content"][0]["text"].as_str().expect("text"))
+            .expect("json");
+    let job = out["job_id"].as_str().expect("job id").to_owned();
+    assert_eq!(out["status"], "running");
+    // Retried with the same key: the same job, not a second one.
+    let (_, again) = rpc(
+        &app,
+        &mut s,
+        "tools/call",
+        json!({"name": "run_code", "arguments": {"language": "python", "code": "print(1)",
+               "wait_seconds": 0, "idempotency_key": "mcp-1"}}),
+    )
+    .await;
+    let again: Value = serde_json::from_str(
+        again["result"]["content"][0]["text"]
+            .as_str()
+            .expect("text"),
+    )
+    .expect("json");
+    assert_eq!(again["job_id"], job.as_str());
+    let submitted = app.records_of_type("job.submitted").await;
+    assert_eq!(submitted.len(), 1);
+    assert_eq!(submitted[0].record.actor.id, "user@acme");
+    assert_eq!(
+        serde_json::to_value(submitted[0].record.actor.via).expect("via"),
+        "jwt"
+    );
+
+    // A policy denial is a tool error with the reasons, recorded like REST's.
+    let mut r = Session {
+        id: None,
+        token: token("restricted"),
+        next: 0,
+    };
+    rpc(
+        &app,
+        &mut r,
+        "initialize",
+        json!({"protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "t", "version": "1"}}),
+    )
+    .await;
+    notify(&app, &r, "notifications/initialized").await;
+    let (_, denied) = rpc(
+        &app,
+        &mut r,
+        "tools/call",
+        json!({"name": "run_code", "arguments": {"language": "node", "code": "1"}}),
+    )
+    .await;
+    assert_eq!(denied["result"]["isError"], true, "{denied}");
+    let text = denied["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or("");
+    assert!(text.contains("language node is not allowed"), "{text}");
+    assert_eq!(app.records_of_type("job.rejected").await.len(), 1);
+    // Bad arguments are an error answer, and the session keeps working.
+    let (_, bad) = rpc(
+        &app,
+        &mut s,
+        "tools/call",
+        json!({"name": "run_code", "arguments": {"code": 1}}),
+    )
+    .await;
+    assert!(
+        bad.get("error").is_some() || bad["result"]["isError"] == true,
+        "{bad}"
+    );
+    let (_, got) = rpc(
+        &app,
+        &mut s,
+        "tools/call",
+        json!({"name": "get_job", "arguments": {"job_id": job}}),
+    )
+    .await;
+    assert_eq!(got["result"]["isError"], false, "{got}");
+    // Audit search needs an audit role, as over REST.
+    let (_, refused) = rpc(
+        &app,
+        &mut s,
+        "tools/call",
+        json!({"name": "search_audit", "arguments": {}}),
+    )
+    .await;
+    assert_eq!(refused["result"]["isError"], true, "{refused}");
+    app.stop().await;
+}
