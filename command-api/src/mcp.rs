@@ -61,6 +61,24 @@ pub struct JobArgs {
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+pub struct ArtifactArgs {
+    pub job_id: String,
+    /// Path relative to /workspace/out, as list_artifacts shows it.
+    pub path: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayArgs {
+    /// The stream, e.g. job-<id>.
+    pub stream: String,
+    /// A ledger position (default: now).
+    #[serde(default)]
+    pub at: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct SearchArgs {
     /// Only this event type (e.g. job.submitted, policy.evaluated).
     #[serde(default)]
@@ -234,6 +252,200 @@ impl GlassboxMcp {
         {
             Ok(v) => Ok(ok_json(v)),
             Err(e) => Ok(tool_error(e)),
+        }
+    }
+
+    #[tool(
+        description = "Submit a program to run in a gVisor sandbox without waiting; returns job_id and ledger position. Poll with get_job."
+    )]
+    async fn submit_job(
+        &self,
+        Extension(parts): Extension<axum::http::request::Parts>,
+        Parameters(a): Parameters<RunCodeArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let caller = caller(&parts)?;
+        let request = JobRequest {
+            language: a.language,
+            code: a.code,
+            stdin: a.stdin,
+            args: a.args.unwrap_or_default(),
+            env: Default::default(),
+            files: Vec::new(),
+            dependencies: Vec::new(),
+            secrets: a
+                .secrets
+                .unwrap_or_default()
+                .into_iter()
+                .map(SecretInput::Name)
+                .collect(),
+            limits: Default::default(),
+        };
+        match self
+            .state
+            .core
+            .submit(&caller, request, a.idempotency_key)
+            .await
+        {
+            Ok(reply) if reply.receipt.status == "accepted" => Ok(ok_json(
+                serde_json::to_value(&reply.receipt).unwrap_or(Value::Null),
+            )),
+            Ok(reply) => Ok(CallToolResult::error(vec![ContentBlock::text(format!(
+                "job {} was rejected by policy: {}",
+                reply.receipt.job_id,
+                reply.receipt.reasons.join("; ")
+            ))])),
+            Err(e) => Ok(tool_error(e)),
+        }
+    }
+
+    #[tool(description = "Cancel a job (at once if it has not started, else its runner stops it).")]
+    async fn cancel_job(
+        &self,
+        Extension(parts): Extension<axum::http::request::Parts>,
+        Parameters(a): Parameters<JobArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let caller = caller(&parts)?;
+        let tenant = caller.identity.tenant.clone();
+        if let Err(e) = self
+            .state
+            .core
+            .authorize(&caller, "job.cancel", &tenant)
+            .await
+        {
+            return Ok(tool_error(e));
+        }
+        match self
+            .state
+            .core
+            .cancel(&caller, &a.job_id, Some("cancelled over MCP".into()))
+            .await
+        {
+            Ok(r) => Ok(ok_json(serde_json::to_value(&r).unwrap_or(Value::Null))),
+            Err(e) => Ok(tool_error(e)),
+        }
+    }
+
+    #[tool(description = "Files a finished job left in /workspace/out (path, size, sha256).")]
+    async fn list_artifacts(
+        &self,
+        Extension(parts): Extension<axum::http::request::Parts>,
+        Parameters(a): Parameters<JobArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let caller = caller(&parts)?;
+        let tenant = caller.identity.tenant.clone();
+        if let Err(e) = self
+            .state
+            .core
+            .authorize(&caller, "artifact.read", &tenant)
+            .await
+        {
+            return Ok(tool_error(e));
+        }
+        match self.state.core.result(&tenant, &a.job_id).await {
+            Ok(r) => Ok(ok_json(
+                json!({"job_id": a.job_id, "artifacts": r.artifacts.iter().map(|x| json!({
+                "path": x.path, "size_bytes": x.blob.size_bytes, "sha256": x.blob.sha256})).collect::<Vec<_>>()}),
+            )),
+            Err(e) => Ok(tool_error(e)),
+        }
+    }
+
+    #[tool(description = "One artifact of a finished job: text inline, binary as base64.")]
+    async fn read_artifact(
+        &self,
+        Extension(parts): Extension<axum::http::request::Parts>,
+        Parameters(a): Parameters<ArtifactArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let caller = caller(&parts)?;
+        let tenant = caller.identity.tenant.clone();
+        if let Err(e) = self
+            .state
+            .core
+            .authorize(&caller, "artifact.read", &tenant)
+            .await
+        {
+            return Ok(tool_error(e));
+        }
+        let r = match self.state.core.result(&tenant, &a.job_id).await {
+            Ok(r) => r,
+            Err(e) => return Ok(tool_error(e)),
+        };
+        let Some(art) = r.artifacts.iter().find(|x| x.path == a.path) else {
+            return Ok(tool_error(ApiError::NotFound(format!(
+                "artifact {} of job {}",
+                a.path, a.job_id
+            ))));
+        };
+        match self.state.core.read_blob(&a.job_id, &art.blob).await {
+            Ok(bytes) => Ok(match String::from_utf8(bytes) {
+                Ok(text) => CallToolResult::success(vec![ContentBlock::text(text)]),
+                Err(e) => {
+                    use base64::Engine as _;
+                    ok_json(json!({"path": a.path, "encoding": "base64",
+                        "content": base64::engine::general_purpose::STANDARD.encode(e.into_bytes())}))
+                }
+            }),
+            Err(e) => Ok(tool_error(e)),
+        }
+    }
+
+    #[tool(
+        description = "Verify the whole ledger against its signed checkpoints; returns the first failure if any. Needs an audit role."
+    )]
+    async fn verify_ledger(
+        &self,
+        Extension(parts): Extension<axum::http::request::Parts>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let caller = caller(&parts)?;
+        let tenant = caller.identity.tenant.clone();
+        if let Err(e) = self
+            .state
+            .core
+            .authorize(&caller, "audit.verify", &tenant)
+            .await
+        {
+            return Ok(tool_error(e));
+        }
+        let key = self.state.verifier_key.as_deref();
+        match self.state.core.store.verify(key, &[], None, None).await {
+            Ok(Ok(r)) => Ok(ok_json(
+                json!({"verifies": true, "records": r.records, "root": r.root.to_hex(),
+                "checkpoints_checked": r.checkpoints_checked}),
+            )),
+            Ok(Err(f)) => Ok(ok_json(
+                json!({"verifies": false, "position": f.position, "reason": f.problem.to_string()}),
+            )),
+            Err(e) => Ok(tool_error(ApiError::Internal(e.to_string()))),
+        }
+    }
+
+    #[tool(
+        description = "A stream's state and timeline at a ledger position (e.g. job-<id>), for incident review. Needs an audit role."
+    )]
+    async fn replay(
+        &self,
+        Extension(parts): Extension<axum::http::request::Parts>,
+        Parameters(a): Parameters<ReplayArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        use glassbox_audit_query::replay::{self, At};
+        let caller = caller(&parts)?;
+        let tenant = caller.identity.tenant.clone();
+        if let Err(e) = self
+            .state
+            .core
+            .authorize(&caller, "audit.replay", &tenant)
+            .await
+        {
+            return Ok(tool_error(e));
+        }
+        match replay::replay(&self.state.core.store, &a.stream, a.at.map(At::Position)).await {
+            Ok(r) if r.tenant == tenant => {
+                Ok(ok_json(serde_json::to_value(&r).unwrap_or(Value::Null)))
+            }
+            Ok(_) | Err(replay::ReplayError::NoStream(_)) => Ok(tool_error(ApiError::NotFound(
+                format!("stream {}", a.stream),
+            ))),
+            Err(e) => Ok(tool_error(ApiError::Internal(e.to_string()))),
         }
     }
 

@@ -60,6 +60,7 @@ async fn notify(app: &TestApp, s: &Session, method: &str) {
 #[tokio::test]
 async fn agents_use_the_same_identity_policies_and_ledger_through_mcp() {
     let app = spawn_app().await;
+    let projector = app.run_projector();
     // No token: the 401 problem, before any MCP message is read.
     let r = app
         .send(
@@ -96,7 +97,17 @@ async fn agents_use_the_same_identity_policies_and_ledger_through_mcp() {
         .iter()
         .map(|t| t["name"].as_str().unwrap_or(""))
         .collect();
-    for n in ["run_code", "get_job", "search_audit"] {
+    for n in [
+        "run_code",
+        "submit_job",
+        "get_job",
+        "cancel_job",
+        "list_artifacts",
+        "read_artifact",
+        "search_audit",
+        "verify_ledger",
+        "replay",
+    ] {
         assert!(names.contains(&n), "{names:?}");
     }
     let run = tools["result"]["tools"]
@@ -207,5 +218,77 @@ async fn agents_use_the_same_identity_policies_and_ledger_through_mcp() {
     )
     .await;
     assert_eq!(refused["result"]["isError"], true, "{refused}");
+    // Cancel through MCP: the same cancellation as REST, recorded.
+    let (_, c) = rpc(
+        &app,
+        &mut s,
+        "tools/call",
+        json!({"name": "cancel_job", "arguments": {"job_id": job}}),
+    )
+    .await;
+    assert_eq!(c["result"]["isError"], false, "{c}");
+    assert!(
+        c["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap_or("")
+            .contains("cancelled"),
+        "{c}"
+    );
+    assert_eq!(app.records_of_type("job.cancelled").await.len(), 1);
+    // An admin (audit rights) can search, replay and verify through MCP.
+    let mut a = Session {
+        id: None,
+        token: sign(&claims("acme", "ada", &["admin"])),
+        next: 0,
+    };
+    rpc(
+        &app,
+        &mut a,
+        "initialize",
+        json!({"protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "t", "version": "1"}}),
+    )
+    .await;
+    notify(&app, &a, "notifications/initialized").await;
+    let (_, found) = rpc(
+        &app,
+        &mut a,
+        "tools/call",
+        json!({"name": "search_audit", "arguments": {"event_type": "job.cancelled"}}),
+    )
+    .await;
+    assert_eq!(found["result"]["isError"], false, "{found}");
+    assert!(
+        found["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap_or("")
+            .contains(&job)
+    );
+    let (_, rep) = rpc(
+        &app,
+        &mut a,
+        "tools/call",
+        json!({"name": "replay", "arguments": {"stream": format!("job-{job}")}}),
+    )
+    .await;
+    let rep: Value =
+        serde_json::from_str(rep["result"]["content"][0]["text"].as_str().expect("text"))
+            .expect("json");
+    assert_eq!(rep["state"]["status"], "cancelled");
+    let (_, ver) = rpc(
+        &app,
+        &mut a,
+        "tools/call",
+        json!({"name": "verify_ledger", "arguments": {}}),
+    )
+    .await;
+    assert!(
+        ver["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap_or("")
+            .contains("\"verifies\":true"),
+        "{ver}"
+    );
+    projector.cancel();
     app.stop().await;
 }
