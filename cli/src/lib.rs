@@ -12,6 +12,7 @@ mod bench_sandbox;
 mod bench_submit;
 pub mod dev;
 pub mod ledger;
+pub mod mcp_stdio;
 pub mod sandbox;
 pub mod serve;
 
@@ -96,6 +97,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// MCP over stdio for desktop agents: relays to a running Glassbox's /mcp.
+    Mcp(mcp_stdio::McpArgs),
     /// Mint a development JWT (HS256 with GLASSBOX_AUTH_HS256_SECRET; development/test only).
     Token(TokenArgs),
     /// Benchmarks that measure their own baseline in the same run.
@@ -287,6 +290,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => audit::replay(&db, &stream, at, reevaluate, json).await,
         Command::Runner => dev::runner().await,
         Command::Run(args) => dev::run(args).await,
+        Command::Mcp(args) => mcp_stdio::run(args).await,
         Command::Token(args) => {
             println!("{}", mint_token(&args)?);
             Ok(ExitCode::SUCCESS)

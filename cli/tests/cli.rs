@@ -431,3 +431,88 @@ async fn replay_prints_a_streams_timeline_up_to_a_position() {
     let _ = std::fs::remove_dir_all(&dir);
     db.drop_db().await;
 }
+
+#[tokio::test]
+async fn mcp_over_stdio_relays_to_the_running_api_with_the_same_identity() {
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+    glassbox_platform::install_crypto_provider();
+    let db = TestDb::new().await.expect("test database");
+    let dir = std::env::temp_dir().join(format!("gb-cli-mcp-{}", uuid::Uuid::new_v4()));
+    let vars = glassbox_command_api::testing::vars(&db.url, &dir).expect("vars");
+    let app = glassbox_command_api::Application::build(
+        glassbox_platform::Config::from_vars(vars).expect("config"),
+    )
+    .await
+    .expect("api");
+    let api = format!("http://127.0.0.1:{}", app.port());
+    let stop = app.shutdown_token();
+    tokio::spawn(app.run_until_stopped());
+
+    async fn session(api: &str, token: &str, lines: &[Value]) -> Vec<Value> {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_glassbox"))
+            .args(["mcp", "--api", api, "--token", token])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("glassbox mcp");
+        let mut stdin = child.stdin.take().expect("stdin");
+        for l in lines {
+            stdin
+                .write_all(format!("{l}\n").as_bytes())
+                .await
+                .expect("write");
+        }
+        drop(stdin);
+        let stdout = child.stdout.take().expect("stdout");
+        let mut out = Vec::new();
+        let mut reader = tokio::io::BufReader::new(stdout).lines();
+        while let Some(l) = reader.next_line().await.expect("read") {
+            out.push(serde_json::from_str(&l).expect("json line"));
+        }
+        assert!(child.wait().await.expect("exit").success());
+        out
+    }
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "stdio-test", "version": "1"}}});
+    let token = glassbox_command_api::testing::token("restricted");
+    let replies = session(
+        &api,
+        &token,
+        &[
+            init.clone(),
+            json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+            json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {}}),
+            json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {
+                "name": "run_code", "arguments": {"language": "node", "code": "1"}}}),
+        ],
+    )
+    .await;
+    assert_eq!(replies.len(), 3, "{replies:?}");
+    assert_eq!(replies[0]["result"]["protocolVersion"], "2025-06-18");
+    assert_eq!(
+        replies[1]["result"]["tools"].as_array().map(Vec::len),
+        Some(9)
+    );
+    assert_eq!(replies[2]["result"]["isError"], true, "{:?}", replies[2]);
+    // The refusal is in the ledger as the token's identity.
+    let store = db.store().await.expect("store");
+    let all = store.read_all(1, 1000).await.expect("read");
+    let rejected: Vec<_> = all
+        .iter()
+        .filter(|r| r.record.event_type == "job.rejected")
+        .collect();
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(rejected[0].record.actor.id, "user@restricted");
+    // A bad token: the relay answers with an error, not silence.
+    let replies = session(&api, "not-a-token", &[init]).await;
+    assert!(
+        replies[0]["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("401"),
+        "{replies:?}"
+    );
+    stop.cancel();
+    let _ = std::fs::remove_dir_all(&dir);
+    db.drop_db().await;
+}
