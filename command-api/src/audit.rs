@@ -107,26 +107,35 @@ pub async fn events(
             Ok(Value::Object(m)) => m,
             _ => serde_json::Map::new(),
         };
-        let e = NewEvent::typed(
-            format!("audit-{own}"),
-            &catalogue::AuditCrossTenantQueried {
-                query,
-                result_count: page.events.len() as u64,
-            },
-        )
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-        let mut req = glassbox_events::store::AppendRequest::new(own, caller.actor(), vec![e]);
-        req.correlation_id.clone_from(&caller.request_id);
-        state
-            .core
-            .store
-            .append(req)
-            .await
-            .map_err(ApiError::store("record a cross-tenant read"))?;
+        record_cross_tenant_read(&state, &caller, query, page.events.len() as u64).await?;
     }
     Ok(Json(
         json!({"events": page.events, "next_cursor": page.next_cursor}),
     ))
+}
+
+/// Records that `caller` read another tenant's records (before answering).
+async fn record_cross_tenant_read(
+    state: &AppState,
+    caller: &Caller,
+    query: serde_json::Map<String, Value>,
+    result_count: u64,
+) -> Result<(), ApiError> {
+    let e = NewEvent::typed(
+        format!("audit-{}", caller.identity.tenant),
+        &catalogue::AuditCrossTenantQueried {
+            query,
+            result_count,
+        },
+    )
+    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    state
+        .core
+        .store
+        .append(caller.append(vec![e]))
+        .await
+        .map_err(ApiError::store("record a cross-tenant read"))?;
+    Ok(())
 }
 
 fn verifier(state: &AppState) -> Result<&glassbox_events::VerifierKey, ApiError> {
@@ -375,22 +384,7 @@ pub async fn replay(
         let mut query = serde_json::Map::new();
         query.insert("replay".into(), stream.clone().into());
         query.insert("tenant".into(), r.tenant.clone().into());
-        let e = NewEvent::typed(
-            format!("audit-{own}"),
-            &catalogue::AuditCrossTenantQueried {
-                query,
-                result_count: r.timeline.len() as u64,
-            },
-        )
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-        let mut req = glassbox_events::store::AppendRequest::new(own, caller.actor(), vec![e]);
-        req.correlation_id.clone_from(&caller.request_id);
-        state
-            .core
-            .store
-            .append(req)
-            .await
-            .map_err(ApiError::store("record a cross-tenant read"))?;
+        record_cross_tenant_read(&state, &caller, query, r.timeline.len() as u64).await?;
     }
     let mut v = serde_json::to_value(&r).map_err(|e| ApiError::Internal(e.to_string()))?;
     if p.reevaluate.unwrap_or(false) {

@@ -116,12 +116,10 @@ async fn identify(state: &AppState, req: &axum::http::request::Parts) -> Result<
     };
     let stream = format!("auth-{}", caller.identity.tenant);
     let e = NewEvent::typed(stream, &event).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let mut append = AppendRequest::new(caller.identity.tenant.clone(), caller.actor(), vec![e]);
-    append.correlation_id.clone_from(&caller.request_id);
     state
         .core
         .store
-        .append(append)
+        .append(caller.append(vec![e]))
         .await
         .map_err(ApiError::store("record a bypassed request"))?;
     Ok(caller)
@@ -140,9 +138,7 @@ async fn record_rate_limit(state: &AppState, caller: &Caller, window_start: u64)
     let Ok(e) = NewEvent::typed(stream, &event) else {
         return;
     };
-    let mut append = AppendRequest::new(caller.identity.tenant.clone(), caller.actor(), vec![e]);
-    append.correlation_id.clone_from(&caller.request_id);
-    if let Err(e) = state.core.store.append(append).await {
+    if let Err(e) = state.core.store.append(caller.append(vec![e])).await {
         tracing::error!(error = %e, "could not record a rate-limit denial");
     }
 }

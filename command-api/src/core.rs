@@ -80,7 +80,9 @@ impl Caller {
         }
     }
 
-    fn append(&self, events: Vec<NewEvent>) -> AppendRequest {
+    /// An append of `events` on behalf of this caller (its tenant and actor, the
+    /// request ID as correlation) — how everything a request causes is recorded.
+    pub(crate) fn append(&self, events: Vec<NewEvent>) -> AppendRequest {
         let mut r = AppendRequest::new(self.identity.tenant.clone(), self.actor(), events);
         r.correlation_id = self.request_id.clone();
         r.request_id = Some(self.request_id.clone());

@@ -52,6 +52,29 @@ pub struct RunCodeArgs {
     pub idempotency_key: Option<String>,
 }
 
+impl RunCodeArgs {
+    /// The REST request this call mirrors.
+    fn job_request(&self) -> JobRequest {
+        JobRequest {
+            language: self.language.clone(),
+            code: self.code.clone(),
+            stdin: self.stdin.clone(),
+            args: self.args.clone().unwrap_or_default(),
+            env: Default::default(),
+            files: Vec::new(),
+            dependencies: Vec::new(),
+            secrets: self
+                .secrets
+                .iter()
+                .flatten()
+                .cloned()
+                .map(SecretInput::Name)
+                .collect(),
+            limits: Default::default(),
+        }
+    }
+}
+
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobArgs {
@@ -126,6 +149,17 @@ impl GlassboxMcp {
         GlassboxMcp { state }
     }
 
+    /// The tool error for a refused action (recorded like REST's), if refused.
+    async fn denied(&self, caller: &Caller, action: &str) -> Option<CallToolResult> {
+        let tenant = caller.identity.tenant.clone();
+        self.state
+            .core
+            .authorize(caller, action, &tenant)
+            .await
+            .err()
+            .map(tool_error)
+    }
+
     async fn wait_and_collect(
         &self,
         caller: &Caller,
@@ -134,23 +168,26 @@ impl GlassboxMcp {
     ) -> Result<Value, ApiError> {
         let tenant = &caller.identity.tenant;
         let deadline = Instant::now() + wait;
-        let status = loop {
+        let (status, position) = loop {
             let records = self.state.core.job_records(tenant, job_id).await?;
+            let position = records.last().map_or(0, |r| r.record.position);
             if let Some(t) = records
                 .iter()
                 .rev()
                 .map(|r| r.record.event_type.as_str())
                 .find(|t| TERMINAL_EVENTS.contains(t))
             {
-                break t.trim_start_matches("job.").to_owned();
+                break (t.trim_start_matches("job.").to_owned(), position);
             }
             if Instant::now() >= deadline {
-                return Ok(json!({"job_id": job_id, "status": "running",
-                                 "note": "still running: call get_job later"}));
+                return Ok(
+                    json!({"job_id": job_id, "status": "running", "ledger_position": position,
+                                 "note": "still running: call get_job later"}),
+                );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
-        let mut out = json!({"job_id": job_id, "status": status});
+        let mut out = json!({"job_id": job_id, "status": status, "ledger_position": position});
         if let Ok(r) = self.state.core.result(tenant, job_id).await {
             let f = &r.finished;
             out["outcome"] = serde_json::to_value(f.outcome).unwrap_or(Value::Null);
@@ -168,14 +205,6 @@ impl GlassboxMcp {
                 .collect::<Vec<_>>()
                 .into();
         }
-        let (head, _) = self
-            .state
-            .core
-            .store
-            .head()
-            .await
-            .map_err(ApiError::store("read the ledger head"))?;
-        out["ledger_position"] = head.into();
         Ok(out)
     }
 
@@ -188,22 +217,7 @@ impl GlassboxMcp {
         Parameters(a): Parameters<RunCodeArgs>,
     ) -> Result<CallToolResult, ErrorData> {
         let caller = caller(&parts)?;
-        let request = JobRequest {
-            language: a.language,
-            code: a.code,
-            stdin: a.stdin,
-            args: a.args.unwrap_or_default(),
-            env: Default::default(),
-            files: Vec::new(),
-            dependencies: Vec::new(),
-            secrets: a
-                .secrets
-                .unwrap_or_default()
-                .into_iter()
-                .map(SecretInput::Name)
-                .collect(),
-            limits: Default::default(),
-        };
+        let request = a.job_request();
         let reply = match self
             .state
             .core
@@ -237,14 +251,8 @@ impl GlassboxMcp {
         Parameters(a): Parameters<JobArgs>,
     ) -> Result<CallToolResult, ErrorData> {
         let caller = caller(&parts)?;
-        let tenant = caller.identity.tenant.clone();
-        if let Err(e) = self
-            .state
-            .core
-            .authorize(&caller, "job.read", &tenant)
-            .await
-        {
-            return Ok(tool_error(e));
+        if let Some(denied) = self.denied(&caller, "job.read").await {
+            return Ok(denied);
         }
         match self
             .wait_and_collect(&caller, &a.job_id, Duration::ZERO)
@@ -264,22 +272,7 @@ impl GlassboxMcp {
         Parameters(a): Parameters<RunCodeArgs>,
     ) -> Result<CallToolResult, ErrorData> {
         let caller = caller(&parts)?;
-        let request = JobRequest {
-            language: a.language,
-            code: a.code,
-            stdin: a.stdin,
-            args: a.args.unwrap_or_default(),
-            env: Default::default(),
-            files: Vec::new(),
-            dependencies: Vec::new(),
-            secrets: a
-                .secrets
-                .unwrap_or_default()
-                .into_iter()
-                .map(SecretInput::Name)
-                .collect(),
-            limits: Default::default(),
-        };
+        let request = a.job_request();
         match self
             .state
             .core
@@ -305,14 +298,8 @@ impl GlassboxMcp {
         Parameters(a): Parameters<JobArgs>,
     ) -> Result<CallToolResult, ErrorData> {
         let caller = caller(&parts)?;
-        let tenant = caller.identity.tenant.clone();
-        if let Err(e) = self
-            .state
-            .core
-            .authorize(&caller, "job.cancel", &tenant)
-            .await
-        {
-            return Ok(tool_error(e));
+        if let Some(denied) = self.denied(&caller, "job.cancel").await {
+            return Ok(denied);
         }
         match self
             .state
@@ -333,13 +320,8 @@ impl GlassboxMcp {
     ) -> Result<CallToolResult, ErrorData> {
         let caller = caller(&parts)?;
         let tenant = caller.identity.tenant.clone();
-        if let Err(e) = self
-            .state
-            .core
-            .authorize(&caller, "artifact.read", &tenant)
-            .await
-        {
-            return Ok(tool_error(e));
+        if let Some(denied) = self.denied(&caller, "artifact.read").await {
+            return Ok(denied);
         }
         match self.state.core.result(&tenant, &a.job_id).await {
             Ok(r) => Ok(ok_json(
@@ -358,13 +340,8 @@ impl GlassboxMcp {
     ) -> Result<CallToolResult, ErrorData> {
         let caller = caller(&parts)?;
         let tenant = caller.identity.tenant.clone();
-        if let Err(e) = self
-            .state
-            .core
-            .authorize(&caller, "artifact.read", &tenant)
-            .await
-        {
-            return Ok(tool_error(e));
+        if let Some(denied) = self.denied(&caller, "artifact.read").await {
+            return Ok(denied);
         }
         let r = match self.state.core.result(&tenant, &a.job_id).await {
             Ok(r) => r,
@@ -397,14 +374,8 @@ impl GlassboxMcp {
         Extension(parts): Extension<axum::http::request::Parts>,
     ) -> Result<CallToolResult, ErrorData> {
         let caller = caller(&parts)?;
-        let tenant = caller.identity.tenant.clone();
-        if let Err(e) = self
-            .state
-            .core
-            .authorize(&caller, "audit.verify", &tenant)
-            .await
-        {
-            return Ok(tool_error(e));
+        if let Some(denied) = self.denied(&caller, "audit.verify").await {
+            return Ok(denied);
         }
         let key = self.state.verifier_key.as_deref();
         match self.state.core.store.verify(key, &[], None, None).await {
@@ -430,13 +401,8 @@ impl GlassboxMcp {
         use glassbox_audit_query::replay::{self, At};
         let caller = caller(&parts)?;
         let tenant = caller.identity.tenant.clone();
-        if let Err(e) = self
-            .state
-            .core
-            .authorize(&caller, "audit.replay", &tenant)
-            .await
-        {
-            return Ok(tool_error(e));
+        if let Some(denied) = self.denied(&caller, "audit.replay").await {
+            return Ok(denied);
         }
         match replay::replay(&self.state.core.store, &a.stream, a.at.map(At::Position)).await {
             Ok(r) if r.tenant == tenant => {
@@ -459,13 +425,8 @@ impl GlassboxMcp {
     ) -> Result<CallToolResult, ErrorData> {
         let caller = caller(&parts)?;
         let tenant = caller.identity.tenant.clone();
-        if let Err(e) = self
-            .state
-            .core
-            .authorize(&caller, "audit.read", &tenant)
-            .await
-        {
-            return Ok(tool_error(e));
+        if let Some(denied) = self.denied(&caller, "audit.read").await {
+            return Ok(denied);
         }
         let filters = glassbox_audit_query::bundle::Filters {
             tenant: Some(tenant),
