@@ -200,6 +200,43 @@ async fn baseline_inserts(
     .await
 }
 
+const BENCH_SECRET: &str = "bench-only-hs256-secret-0123456789abcdef";
+
+/// A submitter token of tenant `acme` for the benchmark API (HS256, test environment).
+pub(crate) fn bench_token() -> anyhow::Result<String> {
+    let now = chrono::Utc::now().timestamp();
+    let claims = json!({"iss": "glassbox", "aud": "glassbox", "sub": "bench", "tenant": "acme",
+                        "roles": ["submitter"], "exp": now + 3600, "iat": now});
+    Ok(jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(BENCH_SECRET.as_bytes()),
+    )?)
+}
+
+/// The command API on a free port for a benchmark: test environment, HS256
+/// tokens from [`bench_token`], no effective rate limit.
+pub(crate) async fn bench_api(
+    db_url: &str,
+    redis_url: &str,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<glassbox_command_api::Application> {
+    let vars: Vec<(String, String)> = [
+        ("GLASSBOX_ENV", "test"),
+        ("GLASSBOX_HTTP_ADDR", "127.0.0.1:0"),
+        ("GLASSBOX_DATABASE_URL", db_url),
+        ("GLASSBOX_REDIS_URL", redis_url),
+        ("GLASSBOX_DATA_DIR", data_dir.to_str().context("data dir")?),
+        ("GLASSBOX_AUTH_HS256_SECRET", BENCH_SECRET),
+        ("GLASSBOX_RATE_LIMIT_PER_SEC", "1000000000"),
+    ]
+    .iter()
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect();
+    let config = glassbox_platform::Config::from_vars(vars)?;
+    Ok(glassbox_command_api::Application::build(config).await?)
+}
+
 /// A throw-away database on the server at `server_url`, dropped by [`BenchDb::drop`].
 pub(crate) struct BenchDb {
     admin: sqlx::PgConnection,

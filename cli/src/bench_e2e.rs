@@ -37,19 +37,7 @@ pub struct E2eBench {
     pub base_dir: PathBuf,
 }
 
-const SECRET: &str = "bench-only-hs256-secret-0123456789abcdef";
 const CODE: &str = "print('hello')";
-
-fn token() -> anyhow::Result<String> {
-    let now = chrono::Utc::now().timestamp();
-    let claims = json!({"iss": "glassbox", "aud": "glassbox", "sub": "bench", "tenant": "acme",
-                        "roles": ["submitter"], "exp": now + 3600, "iat": now});
-    Ok(jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )?)
-}
 
 pub async fn run(args: E2eBench) -> anyhow::Result<ExitCode> {
     let db = BenchDb::create(&args.database_url).await?;
@@ -127,20 +115,7 @@ fn start_runner(
 }
 
 async fn inner(args: &E2eBench, url: &str, dir: &std::path::Path) -> anyhow::Result<Value> {
-    let vars: Vec<(String, String)> = [
-        ("GLASSBOX_ENV", "test"),
-        ("GLASSBOX_HTTP_ADDR", "127.0.0.1:0"),
-        ("GLASSBOX_DATABASE_URL", url),
-        ("GLASSBOX_REDIS_URL", &args.redis_url),
-        ("GLASSBOX_DATA_DIR", dir.to_str().context("data dir")?),
-        ("GLASSBOX_AUTH_HS256_SECRET", SECRET),
-        ("GLASSBOX_RATE_LIMIT_PER_SEC", "1000000000"),
-    ]
-    .iter()
-    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-    .collect();
-    let config = glassbox_platform::Config::from_vars(vars)?;
-    let app = glassbox_command_api::Application::build(config).await?;
+    let app = crate::bench::bench_api(url, &args.redis_url, dir).await?;
     let api = format!("http://127.0.0.1:{}", app.port());
     let stop = app.shutdown_token();
     let core = app.state().core.clone();
@@ -155,7 +130,7 @@ async fn inner(args: &E2eBench, url: &str, dir: &std::path::Path) -> anyhow::Res
     let client = Arc::new(Client {
         http: reqwest::Client::new(),
         api,
-        token: token()?,
+        token: crate::bench::bench_token()?,
     });
 
     // Latency: one job at a time, interleaved with raw runsc of the same program.

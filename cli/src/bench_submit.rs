@@ -5,7 +5,6 @@
 //! projection lag observed meanwhile.
 
 use crate::bench::{BenchDb, measure, percentile, round};
-use anyhow::Context as _;
 use clap::Args;
 use glassbox_events::store::{AppendRequest, ExpectedVersion, NewEvent};
 use glassbox_events::{Actor, SigningKey};
@@ -38,19 +37,6 @@ pub struct SubmitBench {
     pub without_projector: bool,
 }
 
-const SECRET: &str = "bench-only-hs256-secret-0123456789abcdef";
-
-fn token() -> anyhow::Result<String> {
-    let now = chrono::Utc::now().timestamp();
-    let claims = json!({"iss": "glassbox", "aud": "glassbox", "sub": "bench", "tenant": "acme",
-                        "roles": ["submitter"], "exp": now + 3600, "iat": now});
-    Ok(jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )?)
-}
-
 pub async fn run(args: SubmitBench) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
         args.concurrency > 0 && args.submissions >= args.concurrency,
@@ -66,20 +52,7 @@ pub async fn run(args: SubmitBench) -> anyhow::Result<ExitCode> {
 }
 
 async fn inner(args: &SubmitBench, url: &str, dir: &std::path::Path) -> anyhow::Result<Value> {
-    let vars: Vec<(String, String)> = [
-        ("GLASSBOX_ENV", "test"),
-        ("GLASSBOX_HTTP_ADDR", "127.0.0.1:0"),
-        ("GLASSBOX_DATABASE_URL", url),
-        ("GLASSBOX_REDIS_URL", &args.redis_url),
-        ("GLASSBOX_DATA_DIR", dir.to_str().context("data dir")?),
-        ("GLASSBOX_AUTH_HS256_SECRET", SECRET),
-        ("GLASSBOX_RATE_LIMIT_PER_SEC", "1000000000"),
-    ]
-    .iter()
-    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-    .collect();
-    let config = glassbox_platform::Config::from_vars(vars)?;
-    let app = glassbox_command_api::Application::build(config).await?;
+    let app = crate::bench::bench_api(url, &args.redis_url, dir).await?;
     let port = app.port();
     let stop = app.shutdown_token();
     let store = app.state().core.store.clone();
@@ -99,7 +72,7 @@ async fn inner(args: &SubmitBench, url: &str, dir: &std::path::Path) -> anyhow::
         .pool_max_idle_per_host(args.concurrency as usize)
         .build()?;
     let url = format!("http://127.0.0.1:{port}/v1/jobs");
-    let token = Arc::new(token()?);
+    let token = Arc::new(crate::bench::bench_token()?);
     let submit = {
         let (client, url, token) = (client.clone(), url.clone(), token.clone());
         move |w: u64, i: u64| {
