@@ -133,8 +133,9 @@ pub struct GetJobParams {
     pub min_position: Option<u64>,
 }
 
-const JOB_COLUMNS: &str = "to_jsonb(j) - 'result' - 'requested_limits' \
-    || jsonb_build_object('requested_limits', j.requested_limits) AS v";
+/// A job as clients see it: every read-model column but the raw result event
+/// (its blob keys are internal; `/output` serves the result).
+const JOB_COLUMNS: &str = "to_jsonb(j) - 'result' AS v";
 
 async fn fetch_job(state: &AppState, tenant: &str, id: &str) -> Result<Option<Value>, ApiError> {
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
