@@ -11,6 +11,7 @@ ensure_redis
 ensure_runsc
 ensure_s3
 ensure_schemathesis
+ensure_mcp_sdk
 
 # Databases left by earlier interrupted test runs.
 for db in $(psql "$GLASSBOX_TEST_DATABASE_URL" -Atc "SELECT datname FROM pg_database WHERE datname LIKE 'glassbox_test_%'"); do

@@ -298,3 +298,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Projector { db, command } => serve::projector(&db, command).await,
     }
 }
+
+/// The `glassbox` command's entry point: parse the arguments, run, exit.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

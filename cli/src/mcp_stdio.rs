@@ -24,6 +24,46 @@ fn error_reply(id: &Value, message: String) -> Value {
     json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32001, "message": message}})
 }
 
+/// The routing headers streamable HTTP asks for since 2026-07-28 (SEP-2243):
+/// `Mcp-Method`, and `Mcp-Name` from the member each method names. Earlier
+/// versions ignore them. (Glassbox's tools annotate no `Mcp-Param-*` headers.)
+fn routing_headers(msg: &Value) -> Vec<(&'static str, String)> {
+    let Some(method) = msg.get("method").and_then(Value::as_str) else {
+        return Vec::new();
+    };
+    let mut out = vec![("mcp-method", method.to_owned())];
+    let key = match method {
+        "tools/call" | "prompts/get" => "name",
+        "resources/read" | "resources/subscribe" | "resources/unsubscribe" => "uri",
+        "tasks/get" | "tasks/update" | "tasks/cancel" => "taskId",
+        _ => return out,
+    };
+    if let Some(name) = msg
+        .pointer("/params")
+        .and_then(|p| p.get(key))
+        .and_then(Value::as_str)
+    {
+        out.push(("mcp-name", header_value(name)));
+    }
+    out
+}
+
+/// A header value as SEP-2243 encodes it: as is when it is plain visible
+/// ASCII, else base64 inside `=?base64?…?=`.
+fn header_value(v: &str) -> String {
+    use base64::Engine as _;
+    let padded = v.starts_with([' ', '\t']) || v.ends_with([' ', '\t']);
+    let sentinel = v.starts_with("=?base64?") && v.ends_with("?=");
+    if !padded && !sentinel && v.chars().all(|c| (' '..='~').contains(&c)) {
+        v.to_owned()
+    } else {
+        format!(
+            "=?base64?{}?=",
+            base64::engine::general_purpose::STANDARD.encode(v)
+        )
+    }
+}
+
 pub async fn run(args: McpArgs) -> anyhow::Result<ExitCode> {
     let api = args.api.unwrap_or_else(|| {
         format!(
@@ -72,8 +112,17 @@ pub async fn run(args: McpArgs) -> anyhow::Result<ExitCode> {
         if let Some(s) = &session {
             req = req.header("mcp-session-id", s);
         }
-        if let Some(p) = &protocol {
+        // 2026-07-28 and later name the version in each request's _meta, which
+        // the header must repeat; earlier ones negotiate it once at initialize.
+        let per_request = msg
+            .pointer("/params/_meta")
+            .and_then(|m| m.get("io.modelcontextprotocol/protocolVersion"))
+            .and_then(Value::as_str);
+        if let Some(p) = per_request.or(protocol.as_deref()) {
             req = req.header("mcp-protocol-version", p);
+        }
+        for (name, value) in routing_headers(&msg) {
+            req = req.header(name, value);
         }
         let replies: Vec<Value> = match req.send().await {
             Err(e) => id
@@ -91,16 +140,19 @@ pub async fn run(args: McpArgs) -> anyhow::Result<ExitCode> {
                 let status = resp.status();
                 let text = resp.text().await.unwrap_or_default();
                 if !status.is_success() {
-                    let detail = serde_json::from_str::<Value>(&text)
-                        .ok()
-                        .and_then(|v| v.get("detail").and_then(Value::as_str).map(str::to_owned))
-                        .unwrap_or_else(|| text.chars().take(300).collect());
+                    // Glassbox's refusals are JSON-RPC errors (with the problem
+                    // in `data`); pass them on under this request's ID.
+                    let body = serde_json::from_str::<Value>(&text).ok();
                     id.iter()
-                        .map(|id| {
-                            error_reply(
+                        .map(|id| match body.as_ref().and_then(|b| b.get("error")) {
+                            Some(error) => json!({"jsonrpc": "2.0", "id": id, "error": error}),
+                            None => error_reply(
                                 id,
-                                format!("Glassbox refused the request ({status}): {detail}"),
-                            )
+                                format!(
+                                    "Glassbox refused the request ({status}): {}",
+                                    text.chars().take(300).collect::<String>()
+                                ),
+                            ),
                         })
                         .collect()
                 } else if let Ok(v) = serde_json::from_str::<Value>(&text) {
@@ -122,4 +174,33 @@ pub async fn run(args: McpArgs) -> anyhow::Result<ExitCode> {
         out.flush().await?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routing_headers_name_the_method_and_its_target() {
+        let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                          "params": {"name": "run_code", "arguments": {}}});
+        assert_eq!(
+            routing_headers(&call),
+            [
+                ("mcp-method", "tools/call".into()),
+                ("mcp-name", "run_code".into())
+            ]
+        );
+        let read = json!({"method": "resources/read", "params": {"uri": "glassbox://jobs/ü"}});
+        assert_eq!(
+            routing_headers(&read)[1],
+            ("mcp-name", "=?base64?Z2xhc3Nib3g6Ly9qb2JzL8O8?=".into())
+        );
+        assert_eq!(
+            routing_headers(&json!({"method": "tools/list"})),
+            [("mcp-method", "tools/list".into())]
+        );
+        assert!(routing_headers(&json!({"jsonrpc": "2.0", "id": 1, "result": {}})).is_empty());
+        assert_eq!(header_value(" padded"), "=?base64?IHBhZGRlZA==?=");
+    }
 }

@@ -505,11 +505,40 @@ async fn mcp_over_stdio_relays_to_the_running_api_with_the_same_identity() {
     assert_eq!(rejected[0].record.actor.id, "user@restricted");
     // A bad token: the relay answers with an error, not silence.
     let replies = session(&api, "not-a-token", &[init]).await;
+    assert_eq!(replies[0]["id"], 1, "{replies:?}");
+    assert_eq!(replies[0]["error"]["data"]["status"], 401, "{replies:?}");
     assert!(
         replies[0]["error"]["message"]
             .as_str()
             .unwrap_or("")
-            .contains("401"),
+            .contains("unauthenticated"),
+        "{replies:?}"
+    );
+    // 2026-07-28: no handshake, no session; each request names its version in
+    // _meta, and the relay adds the headers streamable HTTP then requires.
+    let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                      "io.modelcontextprotocol/clientInfo": {"name": "stdio-test", "version": "1"},
+                      "io.modelcontextprotocol/clientCapabilities": {}});
+    let replies = session(
+        &api,
+        &token,
+        &[
+            json!({"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {"_meta": meta}}),
+            json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+                "_meta": meta, "name": "get_job", "arguments": {"job_id": "nope"}}}),
+        ],
+    )
+    .await;
+    assert_eq!(replies.len(), 2, "{replies:?}");
+    assert!(
+        replies[0]["result"]["supportedVersions"]
+            .as_array()
+            .is_some_and(|v| v.contains(&json!("2026-07-28"))),
+        "{replies:?}"
+    );
+    assert_eq!(replies[1]["result"]["isError"], true, "{replies:?}");
+    assert!(
+        replies[1].to_string().contains("does not exist"),
         "{replies:?}"
     );
     stop.cancel();

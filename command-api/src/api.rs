@@ -137,7 +137,11 @@ pub struct GetJobParams {
 /// (its blob keys are internal; `/output` serves the result).
 const JOB_COLUMNS: &str = "to_jsonb(j) - 'result' AS v";
 
-async fn fetch_job(state: &AppState, tenant: &str, id: &str) -> Result<Option<Value>, ApiError> {
+pub(crate) async fn fetch_job(
+    state: &AppState,
+    tenant: &str,
+    id: &str,
+) -> Result<Option<Value>, ApiError> {
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {JOB_COLUMNS} FROM projections.jobs j WHERE job_id = $1 AND tenant = $2"
     )))

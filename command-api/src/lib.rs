@@ -182,7 +182,7 @@ impl Application {
                 }
             });
         }
-        let router = router(state.clone(), pool);
+        let router = router(state.clone(), pool, &shutdown);
         let listener = tokio::net::TcpListener::bind(config.http_addr)
             .await
             .map_err(|source| BuildError::Bind {
@@ -227,7 +227,7 @@ impl Application {
 }
 
 /// The routes, for embedding (e.g. `glassbox dev`) and tests.
-pub fn router(state: AppState, pool: PgPool) -> Router {
+pub fn router(state: AppState, pool: PgPool, shutdown: &CancellationToken) -> Router {
     let v1 = Router::new()
         .route("/v1/jobs", post(api::submit_job).get(api::list_jobs))
         .route("/v1/jobs/{id}", get(api::get_job))
@@ -257,20 +257,7 @@ pub fn router(state: AppState, pool: PgPool) -> Router {
             auth::authenticate,
         ));
     // MCP (streamable HTTP) behind the same authentication as REST.
-    let mcp_state = state.clone();
-    let mcp = rmcp::transport::streamable_http_server::StreamableHttpService::new(
-        move || Ok(mcp::GlassboxMcp::new(mcp_state.clone())),
-        std::sync::Arc::new(
-            rmcp::transport::streamable_http_server::session::local::LocalSessionManager::default(),
-        ),
-        Default::default(),
-    );
-    let mcp = Router::new()
-        .nest_service("/mcp", mcp)
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            auth::authenticate,
-        ));
+    let mcp = mcp::router(state.clone(), shutdown.child_token());
     let v1 = v1.merge(mcp);
     let max_body = state.config.max_body_bytes;
     let document = Arc::new(openapi::document(state.config.max_wait_secs));

@@ -1,39 +1,191 @@
 //! The MCP server (Model Context Protocol, rmcp): agents run code and query the
-//! audit trail through tools, mounted at `/mcp` (streamable HTTP).
+//! audit trail through tools, and read jobs and artifacts as resources, at
+//! `/mcp` (streamable HTTP; `glassbox mcp` relays stdio to it).
 //!
 //! Same identity, same policies, same ledger as REST: `/mcp` sits behind the
-//! same authentication middleware (an unauthenticated connection gets the 401
-//! problem before any MCP message is read), each tool takes the caller from the
-//! request and calls the same [`Core`] functions the REST handlers call — MCP
-//! adds no path around a check. Failures are tool errors (`isError: true`)
-//! with the problem's text, never a broken session.
+//! same authentication middleware (an unauthenticated connection is refused
+//! before any MCP message is read), and each tool or resource read takes the
+//! caller from the request and calls the same [`Core`] functions and the same
+//! authorization check the REST handler it mirrors calls — MCP adds no path
+//! around a check, and a refusal is recorded the same way. Failures are tool
+//! errors (`isError: true`) or JSON-RPC errors with the problem's text, never a
+//! broken session; nothing internal reaches the message (internal errors say
+//! only `internal`).
+//!
+//! [`Core`]: crate::core::Core
 
 use crate::AppState;
-use crate::core::{Caller, JobRequest, SecretInput};
+use crate::core::{Caller, DependencyInput, Encoding, FileInput, JobRequest, SecretInput};
 use crate::error::ApiError;
+use axum::Router;
+use axum::extract::State;
+use axum::http::HeaderValue;
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse as _, Response};
+use base64::Engine as _;
+use glassbox_events::catalogue::{ArtifactStored, Limits};
 use rmcp::handler::server::tool::Extension;
 use rmcp::handler::server::wrapper::Parameters;
-use rmcp::model::{CallToolResult, ContentBlock, Implementation, ServerCapabilities, ServerConfig};
+use rmcp::model::{
+    CacheScope, CallToolResult, ContentBlock, Implementation, ListResourceTemplatesResult,
+    ListResourcesResult, PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResponse,
+    ReadResourceResult, Resource, ResourceContents, ResourceTemplate, ServerCapabilities,
+    ServerConfig,
+};
 use rmcp::schemars::{self, JsonSchema};
-use rmcp::{ErrorData, ServerHandler, tool, tool_handler, tool_router};
+use rmcp::service::RequestContext;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::{ErrorData, RoleServer, ServerHandler, tool, tool_handler, tool_router};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 /// Longest a `run_code` call waits for the job to finish.
 pub const MAX_RUN_WAIT: Duration = Duration::from_secs(120);
+
+/// Most recent jobs `resources/list` shows (older ones stay readable by URI).
+const LISTED_JOBS: i64 = 50;
+
+/// The URI scheme of Glassbox's resources.
+const SCHEME: &str = "glassbox://";
 
 #[derive(Clone)]
 pub struct GlassboxMcp {
     state: AppState,
 }
 
+/// `/mcp`: the MCP service behind REST's authentication (and rate limit).
+///
+/// Host checking is off: rmcp's default allows only loopback `Host`s (against
+/// DNS rebinding of unauthenticated local servers), but every request here
+/// must carry a bearer token, which a rebinding page cannot. The body is
+/// limited after authentication (an anonymous client cannot make us buffer).
+/// Refusals before the MCP service (401, 413, 429, 503) are JSON-RPC errors
+/// carrying the problem, so an MCP client shows the reason, not a bare status.
+pub(crate) fn router(state: AppState, shutdown: CancellationToken) -> Router<AppState> {
+    let max_body = state.config.max_body_bytes;
+    let mcp_state = state.clone();
+    let service = StreamableHttpService::new(
+        move || Ok(GlassboxMcp::new(mcp_state.clone())),
+        Arc::new(LocalSessionManager::default()),
+        StreamableHttpServerConfig::default()
+            .disable_allowed_hosts()
+            .with_max_request_body_bytes(max_body)
+            .with_cancellation_token(shutdown),
+    );
+    Router::new()
+        .nest_service("/mcp", service)
+        .layer(middleware::from_fn_with_state(max_body, limit_body))
+        .layer(middleware::from_fn_with_state(
+            state,
+            crate::auth::authenticate,
+        ))
+        .layer(middleware::from_fn(refusals_as_jsonrpc))
+}
+
+/// JSON-RPC error code for a request Glassbox refused before MCP saw it.
+pub const REFUSED: i32 = -32001;
+
+/// How much of an oversized message is read and dropped so that the client,
+/// still sending, reads the 413 rather than a reset connection.
+const DRAIN_LIMIT: usize = 64 << 20;
+
+/// Buffers an authenticated request's body up to `max_body` bytes; refuses a
+/// larger one with 413 (declared by `Content-Length` or found while reading).
+async fn limit_body(
+    State(max_body): State<usize>,
+    req: axum::extract::Request,
+    next: Next,
+) -> Response {
+    use futures::StreamExt as _;
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let (parts, body) = req.into_parts();
+    let mut stream = body.into_data_stream();
+    let mut buf = Vec::new();
+    let mut over = declared.is_some_and(|n| n > max_body as u64);
+    while !over {
+        match stream.next().await {
+            Some(Ok(chunk)) if buf.len() + chunk.len() <= max_body => {
+                buf.extend_from_slice(&chunk);
+            }
+            Some(Ok(_)) => over = true,
+            Some(Err(_)) => {
+                return ApiError::Invalid("the request body could not be read".into())
+                    .into_response();
+            }
+            None => break,
+        }
+    }
+    if over {
+        let mut drained = buf.len();
+        drop(buf);
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(Ok(chunk)) = stream.next().await {
+                drained += chunk.len();
+                if drained > DRAIN_LIMIT {
+                    break;
+                }
+            }
+        })
+        .await;
+        return ApiError::TooLarge(format!(
+            "the MCP message is larger than the limit of {max_body} bytes"
+        ))
+        .into_response();
+    }
+    next.run(axum::extract::Request::from_parts(
+        parts,
+        axum::body::Body::from(buf),
+    ))
+    .await
+}
+
+/// Turns a problem+json refusal (401, 403, 413, 429, …) into a JSON-RPC error
+/// with the problem as its data, keeping the status and headers.
+async fn refusals_as_jsonrpc(req: axum::extract::Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let is_problem = resp
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/problem+json"));
+    if !is_problem {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let problem = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .unwrap_or(Value::Null);
+    let text = |k: &str| problem.get(k).and_then(Value::as_str).unwrap_or_default();
+    let message = format!("{} ({}): {}", text("title"), text("code"), text("detail"));
+    let body = json!({"jsonrpc": "2.0", "id": null,
+                      "error": {"code": REFUSED, "message": message, "data": problem}});
+    parts.headers.remove(CONTENT_LENGTH);
+    parts
+        .headers
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Response::from_parts(parts, axum::body::Body::from(body.to_string()))
+}
+
+// ------------------------------------------------------------------ arguments
+
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunCodeArgs {
-    /// python, node or bash.
+    /// The runtime: python, node or bash (the tenant's policy decides which are allowed).
     pub language: String,
-    /// The program.
+    /// The program's source.
     pub code: String,
     /// Standard input for the program.
     #[serde(default)]
@@ -41,28 +193,134 @@ pub struct RunCodeArgs {
     /// Program arguments.
     #[serde(default)]
     pub args: Option<Vec<String>>,
-    /// Names of secrets to inject (as environment variables), if policy allows.
+    /// Environment variables (names: letters, digits, '_').
+    #[serde(default)]
+    pub env: Option<BTreeMap<String, String>>,
+    /// Files written under /workspace before the program starts.
+    #[serde(default)]
+    pub files: Option<Vec<FileArg>>,
+    /// Python packages to install from the vetted mirror (each checked against the tenant's allowlist).
+    #[serde(default)]
+    pub dependencies: Option<Vec<DependencyArg>>,
+    /// Names of secrets to inject as environment variables, if policy allows; their values never appear in output.
     #[serde(default)]
     pub secrets: Option<Vec<String>>,
-    /// Seconds to wait for the result (default 60, at most 120).
+    /// Resource limits; omitted ones take the tenant's defaults, larger than the tenant's maximum is refused.
+    #[serde(default)]
+    pub limits: Option<LimitsArg>,
+    /// Seconds to wait for the result (run_code only; default 60, at most 120).
     #[serde(default)]
     pub wait_seconds: Option<u64>,
-    /// Retrying with the same key never runs the job twice.
+    /// Retrying with the same key returns the first call's job and never runs it twice.
     #[serde(default)]
     pub idempotency_key: Option<String>,
 }
 
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileArg {
+    /// Relative path under /workspace (no '..').
+    pub path: String,
+    /// The content: text, or base64 when encoding is "base64".
+    pub content: String,
+    /// "utf8" (default) or "base64".
+    #[serde(default)]
+    pub encoding: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DependencyArg {
+    /// Package name, e.g. "six".
+    pub name: String,
+    /// Exact version, e.g. "1.16.0" (default: the newest allowed).
+    #[serde(default)]
+    pub version: Option<String>,
+}
+
+/// The limits a job may ask for (integers; the same names as the REST API).
+#[derive(Debug, Default, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsArg {
+    /// Wall-clock time in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wall_time_ms: Option<u64>,
+    /// CPU in thousandths of a core.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_millicores: Option<u64>,
+    /// Memory in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// Processes and threads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processes: Option<u64>,
+    /// Bytes the program may write under /workspace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace_bytes: Option<u64>,
+    /// Bytes the program may write under /tmp.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tmp_bytes: Option<u64>,
+    /// Standard output kept, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout_bytes: Option<u64>,
+    /// Standard error kept, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stderr_bytes: Option<u64>,
+    /// Bytes of artifacts kept from /workspace/out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_bytes: Option<u64>,
+    /// Number of artifacts kept from /workspace/out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_files: Option<u64>,
+}
+
 impl RunCodeArgs {
-    /// The REST request this call mirrors.
-    fn job_request(&self) -> JobRequest {
-        JobRequest {
+    /// The REST request this call mirrors (`POST /v1/jobs` with the same body).
+    fn job_request(&self) -> Result<JobRequest, ApiError> {
+        let limits: Limits = match &self.limits {
+            None => Limits::default(),
+            Some(l) => serde_json::to_value(l)
+                .and_then(serde_json::from_value)
+                .map_err(|e| ApiError::Invalid(format!("limits: {e}")))?,
+        };
+        let files = self
+            .files
+            .iter()
+            .flatten()
+            .map(|f| {
+                let encoding = match f.encoding.as_deref() {
+                    None | Some("utf8") => Encoding::Utf8,
+                    Some("base64") => Encoding::Base64,
+                    Some(other) => {
+                        return Err(ApiError::Invalid(format!(
+                            "files: encoding {other:?} is not utf8 or base64"
+                        )));
+                    }
+                };
+                Ok(FileInput {
+                    path: f.path.clone(),
+                    content: f.content.clone(),
+                    encoding,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(JobRequest {
             language: self.language.clone(),
             code: self.code.clone(),
             stdin: self.stdin.clone(),
             args: self.args.clone().unwrap_or_default(),
-            env: Default::default(),
-            files: Vec::new(),
-            dependencies: Vec::new(),
+            env: self.env.clone().unwrap_or_default(),
+            files,
+            dependencies: self
+                .dependencies
+                .iter()
+                .flatten()
+                .map(|d| DependencyInput {
+                    ecosystem: "pypi".into(),
+                    name: d.name.clone(),
+                    version: d.version.clone(),
+                })
+                .collect(),
             secrets: self
                 .secrets
                 .iter()
@@ -70,21 +328,22 @@ impl RunCodeArgs {
                 .cloned()
                 .map(SecretInput::Name)
                 .collect(),
-            limits: Default::default(),
-        }
+            limits,
+        })
     }
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobArgs {
-    /// The job ID returned by run_code.
+    /// The job ID returned by run_code or submit_job.
     pub job_id: String,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ArtifactArgs {
+    /// The job ID.
     pub job_id: String,
     /// Path relative to /workspace/out, as list_artifacts shows it.
     pub path: String,
@@ -114,6 +373,8 @@ pub struct SearchArgs {
     pub limit: Option<u64>,
 }
 
+// ------------------------------------------------------------------ helpers
+
 fn caller(parts: &axum::http::request::Parts) -> Result<Caller, ErrorData> {
     parts
         .extensions
@@ -122,18 +383,99 @@ fn caller(parts: &axum::http::request::Parts) -> Result<Caller, ErrorData> {
         .ok_or_else(|| ErrorData::invalid_request("not authenticated", None))
 }
 
-fn tool_error(e: ApiError) -> CallToolResult {
+/// The caller of a request that is not a tool call (resources).
+fn context_caller(context: &RequestContext<RoleServer>) -> Result<Caller, ErrorData> {
+    context
+        .extensions
+        .get::<axum::http::request::Parts>()
+        .ok_or_else(|| ErrorData::invalid_request("not authenticated", None))
+        .and_then(caller)
+}
+
+/// The problem's text, as an agent reads it.
+fn problem_text(e: &ApiError) -> String {
     let p = e.to_problem();
-    CallToolResult::error(vec![ContentBlock::text(format!(
-        "{} ({}): {}",
-        p.title,
-        p.code,
-        p.detail.unwrap_or_default()
-    ))])
+    format!("{} ({}): {}", p.title, p.code, p.detail.unwrap_or_default())
+}
+
+/// A failed tool call: `isError: true` with the problem's text.
+fn tool_result(r: Result<CallToolResult, ApiError>) -> CallToolResult {
+    r.unwrap_or_else(|e| CallToolResult::error(vec![ContentBlock::text(problem_text(&e))]))
+}
+
+/// A failed resource read: the JSON-RPC error for the problem.
+fn rpc_error(e: ApiError) -> ErrorData {
+    let text = problem_text(&e);
+    match e {
+        ApiError::NotFound(_) | ApiError::Gone(_) => ErrorData::resource_not_found(text, None),
+        ApiError::Internal(_) | ApiError::Unavailable(_) => ErrorData::internal_error(text, None),
+        _ => ErrorData::invalid_request(text, None),
+    }
 }
 
 fn ok_json(v: Value) -> CallToolResult {
     CallToolResult::success(vec![ContentBlock::text(v.to_string())])
+}
+
+fn job_uri(job_id: &str) -> String {
+    format!("{SCHEME}jobs/{job_id}")
+}
+
+fn artifact_uri(job_id: &str, path: &str) -> String {
+    format!("{SCHEME}jobs/{job_id}/artifacts/{path}")
+}
+
+/// What a `glassbox://` URI names.
+#[derive(Debug, PartialEq, Eq)]
+enum Target<'a> {
+    Job(&'a str),
+    Artifact(&'a str, &'a str),
+}
+
+fn parse_uri(uri: &str) -> Option<Target<'_>> {
+    let rest = uri.strip_prefix(SCHEME)?.strip_prefix("jobs/")?;
+    match rest.split_once('/') {
+        None if !rest.is_empty() => Some(Target::Job(rest)),
+        Some((id, path)) if !id.is_empty() => match path.strip_prefix("artifacts/") {
+            Some(p) if !p.is_empty() => Some(Target::Artifact(id, p)),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// A best guess from the file name; `None` leaves it to the content.
+fn mime_type(path: &str) -> Option<&'static str> {
+    let ext = path.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase())?;
+    Some(match ext.as_str() {
+        "json" => "application/json",
+        "csv" => "text/csv",
+        "txt" | "log" => "text/plain",
+        "md" => "text/markdown",
+        "html" | "htm" => "text/html",
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gif" => "image/gif",
+        "svg" => "image/svg+xml",
+        "pdf" => "application/pdf",
+        "zip" => "application/zip",
+        "gz" => "application/gzip",
+        _ => return None,
+    })
+}
+
+/// An artifact's bytes as resource contents: text when it is UTF-8, else a
+/// base64 blob.
+fn artifact_contents(uri: String, path: &str, bytes: Vec<u8>) -> ResourceContents {
+    match String::from_utf8(bytes) {
+        Ok(text) => ResourceContents::text(text, uri)
+            .with_mime_type(mime_type(path).unwrap_or("text/plain")),
+        Err(e) => ResourceContents::blob(
+            base64::engine::general_purpose::STANDARD.encode(e.into_bytes()),
+            uri,
+        )
+        .with_mime_type(mime_type(path).unwrap_or("application/octet-stream")),
+    }
 }
 
 const TERMINAL_EVENTS: [&str; 4] = [
@@ -143,21 +485,18 @@ const TERMINAL_EVENTS: [&str; 4] = [
     "job.rejected",
 ];
 
-#[tool_router]
+// ------------------------------------------------------------------ the calls
+
 impl GlassboxMcp {
     pub fn new(state: AppState) -> GlassboxMcp {
         GlassboxMcp { state }
     }
 
-    /// The tool error for a refused action (recorded like REST's), if refused.
-    async fn denied(&self, caller: &Caller, action: &str) -> Option<CallToolResult> {
+    /// The REST handlers' check for `action` in the caller's own tenant
+    /// (a refusal is recorded like REST's).
+    async fn authorize(&self, caller: &Caller, action: &str) -> Result<(), ApiError> {
         let tenant = caller.identity.tenant.clone();
-        self.state
-            .core
-            .authorize(caller, action, &tenant)
-            .await
-            .err()
-            .map(tool_error)
+        self.state.core.authorize(caller, action, &tenant).await
     }
 
     async fn wait_and_collect(
@@ -181,13 +520,14 @@ impl GlassboxMcp {
             }
             if Instant::now() >= deadline {
                 return Ok(
-                    json!({"job_id": job_id, "status": "running", "ledger_position": position,
-                                 "note": "still running: call get_job later"}),
+                    json!({"job_id": job_id, "uri": job_uri(job_id), "status": "running",
+                    "ledger_position": position, "note": "still running: call get_job later"}),
                 );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
-        let mut out = json!({"job_id": job_id, "status": status, "ledger_position": position});
+        let mut out = json!({"job_id": job_id, "uri": job_uri(job_id), "status": status,
+                             "ledger_position": position});
         if let Ok(r) = self.state.core.result(tenant, job_id).await {
             let f = &r.finished;
             out["outcome"] = serde_json::to_value(f.outcome).unwrap_or(Value::Null);
@@ -208,8 +548,105 @@ impl GlassboxMcp {
         Ok(out)
     }
 
+    async fn submit(
+        &self,
+        caller: &Caller,
+        a: RunCodeArgs,
+    ) -> Result<crate::core::Receipt, ApiError> {
+        let request = a.job_request()?;
+        let reply = self
+            .state
+            .core
+            .submit(caller, request, a.idempotency_key)
+            .await?;
+        let r = reply.receipt;
+        if r.status != "accepted" {
+            return Err(ApiError::Forbidden(vec![format!(
+                "job {} was rejected by policy: {}",
+                r.job_id,
+                r.reasons.join("; ")
+            )]));
+        }
+        Ok(r)
+    }
+
+    async fn artifact(
+        &self,
+        caller: &Caller,
+        job_id: &str,
+        path: &str,
+    ) -> Result<(ArtifactStored, Vec<u8>), ApiError> {
+        self.authorize(caller, "artifact.read").await?;
+        let r = self
+            .state
+            .core
+            .result(&caller.identity.tenant, job_id)
+            .await?;
+        let art = r
+            .artifacts
+            .into_iter()
+            .find(|x| x.path == path)
+            .ok_or_else(|| ApiError::NotFound(format!("artifact {path} of job {job_id}")))?;
+        let bytes = self.state.core.read_blob(job_id, &art.blob).await?;
+        Ok((art, bytes))
+    }
+
+    async fn read_target(
+        &self,
+        caller: &Caller,
+        uri: &str,
+    ) -> Result<ReadResourceResult, ApiError> {
+        match parse_uri(uri) {
+            Some(Target::Job(id)) => {
+                self.authorize(caller, "job.read").await?;
+                let job = crate::api::fetch_job(&self.state, &caller.identity.tenant, id)
+                    .await?
+                    .ok_or_else(|| ApiError::NotFound(format!("job {id}")))?;
+                Ok(ReadResourceResult::new(vec![
+                    ResourceContents::text(job.to_string(), uri).with_mime_type("application/json"),
+                ]))
+            }
+            Some(Target::Artifact(id, path)) => {
+                let (_, bytes) = self.artifact(caller, id, path).await?;
+                Ok(ReadResourceResult::new(vec![artifact_contents(
+                    uri.to_owned(),
+                    path,
+                    bytes,
+                )]))
+            }
+            None => Err(ApiError::NotFound(format!(
+                "resource {uri} (Glassbox's URIs are {SCHEME}jobs/{{job_id}} and \
+                 {SCHEME}jobs/{{job_id}}/artifacts/{{path}})"
+            ))),
+        }
+    }
+
+    async fn recent_jobs(&self, caller: &Caller) -> Result<Vec<Resource>, ApiError> {
+        self.authorize(caller, "job.read").await?;
+        let rows: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT job_id, language, status FROM projections.jobs WHERE tenant = $1 \
+             ORDER BY submitted_position DESC LIMIT $2",
+        )
+        .bind(&caller.identity.tenant)
+        .bind(LISTED_JOBS)
+        .fetch_all(&self.state.core.pool)
+        .await
+        .map_err(|e| ApiError::Internal(format!("list jobs for resources: {e}")))?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, language, status)| {
+                Resource::new(job_uri(&id), format!("job {id}"))
+                    .with_description(format!("A {language} job, {status}"))
+                    .with_mime_type("application/json")
+            })
+            .collect())
+    }
+}
+
+#[tool_router]
+impl GlassboxMcp {
     #[tool(
-        description = "Run a program in a gVisor sandbox and return its output. Every step (policy decisions, execution, result) is recorded in Glassbox's tamper-evident ledger. Returns JSON with job_id, status, outcome, exit_code, stdout, stderr and ledger_position. Refused (as a tool error) when the caller's policy denies the language, limits or secrets."
+        description = "Run a program in a gVisor sandbox and return its output. Every step (policy decisions, execution, result) is recorded in Glassbox's tamper-evident ledger. Returns JSON with job_id, uri, status, outcome, exit_code, stdout, stderr, artifacts (files the program wrote to /workspace/out) and ledger_position. Refused (as a tool error) when the caller's policy denies the language, limits, dependencies or secrets. If it is still running after wait_seconds, poll get_job."
     )]
     async fn run_code(
         &self,
@@ -217,33 +654,20 @@ impl GlassboxMcp {
         Parameters(a): Parameters<RunCodeArgs>,
     ) -> Result<CallToolResult, ErrorData> {
         let caller = caller(&parts)?;
-        let request = a.job_request();
-        let reply = match self
-            .state
-            .core
-            .submit(&caller, request, a.idempotency_key)
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => return Ok(tool_error(e)),
-        };
-        let r = reply.receipt;
-        if r.status != "accepted" {
-            return Ok(CallToolResult::error(vec![ContentBlock::text(format!(
-                "job {} was rejected by policy: {}",
-                r.job_id,
-                r.reasons.join("; ")
-            ))]));
-        }
         let wait = Duration::from_secs(a.wait_seconds.unwrap_or(60)).min(MAX_RUN_WAIT);
-        match self.wait_and_collect(&caller, &r.job_id, wait).await {
-            Ok(v) => Ok(ok_json(v)),
-            Err(e) => Ok(tool_error(e)),
-        }
+        Ok(tool_result(
+            async {
+                let r = self.submit(&caller, a).await?;
+                Ok(ok_json(
+                    self.wait_and_collect(&caller, &r.job_id, wait).await?,
+                ))
+            }
+            .await,
+        ))
     }
 
     #[tool(
-        description = "The status and (once finished) the output of a job started with run_code."
+        description = "The status of a job and, once it has finished, its output (stdout, stderr, exit_code, artifacts)."
     )]
     async fn get_job(
         &self,
@@ -251,20 +675,20 @@ impl GlassboxMcp {
         Parameters(a): Parameters<JobArgs>,
     ) -> Result<CallToolResult, ErrorData> {
         let caller = caller(&parts)?;
-        if let Some(denied) = self.denied(&caller, "job.read").await {
-            return Ok(denied);
-        }
-        match self
-            .wait_and_collect(&caller, &a.job_id, Duration::ZERO)
-            .await
-        {
-            Ok(v) => Ok(ok_json(v)),
-            Err(e) => Ok(tool_error(e)),
-        }
+        Ok(tool_result(
+            async {
+                self.authorize(&caller, "job.read").await?;
+                Ok(ok_json(
+                    self.wait_and_collect(&caller, &a.job_id, Duration::ZERO)
+                        .await?,
+                ))
+            }
+            .await,
+        ))
     }
 
     #[tool(
-        description = "Submit a program to run in a gVisor sandbox without waiting; returns job_id and ledger position. Poll with get_job."
+        description = "Submit a program to run in a gVisor sandbox without waiting (same arguments as run_code); returns job_id, the policy decisions and the ledger position. Poll with get_job."
     )]
     async fn submit_job(
         &self,
@@ -272,23 +696,15 @@ impl GlassboxMcp {
         Parameters(a): Parameters<RunCodeArgs>,
     ) -> Result<CallToolResult, ErrorData> {
         let caller = caller(&parts)?;
-        let request = a.job_request();
-        match self
-            .state
-            .core
-            .submit(&caller, request, a.idempotency_key)
-            .await
-        {
-            Ok(reply) if reply.receipt.status == "accepted" => Ok(ok_json(
-                serde_json::to_value(&reply.receipt).unwrap_or(Value::Null),
-            )),
-            Ok(reply) => Ok(CallToolResult::error(vec![ContentBlock::text(format!(
-                "job {} was rejected by policy: {}",
-                reply.receipt.job_id,
-                reply.receipt.reasons.join("; ")
-            ))])),
-            Err(e) => Ok(tool_error(e)),
-        }
+        Ok(tool_result(
+            async {
+                let r = self.submit(&caller, a).await?;
+                let mut v = serde_json::to_value(&r).unwrap_or(Value::Null);
+                v["uri"] = job_uri(&r.job_id).into();
+                Ok(ok_json(v))
+            }
+            .await,
+        ))
     }
 
     #[tool(description = "Cancel a job (at once if it has not started, else its runner stops it).")]
@@ -298,72 +714,75 @@ impl GlassboxMcp {
         Parameters(a): Parameters<JobArgs>,
     ) -> Result<CallToolResult, ErrorData> {
         let caller = caller(&parts)?;
-        if let Some(denied) = self.denied(&caller, "job.cancel").await {
-            return Ok(denied);
-        }
-        match self
-            .state
-            .core
-            .cancel(&caller, &a.job_id, Some("cancelled over MCP".into()))
-            .await
-        {
-            Ok(r) => Ok(ok_json(serde_json::to_value(&r).unwrap_or(Value::Null))),
-            Err(e) => Ok(tool_error(e)),
-        }
+        Ok(tool_result(
+            async {
+                self.authorize(&caller, "job.cancel").await?;
+                let r = self
+                    .state
+                    .core
+                    .cancel(&caller, &a.job_id, Some("cancelled over MCP".into()))
+                    .await?;
+                Ok(ok_json(serde_json::to_value(&r).unwrap_or(Value::Null)))
+            }
+            .await,
+        ))
     }
 
-    #[tool(description = "Files a finished job left in /workspace/out (path, size, sha256).")]
+    #[tool(
+        description = "The files a finished job left in /workspace/out: path, size, sha256 and a glassbox:// URI to read it by."
+    )]
     async fn list_artifacts(
         &self,
         Extension(parts): Extension<axum::http::request::Parts>,
         Parameters(a): Parameters<JobArgs>,
     ) -> Result<CallToolResult, ErrorData> {
         let caller = caller(&parts)?;
-        let tenant = caller.identity.tenant.clone();
-        if let Some(denied) = self.denied(&caller, "artifact.read").await {
-            return Ok(denied);
-        }
-        match self.state.core.result(&tenant, &a.job_id).await {
-            Ok(r) => Ok(ok_json(
-                json!({"job_id": a.job_id, "artifacts": r.artifacts.iter().map(|x| json!({
-                "path": x.path, "size_bytes": x.blob.size_bytes, "sha256": x.blob.sha256})).collect::<Vec<_>>()}),
-            )),
-            Err(e) => Ok(tool_error(e)),
-        }
+        Ok(tool_result(
+            async {
+                self.authorize(&caller, "artifact.read").await?;
+                let r = self
+                    .state
+                    .core
+                    .result(&caller.identity.tenant, &a.job_id)
+                    .await?;
+                let list: Vec<Value> = r
+                    .artifacts
+                    .iter()
+                    .map(|x| {
+                        json!({"path": x.path, "size_bytes": x.blob.size_bytes,
+                               "sha256": x.blob.sha256, "uri": artifact_uri(&a.job_id, &x.path)})
+                    })
+                    .collect();
+                Ok(ok_json(json!({"job_id": a.job_id, "artifacts": list})))
+            }
+            .await,
+        ))
     }
 
-    #[tool(description = "One artifact of a finished job: text inline, binary as base64.")]
+    #[tool(
+        description = "One artifact of a finished job: UTF-8 text inline, anything else as an embedded resource (base64 blob with its MIME type)."
+    )]
     async fn read_artifact(
         &self,
         Extension(parts): Extension<axum::http::request::Parts>,
         Parameters(a): Parameters<ArtifactArgs>,
     ) -> Result<CallToolResult, ErrorData> {
         let caller = caller(&parts)?;
-        let tenant = caller.identity.tenant.clone();
-        if let Some(denied) = self.denied(&caller, "artifact.read").await {
-            return Ok(denied);
-        }
-        let r = match self.state.core.result(&tenant, &a.job_id).await {
-            Ok(r) => r,
-            Err(e) => return Ok(tool_error(e)),
-        };
-        let Some(art) = r.artifacts.iter().find(|x| x.path == a.path) else {
-            return Ok(tool_error(ApiError::NotFound(format!(
-                "artifact {} of job {}",
-                a.path, a.job_id
-            ))));
-        };
-        match self.state.core.read_blob(&a.job_id, &art.blob).await {
-            Ok(bytes) => Ok(match String::from_utf8(bytes) {
-                Ok(text) => CallToolResult::success(vec![ContentBlock::text(text)]),
-                Err(e) => {
-                    use base64::Engine as _;
-                    ok_json(json!({"path": a.path, "encoding": "base64",
-                        "content": base64::engine::general_purpose::STANDARD.encode(e.into_bytes())}))
-                }
-            }),
-            Err(e) => Ok(tool_error(e)),
-        }
+        Ok(tool_result(
+            async {
+                let (_, bytes) = self.artifact(&caller, &a.job_id, &a.path).await?;
+                let uri = artifact_uri(&a.job_id, &a.path);
+                Ok(CallToolResult::success(vec![
+                    match artifact_contents(uri, &a.path, bytes) {
+                        ResourceContents::TextResourceContents { text, .. } => {
+                            ContentBlock::text(text)
+                        }
+                        blob => ContentBlock::resource(blob),
+                    },
+                ]))
+            }
+            .await,
+        ))
     }
 
     #[tool(
@@ -374,20 +793,22 @@ impl GlassboxMcp {
         Extension(parts): Extension<axum::http::request::Parts>,
     ) -> Result<CallToolResult, ErrorData> {
         let caller = caller(&parts)?;
-        if let Some(denied) = self.denied(&caller, "audit.verify").await {
-            return Ok(denied);
-        }
-        let key = self.state.verifier_key.as_deref();
-        match self.state.core.store.verify(key, &[], None, None).await {
-            Ok(Ok(r)) => Ok(ok_json(
-                json!({"verifies": true, "records": r.records, "root": r.root.to_hex(),
-                "checkpoints_checked": r.checkpoints_checked}),
-            )),
-            Ok(Err(f)) => Ok(ok_json(
-                json!({"verifies": false, "position": f.position, "reason": f.problem.to_string()}),
-            )),
-            Err(e) => Ok(tool_error(ApiError::Internal(e.to_string()))),
-        }
+        Ok(tool_result(
+            async {
+                self.authorize(&caller, "audit.verify").await?;
+                let key = self.state.verifier_key.as_deref();
+                match self.state.core.store.verify(key, &[], None, None).await {
+                    Ok(Ok(r)) => Ok(ok_json(
+                        json!({"verifies": true, "records": r.records, "root": r.root.to_hex(),
+                               "checkpoints_checked": r.checkpoints_checked}),
+                    )),
+                    Ok(Err(f)) => Ok(ok_json(json!({"verifies": false, "position": f.position,
+                               "reason": f.problem.to_string()}))),
+                    Err(e) => Err(ApiError::Internal(format!("verify ledger: {e}"))),
+                }
+            }
+            .await,
+        ))
     }
 
     #[tool(
@@ -400,19 +821,23 @@ impl GlassboxMcp {
     ) -> Result<CallToolResult, ErrorData> {
         use glassbox_audit_query::replay::{self, At};
         let caller = caller(&parts)?;
-        let tenant = caller.identity.tenant.clone();
-        if let Some(denied) = self.denied(&caller, "audit.replay").await {
-            return Ok(denied);
-        }
-        match replay::replay(&self.state.core.store, &a.stream, a.at.map(At::Position)).await {
-            Ok(r) if r.tenant == tenant => {
-                Ok(ok_json(serde_json::to_value(&r).unwrap_or(Value::Null)))
+        Ok(tool_result(
+            async {
+                self.authorize(&caller, "audit.replay").await?;
+                match replay::replay(&self.state.core.store, &a.stream, a.at.map(At::Position))
+                    .await
+                {
+                    Ok(r) if r.tenant == caller.identity.tenant => {
+                        Ok(ok_json(serde_json::to_value(&r).unwrap_or(Value::Null)))
+                    }
+                    Ok(_) | Err(replay::ReplayError::NoStream(_)) => {
+                        Err(ApiError::NotFound(format!("stream {}", a.stream)))
+                    }
+                    Err(e) => Err(ApiError::Internal(format!("replay {}: {e}", a.stream))),
+                }
             }
-            Ok(_) | Err(replay::ReplayError::NoStream(_)) => Ok(tool_error(ApiError::NotFound(
-                format!("stream {}", a.stream),
-            ))),
-            Err(e) => Ok(tool_error(ApiError::Internal(e.to_string()))),
-        }
+            .await,
+        ))
     }
 
     #[tool(
@@ -424,36 +849,166 @@ impl GlassboxMcp {
         Parameters(a): Parameters<SearchArgs>,
     ) -> Result<CallToolResult, ErrorData> {
         let caller = caller(&parts)?;
-        let tenant = caller.identity.tenant.clone();
-        if let Some(denied) = self.denied(&caller, "audit.read").await {
-            return Ok(denied);
-        }
-        let filters = glassbox_audit_query::bundle::Filters {
-            tenant: Some(tenant),
-            stream: a.stream,
-            event_type: a.event_type,
-            ..Default::default()
-        };
-        let limit = a.limit.unwrap_or(20).clamp(1, 100);
-        match glassbox_audit_query::search::search(
-            &self.state.core.store,
-            &filters,
-            glassbox_audit_query::search::Order::Desc,
-            limit,
-            None,
-        )
-        .await
-        {
-            Ok(page) => Ok(ok_json(json!({"events": page.events}))),
-            Err(e) => Ok(tool_error(ApiError::Invalid(e.to_string()))),
-        }
+        Ok(tool_result(
+            async {
+                self.authorize(&caller, "audit.read").await?;
+                let filters = glassbox_audit_query::bundle::Filters {
+                    tenant: Some(caller.identity.tenant.clone()),
+                    stream: a.stream,
+                    event_type: a.event_type,
+                    ..Default::default()
+                };
+                let limit = a.limit.unwrap_or(20).clamp(1, 100);
+                let page = glassbox_audit_query::search::search(
+                    &self.state.core.store,
+                    &filters,
+                    glassbox_audit_query::search::Order::Desc,
+                    limit,
+                    None,
+                )
+                .await
+                .map_err(|e| ApiError::Invalid(e.to_string()))?;
+                Ok(ok_json(json!({"events": page.events})))
+            }
+            .await,
+        ))
     }
 }
 
 #[tool_handler]
 impl ServerHandler for GlassboxMcp {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-            .with_server_info(Implementation::new("glassbox", env!("CARGO_PKG_VERSION")))
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_resources()
+                .build(),
+        )
+        .with_server_info(Implementation::new("glassbox", env!("CARGO_PKG_VERSION")))
+        .with_instructions(
+            "Glassbox runs untrusted code in gVisor sandboxes and records every step in a \
+             tamper-evident ledger. Use run_code for short programs (it waits for the result), \
+             submit_job + get_job for long ones. Files the program writes to /workspace/out \
+             come back as artifacts (list_artifacts, read_artifact, or the resource \
+             glassbox://jobs/{job_id}/artifacts/{path}). Pass an idempotency_key when you may \
+             retry: a retry never runs the job twice.",
+        )
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        let caller = context_caller(&context)?;
+        self.recent_jobs(&caller)
+            .await
+            .map(|r| {
+                // Per caller, and changing with every job.
+                ListResourcesResult::with_all_items(r)
+                    .with_ttl_ms(0)
+                    .with_cache_scope(CacheScope::Private)
+            })
+            .map_err(rpc_error)
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        Ok(ListResourceTemplatesResult::with_all_items(vec![
+            ResourceTemplate::new(format!("{SCHEME}jobs/{{job_id}}"), "job")
+                .with_description(
+                    "A job: status, policy decisions, limits, exit code, artifact list (JSON)",
+                )
+                .with_mime_type("application/json"),
+            ResourceTemplate::new(
+                format!("{SCHEME}jobs/{{job_id}}/artifacts/{{path}}"),
+                "artifact",
+            )
+            .with_description("A file the job wrote to /workspace/out: text, or a base64 blob"),
+        ]))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        let caller = context_caller(&context)?;
+        self.read_target(&caller, &request.uri)
+            .await
+            .map(|r| r.with_ttl_ms(0).with_cache_scope(CacheScope::Private))
+            .map(ReadResourceResponse::from)
+            .map_err(rpc_error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uris_name_jobs_and_artifacts_and_nothing_else() {
+        assert_eq!(parse_uri("glassbox://jobs/abc"), Some(Target::Job("abc")));
+        assert_eq!(
+            parse_uri("glassbox://jobs/abc/artifacts/dir/x.bin"),
+            Some(Target::Artifact("abc", "dir/x.bin"))
+        );
+        for bad in [
+            "glassbox://jobs/",
+            "glassbox://jobs//artifacts/x",
+            "glassbox://jobs/abc/artifacts/",
+            "glassbox://jobs/abc/stdout",
+            "glassbox://other/abc",
+            "file:///etc/passwd",
+        ] {
+            assert_eq!(parse_uri(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn artifacts_are_text_when_utf8_and_base64_blobs_otherwise() {
+        match artifact_contents("u".into(), "r.json", b"{}".to_vec()) {
+            ResourceContents::TextResourceContents {
+                text, mime_type, ..
+            } => {
+                assert_eq!(text, "{}");
+                assert_eq!(mime_type.as_deref(), Some("application/json"));
+            }
+            other => panic!("{other:?}"),
+        }
+        match artifact_contents("u".into(), "x.bin", vec![0, 159, 255]) {
+            ResourceContents::BlobResourceContents {
+                blob, mime_type, ..
+            } => {
+                assert_eq!(blob, "AJ//");
+                assert_eq!(mime_type.as_deref(), Some("application/octet-stream"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn limits_arguments_map_onto_the_ledger_limits() {
+        let a: RunCodeArgs = serde_json::from_value(json!({
+            "language": "python", "code": "print(1)",
+            "limits": {"wall_time_ms": 5000, "output_files": 3},
+            "files": [{"path": "in.txt", "content": "aGk=", "encoding": "base64"}],
+            "dependencies": [{"name": "six", "version": "1.16.0"}]
+        }))
+        .expect("args");
+        let r = a.job_request().expect("request");
+        assert_eq!(r.limits.wall_time_ms, Some(5000));
+        assert_eq!(r.limits.output_files, Some(3));
+        assert_eq!(r.limits.memory_bytes, None);
+        assert_eq!(r.files[0].encoding, Encoding::Base64);
+        assert_eq!(r.dependencies[0].ecosystem, "pypi");
+        let bad: RunCodeArgs = serde_json::from_value(json!({
+            "language": "python", "code": "1", "files": [{"path": "a", "content": "", "encoding": "hex"}]
+        }))
+        .expect("args");
+        assert!(matches!(bad.job_request(), Err(ApiError::Invalid(_))));
     }
 }

@@ -123,3 +123,19 @@ ensure_schemathesis() {
   fi
   export GLASSBOX_SCHEMATHESIS
 }
+
+# The official MCP Python SDK (PyPI `mcp`), the client of the MCP end-to-end
+# tests. Exports GLASSBOX_MCP_PYTHON (a python3 that imports it).
+MCP_SDK_VERSION=2.3.0
+ensure_mcp_sdk() {
+  if ! command -v python3 >/dev/null 2>&1; then
+    apt_install python3 python3-pip
+  fi
+  if ! python3 -c "import importlib.metadata as m, sys; sys.exit(m.version('mcp') != '$MCP_SDK_VERSION')" 2>/dev/null; then
+    log "installing the MCP Python SDK (mcp $MCP_SDK_VERSION) from PyPI"
+    python3 -m pip install -q "mcp==$MCP_SDK_VERSION" >&2 \
+      || python3 -m pip install -q --break-system-packages "mcp==$MCP_SDK_VERSION" >&2
+  fi
+  GLASSBOX_MCP_PYTHON="$(command -v python3)"
+  export GLASSBOX_MCP_PYTHON
+}

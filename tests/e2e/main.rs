@@ -146,6 +146,8 @@ fn types(records: &[StoredRecord]) -> Vec<String> {
         .collect()
 }
 
+mod mcp_sdk;
+
 #[tokio::test]
 async fn each_runtime_runs_end_to_end_and_every_step_is_on_the_ledger() {
     let s = stack(SecretProvider::None).await;

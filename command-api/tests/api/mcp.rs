@@ -57,6 +57,36 @@ async fn notify(app: &TestApp, s: &Session, method: &str) {
     assert!(status == 202 || status == 200, "{method}: {status}");
 }
 
+/// A refusal before MCP: the HTTP status, and a JSON-RPC error whose message
+/// and data carry the problem.
+fn assert_refusal(r: &Reply, status: u16, code: &str) {
+    assert_eq!(r.status, status, "{}", r.body);
+    assert_eq!(r.body["jsonrpc"], "2.0", "{}", r.body);
+    assert_eq!(r.body["error"]["code"], -32001, "{}", r.body);
+    assert_eq!(r.body["error"]["data"]["code"], code, "{}", r.body);
+    let message = r.body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains(code), "{message}");
+}
+
+async fn open(app: &TestApp, token: String) -> Session {
+    let mut s = Session {
+        id: None,
+        token,
+        next: 0,
+    };
+    let (status, init) = rpc(
+        app,
+        &mut s,
+        "initialize",
+        json!({"protocolVersion": "2025-06-18", "capabilities": {},
+               "clientInfo": {"name": "glassbox-test", "version": "1"}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{init}");
+    notify(app, &s, "notifications/initialized").await;
+    s
+}
+
 #[tokio::test]
 async fn agents_use_the_same_identity_policies_and_ledger_through_mcp() {
     let app = spawn_app().await;
@@ -70,7 +100,12 @@ async fn agents_use_the_same_identity_policies_and_ledger_through_mcp() {
                 .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}})),
         )
         .await;
-    assert_problem(&r, 401, "unauthenticated");
+    assert_refusal(&r, 401, "unauthenticated");
+    assert!(
+        r.headers.contains_key("www-authenticate"),
+        "{:?}",
+        r.headers
+    );
 
     let mut s = Session {
         id: None,
@@ -290,5 +325,123 @@ async fn agents_use_the_same_identity_policies_and_ledger_through_mcp() {
         "{ver}"
     );
     projector.cancel();
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn jobs_are_resources_read_by_uri_within_the_callers_tenant() {
+    let app = spawn_app().await;
+    let projector = app.run_projector();
+    let mut s = open(&app, token("acme")).await;
+    let (_, templates) = rpc(&app, &mut s, "resources/templates/list", json!({})).await;
+    let mut uris: Vec<&str> = templates["result"]["resourceTemplates"]
+        .as_array()
+        .expect("templates")
+        .iter()
+        .filter_map(|t| t["uriTemplate"].as_str())
+        .collect();
+    uris.sort_unstable();
+    assert_eq!(
+        uris,
+        [
+            "glassbox://jobs/{job_id}",
+            "glassbox://jobs/{job_id}/artifacts/{path}"
+        ]
+    );
+
+    let (_, sub) = rpc(
+        &app,
+        &mut s,
+        "tools/call",
+        json!({"name": "submit_job", "arguments": {"language": "python", "code": "print(1)"}}),
+    )
+    .await;
+    assert_eq!(sub["result"]["isError"], false, "{sub}");
+    let receipt: Value =
+        serde_json::from_str(sub["result"]["content"][0]["text"].as_str().expect("text"))
+            .expect("json");
+    let job = receipt["job_id"].as_str().expect("job id").to_owned();
+    let uri = format!("glassbox://jobs/{job}");
+    assert_eq!(receipt["uri"], uri.as_str());
+    let pos = receipt["position"].as_u64().expect("position");
+    let seen = app
+        .send(
+            app.client
+                .get(format!("{}/v1/jobs/{job}?min_position={pos}", app.addr))
+                .bearer_auth(token("acme")),
+        )
+        .await;
+    assert_eq!(seen.status, 200, "{}", seen.body);
+
+    let (_, listed) = rpc(&app, &mut s, "resources/list", json!({})).await;
+    let resources = listed["result"]["resources"].as_array().expect("resources");
+    assert!(
+        resources.iter().any(|r| r["uri"] == uri.as_str()),
+        "{listed}"
+    );
+    let (_, read) = rpc(&app, &mut s, "resources/read", json!({"uri": uri})).await;
+    let contents = &read["result"]["contents"][0];
+    assert_eq!(contents["mimeType"], "application/json", "{read}");
+    let body: Value = serde_json::from_str(contents["text"].as_str().expect("text")).expect("json");
+    assert_eq!(body["job_id"], job.as_str());
+    assert_eq!(body["status"], "accepted", "{body}");
+
+    // Another tenant cannot read it, and does not learn it exists.
+    let mut other = open(&app, token("restricted")).await;
+    let (_, theirs) = rpc(&app, &mut other, "resources/read", json!({"uri": uri})).await;
+    assert_eq!(theirs["error"]["code"], -32002, "{theirs}");
+    let (_, their_list) = rpc(&app, &mut other, "resources/list", json!({})).await;
+    assert!(!their_list.to_string().contains(&job), "{their_list}");
+    // Unknown URIs and artifacts of unfinished jobs are errors, not crashes.
+    for bad in [
+        "glassbox://nothing/here".to_owned(),
+        "file:///etc/passwd".to_owned(),
+        format!("glassbox://jobs/{job}/artifacts/x.bin"),
+    ] {
+        let (_, r) = rpc(&app, &mut s, "resources/read", json!({"uri": bad})).await;
+        assert!(r.get("error").is_some(), "{bad}: {r}");
+        assert!(
+            !r.to_string().contains("/var/") && !r.to_string().contains("sqlx"),
+            "{r}"
+        );
+    }
+    let (_, again) = rpc(&app, &mut s, "resources/read", json!({"uri": uri})).await;
+    assert!(again.get("result").is_some(), "{again}");
+    projector.cancel();
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn oversized_mcp_messages_are_refused_with_a_message_and_the_session_goes_on() {
+    let app = spawn_app().await;
+    let mut s = open(&app, token("acme")).await;
+    let max = app.app_state.config.max_body_bytes;
+    let huge = "#".repeat(max + 1024);
+    let r = app
+        .send(
+            app.client
+                .post(format!("{}/mcp", app.addr))
+                .bearer_auth(&s.token)
+                .header("accept", "application/json, text/event-stream")
+                .header("mcp-protocol-version", "2025-06-18")
+                .header("mcp-session-id", s.id.clone().expect("session"))
+                .json(&json!({"jsonrpc": "2.0", "id": 99, "method": "tools/call",
+                    "params": {"name": "run_code", "arguments": {"language": "python", "code": huge}}})),
+        )
+        .await;
+    assert_refusal(&r, 413, "payload_too_large");
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&max.to_string()),
+        "{}",
+        r.body
+    );
+    assert!(app.records_of_type("job.submitted").await.is_empty());
+    // The same session still answers.
+    let (status, tools) = rpc(&app, &mut s, "tools/list", json!({})).await;
+    assert_eq!(status, 200, "{tools}");
+    assert!(tools["result"]["tools"].is_array(), "{tools}");
     app.stop().await;
 }
