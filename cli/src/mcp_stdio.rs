@@ -8,7 +8,10 @@ use anyhow::Context as _;
 use clap::Args;
 use serde_json::{Value, json};
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 
 #[derive(Debug, Args)]
 pub struct McpArgs {
@@ -64,6 +67,103 @@ fn header_value(v: &str) -> String {
     }
 }
 
+/// Where and as whom messages are relayed, and what the server told us.
+#[derive(Clone)]
+struct Relay {
+    http: reqwest::Client,
+    url: String,
+    token: String,
+    /// The session of a handshake-era connection (`Mcp-Session-Id`).
+    session: Arc<Mutex<Option<String>>>,
+    /// The version `initialize` negotiated (handshake era only).
+    protocol: Arc<Mutex<Option<String>>>,
+}
+
+impl Relay {
+    /// Posts one message to `/mcp`; returns the messages to write back.
+    async fn forward(&self, msg: &Value) -> Vec<Value> {
+        let id = msg.get("id").cloned();
+        let url = &self.url;
+        let mut req = self
+            .http
+            .post(url)
+            .bearer_auth(&self.token)
+            .header("accept", "application/json, text/event-stream")
+            .json(msg);
+        if let Some(s) = lock(&self.session).clone() {
+            req = req.header("mcp-session-id", s);
+        }
+        // 2026-07-28 and later name the version in each request's _meta, which
+        // the header must repeat; earlier ones negotiate it once at initialize.
+        let per_request = msg
+            .pointer("/params/_meta")
+            .and_then(|m| m.get("io.modelcontextprotocol/protocolVersion"))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        if let Some(p) = per_request.or_else(|| lock(&self.protocol).clone()) {
+            req = req.header("mcp-protocol-version", p);
+        }
+        for (name, value) in routing_headers(msg) {
+            req = req.header(name, value);
+        }
+        let resp = match req.send().await {
+            Ok(resp) => resp,
+            Err(e) => {
+                return id
+                    .iter()
+                    .map(|id| error_reply(id, format!("Glassbox at {url} is unreachable: {e}")))
+                    .collect();
+            }
+        };
+        if let Some(s) = resp
+            .headers()
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+        {
+            *lock(&self.session) = Some(s.to_owned());
+        }
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        let replies: Vec<Value> = if !status.is_success() {
+            // Glassbox's refusals are JSON-RPC errors (with the problem in
+            // `data`); pass them on under this request's ID.
+            let body = serde_json::from_str::<Value>(&text).ok();
+            id.iter()
+                .map(|id| match body.as_ref().and_then(|b| b.get("error")) {
+                    Some(error) => json!({"jsonrpc": "2.0", "id": id, "error": error}),
+                    None => error_reply(
+                        id,
+                        format!(
+                            "Glassbox refused the request ({status}): {}",
+                            text.chars().take(300).collect::<String>()
+                        ),
+                    ),
+                })
+                .collect()
+        } else if let Ok(v) = serde_json::from_str::<Value>(&text) {
+            vec![v]
+        } else {
+            text.lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
+                .collect()
+        };
+        if msg.get("method").and_then(Value::as_str) == Some("initialize")
+            && let Some(p) = replies
+                .iter()
+                .find_map(|r| r.pointer("/result/protocolVersion").and_then(Value::as_str))
+        {
+            *lock(&self.protocol) = Some(p.to_owned());
+        }
+        replies
+    }
+}
+
+/// The lock, even if a task panicked while holding it (the values stay valid).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 pub async fn run(args: McpArgs) -> anyhow::Result<ExitCode> {
     let api = args.api.unwrap_or_else(|| {
         format!(
@@ -83,12 +183,25 @@ pub async fn run(args: McpArgs) -> anyhow::Result<ExitCode> {
         })
         .context("no --token / GLASSBOX_TOKEN: minting a development token")?,
     };
-    let url = format!("{}/mcp", api.trim_end_matches('/'));
-    let http = reqwest::Client::new();
-    let mut session: Option<String> = None;
-    let mut protocol: Option<String> = None;
+    let relay = Relay {
+        http: reqwest::Client::new(),
+        url: format!("{}/mcp", api.trim_end_matches('/')),
+        token,
+        session: Arc::new(Mutex::new(None)),
+        protocol: Arc::new(Mutex::new(None)),
+    };
+    // One writer, so concurrent replies never interleave within a line.
+    let (tx, mut rx) = mpsc::unbounded_channel::<Value>();
+    let writer = tokio::spawn(async move {
+        let mut out = tokio::io::stdout();
+        while let Some(v) = rx.recv().await {
+            out.write_all(format!("{v}\n").as_bytes()).await?;
+            out.flush().await?;
+        }
+        Ok::<_, std::io::Error>(())
+    });
+    let mut tasks = JoinSet::new();
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
-    let mut out = tokio::io::stdout();
     while let Some(line) = lines.next_line().await? {
         if line.trim().is_empty() {
             continue;
@@ -96,83 +209,33 @@ pub async fn run(args: McpArgs) -> anyhow::Result<ExitCode> {
         let msg: Value = match serde_json::from_str(&line) {
             Ok(v) => v,
             Err(e) => {
-                let reply = json!({"jsonrpc": "2.0", "id": null,
-                                   "error": {"code": -32700, "message": format!("parse error: {e}")}});
-                out.write_all(format!("{reply}\n").as_bytes()).await?;
-                out.flush().await?;
+                let _ = tx.send(json!({"jsonrpc": "2.0", "id": null,
+                    "error": {"code": -32700, "message": format!("parse error: {e}")}}));
                 continue;
             }
         };
-        let id = msg.get("id").cloned();
-        let mut req = http
-            .post(&url)
-            .bearer_auth(&token)
-            .header("accept", "application/json, text/event-stream")
-            .json(&msg);
-        if let Some(s) = &session {
-            req = req.header("mcp-session-id", s);
-        }
-        // 2026-07-28 and later name the version in each request's _meta, which
-        // the header must repeat; earlier ones negotiate it once at initialize.
-        let per_request = msg
-            .pointer("/params/_meta")
-            .and_then(|m| m.get("io.modelcontextprotocol/protocolVersion"))
-            .and_then(Value::as_str);
-        if let Some(p) = per_request.or(protocol.as_deref()) {
-            req = req.header("mcp-protocol-version", p);
-        }
-        for (name, value) in routing_headers(&msg) {
-            req = req.header(name, value);
-        }
-        let replies: Vec<Value> = match req.send().await {
-            Err(e) => id
-                .iter()
-                .map(|id| error_reply(id, format!("Glassbox at {url} is unreachable: {e}")))
-                .collect(),
-            Ok(resp) => {
-                if let Some(s) = resp
-                    .headers()
-                    .get("mcp-session-id")
-                    .and_then(|v| v.to_str().ok())
-                {
-                    session = Some(s.to_owned());
-                }
-                let status = resp.status();
-                let text = resp.text().await.unwrap_or_default();
-                if !status.is_success() {
-                    // Glassbox's refusals are JSON-RPC errors (with the problem
-                    // in `data`); pass them on under this request's ID.
-                    let body = serde_json::from_str::<Value>(&text).ok();
-                    id.iter()
-                        .map(|id| match body.as_ref().and_then(|b| b.get("error")) {
-                            Some(error) => json!({"jsonrpc": "2.0", "id": id, "error": error}),
-                            None => error_reply(
-                                id,
-                                format!(
-                                    "Glassbox refused the request ({status}): {}",
-                                    text.chars().take(300).collect::<String>()
-                                ),
-                            ),
-                        })
-                        .collect()
-                } else if let Ok(v) = serde_json::from_str::<Value>(&text) {
-                    vec![v]
-                } else {
-                    text.lines()
-                        .filter_map(|l| l.strip_prefix("data:"))
-                        .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
-                        .collect()
-                }
+        // Requests run concurrently: a long run_code must not hold up other
+        // calls, nor a cancellation. The handshake and notifications go in
+        // order, since what follows depends on them.
+        let method = msg.get("method").and_then(Value::as_str);
+        let in_order = msg.get("id").is_none() || matches!(method, Some("initialize"));
+        if in_order {
+            for r in relay.forward(&msg).await {
+                let _ = tx.send(r);
             }
-        };
-        for r in replies {
-            if let Some(p) = r.pointer("/result/protocolVersion").and_then(Value::as_str) {
-                protocol = Some(p.to_owned());
-            }
-            out.write_all(format!("{r}\n").as_bytes()).await?;
+        } else {
+            let (relay, tx) = (relay.clone(), tx.clone());
+            tasks.spawn(async move {
+                for r in relay.forward(&msg).await {
+                    let _ = tx.send(r);
+                }
+            });
         }
-        out.flush().await?;
+        while tasks.try_join_next().is_some() {}
     }
+    while tasks.join_next().await.is_some() {}
+    drop(tx);
+    writer.await.context("stdout writer")??;
     Ok(ExitCode::SUCCESS)
 }
 

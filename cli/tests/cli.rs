@@ -488,12 +488,20 @@ async fn mcp_over_stdio_relays_to_the_running_api_with_the_same_identity() {
     )
     .await;
     assert_eq!(replies.len(), 3, "{replies:?}");
-    assert_eq!(replies[0]["result"]["protocolVersion"], "2025-06-18");
+    // Requests after the handshake run concurrently: match replies by ID.
+    let reply = |id: u64| {
+        replies
+            .iter()
+            .find(|r| r["id"] == id)
+            .cloned()
+            .expect("a reply")
+    };
+    assert_eq!(reply(1)["result"]["protocolVersion"], "2025-06-18");
     assert_eq!(
-        replies[1]["result"]["tools"].as_array().map(Vec::len),
+        reply(2)["result"]["tools"].as_array().map(Vec::len),
         Some(9)
     );
-    assert_eq!(replies[2]["result"]["isError"], true, "{:?}", replies[2]);
+    assert_eq!(reply(3)["result"]["isError"], true, "{:?}", reply(3));
     // The refusal is in the ledger as the token's identity.
     let store = db.store().await.expect("store");
     let all = store.read_all(1, 1000).await.expect("read");
@@ -526,10 +534,23 @@ async fn mcp_over_stdio_relays_to_the_running_api_with_the_same_identity() {
             json!({"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {"_meta": meta}}),
             json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
                 "_meta": meta, "name": "get_job", "arguments": {"job_id": "nope"}}}),
+            // No runner here: this waits its full 2 seconds...
+            json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {
+                "_meta": meta, "name": "run_code",
+                "arguments": {"language": "python", "code": "print(1)", "wait_seconds": 2}}}),
+            // ...and does not hold up the next call.
+            json!({"jsonrpc": "2.0", "id": 4, "method": "tools/list", "params": {"_meta": meta}}),
         ],
     )
     .await;
-    assert_eq!(replies.len(), 2, "{replies:?}");
+    assert_eq!(replies.len(), 4, "{replies:?}");
+    let at = |id: u64| replies.iter().position(|r| r["id"] == id).expect("a reply");
+    assert!(at(4) < at(3), "{replies:?}");
+    assert!(
+        replies[at(3)].to_string().contains("still running"),
+        "{replies:?}"
+    );
+    let replies: Vec<Value> = [1, 2].iter().map(|&i| replies[at(i)].clone()).collect();
     assert!(
         replies[0]["result"]["supportedVersions"]
             .as_array()

@@ -445,3 +445,53 @@ async fn oversized_mcp_messages_are_refused_with_a_message_and_the_session_goes_
     assert!(tools["result"]["tools"].is_array(), "{tools}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn concurrent_retries_with_one_idempotency_key_submit_one_job() {
+    let app = spawn_app().await;
+    let s = open(&app, token("acme")).await;
+    let calls = (0..6).map(|i| {
+        let (app, mut s) = (
+            &app,
+            Session {
+                id: s.id.clone(),
+                token: s.token.clone(),
+                next: 100 * (i + 1),
+            },
+        );
+        async move {
+            let (_, r) = rpc(
+                app,
+                &mut s,
+                "tools/call",
+                json!({"name": "submit_job", "arguments": {"language": "python",
+                       "code": "print('once')", "idempotency_key": "agent-retry-1"}}),
+            )
+            .await;
+            assert_eq!(r["result"]["isError"], false, "{r}");
+            let receipt: Value =
+                serde_json::from_str(r["result"]["content"][0]["text"].as_str().expect("text"))
+                    .expect("json");
+            receipt["job_id"].as_str().expect("job id").to_owned()
+        }
+    });
+    let ids = futures::future::join_all(calls).await;
+    assert!(ids.iter().all(|id| id == &ids[0]), "{ids:?}");
+    let submitted = app.records_of_type("job.submitted").await;
+    assert_eq!(submitted.len(), 1, "one job, not {}", submitted.len());
+    assert_eq!(app.records_of_type("job.accepted").await.len(), 1);
+    // The same key with a different program is refused, not a second job.
+    let mut s = s;
+    let (_, other) = rpc(
+        &app,
+        &mut s,
+        "tools/call",
+        json!({"name": "submit_job", "arguments": {"language": "python",
+               "code": "print('twice')", "idempotency_key": "agent-retry-1"}}),
+    )
+    .await;
+    assert_eq!(other["result"]["isError"], true, "{other}");
+    assert!(other.to_string().contains("idempotency"), "{other}");
+    assert_eq!(app.records_of_type("job.submitted").await.len(), 1);
+    app.stop().await;
+}
