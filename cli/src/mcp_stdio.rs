@@ -6,12 +6,14 @@
 
 use anyhow::Context as _;
 use clap::Args;
+use reqwest::StatusCode;
 use serde_json::{Value, json};
+use std::collections::HashMap;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinSet};
 
 #[derive(Debug, Args)]
 pub struct McpArgs {
@@ -77,12 +79,61 @@ struct Relay {
     session: Arc<Mutex<Option<String>>>,
     /// The version `initialize` negotiated (handshake era only).
     protocol: Arc<Mutex<Option<String>>>,
+    /// The client's `initialize`, replayed when the session has expired.
+    initialize: Arc<Mutex<Option<Value>>>,
 }
 
 impl Relay {
-    /// Posts one message to `/mcp`; returns the messages to write back.
+    /// Relays one message; returns the messages to write back. A request
+    /// always gets a reply: the server's, or an error saying why there is none.
     async fn forward(&self, msg: &Value) -> Vec<Value> {
-        let id = msg.get("id").cloned();
+        let method = msg.get("method").and_then(Value::as_str);
+        let id = msg.get("id").filter(|_| method.is_some());
+        let (status, used_session, mut replies) = self.post(msg).await;
+        // A handshake-era session the server no longer knows (idle expiry, a
+        // restart): open a new one the way the client did, and retry once.
+        if status == StatusCode::NOT_FOUND
+            && used_session
+            && method != Some("initialize")
+            && self.reinitialize().await
+        {
+            replies = self.post(msg).await.2;
+        }
+        if let Some(id) = id
+            && !replies.iter().any(|r| r.get("id") == Some(id))
+        {
+            replies.push(error_reply(
+                id,
+                format!(
+                    "Glassbox at {} sent no reply to this request (status {status})",
+                    self.url
+                ),
+            ));
+        }
+        replies
+    }
+
+    /// Opens a new session with the client's own `initialize`; true on success.
+    async fn reinitialize(&self) -> bool {
+        let Some(init) = lock(&self.initialize).clone() else {
+            return false;
+        };
+        *lock(&self.session) = None;
+        let (status, _, _) = self.post(&init).await;
+        if !status.is_success() {
+            return false;
+        }
+        let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+        self.post(&initialized).await.0.is_success()
+    }
+
+    /// One POST to `/mcp`: its status, whether it carried a session, and the
+    /// JSON-RPC messages in its answer.
+    async fn post(&self, msg: &Value) -> (StatusCode, bool, Vec<Value>) {
+        let method = msg.get("method").and_then(Value::as_str);
+        // Errors are made up only for requests, never for the client's own
+        // replies to the server.
+        let id = msg.get("id").filter(|_| method.is_some());
         let url = &self.url;
         let mut req = self
             .http
@@ -90,7 +141,14 @@ impl Relay {
             .bearer_auth(&self.token)
             .header("accept", "application/json, text/event-stream")
             .json(msg);
-        if let Some(s) = lock(&self.session).clone() {
+        let session = if method == Some("initialize") {
+            *lock(&self.initialize) = Some(msg.clone());
+            None
+        } else {
+            lock(&self.session).clone()
+        };
+        let used_session = session.is_some();
+        if let Some(s) = session {
             req = req.header("mcp-session-id", s);
         }
         // 2026-07-28 and later name the version in each request's _meta, which
@@ -109,10 +167,11 @@ impl Relay {
         let resp = match req.send().await {
             Ok(resp) => resp,
             Err(e) => {
-                return id
+                let replies = id
                     .iter()
                     .map(|id| error_reply(id, format!("Glassbox at {url} is unreachable: {e}")))
                     .collect();
+                return (StatusCode::BAD_GATEWAY, used_session, replies);
             }
         };
         if let Some(s) = resp
@@ -148,14 +207,14 @@ impl Relay {
                 .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
                 .collect()
         };
-        if msg.get("method").and_then(Value::as_str) == Some("initialize")
+        if method == Some("initialize")
             && let Some(p) = replies
                 .iter()
                 .find_map(|r| r.pointer("/result/protocolVersion").and_then(Value::as_str))
         {
             *lock(&self.protocol) = Some(p.to_owned());
         }
-        replies
+        (status, used_session, replies)
     }
 }
 
@@ -189,6 +248,7 @@ pub async fn run(args: McpArgs) -> anyhow::Result<ExitCode> {
         token,
         session: Arc::new(Mutex::new(None)),
         protocol: Arc::new(Mutex::new(None)),
+        initialize: Arc::new(Mutex::new(None)),
     };
     // One writer, so concurrent replies never interleave within a line.
     let (tx, mut rx) = mpsc::unbounded_channel::<Value>();
@@ -201,6 +261,7 @@ pub async fn run(args: McpArgs) -> anyhow::Result<ExitCode> {
         Ok::<_, std::io::Error>(())
     });
     let mut tasks = JoinSet::new();
+    let mut in_flight: HashMap<String, AbortHandle> = HashMap::new();
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     while let Some(line) = lines.next_line().await? {
         if line.trim().is_empty() {
@@ -218,6 +279,16 @@ pub async fn run(args: McpArgs) -> anyhow::Result<ExitCode> {
         // calls, nor a cancellation. The handshake and notifications go in
         // order, since what follows depends on them.
         let method = msg.get("method").and_then(Value::as_str);
+        // A cancelled request's POST is dropped here (the 2026-07-28 server
+        // has no other way to hear of it) and the notification passed on.
+        if method == Some("notifications/cancelled")
+            && let Some(handle) = msg
+                .pointer("/params/requestId")
+                .and_then(|id| in_flight.remove(&id.to_string()))
+        {
+            handle.abort();
+        }
+        in_flight.retain(|_, h| !h.is_finished());
         let in_order = msg.get("id").is_none() || matches!(method, Some("initialize"));
         if in_order {
             for r in relay.forward(&msg).await {
@@ -225,11 +296,15 @@ pub async fn run(args: McpArgs) -> anyhow::Result<ExitCode> {
             }
         } else {
             let (relay, tx) = (relay.clone(), tx.clone());
-            tasks.spawn(async move {
+            let key = msg.get("id").map(Value::to_string);
+            let handle = tasks.spawn(async move {
                 for r in relay.forward(&msg).await {
                     let _ = tx.send(r);
                 }
             });
+            if let Some(key) = key {
+                in_flight.insert(key, handle);
+            }
         }
         while tasks.try_join_next().is_some() {}
     }

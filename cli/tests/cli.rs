@@ -566,3 +566,139 @@ async fn mcp_over_stdio_relays_to_the_running_api_with_the_same_identity() {
     let _ = std::fs::remove_dir_all(&dir);
     db.drop_db().await;
 }
+
+/// `glassbox mcp` as an agent drives it: one line at a time, reading replies.
+struct StdioAgent {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    replies: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl StdioAgent {
+    fn start(api: &str, token: &str) -> StdioAgent {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_glassbox"))
+            .args(["mcp", "--api", api, "--token", token])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("glassbox mcp");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = child.stdout.take().expect("stdout");
+        use tokio::io::AsyncBufReadExt as _;
+        StdioAgent {
+            child,
+            stdin,
+            replies: tokio::io::BufReader::new(stdout).lines(),
+        }
+    }
+
+    async fn send(&mut self, msg: Value) {
+        use tokio::io::AsyncWriteExt as _;
+        self.stdin
+            .write_all(format!("{msg}\n").as_bytes())
+            .await
+            .expect("write");
+    }
+
+    async fn reply(&mut self) -> Value {
+        let line =
+            tokio::time::timeout(std::time::Duration::from_secs(20), self.replies.next_line())
+                .await
+                .expect("a reply within 20 s")
+                .expect("read")
+                .expect("a line");
+        serde_json::from_str(&line).expect("json line")
+    }
+}
+
+async fn start_api(
+    db: &TestDb,
+    dir: &Path,
+    addr: &str,
+) -> (String, tokio_util::sync::CancellationToken) {
+    let mut vars = glassbox_command_api::testing::vars(&db.url, dir).expect("vars");
+    vars.push(("GLASSBOX_HTTP_ADDR".into(), addr.into()));
+    let app = glassbox_command_api::Application::build(
+        glassbox_platform::Config::from_vars(vars).expect("config"),
+    )
+    .await
+    .expect("api");
+    let api = format!("http://127.0.0.1:{}", app.port());
+    let stop = app.shutdown_token();
+    tokio::spawn(app.run_until_stopped());
+    (api, stop)
+}
+
+#[tokio::test]
+async fn mcp_over_stdio_survives_a_lost_session_and_drops_cancelled_requests() {
+    glassbox_platform::install_crypto_provider();
+    let db = TestDb::new().await.expect("test database");
+    let dir = std::env::temp_dir().join(format!("gb-cli-mcp2-{}", uuid::Uuid::new_v4()));
+    let (api, stop) = start_api(&db, &dir, "127.0.0.1:0").await;
+    let token = glassbox_command_api::testing::token("acme");
+    let mut agent = StdioAgent::start(&api, &token);
+    agent
+        .send(
+            json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "stdio-test", "version": "1"}}}),
+        )
+        .await;
+    assert_eq!(agent.reply().await["id"], 1);
+    agent
+        .send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+        .await;
+
+    // The server restarts on the same address and has forgotten the session:
+    // the relay opens a new one with the agent's own initialize and retries.
+    stop.cancel();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let addr = api.trim_start_matches("http://").to_owned();
+    let (_, stop) = start_api(&db, &dir, &addr).await;
+    agent
+        .send(json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {}}))
+        .await;
+    let listed = agent.reply().await;
+    assert_eq!(listed["id"], 2, "{listed}");
+    assert_eq!(
+        listed["result"]["tools"].as_array().map(Vec::len),
+        Some(9),
+        "{listed}"
+    );
+
+    // A cancelled request gets no reply and does not hold the relay: no runner
+    // here, so this call would wait its full 30 seconds.
+    agent
+        .send(
+            json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {
+            "name": "run_code",
+            "arguments": {"language": "python", "code": "print(1)", "wait_seconds": 30}}}),
+        )
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    agent
+        .send(
+            json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                     "params": {"requestId": 3, "reason": "the user changed their mind"}}),
+        )
+        .await;
+    agent
+        .send(json!({"jsonrpc": "2.0", "id": 4, "method": "tools/list", "params": {}}))
+        .await;
+    assert_eq!(agent.reply().await["id"], 4);
+    let started = std::time::Instant::now();
+    drop(agent.stdin);
+    // EOF: the relay exits once nothing is in flight — the cancelled call is not.
+    assert!(agent.replies.next_line().await.expect("read").is_none());
+    let status = agent.child.wait().await.expect("exit");
+    assert!(status.success());
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "the relay waited for a cancelled call: {:?}",
+        started.elapsed()
+    );
+    stop.cancel();
+    let _ = std::fs::remove_dir_all(&dir);
+    db.drop_db().await;
+}

@@ -70,12 +70,21 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     };
     let s = v
         .to_str()
-        .ok()
-        .filter(|s| !s.is_empty() && s.len() <= 255 && s.bytes().all(|b| b.is_ascii_graphic()))
-        .ok_or_else(|| {
-            ApiError::Invalid("Idempotency-Key: 1-255 visible ASCII characters".into())
-        })?;
+        .map_err(|_| ApiError::Invalid("Idempotency-Key: 1-255 visible ASCII characters".into()))?;
+    valid_idempotency_key("Idempotency-Key", s)?;
     Ok(Some(s.to_owned()))
+}
+
+/// The shape every idempotency key must have, whichever way it came (REST
+/// header, MCP argument): it is stored in the ledger for good.
+pub(crate) fn valid_idempotency_key(name: &str, s: &str) -> Result<(), ApiError> {
+    if !s.is_empty() && s.len() <= 255 && s.bytes().all(|b| b.is_ascii_graphic()) {
+        Ok(())
+    } else {
+        Err(ApiError::Invalid(format!(
+            "{name}: 1-255 visible ASCII characters"
+        )))
+    }
 }
 
 // ---------------------------------------------------------------- jobs

@@ -18,7 +18,7 @@ use glassbox_events::store::NewEvent;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-fn search_error(e: SearchError) -> ApiError {
+pub(crate) fn search_error(e: SearchError) -> ApiError {
     match e {
         SearchError::Invalid(m) => ApiError::Invalid(m),
         other => ApiError::Internal(other.to_string()),
@@ -138,7 +138,7 @@ async fn record_cross_tenant_read(
     Ok(())
 }
 
-fn verifier(state: &AppState) -> Result<&glassbox_events::VerifierKey, ApiError> {
+pub(crate) fn verifier(state: &AppState) -> Result<&glassbox_events::VerifierKey, ApiError> {
     state.verifier_key.as_deref().ok_or_else(|| {
         ApiError::NotFound("a verifier key (GLASSBOX_LEDGER_KEY_FILE is not set)".into())
     })

@@ -63,7 +63,9 @@ pub struct GlassboxMcp {
 ///
 /// Host checking is off: rmcp's default allows only loopback `Host`s (against
 /// DNS rebinding of unauthenticated local servers), but every request here
-/// must carry a bearer token, which a rebinding page cannot. The body is
+/// must carry a bearer token, which a rebinding page cannot (the identity
+/// header of `GLASSBOX_AUTH_BYPASS`, refused outside development and test, is
+/// the exception, as it is for REST). The body is
 /// limited after authentication (an anonymous client cannot make us buffer).
 /// Refusals before the MCP service (401, 413, 429, 503) are JSON-RPC errors
 /// carrying the problem, so an MCP client shows the reason, not a bare status.
@@ -392,8 +394,12 @@ fn context_caller(context: &RequestContext<RoleServer>) -> Result<Caller, ErrorD
         .and_then(caller)
 }
 
-/// The problem's text, as an agent reads it.
+/// The problem's text, as an agent reads it (internal details are logged,
+/// never shown, as for REST).
 fn problem_text(e: &ApiError) -> String {
+    if let ApiError::Internal(detail) = e {
+        tracing::error!(error = %detail, "MCP request failed");
+    }
     let p = e.to_problem();
     format!("{} ({}): {}", p.title, p.code, p.detail.unwrap_or_default())
 }
@@ -422,26 +428,57 @@ fn job_uri(job_id: &str) -> String {
 }
 
 fn artifact_uri(job_id: &str, path: &str) -> String {
-    format!("{SCHEME}jobs/{job_id}/artifacts/{path}")
+    // Unreserved characters and '/' as they are, the rest %-escaped, so any
+    // file name round-trips through `parse_uri`.
+    let mut p = String::with_capacity(path.len());
+    for b in path.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/') {
+            p.push(char::from(b));
+        } else {
+            p.push_str(&format!("%{b:02X}"));
+        }
+    }
+    format!("{SCHEME}jobs/{job_id}/artifacts/{p}")
 }
 
 /// What a `glassbox://` URI names.
 #[derive(Debug, PartialEq, Eq)]
-enum Target<'a> {
-    Job(&'a str),
-    Artifact(&'a str, &'a str),
+enum Target {
+    Job(String),
+    Artifact(String, String),
 }
 
-fn parse_uri(uri: &str) -> Option<Target<'_>> {
+fn parse_uri(uri: &str) -> Option<Target> {
     let rest = uri.strip_prefix(SCHEME)?.strip_prefix("jobs/")?;
     match rest.split_once('/') {
-        None if !rest.is_empty() => Some(Target::Job(rest)),
+        None if !rest.is_empty() => Some(Target::Job(percent_decode(rest)?)),
         Some((id, path)) if !id.is_empty() => match path.strip_prefix("artifacts/") {
-            Some(p) if !p.is_empty() => Some(Target::Artifact(id, p)),
+            Some(p) if !p.is_empty() => {
+                Some(Target::Artifact(percent_decode(id)?, percent_decode(p)?))
+            }
             _ => None,
         },
         _ => None,
     }
+}
+
+/// `%XX` escapes decoded (a client expanding `{path}` per RFC 6570 escapes
+/// `/`); `None` for a malformed escape or bytes that are not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// A best guess from the file name; `None` leaves it to the content.
@@ -528,23 +565,34 @@ impl GlassboxMcp {
         };
         let mut out = json!({"job_id": job_id, "uri": job_uri(job_id), "status": status,
                              "ledger_position": position});
-        if let Ok(r) = self.state.core.result(tenant, job_id).await {
-            let f = &r.finished;
-            out["outcome"] = serde_json::to_value(f.outcome).unwrap_or(Value::Null);
-            out["exit_code"] = f.exit_code.into();
-            for (name, o) in [("stdout", &f.stdout), ("stderr", &f.stderr)] {
-                if let Some(b) = &o.blob {
-                    let bytes = self.state.core.read_blob(job_id, b).await?;
-                    out[name] = String::from_utf8_lossy(&bytes).into_owned().into();
-                }
-            }
-            out["artifacts"] = r
-                .artifacts
-                .iter()
-                .map(|a| a.path.clone())
-                .collect::<Vec<_>>()
-                .into();
+        let Ok(r) = self.state.core.result(tenant, job_id).await else {
+            return Ok(out);
+        };
+        let f = &r.finished;
+        out["outcome"] = serde_json::to_value(f.outcome).unwrap_or(Value::Null);
+        out["exit_code"] = f.exit_code.into();
+        if r.destroyed {
+            out["data_destroyed"] = true.into();
+            return Ok(out);
         }
+        // The output is what REST serves under artifact.read: the same check
+        // (and a refusal recorded the same way), or no output.
+        if let Err(e) = self.authorize(caller, "artifact.read").await {
+            out["output"] = problem_text(&e).into();
+            return Ok(out);
+        }
+        for (name, o) in [("stdout", &f.stdout), ("stderr", &f.stderr)] {
+            if let Some(b) = &o.blob {
+                let bytes = self.state.core.read_blob(job_id, b).await?;
+                out[name] = String::from_utf8_lossy(&bytes).into_owned().into();
+            }
+        }
+        out["artifacts"] = r
+            .artifacts
+            .iter()
+            .map(|a| a.path.clone())
+            .collect::<Vec<_>>()
+            .into();
         Ok(out)
     }
 
@@ -554,6 +602,9 @@ impl GlassboxMcp {
         a: RunCodeArgs,
     ) -> Result<crate::core::Receipt, ApiError> {
         let request = a.job_request()?;
+        if let Some(k) = &a.idempotency_key {
+            crate::api::valid_idempotency_key("idempotency_key", k)?;
+        }
         let reply = self
             .state
             .core
@@ -582,6 +633,11 @@ impl GlassboxMcp {
             .core
             .result(&caller.identity.tenant, job_id)
             .await?;
+        if r.destroyed {
+            return Err(ApiError::Gone(format!(
+                "the data of job {job_id} was destroyed"
+            )));
+        }
         let art = r
             .artifacts
             .into_iter()
@@ -599,7 +655,7 @@ impl GlassboxMcp {
         match parse_uri(uri) {
             Some(Target::Job(id)) => {
                 self.authorize(caller, "job.read").await?;
-                let job = crate::api::fetch_job(&self.state, &caller.identity.tenant, id)
+                let job = crate::api::fetch_job(&self.state, &caller.identity.tenant, &id)
                     .await?
                     .ok_or_else(|| ApiError::NotFound(format!("job {id}")))?;
                 Ok(ReadResourceResult::new(vec![
@@ -607,10 +663,10 @@ impl GlassboxMcp {
                 ]))
             }
             Some(Target::Artifact(id, path)) => {
-                let (_, bytes) = self.artifact(caller, id, path).await?;
+                let (_, bytes) = self.artifact(caller, &id, &path).await?;
                 Ok(ReadResourceResult::new(vec![artifact_contents(
                     uri.to_owned(),
-                    path,
+                    &path,
                     bytes,
                 )]))
             }
@@ -745,6 +801,12 @@ impl GlassboxMcp {
                     .core
                     .result(&caller.identity.tenant, &a.job_id)
                     .await?;
+                if r.destroyed {
+                    return Err(ApiError::Gone(format!(
+                        "the data of job {} was destroyed",
+                        a.job_id
+                    )));
+                }
                 let list: Vec<Value> = r
                     .artifacts
                     .iter()
@@ -796,8 +858,14 @@ impl GlassboxMcp {
         Ok(tool_result(
             async {
                 self.authorize(&caller, "audit.verify").await?;
-                let key = self.state.verifier_key.as_deref();
-                match self.state.core.store.verify(key, &[], None, None).await {
+                let key = crate::audit::verifier(&self.state)?;
+                match self
+                    .state
+                    .core
+                    .store
+                    .verify(Some(key), &[], None, None)
+                    .await
+                {
                     Ok(Ok(r)) => Ok(ok_json(
                         json!({"verifies": true, "records": r.records, "root": r.root.to_hex(),
                                "checkpoints_checked": r.checkpoints_checked}),
@@ -867,7 +935,7 @@ impl GlassboxMcp {
                     None,
                 )
                 .await
-                .map_err(|e| ApiError::Invalid(e.to_string()))?;
+                .map_err(crate::audit::search_error)?;
                 Ok(ok_json(json!({"events": page.events})))
             }
             .await,
@@ -924,7 +992,7 @@ impl ServerHandler for GlassboxMcp {
                 )
                 .with_mime_type("application/json"),
             ResourceTemplate::new(
-                format!("{SCHEME}jobs/{{job_id}}/artifacts/{{path}}"),
+                format!("{SCHEME}jobs/{{job_id}}/artifacts/{{+path}}"),
                 "artifact",
             )
             .with_description("A file the job wrote to /workspace/out: text, or a base64 blob"),
@@ -951,11 +1019,25 @@ mod tests {
 
     #[test]
     fn uris_name_jobs_and_artifacts_and_nothing_else() {
-        assert_eq!(parse_uri("glassbox://jobs/abc"), Some(Target::Job("abc")));
+        let artifact = |id: &str, p: &str| Some(Target::Artifact(id.into(), p.into()));
+        assert_eq!(
+            parse_uri("glassbox://jobs/abc"),
+            Some(Target::Job("abc".into()))
+        );
         assert_eq!(
             parse_uri("glassbox://jobs/abc/artifacts/dir/x.bin"),
-            Some(Target::Artifact("abc", "dir/x.bin"))
+            artifact("abc", "dir/x.bin")
         );
+        // As a client expanding the template's {path} per RFC 6570 sends it.
+        assert_eq!(
+            parse_uri("glassbox://jobs/abc/artifacts/dir%2Fmy%20x.bin"),
+            artifact("abc", "dir/my x.bin")
+        );
+        for name in ["dir/my x.bin", "100%.txt", "ü/a+b?.csv"] {
+            assert_eq!(parse_uri(&artifact_uri("j", name)), artifact("j", name));
+        }
+        assert_eq!(parse_uri("glassbox://jobs/abc/artifacts/bad%zz"), None);
+        assert_eq!(parse_uri("glassbox://jobs/abc/artifacts/cut%4"), None);
         for bad in [
             "glassbox://jobs/",
             "glassbox://jobs//artifacts/x",

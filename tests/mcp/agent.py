@@ -148,7 +148,7 @@ async def scenario(args):
         templates = (await client.list_resource_templates()).resource_templates
         check(
             {t.uri_template for t in templates}
-            == {"glassbox://jobs/{job_id}", "glassbox://jobs/{job_id}/artifacts/{path}"},
+            == {"glassbox://jobs/{job_id}", "glassbox://jobs/{job_id}/artifacts/{+path}"},
             f"templates: {templates}",
         )
         listed_jobs = {r.uri for r in (await client.list_resources()).resources}

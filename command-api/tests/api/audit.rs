@@ -6,7 +6,7 @@ use glassbox_events::{Digest, SigningKey, VerifierKey, merkle};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 
-async fn audited_app() -> (TestApp, SigningKey) {
+pub(crate) async fn audited_app() -> (TestApp, SigningKey) {
     let dir = std::env::temp_dir().join(format!(
         "glassbox-audit-key-{}",
         uuid::Uuid::new_v4().simple()

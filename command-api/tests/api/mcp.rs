@@ -89,7 +89,8 @@ async fn open(app: &TestApp, token: String) -> Session {
 
 #[tokio::test]
 async fn agents_use_the_same_identity_policies_and_ledger_through_mcp() {
-    let app = spawn_app().await;
+    // With a checkpoint key: verify_ledger checks against it, as REST does.
+    let (app, _) = crate::audit::audited_app().await;
     let projector = app.run_projector();
     // No token: the 401 problem, before any MCP message is read.
     let r = app
@@ -345,7 +346,7 @@ async fn jobs_are_resources_read_by_uri_within_the_callers_tenant() {
         uris,
         [
             "glassbox://jobs/{job_id}",
-            "glassbox://jobs/{job_id}/artifacts/{path}"
+            "glassbox://jobs/{job_id}/artifacts/{+path}"
         ]
     );
 
@@ -438,6 +439,27 @@ async fn oversized_mcp_messages_are_refused_with_a_message_and_the_session_goes_
         "{}",
         r.body
     );
+    assert!(app.records_of_type("job.submitted").await.is_empty());
+    // Without a Content-Length (chunked), the limit is found while reading.
+    let body = json!({"jsonrpc": "2.0", "id": 98, "method": "tools/call",
+        "params": {"name": "run_code", "arguments": {"language": "python", "code": huge}}})
+    .to_string()
+    .into_bytes();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        body.chunks(64 * 1024).map(|c| Ok(c.to_vec())).collect();
+    let r = app
+        .send(
+            app.client
+                .post(format!("{}/mcp", app.addr))
+                .bearer_auth(&s.token)
+                .header("content-type", "application/json")
+                .header("accept", "application/json, text/event-stream")
+                .header("mcp-protocol-version", "2025-06-18")
+                .header("mcp-session-id", s.id.clone().expect("session"))
+                .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks))),
+        )
+        .await;
+    assert_refusal(&r, 413, "payload_too_large");
     assert!(app.records_of_type("job.submitted").await.is_empty());
     // The same session still answers.
     let (status, tools) = rpc(&app, &mut s, "tools/list", json!({})).await;
