@@ -26,6 +26,8 @@ pub enum BenchCommand {
     /// Evidence bundle export throughput and peak memory; offline verification
     /// against plain SHA-256 of the same bytes.
     Audit(crate::bench_audit::AuditBench),
+    /// MCP `submit_job` against `POST /v1/jobs` with the same program.
+    Mcp(crate::bench_mcp::McpBench),
 }
 
 #[derive(Debug, Args)]
@@ -57,6 +59,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Submit(args) => crate::bench_submit::run(args).await,
         BenchCommand::E2e(args) => crate::bench_e2e::run(args).await,
         BenchCommand::Audit(args) => crate::bench_audit::run(args).await,
+        BenchCommand::Mcp(args) => crate::bench_mcp::run(args).await,
     }
 }
 

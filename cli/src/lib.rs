@@ -8,6 +8,7 @@ pub mod audit;
 pub mod bench;
 mod bench_audit;
 mod bench_e2e;
+mod bench_mcp;
 mod bench_sandbox;
 mod bench_submit;
 pub mod dev;
