@@ -2,7 +2,7 @@
 //! mirrors. `submit_job` as an MCP `tools/call` over streamable HTTP (protocol
 //! 2026-07-28: stateless, one POST per call) against `POST /v1/jobs` with the
 //! same program, on the same service, at the same concurrency, in the same run
-//! (alternating rounds, so neither side gets a warmer database). Both end in
+//! (rounds in alternating order, so neither side gets a warmer database). Both end in
 //! the same `Core::submit`, so the ratio is MCP's own overhead: JSON-RPC
 //! framing, rmcp's dispatch and argument schema, the SSE answer.
 
@@ -34,8 +34,8 @@ pub struct McpBench {
 
 pub async fn run(args: McpBench) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
-        args.concurrency > 0 && args.submissions >= 2 * args.concurrency,
-        "--submissions must be >= 2 x --concurrency > 0"
+        args.concurrency > 0 && args.submissions >= ROUNDS * args.concurrency,
+        "--submissions must be >= {ROUNDS} x --concurrency > 0"
     );
     let db = crate::bench::BenchDb::create(&args.database_url).await?;
     let dir = std::env::temp_dir().join(format!("{}-data", db.name));
@@ -45,6 +45,9 @@ pub async fn run(args: McpBench) -> anyhow::Result<ExitCode> {
     println!("{}", result?);
     Ok(ExitCode::SUCCESS)
 }
+
+/// Measurement rounds per path.
+const ROUNDS: u64 = 6;
 
 /// The program both paths submit (a different one each time: no idempotent
 /// shortcut, each is a new job with its own blobs).
@@ -121,16 +124,23 @@ async fn inner(args: &McpBench, url: &str, dir: &std::path::Path) -> anyhow::Res
     let warm = 50.max(args.concurrency);
     measure(args.concurrency, warm, 1, rest(0)).await?;
     measure(args.concurrency, warm, 1, mcp(0)).await?;
-    let half = args.submissions / 2;
+    // Rounds in alternating order (REST first, then MCP first, …), so neither
+    // path always runs on the fuller database or after the other's load.
+    let per_round = (args.submissions / ROUNDS).max(args.concurrency);
     let (mut rest_lat, mut mcp_lat) = (Vec::new(), Vec::new());
     let (mut rest_time, mut mcp_time) = (Duration::ZERO, Duration::ZERO);
-    for round in 1..=2 {
-        let r = measure(args.concurrency, half, 1, rest(round)).await?;
-        rest_time += r.elapsed;
-        rest_lat.extend(r.latencies);
-        let m = measure(args.concurrency, half, 1, mcp(round)).await?;
-        mcp_time += m.elapsed;
-        mcp_lat.extend(m.latencies);
+    for round in 1..=ROUNDS {
+        for mcp_turn in [round % 2 == 0, round % 2 == 1] {
+            if mcp_turn {
+                let m = measure(args.concurrency, per_round, 1, mcp(round)).await?;
+                mcp_time += m.elapsed;
+                mcp_lat.extend(m.latencies);
+            } else {
+                let r = measure(args.concurrency, per_round, 1, rest(round)).await?;
+                rest_time += r.elapsed;
+                rest_lat.extend(r.latencies);
+            }
+        }
     }
     stop.cancel();
     rest_lat.sort();

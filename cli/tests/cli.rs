@@ -210,7 +210,7 @@ async fn bench_mcp_prints_one_json_line_with_the_rest_baseline() {
     let out = stdout(&o);
     assert_eq!(out.lines().count(), 1, "{out}");
     let v: Value = serde_json::from_str(&out).expect("json line");
-    assert_eq!(v["submissions_per_path"], 40, "{v}");
+    assert_eq!(v["submissions_per_path"], 48, "{v}");
     for k in ["mcp_submit_job", "rest_post_jobs"] {
         assert!(v[k]["p50_ms"].as_f64().expect("p50") > 0.0, "{v}");
         assert!(
