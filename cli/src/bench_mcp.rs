@@ -78,11 +78,10 @@ async fn inner(args: &McpBench, url: &str, dir: &std::path::Path) -> anyhow::Res
                     .json(&body)
                     .send()
                     .await?;
-                anyhow::ensure!(
-                    resp.status().as_u16() == 201,
-                    "REST answered {}",
-                    resp.status()
-                );
+                let status = resp.status();
+                // The whole answer, as on the MCP side.
+                let text = resp.text().await?;
+                anyhow::ensure!(status.as_u16() == 201, "REST answered {status}: {text}");
                 Ok(())
             }
         }
@@ -121,51 +120,62 @@ async fn inner(args: &McpBench, url: &str, dir: &std::path::Path) -> anyhow::Res
         }
     };
 
-    let warm = 50.max(args.concurrency);
-    measure(args.concurrency, warm, 1, rest(0)).await?;
-    measure(args.concurrency, warm, 1, mcp(0)).await?;
-    // Rounds in alternating order (REST first, then MCP first, …), so neither
-    // path always runs on the fuller database or after the other's load.
-    let per_round = (args.submissions / ROUNDS).max(args.concurrency);
-    let (mut rest_lat, mut mcp_lat) = (Vec::new(), Vec::new());
-    let (mut rest_time, mut mcp_time) = (Duration::ZERO, Duration::ZERO);
-    for round in 1..=ROUNDS {
-        for mcp_turn in [round % 2 == 0, round % 2 == 1] {
-            if mcp_turn {
-                let m = measure(args.concurrency, per_round, 1, mcp(round)).await?;
-                mcp_time += m.elapsed;
-                mcp_lat.extend(m.latencies);
-            } else {
-                let r = measure(args.concurrency, per_round, 1, rest(round)).await?;
-                rest_time += r.elapsed;
-                rest_lat.extend(r.latencies);
+    // One caller (the paths' own latency), then `--concurrency` callers.
+    let mut levels = serde_json::Map::new();
+    for (level, writers) in [(1u64, 1u64), (2, args.concurrency)] {
+        let warm = 50.max(writers);
+        measure(writers, warm, 1, rest(level * 100)).await?;
+        measure(writers, warm, 1, mcp(level * 100)).await?;
+        // Rounds in alternating order (REST first, then MCP first, …), so
+        // neither path always runs on the fuller database or after the other.
+        let per_round = (args.submissions / ROUNDS).max(writers);
+        let (mut rest_lat, mut mcp_lat) = (Vec::new(), Vec::new());
+        let (mut rest_time, mut mcp_time) = (Duration::ZERO, Duration::ZERO);
+        for round in 1..=ROUNDS {
+            for mcp_turn in [round % 2 == 0, round % 2 == 1] {
+                if mcp_turn {
+                    let m = measure(writers, per_round, 1, mcp(level * 100 + round)).await?;
+                    mcp_time += m.elapsed;
+                    mcp_lat.extend(m.latencies);
+                } else {
+                    let r = measure(writers, per_round, 1, rest(level * 100 + round)).await?;
+                    rest_time += r.elapsed;
+                    rest_lat.extend(r.latencies);
+                }
             }
         }
+        rest_lat.sort();
+        mcp_lat.sort();
+        let rate = |n: usize, t: Duration| n as f64 / t.as_secs_f64().max(1e-9);
+        let (rest_rate, mcp_rate) = (
+            rate(rest_lat.len(), rest_time),
+            rate(mcp_lat.len(), mcp_time),
+        );
+        levels.insert(
+            format!("concurrency_{writers}"),
+            json!({
+                "submissions_per_path": mcp_lat.len(),
+                "mcp_submit_job": {
+                    "submissions_per_s": round(mcp_rate),
+                    "p50_ms": round(percentile(&mcp_lat, 0.5)),
+                    "p99_ms": round(percentile(&mcp_lat, 0.99)),
+                },
+                "rest_post_jobs": {
+                    "submissions_per_s": round(rest_rate),
+                    "p50_ms": round(percentile(&rest_lat, 0.5)),
+                    "p99_ms": round(percentile(&rest_lat, 0.99)),
+                },
+                "ratio_mcp_to_rest_throughput": round(mcp_rate / rest_rate),
+                "ratio_mcp_to_rest_p50": round(
+                    percentile(&mcp_lat, 0.5) / percentile(&rest_lat, 0.5)
+                ),
+            }),
+        );
     }
     stop.cancel();
-    rest_lat.sort();
-    mcp_lat.sort();
-    let rate = |n: usize, t: Duration| n as f64 / t.as_secs_f64().max(1e-9);
-    let (rest_rate, mcp_rate) = (
-        rate(rest_lat.len(), rest_time),
-        rate(mcp_lat.len(), mcp_time),
-    );
     Ok(json!({
         "bench": "mcp",
         "build": if cfg!(debug_assertions) { "debug" } else { "release" },
-        "concurrency": args.concurrency,
-        "submissions_per_path": mcp_lat.len(),
-        "mcp_submit_job": {
-            "submissions_per_s": round(mcp_rate),
-            "p50_ms": round(percentile(&mcp_lat, 0.5)),
-            "p99_ms": round(percentile(&mcp_lat, 0.99)),
-        },
-        "rest_post_jobs": {
-            "submissions_per_s": round(rest_rate),
-            "p50_ms": round(percentile(&rest_lat, 0.5)),
-            "p99_ms": round(percentile(&rest_lat, 0.99)),
-        },
-        "ratio_mcp_to_rest_throughput": round(mcp_rate / rest_rate),
-        "ratio_mcp_to_rest_p50": round(percentile(&mcp_lat, 0.5) / percentile(&rest_lat, 0.5)),
+        "levels": levels,
     }))
 }

@@ -202,7 +202,7 @@ async fn bench_ledger_prints_one_json_line_with_baseline_and_ratios() {
 #[tokio::test]
 async fn bench_mcp_prints_one_json_line_with_the_rest_baseline() {
     let o = Command::new(env!("CARGO_BIN_EXE_glassbox"))
-        .args(["bench", "mcp", "--submissions", "40", "--concurrency", "2"])
+        .args(["bench", "mcp", "--submissions", "48", "--concurrency", "2"])
         .env("DATABASE_URL", glassbox_events::testing::admin_url())
         .output()
         .expect("run bench");
@@ -210,15 +210,18 @@ async fn bench_mcp_prints_one_json_line_with_the_rest_baseline() {
     let out = stdout(&o);
     assert_eq!(out.lines().count(), 1, "{out}");
     let v: Value = serde_json::from_str(&out).expect("json line");
-    assert_eq!(v["submissions_per_path"], 48, "{v}");
-    for k in ["mcp_submit_job", "rest_post_jobs"] {
-        assert!(v[k]["p50_ms"].as_f64().expect("p50") > 0.0, "{v}");
-        assert!(
-            v[k]["submissions_per_s"].as_f64().expect("rate") > 0.0,
-            "{v}"
-        );
+    for level in ["concurrency_1", "concurrency_2"] {
+        let l = &v["levels"][level];
+        assert_eq!(l["submissions_per_path"], 48, "{v}");
+        for k in ["mcp_submit_job", "rest_post_jobs"] {
+            assert!(l[k]["p50_ms"].as_f64().expect("p50") > 0.0, "{v}");
+            assert!(
+                l[k]["submissions_per_s"].as_f64().expect("rate") > 0.0,
+                "{v}"
+            );
+        }
+        assert!(l["ratio_mcp_to_rest_throughput"].as_f64().expect("ratio") > 0.0);
     }
-    assert!(v["ratio_mcp_to_rest_throughput"].as_f64().expect("ratio") > 0.0);
 }
 
 #[test]
