@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 use glassbox_events::store::NewEvent;
 use glassbox_events::{Actor, AppendRequest, EventStore, SigningKey};
 use serde_json::{Map, Value, json};
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::PgPool;
 use sqlx::{AssertSqlSafe, Connection as _, Executor as _};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -317,7 +317,7 @@ pub(crate) async fn fill_to(store: &EventStore, size: u64) -> anyhow::Result<u64
 }
 
 async fn ledger_inner(args: &LedgerBench, url: &str) -> anyhow::Result<Value> {
-    let pool = PgPoolOptions::new()
+    let pool = glassbox_events::pg::pool_options(url)
         .max_connections(16)
         .connect(url)
         .await?;

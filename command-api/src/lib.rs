@@ -35,7 +35,7 @@ use glassbox_events::store::EventStore;
 use glassbox_platform::blob::{BlobStore, Kek};
 use glassbox_platform::{Config, JwtVerifier};
 use glassbox_policies::{Bundle, PolicyEngine};
-use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgListener, PgPool};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -95,7 +95,7 @@ pub struct Application {
 
 /// Connects a pool for a service and runs the migrations.
 pub async fn connect(url: &str) -> Result<PgPool, BuildError> {
-    let pool = PgPoolOptions::new()
+    let pool = glassbox_events::pg::pool_options(url)
         .max_connections(32)
         .acquire_timeout(Duration::from_secs(10))
         .connect(url)

@@ -13,6 +13,7 @@ pub mod catalogue;
 pub mod checkpoint;
 pub mod hash;
 pub mod merkle;
+pub mod pg;
 pub mod record;
 pub mod store;
 pub mod testing;

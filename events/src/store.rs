@@ -21,7 +21,7 @@ use crate::verify::{ChainVerifier, Failure, Problem, RawRow, Report, StartState}
 use chrono::Utc;
 use futures::StreamExt as _;
 use serde_json::{Map, Value};
-use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgListener, PgPool};
 use sqlx::{Postgres, Row, Transaction};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -316,7 +316,7 @@ impl fmt::Debug for EventStore {
 impl EventStore {
     /// Connects a pool; does not migrate.
     pub async fn connect(url: &str) -> Result<EventStore, StoreError> {
-        let pool = PgPoolOptions::new()
+        let pool = crate::pg::pool_options(url)
             .max_connections(16)
             .connect(url)
             .await

@@ -5,7 +5,7 @@
 //! `postgres://postgres@127.0.0.1:5432/postgres`), a role that may create databases.
 
 use crate::store::{EventStore, StoreError, migrate};
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::PgPool;
 use sqlx::{AssertSqlSafe, Connection as _, Executor as _};
 use std::time::Duration;
 
@@ -49,7 +49,7 @@ impl TestDb {
     }
 
     pub async fn pool_for(url: &str, max: u32) -> Result<PgPool, StoreError> {
-        PgPoolOptions::new()
+        crate::pg::pool_options(url)
             .max_connections(max)
             .acquire_timeout(Duration::from_secs(60))
             .connect(url)

@@ -1040,7 +1040,7 @@ pub async fn run_service(
         .database_url
         .as_deref()
         .ok_or(StartError::NoDatabase)?;
-    let pool = sqlx::postgres::PgPoolOptions::new()
+    let pool = glassbox_events::pg::pool_options(url)
         .max_connections(8)
         .connect(url)
         .await
