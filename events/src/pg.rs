@@ -9,7 +9,8 @@
 //! every pool turns Nagle off on its connections right after connecting.
 //!
 //! sqlx does not hand out its socket, so the hook duplicates this process's
-//! descriptors (`pidfd_getfd`, safe code through rustix), keeps the TCP sockets
+//! socket descriptors (`pidfd_getfd`, safe code through rustix; never other
+//! files, whose POSIX locks closing a duplicate would drop), keeps the TCP sockets
 //! whose peer is the database's port, and sets `TCP_NODELAY` on each — a no-op
 //! on one that has it already. If the kernel refuses (no `pidfd_getfd` before
 //! Linux 5.6), connections stay as sqlx made them: slower, never wrong.
@@ -39,7 +40,15 @@ pub fn nodelay_to_port(port: u16) -> std::io::Result<usize> {
     let pidfd = pidfd_open(getpid(), PidfdFlags::empty())?;
     let mut set = 0;
     for entry in std::fs::read_dir("/proc/self/fd")? {
-        let Some(n) = entry?.file_name().to_str().and_then(|s| s.parse().ok()) else {
+        let entry = entry?;
+        // Sockets only: closing a duplicate of a regular file would drop this
+        // process's POSIX (fcntl) locks on it.
+        let is_socket = std::fs::read_link(entry.path())
+            .is_ok_and(|t| t.to_string_lossy().starts_with("socket:"));
+        if !is_socket {
+            continue;
+        }
+        let Some(n) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
             continue;
         };
         // The descriptor may be gone already, or not be ours to duplicate.
@@ -79,7 +88,9 @@ mod tests {
             .expect("connect");
         assert!(!to_port.nodelay().expect("get"));
         let set = nodelay_to_port(port).expect("set");
-        assert!(set >= 1, "{set}");
+        // Exactly the one client socket (the listener has no peer; the
+        // accepted end was never accepted into this process).
+        assert_eq!(set, 1);
         assert!(to_port.nodelay().expect("get"));
         assert!(!elsewhere.nodelay().expect("get"));
     }
