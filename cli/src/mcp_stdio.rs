@@ -23,6 +23,52 @@ pub struct McpArgs {
     /// The bearer token the agent acts with (default: a development token).
     #[arg(long, env = "GLASSBOX_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Longest message (one line) relayed; a longer one is refused here,
+    /// without buffering it. Glassbox's own limit may be lower.
+    #[arg(long, default_value_t = 64 << 20)]
+    pub max_message_bytes: usize,
+}
+
+/// One line of input: the message, or how long the refused one was.
+enum Line {
+    Message(String),
+    TooLong(usize),
+}
+
+/// Reads the next line, keeping at most `max` bytes of it; `None` at EOF.
+async fn next_line<R: tokio::io::AsyncBufRead + Unpin>(
+    r: &mut R,
+    max: usize,
+) -> std::io::Result<Option<Line>> {
+    let (mut buf, mut seen) = (Vec::new(), 0usize);
+    loop {
+        let chunk = r.fill_buf().await?;
+        if chunk.is_empty() {
+            if seen == 0 {
+                return Ok(None);
+            }
+            break;
+        }
+        let (part, used, done) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => (&chunk[..i], i + 1, true),
+            None => (chunk, chunk.len(), false),
+        };
+        seen += part.len();
+        if seen <= max {
+            buf.extend_from_slice(part);
+        } else {
+            buf = Vec::new();
+        }
+        r.consume(used);
+        if done {
+            break;
+        }
+    }
+    Ok(Some(if seen > max {
+        Line::TooLong(seen)
+    } else {
+        Line::Message(String::from_utf8_lossy(&buf).into_owned())
+    }))
 }
 
 fn error_reply(id: &Value, message: String) -> Value {
@@ -262,8 +308,17 @@ pub async fn run(args: McpArgs) -> anyhow::Result<ExitCode> {
     });
     let mut tasks = JoinSet::new();
     let mut in_flight: HashMap<String, AbortHandle> = HashMap::new();
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
-    while let Some(line) = lines.next_line().await? {
+    let mut input = BufReader::new(tokio::io::stdin());
+    let max = args.max_message_bytes;
+    while let Some(line) = next_line(&mut input, max).await? {
+        let line = match line {
+            Line::Message(l) => l,
+            Line::TooLong(n) => {
+                let _ = tx.send(json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32600,
+                    "message": format!("payload_too_large: a {n}-byte message; glassbox mcp relays at most {max} bytes (--max-message-bytes)")}}));
+                continue;
+            }
+        };
         if line.trim().is_empty() {
             continue;
         }
@@ -317,6 +372,25 @@ pub async fn run(args: McpArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn lines_over_the_limit_are_refused_without_being_kept() {
+        let input = format!("{}\n{{\"a\":1}}\n{}", "x".repeat(5000), "tail");
+        let mut r = tokio::io::BufReader::with_capacity(64, input.as_bytes());
+        assert!(matches!(
+            next_line(&mut r, 100).await,
+            Ok(Some(Line::TooLong(5000)))
+        ));
+        match next_line(&mut r, 100).await {
+            Ok(Some(Line::Message(m))) => assert_eq!(m, "{\"a\":1}"),
+            _ => panic!("the next message"),
+        }
+        match next_line(&mut r, 100).await {
+            Ok(Some(Line::Message(m))) => assert_eq!(m, "tail"),
+            _ => panic!("a last line without a newline"),
+        }
+        assert!(matches!(next_line(&mut r, 100).await, Ok(None)));
+    }
 
     #[test]
     fn routing_headers_name_the_method_and_its_target() {

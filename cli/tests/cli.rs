@@ -600,9 +600,10 @@ struct StdioAgent {
 }
 
 impl StdioAgent {
-    fn start(api: &str, token: &str) -> StdioAgent {
+    fn start(api: &str, token: &str, extra: &[&str]) -> StdioAgent {
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_glassbox"))
             .args(["mcp", "--api", api, "--token", token])
+            .args(extra)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .kill_on_drop(true)
@@ -662,7 +663,7 @@ async fn mcp_over_stdio_survives_a_lost_session_and_drops_cancelled_requests() {
     let dir = std::env::temp_dir().join(format!("gb-cli-mcp2-{}", uuid::Uuid::new_v4()));
     let (api, stop) = start_api(&db, &dir, "127.0.0.1:0").await;
     let token = glassbox_command_api::testing::token("acme");
-    let mut agent = StdioAgent::start(&api, &token);
+    let mut agent = StdioAgent::start(&api, &token, &["--max-message-bytes", "4096"]);
     agent
         .send(
             json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
@@ -692,6 +693,19 @@ async fn mcp_over_stdio_survives_a_lost_session_and_drops_cancelled_requests() {
         "{listed}"
     );
 
+    // A message over the relay's limit is refused there, and the next one goes on.
+    agent
+        .send(
+            json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {
+            "name": "run_code", "arguments": {"language": "python", "code": "#".repeat(10_000)}}}),
+        )
+        .await;
+    let refused = agent.reply().await;
+    assert_eq!(refused["error"]["code"], -32600, "{refused}");
+    assert!(
+        refused.to_string().contains("payload_too_large"),
+        "{refused}"
+    );
     // A cancelled request gets no reply and does not hold the relay: no runner
     // here, so this call would wait its full 30 seconds.
     agent
