@@ -63,6 +63,41 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The database server and Redis a benchmark of the running service uses.
+#[derive(Debug, Args)]
+pub struct ServiceArgs {
+    /// A PostgreSQL server URL; the benchmark creates its own database there.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+    /// Redis for the rate limiter (set very high in benchmarks so it never limits).
+    #[arg(
+        long,
+        env = "GLASSBOX_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    pub redis_url: String,
+}
+
+/// Runs `body` on a fresh database on `server_url` and a fresh data directory
+/// (`<db>-<suffix>`), removes both whatever happens, and prints its JSON line.
+pub(crate) async fn on_fresh_db<F, Fut>(
+    server_url: &str,
+    suffix: &str,
+    body: F,
+) -> anyhow::Result<ExitCode>
+where
+    F: FnOnce(String, std::path::PathBuf) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Value>>,
+{
+    let db = BenchDb::create(server_url).await?;
+    let dir = std::env::temp_dir().join(format!("{}-{suffix}", db.name));
+    let result = body(db.url.clone(), dir.clone()).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    db.drop().await;
+    println!("{}", result?);
+    Ok(ExitCode::SUCCESS)
+}
+
 pub(crate) fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;

@@ -2,7 +2,7 @@
 //! a ledger of `--size` records, and offline verification throughput next to
 //! plain SHA-256 over the same bytes, measured in the same run.
 
-use crate::bench::{BenchDb, fill_to, round};
+use crate::bench::{fill_to, round};
 use anyhow::Context as _;
 use clap::Args;
 use glassbox_audit_query::bundle::{self, Filters};
@@ -42,14 +42,12 @@ fn reset_peak() -> bool {
 }
 
 pub async fn run(args: AuditBench) -> anyhow::Result<ExitCode> {
-    let db = BenchDb::create(&args.database_url).await?;
-    let dir = std::env::temp_dir().join(format!("{}-bundle", db.name));
-    std::fs::create_dir_all(&dir)?;
-    let result = inner(&args, &db.url, &dir).await;
-    let _ = std::fs::remove_dir_all(&dir);
-    db.drop().await;
-    println!("{}", result?);
-    Ok(ExitCode::SUCCESS)
+    let args = &args;
+    crate::bench::on_fresh_db(&args.database_url, "bundle", |url, dir| async move {
+        std::fs::create_dir_all(&dir)?;
+        inner(args, &url, &dir).await
+    })
+    .await
 }
 
 async fn inner(args: &AuditBench, url: &str, dir: &std::path::Path) -> anyhow::Result<Value> {

@@ -3,7 +3,7 @@
 //! the same run (interleaved), and completed jobs per minute with 1, 4 and 8
 //! runner slots. Needs root and runsc.
 
-use crate::bench::{BenchDb, percentile, round};
+use crate::bench::{percentile, round};
 use crate::bench_sandbox::{raw_bundle, raw_run};
 use anyhow::Context as _;
 use clap::Args;
@@ -18,15 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Args)]
 pub struct E2eBench {
-    /// A PostgreSQL server URL; the benchmark creates its own database there.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: String,
-    #[arg(
-        long,
-        env = "GLASSBOX_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379"
-    )]
-    pub redis_url: String,
+    #[command(flatten)]
+    pub service: crate::bench::ServiceArgs,
     /// Sequential jobs for the latency measurement.
     #[arg(long, default_value_t = 10)]
     pub runs: usize,
@@ -40,13 +33,11 @@ pub struct E2eBench {
 const CODE: &str = "print('hello')";
 
 pub async fn run(args: E2eBench) -> anyhow::Result<ExitCode> {
-    let db = BenchDb::create(&args.database_url).await?;
-    let dir = std::env::temp_dir().join(format!("{}-data", db.name));
-    let result = inner(&args, &db.url, &dir).await;
-    let _ = std::fs::remove_dir_all(&dir);
-    db.drop().await;
-    println!("{}", result?);
-    Ok(ExitCode::SUCCESS)
+    let args = &args;
+    crate::bench::on_fresh_db(&args.service.database_url, "data", |url, dir| async move {
+        inner(args, &url, &dir).await
+    })
+    .await
 }
 
 struct Client {
@@ -115,7 +106,7 @@ fn start_runner(
 }
 
 async fn inner(args: &E2eBench, url: &str, dir: &std::path::Path) -> anyhow::Result<Value> {
-    let app = crate::bench::bench_api(url, &args.redis_url, dir).await?;
+    let app = crate::bench::bench_api(url, &args.service.redis_url, dir).await?;
     let api = format!("http://127.0.0.1:{}", app.port());
     let stop = app.shutdown_token();
     let core = app.state().core.clone();

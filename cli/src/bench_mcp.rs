@@ -15,16 +15,8 @@ use std::time::Duration;
 
 #[derive(Debug, Args)]
 pub struct McpBench {
-    /// A PostgreSQL server URL; the benchmark creates its own database there.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: String,
-    /// Redis for the rate limiter (set very high here so it never limits).
-    #[arg(
-        long,
-        env = "GLASSBOX_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379"
-    )]
-    pub redis_url: String,
+    #[command(flatten)]
+    pub service: crate::bench::ServiceArgs,
     /// Timed submissions per path (after 50 warm-up ones each).
     #[arg(long, default_value_t = 1000)]
     pub submissions: u64,
@@ -37,13 +29,11 @@ pub async fn run(args: McpBench) -> anyhow::Result<ExitCode> {
         args.concurrency > 0 && args.submissions >= ROUNDS * args.concurrency,
         "--submissions must be >= {ROUNDS} x --concurrency > 0"
     );
-    let db = crate::bench::BenchDb::create(&args.database_url).await?;
-    let dir = std::env::temp_dir().join(format!("{}-data", db.name));
-    let result = inner(&args, &db.url, &dir).await;
-    let _ = std::fs::remove_dir_all(&dir);
-    db.drop().await;
-    println!("{}", result?);
-    Ok(ExitCode::SUCCESS)
+    let args = &args;
+    crate::bench::on_fresh_db(&args.service.database_url, "data", |url, dir| async move {
+        inner(args, &url, &dir).await
+    })
+    .await
 }
 
 /// Measurement rounds per path.
@@ -56,7 +46,7 @@ fn program(w: u64, i: u64, round: u64) -> String {
 }
 
 async fn inner(args: &McpBench, url: &str, dir: &std::path::Path) -> anyhow::Result<Value> {
-    let app = crate::bench::bench_api(url, &args.redis_url, dir).await?;
+    let app = crate::bench::bench_api(url, &args.service.redis_url, dir).await?;
     let base = format!("http://127.0.0.1:{}", app.port());
     let stop = app.shutdown_token();
     tokio::spawn(app.run_until_stopped());

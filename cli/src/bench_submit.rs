@@ -4,7 +4,7 @@
 //! JSON, policy evaluation, blob encryption, idempotency lookups), and the
 //! projection lag observed meanwhile.
 
-use crate::bench::{BenchDb, measure, percentile, round};
+use crate::bench::{measure, percentile, round};
 use clap::Args;
 use glassbox_events::store::{AppendRequest, ExpectedVersion, NewEvent};
 use glassbox_events::{Actor, SigningKey};
@@ -17,16 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Args)]
 pub struct SubmitBench {
-    /// A PostgreSQL server URL; the benchmark creates its own database there.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: String,
-    /// Redis for the rate limiter (set very high here so it never limits).
-    #[arg(
-        long,
-        env = "GLASSBOX_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379"
-    )]
-    pub redis_url: String,
+    #[command(flatten)]
+    pub service: crate::bench::ServiceArgs,
     /// Timed submissions (after 50 warm-up ones).
     #[arg(long, default_value_t = 2000)]
     pub submissions: u64,
@@ -42,17 +34,15 @@ pub async fn run(args: SubmitBench) -> anyhow::Result<ExitCode> {
         args.concurrency > 0 && args.submissions >= args.concurrency,
         "--submissions must be >= --concurrency > 0"
     );
-    let db = BenchDb::create(&args.database_url).await?;
-    let dir = std::env::temp_dir().join(format!("{}-data", db.name));
-    let result = inner(&args, &db.url, &dir).await;
-    let _ = std::fs::remove_dir_all(&dir);
-    db.drop().await;
-    println!("{}", result?);
-    Ok(ExitCode::SUCCESS)
+    let args = &args;
+    crate::bench::on_fresh_db(&args.service.database_url, "data", |url, dir| async move {
+        inner(args, &url, &dir).await
+    })
+    .await
 }
 
 async fn inner(args: &SubmitBench, url: &str, dir: &std::path::Path) -> anyhow::Result<Value> {
-    let app = crate::bench::bench_api(url, &args.redis_url, dir).await?;
+    let app = crate::bench::bench_api(url, &args.service.redis_url, dir).await?;
     let port = app.port();
     let stop = app.shutdown_token();
     let store = app.state().core.store.clone();
