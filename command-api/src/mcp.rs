@@ -241,6 +241,8 @@ pub struct DependencyArg {
 }
 
 /// The limits a job may ask for (integers; the same names as the REST API).
+/// A copy of the ledger's `Limits` that carries the JSON schema and the
+/// descriptions agents read; a test keeps the two in step.
 #[derive(Debug, Default, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsArg {
@@ -515,13 +517,6 @@ fn artifact_contents(uri: String, path: &str, bytes: Vec<u8>) -> ResourceContent
     }
 }
 
-const TERMINAL_EVENTS: [&str; 4] = [
-    "job.completed",
-    "job.failed",
-    "job.cancelled",
-    "job.rejected",
-];
-
 // ------------------------------------------------------------------ the calls
 
 impl GlassboxMcp {
@@ -544,16 +539,18 @@ impl GlassboxMcp {
     ) -> Result<Value, ApiError> {
         let tenant = &caller.identity.tenant;
         let deadline = Instant::now() + wait;
+        // From the ledger, not the read models: the answer does not wait for
+        // the projector, and its position is the job's last record.
         let (status, position) = loop {
             let records = self.state.core.job_records(tenant, job_id).await?;
             let position = records.last().map_or(0, |r| r.record.position);
-            if let Some(t) = records
-                .iter()
-                .rev()
-                .map(|r| r.record.event_type.as_str())
-                .find(|t| TERMINAL_EVENTS.contains(t))
-            {
-                break (t.trim_start_matches("job.").to_owned(), position);
+            if let Some(s) = records.iter().rev().find_map(|r| {
+                r.record
+                    .event_type
+                    .strip_prefix("job.")
+                    .filter(|s| glassbox_projector::TERMINAL.contains(s))
+            }) {
+                break (s.to_owned(), position);
             }
             if Instant::now() >= deadline {
                 return Ok(
@@ -1070,6 +1067,29 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn limits_arguments_name_every_ledger_limit() {
+        // A struct literal: a limit added to the ledger fails to compile here,
+        // and if LimitsArg (deny_unknown_fields) lacks it, the parse fails.
+        let all = Limits {
+            wall_time_ms: Some(1),
+            cpu_millicores: Some(2),
+            memory_bytes: Some(3),
+            processes: Some(4),
+            workspace_bytes: Some(5),
+            tmp_bytes: Some(6),
+            stdout_bytes: Some(7),
+            stderr_bytes: Some(8),
+            output_bytes: Some(9),
+            output_files: Some(10),
+        };
+        let arg: LimitsArg =
+            serde_json::from_value(serde_json::to_value(&all).expect("json")).expect("every limit");
+        let back: Limits =
+            serde_json::from_value(serde_json::to_value(&arg).expect("json")).expect("limits");
+        assert_eq!(back, all);
     }
 
     #[test]

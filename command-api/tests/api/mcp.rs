@@ -57,6 +57,14 @@ async fn notify(app: &TestApp, s: &Session, method: &str) {
     assert!(status == 202 || status == 200, "{method}: {status}");
 }
 
+/// The JSON a tool call answered with (its first text content).
+fn tool_json(reply: &Value) -> Value {
+    let text = reply["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no text content: {reply}"));
+    serde_json::from_str(text).expect("tool output is JSON")
+}
+
 /// A refusal before MCP: the HTTP status, and a JSON-RPC error whose message
 /// and data carry the problem.
 fn assert_refusal(r: &Reply, status: u16, code: &str) {
@@ -168,9 +176,7 @@ async fn agents_use_the_same_identity_policies_and_ledger_through_mcp() {
     )
     .await;
     assert_eq!(call["result"]["isError"], false, "{call}");
-    let out: Value =
-        serde_json::from_str(call["result"]["content"][0]["text"].as_str().expect("text"))
-            .expect("json");
+    let out: Value = tool_json(&call);
     let job = out["job_id"].as_str().expect("job id").to_owned();
     assert_eq!(out["status"], "running");
     // Retried with the same key: the same job, not a second one.
@@ -182,12 +188,7 @@ async fn agents_use_the_same_identity_policies_and_ledger_through_mcp() {
                "wait_seconds": 0, "idempotency_key": "mcp-1"}}),
     )
     .await;
-    let again: Value = serde_json::from_str(
-        again["result"]["content"][0]["text"]
-            .as_str()
-            .expect("text"),
-    )
-    .expect("json");
+    let again: Value = tool_json(&again);
     assert_eq!(again["job_id"], job.as_str());
     let submitted = app.records_of_type("job.submitted").await;
     assert_eq!(submitted.len(), 1);
@@ -198,20 +199,7 @@ async fn agents_use_the_same_identity_policies_and_ledger_through_mcp() {
     );
 
     // A policy denial is a tool error with the reasons, recorded like REST's.
-    let mut r = Session {
-        id: None,
-        token: token("restricted"),
-        next: 0,
-    };
-    rpc(
-        &app,
-        &mut r,
-        "initialize",
-        json!({"protocolVersion": "2025-06-18", "capabilities": {},
-        "clientInfo": {"name": "t", "version": "1"}}),
-    )
-    .await;
-    notify(&app, &r, "notifications/initialized").await;
+    let mut r = open(&app, token("restricted")).await;
     let (_, denied) = rpc(
         &app,
         &mut r,
@@ -272,20 +260,7 @@ async fn agents_use_the_same_identity_policies_and_ledger_through_mcp() {
     );
     assert_eq!(app.records_of_type("job.cancelled").await.len(), 1);
     // An admin (audit rights) can search, replay and verify through MCP.
-    let mut a = Session {
-        id: None,
-        token: sign(&claims("acme", "ada", &["admin"])),
-        next: 0,
-    };
-    rpc(
-        &app,
-        &mut a,
-        "initialize",
-        json!({"protocolVersion": "2025-06-18", "capabilities": {},
-        "clientInfo": {"name": "t", "version": "1"}}),
-    )
-    .await;
-    notify(&app, &a, "notifications/initialized").await;
+    let mut a = open(&app, sign(&claims("acme", "ada", &["admin"]))).await;
     let (_, found) = rpc(
         &app,
         &mut a,
@@ -307,9 +282,7 @@ async fn agents_use_the_same_identity_policies_and_ledger_through_mcp() {
         json!({"name": "replay", "arguments": {"stream": format!("job-{job}")}}),
     )
     .await;
-    let rep: Value =
-        serde_json::from_str(rep["result"]["content"][0]["text"].as_str().expect("text"))
-            .expect("json");
+    let rep: Value = tool_json(&rep);
     assert_eq!(rep["state"]["status"], "cancelled");
     let (_, ver) = rpc(
         &app,
@@ -358,9 +331,7 @@ async fn jobs_are_resources_read_by_uri_within_the_callers_tenant() {
     )
     .await;
     assert_eq!(sub["result"]["isError"], false, "{sub}");
-    let receipt: Value =
-        serde_json::from_str(sub["result"]["content"][0]["text"].as_str().expect("text"))
-            .expect("json");
+    let receipt: Value = tool_json(&sub);
     let job = receipt["job_id"].as_str().expect("job id").to_owned();
     let uri = format!("glassbox://jobs/{job}");
     assert_eq!(receipt["uri"], uri.as_str());
@@ -491,9 +462,7 @@ async fn concurrent_retries_with_one_idempotency_key_submit_one_job() {
             )
             .await;
             assert_eq!(r["result"]["isError"], false, "{r}");
-            let receipt: Value =
-                serde_json::from_str(r["result"]["content"][0]["text"].as_str().expect("text"))
-                    .expect("json");
+            let receipt: Value = tool_json(&r);
             receipt["job_id"].as_str().expect("job id").to_owned()
         }
     });
