@@ -100,6 +100,39 @@ async fn until(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> bool) 
     panic!("timed out waiting for {what}");
 }
 
+/// A one-slot runner in this process, on the real runsc backend.
+async fn in_process_runner(
+    store: &EventStore,
+    blobs: &BlobStore,
+    id: &str,
+    lease_grace: Duration,
+) -> Arc<Runner<LocalRunsc>> {
+    let (backend, _) = LocalRunsc::start(LocalConfig {
+        runner_id: id.to_owned(),
+        base_dir: PathBuf::from(BASE),
+        ..LocalConfig::default()
+    })
+    .await
+    .expect("runsc backend");
+    let engine = Arc::new(
+        glassbox_policies::PolicyEngine::new(&glassbox_policies::Bundle::builtin())
+            .expect("engine"),
+    );
+    Runner::new(
+        store.clone(),
+        blobs.clone(),
+        engine,
+        backend,
+        RunnerConfig {
+            runner_id: id.to_owned(),
+            slots: 1,
+            lease_grace,
+            secrets: SecretProvider::None,
+            wheel_mirror: None,
+        },
+    )
+}
+
 fn spawn_runner_process(db_url: &str, data_dir: &Path, id: &str) -> std::process::Child {
     std::process::Command::new(env!("CARGO_BIN_EXE_sandbox-runner"))
         .env_clear()
@@ -156,30 +189,7 @@ async fn a_runner_killed_mid_job_is_replaced_and_exactly_one_result_counts() {
 
     // Runner B (in this process) waits for A's lease to expire, then re-runs it.
     let b_id = runner_id("takeb");
-    let (backend, _) = LocalRunsc::start(LocalConfig {
-        runner_id: b_id.clone(),
-        base_dir: PathBuf::from(BASE),
-        ..LocalConfig::default()
-    })
-    .await
-    .expect("runsc backend");
-    let engine = Arc::new(
-        glassbox_policies::PolicyEngine::new(&glassbox_policies::Bundle::builtin())
-            .expect("engine"),
-    );
-    let runner = Runner::new(
-        store.clone(),
-        blobs.clone(),
-        engine,
-        backend,
-        RunnerConfig {
-            runner_id: b_id.clone(),
-            slots: 1,
-            lease_grace: Duration::from_secs(1),
-            secrets: SecretProvider::None,
-            wheel_mirror: None,
-        },
-    );
+    let runner = in_process_runner(&store, &blobs, &b_id, Duration::from_secs(1)).await;
     tokio::spawn(runner.run(stop.clone()));
     until("the job to complete", Duration::from_secs(90), async || {
         count(&stream(&store, &job).await, "job.completed") == 1
@@ -300,30 +310,7 @@ async fn a_late_finish_of_an_earlier_attempt_wins_and_the_later_one_is_supersede
         .await
         .expect("ghost claim");
     let id = runner_id("late");
-    let (backend, _) = LocalRunsc::start(LocalConfig {
-        runner_id: id.clone(),
-        base_dir: PathBuf::from(BASE),
-        ..LocalConfig::default()
-    })
-    .await
-    .expect("runsc backend");
-    let engine = Arc::new(
-        glassbox_policies::PolicyEngine::new(&glassbox_policies::Bundle::builtin())
-            .expect("engine"),
-    );
-    let runner = Runner::new(
-        store.clone(),
-        blobs.clone(),
-        engine,
-        backend,
-        RunnerConfig {
-            runner_id: id.clone(),
-            slots: 1,
-            lease_grace: Duration::from_secs(30),
-            secrets: SecretProvider::None,
-            wheel_mirror: None,
-        },
-    );
+    let runner = in_process_runner(&store, &blobs, &id, Duration::from_secs(30)).await;
     tokio::spawn(runner.run(stop.clone()));
     until("attempt 2 to start", Duration::from_secs(60), async || {
         count(&stream(&store, &job).await, "execution.started") == 1
