@@ -726,10 +726,14 @@ pub async fn export_recorded(
 ) -> Result<(BundleReport, Digest), BundleError> {
     let report = export(store, key, filters, &actor.id, out).await?;
     let (digest, _) = digest_file(out).map_err(io("digest bundle", out))?;
-    let query = match serde_json::to_value(filters) {
+    let mut query = match serde_json::to_value(filters) {
         Ok(Value::Object(m)) => m,
         _ => serde_json::Map::new(),
     };
+    if filters.tenant.is_none() {
+        // Recorded as what it is: an export of every tenant.
+        query.insert("tenant".into(), "*".into());
+    }
     let event = glassbox_events::catalogue::AuditExported {
         query,
         bundle_digest: digest,

@@ -99,6 +99,7 @@ fn start_runner(
             lease_grace: Duration::from_secs(30),
             secrets: SecretProvider::None,
             wheel_mirror: None,
+            max_attempts: glassbox_sandbox_runner::service::DEFAULT_MAX_ATTEMPTS,
         },
     );
     tokio::spawn(runner.run(t.clone()));

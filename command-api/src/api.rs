@@ -452,16 +452,7 @@ pub async fn job_artifacts(
         .authorize(&caller, "artifact.read", &tenant)
         .await?;
     let r = state.core.result(&tenant, &id).await?;
-    if r.destroyed {
-        return Err(ApiError::Gone(format!(
-            "the data of job {id} was destroyed"
-        )));
-    }
-    let items: Vec<Value> = r
-        .artifacts
-        .iter()
-        .map(|a| json!({"path": a.path, "size_bytes": a.blob.size_bytes, "sha256": a.blob.sha256}))
-        .collect();
+    let items = state.core.artifacts(&id, &r).await?;
     Ok(Json(json!({"job_id": id, "artifacts": items})))
 }
 
@@ -477,9 +468,11 @@ pub async fn job_artifact(
         .authorize(&caller, "artifact.read", &tenant)
         .await?;
     let r = state.core.result(&tenant, &id).await?;
-    let a = r
-        .artifacts
-        .iter()
+    let a = state
+        .core
+        .artifacts(&id, &r)
+        .await?
+        .into_iter()
         .find(|a| a.path == path)
         .ok_or_else(|| ApiError::NotFound(format!("artifact {path} of job {id}")))?;
     let bytes = state.core.read_blob(&id, &a.blob).await?;
@@ -518,8 +511,29 @@ pub async fn status(
     Ok(Json(status_value(&state).await?))
 }
 
-/// Prometheus text format: ledger head, projection position and lag.
-pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+/// Prometheus text format: ledger head, projection position and lag. With
+/// `GLASSBOX_METRICS_TOKEN` set it needs `Authorization: Bearer <token>`.
+pub async fn metrics(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if let Some(token) = &state.config.metrics_token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        // Digests compared, so the comparison's timing says nothing of the token.
+        if glassbox_events::Digest::of(given.as_bytes())
+            != glassbox_events::Digest::of(token.expose().as_bytes())
+        {
+            return Err(ApiError::Unauthenticated(
+                glassbox_platform::AuthError::Malformed(
+                    "the metrics token is missing or wrong".into(),
+                ),
+            ));
+        }
+    }
     let v = status_value(&state).await?;
     let n = |p: &[&str]| {
         p.iter()

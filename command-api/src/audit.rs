@@ -103,10 +103,12 @@ pub async fn events(
     .await
     .map_err(search_error)?;
     if scope != own {
-        let query = match serde_json::to_value(&filters) {
+        let mut query = match serde_json::to_value(&filters) {
             Ok(Value::Object(m)) => m,
             _ => serde_json::Map::new(),
         };
+        // `*` is recorded as asked: a read of every tenant, not an empty query.
+        query.insert("tenant".into(), scope.clone().into());
         record_cross_tenant_read(&state, &caller, query, page.events.len() as u64).await?;
     }
     Ok(Json(
@@ -231,7 +233,8 @@ pub async fn inclusion(
         .map_err(ApiError::store("read the record"))?
         .ok_or_else(|| ApiError::NotFound(format!("record {}", p.position)))?;
     if rec.record.tenant != own {
-        // Only cross-tenant roles see other tenants' records (404 otherwise).
+        // Only cross-tenant roles see other tenants' records (404 otherwise),
+        // and such a read is recorded like any other cross-tenant read.
         if state
             .core
             .authorize_quietly(&caller, "audit.read", &rec.record.tenant)
@@ -239,6 +242,11 @@ pub async fn inclusion(
         {
             return Err(ApiError::NotFound(format!("record {}", p.position)));
         }
+        let mut query = serde_json::Map::new();
+        query.insert("inclusion_proof".into(), p.position.into());
+        query.insert("size".into(), size.into());
+        query.insert("tenant".into(), rec.record.tenant.clone().into());
+        record_cross_tenant_read(&state, &caller, query, 1).await?;
     }
     let proof = state
         .core

@@ -31,6 +31,10 @@ pub struct RequestId(pub String);
 pub async fn authenticate(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let (parts, body) = req.into_parts();
     let identified = identify(&state, &parts).await;
+    let client = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map_or_else(|| "unknown".to_owned(), |c| c.0.ip().to_string());
     let mut req = Request::from_parts(parts, body);
     match identified {
         Ok(caller) => {
@@ -57,8 +61,42 @@ pub async fn authenticate(State(state): State<AppState>, req: Request, next: Nex
             req.extensions_mut().insert(caller);
             next.run(req).await
         }
+        Err(e @ ApiError::Unauthenticated(_)) => {
+            // Refused credentials count against the client's address: past
+            // the limit it gets 429, so guessing tokens is slow and cheap for us.
+            match state
+                .limiter
+                .check_auth_failure(&client, state.config.auth_failures_per_sec)
+                .await
+            {
+                Ok(Verdict::Allowed) => e.into_response(),
+                Ok(Verdict::Limited { .. }) => ApiError::RateLimited {
+                    retry_after_secs: 1,
+                }
+                .into_response(),
+                Err(err) => {
+                    tracing::error!(error = %err, "rate limiter unavailable; refusing");
+                    ApiError::Unavailable("the rate limiter is unavailable".into()).into_response()
+                }
+            }
+        }
         Err(e) => e.into_response(),
     }
+}
+
+/// The request path as it may be logged or recorded: what follows
+/// `/artifacts/` or `/files/` is a name a program or a caller chose (their
+/// data), so it is left out.
+pub fn loggable_path(path: &str) -> String {
+    let cut = ["/artifacts/", "/files/"]
+        .iter()
+        .filter_map(|m| path.find(m).map(|i| i + m.len()))
+        .min();
+    let p = match cut {
+        Some(i) => format!("{}…", &path[..i]),
+        None => path.to_owned(),
+    };
+    p.chars().take(512).collect()
 }
 
 async fn identify(state: &AppState, req: &axum::http::request::Parts) -> Result<Caller, ApiError> {
@@ -111,7 +149,7 @@ async fn identify(state: &AppState, req: &axum::http::request::Parts) -> Result<
     let event = catalogue::AuthBypassed {
         plane: "control".into(),
         method: req.method.to_string(),
-        path: req.uri.path().chars().take(512).collect(),
+        path: loggable_path(req.uri.path()),
         asserted,
     };
     let stream = format!("auth-{}", caller.identity.tenant);

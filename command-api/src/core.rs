@@ -16,7 +16,7 @@
 
 use crate::error::ApiError;
 use glassbox_events::catalogue::{
-    self, BlobRef, Decision as Verdict, Event as _, FileRef, KnownEvent, Limits,
+    self, BlobRef, Decision as Verdict, Event as _, KnownEvent, Limits,
 };
 use glassbox_events::store::{AppendRequest, EventStore, ExpectedVersion, NewEvent, StoreError};
 use glassbox_events::{Actor, ActorKind, AuthVia, Digest};
@@ -199,6 +199,17 @@ fn env_name(s: &str) -> bool {
         && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
+/// Why an input file may not be at `path` (a safe relative path): the places
+/// the runner itself writes — the program (`main`, `main.<ext>`), the output
+/// directory `out/`, secrets (`.secrets/`), dependency installs (`.deps/`) and
+/// its own files (`.glassbox/`).
+pub fn reserved_path(path: &str) -> Option<String> {
+    let top = path.split('/').next().unwrap_or(path);
+    let reserved = matches!(top, "out" | ".secrets" | ".deps" | ".glassbox")
+        || (path == top && (top == "main" || top.starts_with("main.")));
+    reserved.then(|| format!("{top} is reserved for the runner"))
+}
+
 /// A safe relative path: no `..`, no absolute path, no empty or odd components.
 pub fn workspace_path(p: &str) -> bool {
     !p.is_empty()
@@ -255,12 +266,26 @@ impl JobRequest {
                     "files[{i}].path: must be a relative path without '..' or empty components"
                 ));
             }
-            if f.path == "out" || f.path.starts_with("out/") || f.path == "main" {
-                return bad(format!("files[{i}].path: {} is reserved", f.path));
+            if let Some(why) = reserved_path(&f.path) {
+                return bad(format!("files[{i}].path: {why}"));
             }
             if !seen.insert(f.path.as_str()) {
                 return bad(format!("files[{i}].path: {} appears twice", f.path));
             }
+        }
+        // A path cannot be both a file and a directory of another file.
+        for (i, f) in self.files.iter().enumerate() {
+            let mut dir = f.path.as_str();
+            while let Some((parent, _)) = dir.rsplit_once('/') {
+                if seen.contains(parent) {
+                    return bad(format!(
+                        "files[{i}].path: {parent} is a file, so it cannot be a directory"
+                    ));
+                }
+                dir = parent;
+            }
+        }
+        for (i, f) in self.files.iter().enumerate() {
             if f.encoding == Encoding::Base64 && f.decoded().is_err() {
                 return bad(format!("files[{i}].content: not valid base64"));
             }
@@ -299,6 +324,7 @@ impl JobRequest {
                 return bad(format!("secrets[{i}]: {} appears twice", s.name()));
             }
         }
+        self.limits.check_floor().map_err(ApiError::Invalid)?;
         let limits = serde_json::to_value(&self.limits).unwrap_or(Value::Null);
         if let Value::Object(m) = limits {
             for (k, v) in m {
@@ -414,7 +440,7 @@ pub fn blob_path(job_id: &str, name: &str) -> String {
 
 fn blob_ref(b: StoredBlob) -> BlobRef {
     BlobRef {
-        sha256: b.sha256,
+        hmac: b.hmac,
         size_bytes: b.size_bytes,
         key: b.key,
     }
@@ -656,17 +682,23 @@ impl Core {
             )),
             None => None,
         };
+        let json_blob = |name: &'static str, v: Value| async move {
+            let bytes = serde_json::to_vec(&v).map_err(|e| ApiError::Internal(e.to_string()))?;
+            self.blobs
+                .put(job_id, &blob_path(job_id, name), &bytes)
+                .await
+                .map(blob_ref)
+                .map_err(blob_err)
+        };
+        let args = if r.args.is_empty() {
+            None
+        } else {
+            Some(json_blob("args", json!(r.args)).await?)
+        };
         let env = if r.env.is_empty() {
             None
         } else {
-            let bytes =
-                serde_json::to_vec(&r.env).map_err(|e| ApiError::Internal(e.to_string()))?;
-            Some(blob_ref(
-                self.blobs
-                    .put(job_id, &blob_path(job_id, "env"), &bytes)
-                    .await
-                    .map_err(blob_err)?,
-            ))
+            Some(json_blob("env", json!(r.env)).await?)
         };
         let mut files = Vec::with_capacity(r.files.len());
         for (i, f) in r.files.iter().enumerate() {
@@ -678,20 +710,25 @@ impl Core {
                 .put(job_id, &blob_path(job_id, &format!("files/{i}")), &bytes)
                 .await
                 .map_err(blob_err)?;
-            files.push(FileRef {
-                path: f.path.clone(),
-                blob: blob_ref(b),
-            });
+            files.push(blob_ref(b));
         }
+        let file_paths = if r.files.is_empty() {
+            None
+        } else {
+            let paths: Vec<&str> = r.files.iter().map(|f| f.path.as_str()).collect();
+            Some(json_blob("file_paths", json!(paths)).await?)
+        };
         Ok(catalogue::JobSubmitted {
             job_id: job_id.to_owned(),
             language: r.language.clone(),
             code: blob_ref(code),
             stdin,
-            args: r.args.clone(),
-            env_names: r.env.keys().cloned().collect(),
+            args,
+            arg_count: r.args.len() as u64,
             env,
+            env_count: r.env.len() as u64,
             files,
+            file_paths,
             dependencies: r
                 .dependencies
                 .iter()
@@ -903,19 +940,31 @@ impl Core {
 }
 
 /// A job's result as stored: the first `execution.finished` and the artifacts
-/// stored with it.
+/// stored with that attempt.
 #[derive(Debug, Clone)]
 pub struct JobResult {
     pub finished: catalogue::ExecutionFinished,
+    /// The winning attempt's `artifact.stored`, in index order.
     pub artifacts: Vec<catalogue::ArtifactStored>,
     pub destroyed: bool,
+}
+
+/// One file a job left in `/workspace/out`, with its path (decrypted from the
+/// attempt's artifact index — the ledger never holds it in clear).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Artifact {
+    pub path: String,
+    pub size_bytes: u64,
+    pub truncated: bool,
+    #[serde(skip)]
+    pub blob: BlobRef,
 }
 
 impl Core {
     /// The job's recorded result (409 while it has none).
     pub async fn result(&self, tenant: &str, job_id: &str) -> Result<JobResult, ApiError> {
         let records = self.job_records(tenant, job_id).await?;
-        let mut finished = None;
+        let mut finished: Option<catalogue::ExecutionFinished> = None;
         let mut artifacts = Vec::new();
         let mut destroyed = false;
         for r in &records {
@@ -930,6 +979,8 @@ impl Core {
         }
         let finished =
             finished.ok_or_else(|| ApiError::Conflict(format!("job {job_id} has not finished")))?;
+        artifacts.retain(|a| a.attempt == finished.attempt);
+        artifacts.sort_by_key(|a| a.index);
         Ok(JobResult {
             finished,
             artifacts,
@@ -937,14 +988,35 @@ impl Core {
         })
     }
 
+    /// The artifacts of a result with their paths (410 once the data was destroyed).
+    pub async fn artifacts(&self, job_id: &str, r: &JobResult) -> Result<Vec<Artifact>, ApiError> {
+        if r.destroyed {
+            return Err(ApiError::Gone(format!(
+                "the data of job {job_id} was destroyed"
+            )));
+        }
+        let Some(index) = &r.finished.artifact_index else {
+            return Ok(Vec::new());
+        };
+        let paths: Vec<String> = serde_json::from_slice(&self.read_blob(job_id, index).await?)
+            .map_err(|e| ApiError::Internal(format!("artifact index of job {job_id}: {e}")))?;
+        Ok(r.artifacts
+            .iter()
+            .filter_map(|a| {
+                paths.get(a.index as usize).map(|p| Artifact {
+                    path: p.clone(),
+                    size_bytes: a.blob.size_bytes,
+                    truncated: a.truncated,
+                    blob: a.blob.clone(),
+                })
+            })
+            .collect())
+    }
+
     /// Decrypts one of the job's blobs (410 once its data key is destroyed).
     pub async fn read_blob(&self, job_id: &str, blob: &BlobRef) -> Result<Vec<u8>, ApiError> {
-        match self.blobs.get(job_id, &blob.key).await {
-            Ok(b) if Digest::of(&b) == blob.sha256 => Ok(b),
-            Ok(_) => Err(ApiError::Internal(format!(
-                "blob {} of job {job_id} does not match its digest",
-                blob.key
-            ))),
+        match self.blobs.get_checked(job_id, &blob.key, &blob.hmac).await {
+            Ok(b) => Ok(b),
             Err(glassbox_platform::blob::BlobError::KeyDestroyed { .. }) => Err(ApiError::Gone(
                 format!("the data of job {job_id} was destroyed"),
             )),
@@ -1057,6 +1129,12 @@ impl Core {
                 .destroy_key(job_id)
                 .await
                 .map_err(|e| ApiError::Internal(format!("destroy data key of {job_id}: {e}")))?;
+            // The ciphertext is unreadable now; remove it too, so nothing of
+            // the job's data is left anywhere (its names say nothing either).
+            self.blobs
+                .delete_prefix(&blob_path(job_id, ""))
+                .await
+                .map_err(|e| ApiError::Internal(format!("delete blobs of {job_id}: {e}")))?;
             return Ok(DeleteReply {
                 job_id: job_id.to_owned(),
                 position,

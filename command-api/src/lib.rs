@@ -89,6 +89,8 @@ pub struct Application {
     port: u16,
     listener: tokio::net::TcpListener,
     router: Router,
+    /// `/metrics` on its own address (`GLASSBOX_METRICS_ADDR`).
+    metrics: Option<(tokio::net::TcpListener, Router)>,
     state: AppState,
     shutdown: CancellationToken,
 }
@@ -196,13 +198,31 @@ impl Application {
                 source,
             })?
             .port();
+        let metrics = match config.metrics_addr {
+            None => None,
+            Some(addr) => {
+                let l = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| BuildError::Bind { addr, source })?;
+                Some((l, metrics_router(state.clone())))
+            }
+        };
         Ok(Application {
             port,
             listener,
             router,
+            metrics,
             state,
             shutdown,
         })
+    }
+
+    /// The port `/metrics` is served on when it has its own address.
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics
+            .as_ref()
+            .and_then(|(l, _)| l.local_addr().ok())
+            .map(|a| a.port())
     }
 
     pub fn port(&self) -> u16 {
@@ -219,10 +239,26 @@ impl Application {
     }
 
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        if let Some((listener, router)) = self.metrics {
+            let token = self.shutdown.clone();
+            tokio::spawn(async move {
+                let served = axum::serve(listener, router)
+                    .with_graceful_shutdown(async move { token.cancelled().await })
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "the metrics listener stopped");
+                }
+            });
+        }
         let token = self.shutdown.clone();
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(async move { token.cancelled().await })
-            .await
+        // With the peer address, so refused credentials are counted per client.
+        axum::serve(
+            self.listener,
+            self.router
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { token.cancelled().await })
+        .await
     }
 }
 
@@ -261,22 +297,39 @@ pub fn router(state: AppState, pool: PgPool, shutdown: &CancellationToken) -> Ro
     let v1 = v1.merge(mcp);
     let max_body = state.config.max_body_bytes;
     let document = Arc::new(openapi::document(state.config.max_wait_secs));
-    Router::new()
-        .merge(v1)
-        .route(
-            "/openapi.json",
-            get(move || {
-                let d = document.clone();
-                async move { axum::Json((*d).clone()) }
-            }),
-        )
-        .route("/metrics", get(api::metrics))
+    let mut routes = Router::new().merge(v1).route(
+        "/openapi.json",
+        get(move || {
+            let d = document.clone();
+            async move { axum::Json((*d).clone()) }
+        }),
+    );
+    if state.config.metrics_addr.is_none() {
+        routes = routes.route("/metrics", get(api::metrics));
+    }
+    let limiter = state.limiter.clone();
+    let redis: glassbox_platform::health::Check = Arc::new(move || {
+        let l = limiter.clone();
+        Box::pin(async move { l.ping().await.map_err(|e| e.to_string()) })
+    });
+    routes
         .with_state(state)
-        .merge(glassbox_platform::health::router(pool))
+        .merge(glassbox_platform::health::router_with(
+            pool,
+            vec![("redis", redis)],
+        ))
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn(request_id))
+}
+
+/// `/metrics` alone, for its own listener (`GLASSBOX_METRICS_ADDR`).
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(api::metrics))
+        .with_state(state)
+        .fallback(api::not_found)
 }
 
 /// Gives every request a correlation ID (the caller's `X-Request-Id` when it is
@@ -294,7 +347,7 @@ async fn request_id(mut req: Request, next: Next) -> Response {
         "request",
         request_id = %id,
         method = %req.method(),
-        path = %req.uri().path(),
+        path = %auth::loggable_path(req.uri().path()),
     );
     let started = std::time::Instant::now();
     let mut resp = next.run(req).instrument(span.clone()).await;

@@ -15,6 +15,7 @@
 //! [`Core`]: crate::core::Core
 
 use crate::AppState;
+use crate::core::Artifact;
 use crate::core::{Caller, DependencyInput, Encoding, FileInput, JobRequest, SecretInput};
 use crate::error::ApiError;
 use axum::Router;
@@ -24,7 +25,7 @@ use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse as _, Response};
 use base64::Engine as _;
-use glassbox_events::catalogue::{ArtifactStored, Limits};
+use glassbox_events::catalogue::Limits;
 use rmcp::handler::server::tool::Extension;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
@@ -82,12 +83,117 @@ pub(crate) fn router(state: AppState, shutdown: CancellationToken) -> Router<App
     );
     Router::new()
         .nest_service("/mcp", service)
+        .layer(middleware::from_fn_with_state(
+            (state.clone(), SessionOwners::default()),
+            bind_sessions,
+        ))
         .layer(middleware::from_fn_with_state(max_body, limit_body))
         .layer(middleware::from_fn_with_state(
             state,
             crate::auth::authenticate,
         ))
         .layer(middleware::from_fn(refusals_as_jsonrpc))
+}
+
+/// Which identity opened each MCP session. A session ID is not a credential:
+/// only the (tenant, subject) that opened a session may use or end it.
+#[derive(Clone, Default)]
+struct SessionOwners(Arc<std::sync::Mutex<std::collections::HashMap<String, Owner>>>);
+
+#[derive(Clone, PartialEq, Eq)]
+struct Owner {
+    tenant: String,
+    subject: String,
+    seen: Instant,
+}
+
+/// Sessions remembered at most (the oldest are forgotten first; a forgotten
+/// session is refused like an unknown one, never opened to others).
+const MAX_SESSIONS: usize = 100_000;
+const SESSION_HEADER: &str = "mcp-session-id";
+
+impl SessionOwners {
+    fn owner(&self, sid: &str) -> Option<Owner> {
+        self.0.lock().ok()?.get(sid).cloned()
+    }
+
+    fn bind(&self, sid: String, caller: &Caller) {
+        if let Ok(mut m) = self.0.lock() {
+            if m.len() >= MAX_SESSIONS {
+                let oldest = m.iter().min_by_key(|(_, o)| o.seen).map(|(k, _)| k.clone());
+                if let Some(k) = oldest {
+                    m.remove(&k);
+                }
+            }
+            m.insert(
+                sid,
+                Owner {
+                    tenant: caller.identity.tenant.clone(),
+                    subject: caller.identity.subject.clone(),
+                    seen: Instant::now(),
+                },
+            );
+        }
+    }
+
+    fn forget(&self, sid: &str) {
+        if let Ok(mut m) = self.0.lock() {
+            m.remove(sid);
+        }
+    }
+}
+
+/// Binds each MCP session to the identity that opened it: a request naming a
+/// session opened by another identity is refused as if the session did not
+/// exist (404), and recorded as `access.refused`.
+async fn bind_sessions(
+    State((state, owners)): State<(AppState, SessionOwners)>,
+    req: axum::extract::Request,
+    next: Next,
+) -> Response {
+    let caller = req.extensions().get::<Caller>().cloned();
+    let sid = req
+        .headers()
+        .get(SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let deleting = req.method() == axum::http::Method::DELETE;
+    let Some(caller) = caller else {
+        return next.run(req).await;
+    };
+    if let Some(sid) = &sid
+        && let Some(owner) = owners.owner(sid)
+        && (owner.tenant != caller.identity.tenant || owner.subject != caller.identity.subject)
+    {
+        let e = glassbox_events::store::NewEvent::typed(
+            format!("access-{}", caller.identity.tenant),
+            &glassbox_events::catalogue::AccessRefused {
+                action: if deleting {
+                    "mcp.session.close".into()
+                } else {
+                    "mcp.session.use".into()
+                },
+                reason: "the MCP session was opened by another identity".into(),
+            },
+        );
+        if let Ok(e) = e
+            && let Err(err) = state.core.store.append(caller.append(vec![e])).await
+        {
+            tracing::error!(error = %err, "could not record a refused MCP session");
+        }
+        return ApiError::NotFound("MCP session".into()).into_response();
+    }
+    let resp = next.run(req).await;
+    match (&sid, resp.headers().get(SESSION_HEADER)) {
+        (None, Some(new)) => {
+            if let Ok(new) = new.to_str() {
+                owners.bind(new.to_owned(), &caller);
+            }
+        }
+        (Some(sid), _) if deleting && resp.status().is_success() => owners.forget(sid),
+        _ => {}
+    }
+    resp
 }
 
 /// JSON-RPC error code for a request Glassbox refused before MCP saw it.
@@ -584,10 +690,13 @@ impl GlassboxMcp {
                 out[name] = String::from_utf8_lossy(&bytes).into_owned().into();
             }
         }
-        out["artifacts"] = r
-            .artifacts
-            .iter()
-            .map(|a| a.path.clone())
+        out["artifacts"] = self
+            .state
+            .core
+            .artifacts(job_id, &r)
+            .await?
+            .into_iter()
+            .map(|a| a.path)
             .collect::<Vec<_>>()
             .into();
         Ok(out)
@@ -623,20 +732,18 @@ impl GlassboxMcp {
         caller: &Caller,
         job_id: &str,
         path: &str,
-    ) -> Result<(ArtifactStored, Vec<u8>), ApiError> {
+    ) -> Result<(Artifact, Vec<u8>), ApiError> {
         self.authorize(caller, "artifact.read").await?;
         let r = self
             .state
             .core
             .result(&caller.identity.tenant, job_id)
             .await?;
-        if r.destroyed {
-            return Err(ApiError::Gone(format!(
-                "the data of job {job_id} was destroyed"
-            )));
-        }
-        let art = r
-            .artifacts
+        let art = self
+            .state
+            .core
+            .artifacts(job_id, &r)
+            .await?
             .into_iter()
             .find(|x| x.path == path)
             .ok_or_else(|| ApiError::NotFound(format!("artifact {path} of job {job_id}")))?;
@@ -782,7 +889,7 @@ impl GlassboxMcp {
     }
 
     #[tool(
-        description = "The files a finished job left in /workspace/out: path, size, sha256 and a glassbox:// URI to read it by."
+        description = "The files a finished job left in /workspace/out: path, size, whether it was truncated, and a glassbox:// URI to read it by."
     )]
     async fn list_artifacts(
         &self,
@@ -798,18 +905,15 @@ impl GlassboxMcp {
                     .core
                     .result(&caller.identity.tenant, &a.job_id)
                     .await?;
-                if r.destroyed {
-                    return Err(ApiError::Gone(format!(
-                        "the data of job {} was destroyed",
-                        a.job_id
-                    )));
-                }
-                let list: Vec<Value> = r
-                    .artifacts
+                let list: Vec<Value> = self
+                    .state
+                    .core
+                    .artifacts(&a.job_id, &r)
+                    .await?
                     .iter()
                     .map(|x| {
-                        json!({"path": x.path, "size_bytes": x.blob.size_bytes,
-                               "sha256": x.blob.sha256, "uri": artifact_uri(&a.job_id, &x.path)})
+                        json!({"path": x.path, "size_bytes": x.size_bytes,
+                               "truncated": x.truncated, "uri": artifact_uri(&a.job_id, &x.path)})
                     })
                     .collect();
                 Ok(ok_json(json!({"job_id": a.job_id, "artifacts": list})))

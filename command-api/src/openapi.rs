@@ -274,8 +274,8 @@ pub fn document(max_wait: u64) -> Value {
                     "properties": {
                         "job_id": {"type": "string"},
                         "artifacts": {"type": "array", "items": {"type": "object",
-                            "required": ["path", "size_bytes", "sha256"],
-                            "properties": {"path": {"type": "string"}, "size_bytes": {"type": "integer"}, "sha256": {"type": "string"}}}}
+                            "required": ["path", "size_bytes", "truncated"],
+                            "properties": {"path": {"type": "string"}, "size_bytes": {"type": "integer"}, "truncated": {"type": "boolean"}}}}
                     }
                 },
                 "DeleteReply": {

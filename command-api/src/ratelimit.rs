@@ -5,10 +5,19 @@
 //! key expires two seconds after its window, so nothing accumulates.
 //!
 //! Fail closed: when Redis cannot be asked, the request is refused (503), not
-//! waved through.
+//! waved through — and quickly: every Redis call is bounded by [`REDIS_WAIT`]
+//! (the connection manager's own reconnect would otherwise hold a request for
+//! about ten seconds), and `/readyz` reports Redis down.
+//!
+//! Requests without a valid token are counted per client address as well, so
+//! a client guessing tokens gets 429 after a few refusals a second instead of
+//! an unlimited number of signature checks.
 
-use redis::aio::ConnectionManager;
-use std::time::{SystemTime, UNIX_EPOCH};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The longest any request waits on Redis before it is refused with 503.
+pub const REDIS_WAIT: Duration = Duration::from_millis(800);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RateLimitError {
@@ -18,12 +27,14 @@ pub enum RateLimitError {
         #[source]
         source: redis::RedisError,
     },
-    #[error("rate limiter: counting request of tenant {tenant}: {source}")]
+    #[error("rate limiter: counting request of {subject}: {source}")]
     Count {
-        tenant: String,
+        subject: String,
         #[source]
         source: redis::RedisError,
     },
+    #[error("rate limiter: Redis did not answer within {0:?}")]
+    Timeout(Duration),
 }
 
 /// What the limiter decided about one request.
@@ -57,9 +68,14 @@ impl RateLimiter {
             source,
         };
         let client = redis::Client::open(url).map_err(connect)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_millis(500)))
+            .set_response_timeout(Some(Duration::from_millis(500)))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
         let conn = tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            ConnectionManager::new(client),
+            Duration::from_secs(5),
+            ConnectionManager::new_with_config(client, config),
         )
         .await
         .map_err(|_| {
@@ -82,32 +98,67 @@ impl RateLimiter {
 
     /// Counts one request of `tenant`.
     pub async fn check(&self, tenant: &str) -> Result<Verdict, RateLimitError> {
-        let window = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let key = format!("{}:rl:{tenant}:{window}", self.prefix);
+        self.count("rl", tenant, self.per_second).await
+    }
+
+    /// Counts one request refused for its credentials from `client` (an
+    /// address); `limit` per second are answered 401, the rest 429.
+    pub async fn check_auth_failure(
+        &self,
+        client: &str,
+        limit: u64,
+    ) -> Result<Verdict, RateLimitError> {
+        self.count("authfail", client, limit).await
+    }
+
+    /// Answers when Redis does (for `/readyz`).
+    pub async fn ping(&self) -> Result<(), RateLimitError> {
         let mut conn = self.conn.clone();
-        let (count,): (u64,) = redis::pipe()
-            .atomic()
-            .incr(&key, 1)
-            .expire(&key, 2)
-            .ignore()
-            .query_async(&mut conn)
+        let _: String = tokio::time::timeout(REDIS_WAIT, redis::cmd("PING").query_async(&mut conn))
             .await
+            .map_err(|_| RateLimitError::Timeout(REDIS_WAIT))?
             .map_err(|source| RateLimitError::Count {
-                tenant: tenant.to_owned(),
+                subject: "ping".into(),
                 source,
             })?;
-        Ok(if count <= self.per_second {
+        Ok(())
+    }
+
+    async fn count(&self, kind: &str, who: &str, limit: u64) -> Result<Verdict, RateLimitError> {
+        let window = window();
+        let key = format!("{}:{kind}:{who}:{window}", self.prefix);
+        let mut conn = self.conn.clone();
+        let (count,): (u64,) = tokio::time::timeout(
+            REDIS_WAIT,
+            redis::pipe()
+                .atomic()
+                .incr(&key, 1)
+                .expire(&key, 2)
+                .ignore()
+                .query_async(&mut conn),
+        )
+        .await
+        .map_err(|_| RateLimitError::Timeout(REDIS_WAIT))?
+        .map_err(|source| RateLimitError::Count {
+            subject: who.to_owned(),
+            source,
+        })?;
+        Ok(if count <= limit {
             Verdict::Allowed
         } else {
             Verdict::Limited {
-                first: count == self.per_second + 1,
+                first: count == limit + 1,
                 window_start: window,
             }
         })
     }
+}
+
+fn window() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// The URL without its password.

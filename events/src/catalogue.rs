@@ -46,6 +46,7 @@ pub trait Event: Serialize + DeserializeOwned {
         }
         let mut m = data.clone();
         m.remove(SCHEMA_VERSION_MEMBER);
+        upcast(Self::TYPE, version, &mut m);
         serde_json::from_value(Value::Object(m))
             .map_err(|e| EventError::Decode(Self::TYPE, e.to_string()))
     }
@@ -61,20 +62,49 @@ pub enum EventError {
     FutureVersion(&'static str, u64),
 }
 
+/// Rewrites the data of an older schema version into the current shape where
+/// that can be done without inventing anything (called by [`Event::from_data`]).
+///
+/// `job.submitted` v1 carried args, env names and file paths in clear; v2 keeps
+/// them only in encrypted blobs. A v1 record reads as v2 with those blobs
+/// absent and the counts kept, so a consumer can tell (and the runner refuses
+/// to run such a job rather than run it without its args or files).
+fn upcast(event_type: &str, version: u64, m: &mut Map<String, Value>) {
+    if event_type == JobSubmitted::TYPE && version < 2 {
+        let count = |v: Option<Value>| v.and_then(|v| v.as_array().map(Vec::len)).unwrap_or(0);
+        let args = count(m.remove("args"));
+        m.insert("args".into(), Value::Null);
+        m.insert("arg_count".into(), Value::from(args as u64));
+        let envs = count(m.remove("env_names"));
+        m.insert("env_count".into(), Value::from(envs as u64));
+        let files: Vec<Value> = m
+            .remove("files")
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|f| f.get("blob").cloned())
+            .collect();
+        m.insert("files".into(), Value::Array(files));
+        m.insert("file_paths".into(), Value::Null);
+    }
+}
+
 /// A stored, encrypted blob referenced from an event.
+///
+/// The digest is **keyed**: HMAC-SHA-256 of the plaintext under a key derived
+/// from the blob's data key. Anyone can see that two records name the same
+/// blob, nobody without the key can confirm a guess of a short input, and once
+/// the data key is destroyed the digest links to nothing (crypto-shredding).
+/// Records written before schema v2 of their event hold a plain SHA-256 under
+/// the member name `sha256`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BlobRef {
-    /// SHA-256 of the plaintext.
-    pub sha256: Digest,
+    #[serde(alias = "sha256")]
+    pub hmac: Digest,
     pub size_bytes: u64,
+    /// The blob's name in the store: chosen by Glassbox, never by a program.
     pub key: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FileRef {
-    pub path: String,
-    pub blob: BlobRef,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,6 +141,42 @@ pub struct Limits {
     pub output_files: Option<u64>,
 }
 
+impl Limits {
+    /// Below these no sandbox can start; the sandbox core and every entry
+    /// point refuse them (one set of rules).
+    pub const MIN_CPU_MILLICORES: u64 = 10;
+    pub const MIN_MEMORY_BYTES: u64 = 16 << 20;
+    pub const MAX_PROCESSES: u64 = 4096;
+    pub const MIN_WORKSPACE_BYTES: u64 = 1 << 20;
+    pub const MIN_TMP_BYTES: u64 = 1 << 20;
+
+    /// Refuses a requested limit no sandbox can honour, naming the member.
+    pub fn check_floor(&self) -> Result<(), String> {
+        let low = |name: &str, v: Option<u64>, min: u64| match v {
+            Some(n) if n < min => Err(format!("limits.{name}: at least {min}")),
+            _ => Ok(()),
+        };
+        low(
+            "cpu_millicores",
+            self.cpu_millicores,
+            Self::MIN_CPU_MILLICORES,
+        )?;
+        low("memory_bytes", self.memory_bytes, Self::MIN_MEMORY_BYTES)?;
+        low(
+            "workspace_bytes",
+            self.workspace_bytes,
+            Self::MIN_WORKSPACE_BYTES,
+        )?;
+        low("tmp_bytes", self.tmp_bytes, Self::MIN_TMP_BYTES)?;
+        if let Some(p) = self.processes
+            && p > Self::MAX_PROCESSES
+        {
+            return Err(format!("limits.processes: at most {}", Self::MAX_PROCESSES));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Decision {
@@ -135,6 +201,18 @@ pub struct OutputRef {
     pub blob: Option<BlobRef>,
     pub size_bytes: u64,
     pub truncated: bool,
+}
+
+/// A leftover a runner's sweep could not remove.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SweepFailure {
+    pub sandbox_id: String,
+    pub step: String,
+    pub detail: String,
+}
+
+fn yes() -> bool {
+    true
 }
 
 macro_rules! catalogue {
@@ -175,17 +253,24 @@ macro_rules! catalogue {
 }
 
 catalogue! {
-    /// A client submitted a job; its code and stdin are blobs.
-    JobSubmitted = "job.submitted" v 1 {
+    /// A client submitted a job. Everything that is the caller's data — code,
+    /// stdin, args, environment (names and values), input files and their
+    /// paths — is an encrypted blob; the record keeps keyed digests and counts.
+    JobSubmitted = "job.submitted" v 2 {
         job_id: String,
         language: String,
         code: BlobRef,
         stdin: Option<BlobRef>,
-        args: Vec<String>,
-        /// Names of the environment variables; their values are in the `env` blob.
-        env_names: Vec<String>,
+        /// JSON array of strings.
+        args: Option<BlobRef>,
+        arg_count: u64,
+        /// JSON object name → value.
         env: Option<BlobRef>,
-        files: Vec<FileRef>,
+        env_count: u64,
+        /// Contents of the input files, in request order.
+        files: Vec<BlobRef>,
+        /// JSON array of the files' workspace paths, in the same order.
+        file_paths: Option<BlobRef>,
         dependencies: Vec<Dependency>,
         secrets: Vec<String>,
         /// The limits as requested (policy fills in the rest).
@@ -219,7 +304,7 @@ catalogue! {
         attempt: u64, sandbox_id: String, backend: String, runtime: String, image_digest: Option<String>,
     }
     ExecutionStarted = "execution.started" v 1 { attempt: u64, sandbox_id: String }
-    ExecutionFinished = "execution.finished" v 1 {
+    ExecutionFinished = "execution.finished" v 2 {
         attempt: u64,
         outcome: Outcome,
         exit_code: Option<i64>,
@@ -229,12 +314,44 @@ catalogue! {
         peak_memory_bytes: Option<u64>,
         stdout: OutputRef,
         stderr: OutputRef,
+        /// JSON array of the artifacts' paths under `/workspace/out` (with
+        /// secret values redacted), in the order of their `artifact.stored`
+        /// indexes. Absent when the attempt left no files.
+        #[serde(default)]
+        artifact_index: Option<BlobRef>,
+        /// Things in `/workspace/out` that were not collected (links, limits).
+        #[serde(default)]
+        artifacts_skipped: u64,
     }
     /// A later attempt finished after the first `execution.finished`: not a result.
     ExecutionSuperseded = "execution.superseded" v 1 { attempt: u64, winning_attempt: u64 }
     OutputRedacted = "output.redacted" v 1 { secret_name: String, target: String, count: u64 }
-    ArtifactStored = "artifact.stored" v 1 { path: String, blob: BlobRef }
-    WorkspaceDestroyed = "workspace.destroyed" v 1 { sandbox_id: String, method: String, bytes_scrubbed: u64 }
+    /// One file of `/workspace/out`; its path is entry `index` of the
+    /// attempt's `artifact_index` blob, never in clear here.
+    ArtifactStored = "artifact.stored" v 2 { attempt: u64, index: u64, blob: BlobRef, truncated: bool }
+    WorkspaceDestroyed = "workspace.destroyed" v 2 {
+        sandbox_id: String,
+        method: String,
+        bytes_scrubbed: u64,
+        #[serde(default)]
+        files_scrubbed: u64,
+        /// Everything was scrubbed, unmounted and removed (v1 wrote the
+        /// event only then).
+        #[serde(default = "yes")]
+        complete: bool,
+        /// What could not be done (a step, never a program's file name).
+        #[serde(default)]
+        error: Option<String>,
+    }
+    /// A runner removed what an earlier run of it left behind (at start-up);
+    /// leftovers it could not remove are listed, and it started anyway.
+    RunnerSweepFinished = "runner.sweep_finished" v 1 {
+        runner: String,
+        sandboxes: u64,
+        workspaces: u64,
+        bytes_scrubbed: u64,
+        failures: Vec<SweepFailure>,
+    }
     /// Crypto-shredding: the job's data key is gone, its blobs unreadable.
     KeyDestroyed = "key.destroyed" v 1 { key_id: String, reason: String }
     JobCancelRequested = "job.cancel_requested" v 1 { job_id: String, reason: Option<String> }
@@ -251,6 +368,9 @@ catalogue! {
     /// The first request over a tenant's rate limit in a window (later ones in the
     /// same window are refused without another event, so a flood cannot fill the ledger).
     RateLimitExceeded = "rate_limit.exceeded" v 1 { subject: String, window_start: String, limit: u64 }
+    /// A request was refused by a check that is not a policy: it named
+    /// something bound to another identity (e.g. an MCP session).
+    AccessRefused = "access.refused" v 1 { action: String, reason: String }
     /// An auditor read records of a tenant other than their own.
     AuditCrossTenantQueried = "audit.cross_tenant_queried" v 1 { query: Map<String, Value>, result_count: u64 }
     AuditExported = "audit.exported" v 1 { query: Map<String, Value>, bundle_digest: Digest, record_count: u64 }
@@ -280,11 +400,43 @@ mod tests {
             sandbox_id: "sb-1".into(),
             method: "overwrite+unlink".into(),
             bytes_scrubbed: 4096,
+            files_scrubbed: 2,
+            complete: true,
+            error: None,
         };
         let data = e.to_data().expect("encode");
-        assert_eq!(data.get("schema_version"), Some(&Value::from(1)));
+        assert_eq!(data.get("schema_version"), Some(&Value::from(2)));
         let back = KnownEvent::decode(WorkspaceDestroyed::TYPE, &data).expect("decode");
         assert_eq!(back, Some(KnownEvent::WorkspaceDestroyed(Box::new(e))));
+    }
+
+    #[test]
+    fn job_submitted_v1_reads_as_v2_without_its_clear_inputs() {
+        let blob =
+            serde_json::json!({"sha256": "00".repeat(32), "size_bytes": 3, "key": "jobs/j/code"});
+        let v1 = serde_json::json!({
+            "schema_version": 1, "job_id": "j", "language": "python", "code": blob,
+            "stdin": null, "args": ["--secret-flag", "x"], "env_names": ["MODE"],
+            "env": null, "files": [{"path": "in/data.csv", "blob": blob}],
+            "dependencies": [], "secrets": [], "limits": {}, "idempotency_key": null,
+        });
+        let Value::Object(m) = v1 else {
+            panic!("object")
+        };
+        let Some(KnownEvent::JobSubmitted(e)) =
+            KnownEvent::decode("job.submitted", &m).expect("decodes")
+        else {
+            panic!("job.submitted")
+        };
+        assert_eq!((e.arg_count, e.env_count), (2, 1));
+        assert!(e.args.is_none() && e.file_paths.is_none());
+        assert_eq!(e.files.len(), 1);
+        assert_eq!(e.code.size_bytes, 3);
+        // The v2 encoding names none of it.
+        let data = Value::Object(e.to_data().expect("encode")).to_string();
+        assert!(
+            !data.contains("secret-flag") && !data.contains("data.csv") && !data.contains("MODE")
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ use glassbox_events::Digest;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt as _, PutPayload};
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 use sqlx::{PgPool, Row};
 use std::path::{Path, PathBuf};
@@ -31,6 +32,8 @@ pub enum BlobError {
     UnknownKey { key_id: String, path: String },
     #[error("blob {path}: not found")]
     NotFound { path: String },
+    #[error("blob {path}: content does not match the digest recorded for it")]
+    DigestMismatch { path: String },
     #[error("{step} {subject}: decryption or authentication failed")]
     Crypto { step: &'static str, subject: String },
     #[error("{step} {path}: storage error: {source}")]
@@ -171,9 +174,35 @@ pub enum Backend {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredBlob {
     pub key: String,
-    /// SHA-256 of the plaintext.
-    pub sha256: Digest,
+    /// HMAC-SHA-256 of the plaintext under the data key's digest key (see
+    /// [`BlobStore::keyed_digest`]).
+    pub hmac: Digest,
     pub size_bytes: u64,
+}
+
+/// A data key, unwrapped: AES-256-GCM for the blobs, and the HMAC key that
+/// makes their digests (derived from it, so destroying one destroys both).
+struct DataKey {
+    aead: LessSafeKey,
+    digest: hmac::Key,
+}
+
+impl DataKey {
+    fn new(dek: &[u8]) -> Option<DataKey> {
+        let aead = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, dek).ok()?);
+        let derived = hmac::sign(
+            &hmac::Key::new(hmac::HMAC_SHA256, dek),
+            b"glassbox-blob-digest-v1",
+        );
+        Some(DataKey {
+            aead,
+            digest: hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref()),
+        })
+    }
+
+    fn digest(&self, bytes: &[u8]) -> Digest {
+        Digest::from_slice(hmac::sign(&self.digest, bytes).as_ref()).unwrap_or(Digest::ZERO)
+    }
 }
 
 #[derive(Clone)]
@@ -276,7 +305,7 @@ impl BlobStore {
         Ok(())
     }
 
-    async fn data_key(&self, key_id: &str, path: &str) -> Result<LessSafeKey, BlobError> {
+    async fn data_key(&self, key_id: &str, path: &str) -> Result<DataKey, BlobError> {
         let row = sqlx::query("SELECT wrapped FROM blobs.data_keys WHERE key_id = $1")
             .bind(key_id)
             .fetch_optional(&self.pool)
@@ -301,11 +330,37 @@ impl BlobStore {
                 subject: key_id.to_owned(),
             }
         })?;
-        let key = UnboundKey::new(&AES_256_GCM, &dek).map_err(|_| BlobError::Crypto {
+        DataKey::new(&dek).ok_or_else(|| BlobError::Crypto {
             step: "unwrap data key",
             subject: key_id.to_owned(),
-        })?;
-        Ok(LessSafeKey::new(key))
+        })
+    }
+
+    /// The keyed digest of `bytes` under data key `key_id`: what events record
+    /// instead of a plain SHA-256 (a plain digest of a short input lets anyone
+    /// confirm a guess; this one needs the data key, and dies with it).
+    pub async fn keyed_digest(&self, key_id: &str, bytes: &[u8]) -> Result<Digest, BlobError> {
+        Ok(self.data_key(key_id, "-").await?.digest(bytes))
+    }
+
+    /// Like [`put`](Self::put), at a fresh name `<prefix>/<random>` that no
+    /// program can influence (for outputs: a program's file name never
+    /// becomes part of a blob name).
+    pub async fn put_new(
+        &self,
+        key_id: &str,
+        prefix: &str,
+        plaintext: &[u8],
+    ) -> Result<StoredBlob, BlobError> {
+        let mut id = [0u8; 16];
+        SystemRandom::new()
+            .fill(&mut id)
+            .map_err(|_| BlobError::Crypto {
+                step: "name a blob",
+                subject: prefix.to_owned(),
+            })?;
+        self.put(key_id, &format!("{prefix}/{}", hex::encode(id)), plaintext)
+            .await
     }
 
     /// Encrypts `plaintext` under data key `key_id` and stores it at `path`.
@@ -316,7 +371,7 @@ impl BlobStore {
         plaintext: &[u8],
     ) -> Result<StoredBlob, BlobError> {
         let key = self.data_key(key_id, path).await?;
-        let sealed = seal(&key, &Self::blob_aad(key_id, path), plaintext).map_err(|_| {
+        let sealed = seal(&key.aead, &Self::blob_aad(key_id, path), plaintext).map_err(|_| {
             BlobError::Crypto {
                 step: "encrypt blob",
                 subject: path.to_owned(),
@@ -332,13 +387,33 @@ impl BlobStore {
             })?;
         Ok(StoredBlob {
             key: path.to_owned(),
-            sha256: Digest::of(plaintext),
+            hmac: key.digest(plaintext),
             size_bytes: plaintext.len() as u64,
         })
     }
 
     /// Reads and decrypts the blob at `path` (data key `key_id`).
     pub async fn get(&self, key_id: &str, path: &str) -> Result<Vec<u8>, BlobError> {
+        self.get_inner(key_id, path, None).await
+    }
+
+    /// Reads and decrypts the blob at `path` and checks it against the keyed
+    /// digest an event recorded for it.
+    pub async fn get_checked(
+        &self,
+        key_id: &str,
+        path: &str,
+        hmac: &Digest,
+    ) -> Result<Vec<u8>, BlobError> {
+        self.get_inner(key_id, path, Some(hmac)).await
+    }
+
+    async fn get_inner(
+        &self,
+        key_id: &str,
+        path: &str,
+        expected: Option<&Digest>,
+    ) -> Result<Vec<u8>, BlobError> {
         let key = self.data_key(key_id, path).await?;
         let sealed = match self.store.get(&ObjectPath::from(path)).await {
             Ok(r) => r.bytes().await.map_err(|source| BlobError::Store {
@@ -359,10 +434,53 @@ impl BlobStore {
                 });
             }
         };
-        open(&key, &Self::blob_aad(key_id, path), &sealed).map_err(|_| BlobError::Crypto {
-            step: "decrypt blob",
-            subject: path.to_owned(),
-        })
+        let plain = open(&key.aead, &Self::blob_aad(key_id, path), &sealed).map_err(|_| {
+            BlobError::Crypto {
+                step: "decrypt blob",
+                subject: path.to_owned(),
+            }
+        })?;
+        if let Some(want) = expected
+            && key.digest(&plain) != *want
+        {
+            return Err(BlobError::DigestMismatch {
+                path: path.to_owned(),
+            });
+        }
+        Ok(plain)
+    }
+
+    /// Deletes every blob whose name starts with `prefix/` (after a data key
+    /// was destroyed: the ciphertext is unreadable anyway; this frees the
+    /// space and leaves nothing behind). Returns how many were deleted.
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<u64, BlobError> {
+        use futures::TryStreamExt as _;
+        let base = ObjectPath::from(prefix);
+        let names: Vec<ObjectPath> = self
+            .store
+            .list(Some(&base))
+            .map_ok(|m| m.location)
+            .try_collect()
+            .await
+            .map_err(|source| BlobError::Store {
+                step: "list blobs",
+                path: prefix.to_owned(),
+                source,
+            })?;
+        let mut n = 0;
+        for name in names {
+            match self.store.delete(&name).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => n += 1,
+                Err(source) => {
+                    return Err(BlobError::Store {
+                        step: "delete blob",
+                        path: name.to_string(),
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(n)
     }
 
     /// Destroys a data key; returns whether it was still live.

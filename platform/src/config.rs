@@ -111,6 +111,13 @@ pub struct Config {
     pub policy_dir: Option<PathBuf>,
     /// Where blobs are kept: `data_dir/blobs` unless an S3 bucket is configured.
     pub blob: crate::blob::Backend,
+    /// Serve `/metrics` on this address instead of the API's.
+    pub metrics_addr: Option<SocketAddr>,
+    /// When set, `/metrics` needs `Authorization: Bearer <token>`.
+    pub metrics_token: Option<Secret>,
+    /// Requests with a bad or missing token one client address may make per
+    /// second before it gets 429 instead of 401.
+    pub auth_failures_per_sec: u64,
 }
 
 const PREFIX: &str = "GLASSBOX_";
@@ -146,9 +153,13 @@ const KNOWN: &[&str] = &[
     "blob_s3_access_key_id",
     "blob_s3_secret_access_key",
     "blob_s3_allow_http",
+    "metrics_addr",
+    "metrics_token",
+    "auth_failures_per_sec",
 ];
 const SECRETS: &[&str] = &[
     "auth_hs256_secret",
+    "metrics_token",
     "database_url",
     "blob_s3_secret_access_key",
 ];
@@ -384,6 +395,26 @@ impl Config {
                 }
             }
         };
+        let metrics_addr = match get("metrics_addr") {
+            None => None,
+            Some(v) => Some(v.parse::<SocketAddr>().map_err(|_| {
+                bad(
+                    "metrics_addr",
+                    format!("{v:?} is not a socket address like 127.0.0.1:9464"),
+                )
+            })?),
+        };
+        let metrics_token = match get("metrics_token") {
+            None => None,
+            Some(t) if t.len() < 16 => {
+                return Err(bad(
+                    "metrics_token",
+                    "must be at least 16 characters (value hidden)".into(),
+                ));
+            }
+            Some(t) => Some(Secret(t.to_owned())),
+        };
+        let auth_failures_per_sec = number("auth_failures_per_sec", 10, 1)?;
         Ok(Config {
             environment,
             http_addr,
@@ -398,6 +429,9 @@ impl Config {
             ledger_key_file,
             policy_dir,
             blob,
+            metrics_addr,
+            metrics_token,
+            auth_failures_per_sec,
         })
     }
 }

@@ -510,8 +510,45 @@ mod blobs {
         let path = format!("acme/{job}/code");
         let blob = store.put(&job, &path, &secret).await.expect("put");
         assert_eq!(blob.size_bytes, secret.len() as u64);
-        assert_eq!(blob.sha256, glassbox_events::Digest::of(&secret));
+        // The digest is keyed: not the plain SHA-256 (which would confirm a
+        // guess of the content), the data key's HMAC, different under another key.
+        assert_ne!(blob.hmac, glassbox_events::Digest::of(&secret));
+        assert_eq!(
+            store.keyed_digest(&job, &secret).await.expect("digest"),
+            blob.hmac
+        );
+        let other = format!("job-{}", uuid::Uuid::new_v4());
+        store.create_data_key(&other, "acme").await.expect("key");
+        assert_ne!(
+            store.keyed_digest(&other, &secret).await.expect("digest"),
+            blob.hmac
+        );
         assert_eq!(store.get(&job, &path).await.expect("get"), secret);
+        assert_eq!(
+            store
+                .get_checked(&job, &path, &blob.hmac)
+                .await
+                .expect("checked"),
+            secret
+        );
+        assert!(matches!(
+            store
+                .get_checked(&job, &path, &glassbox_events::Digest::of(&secret))
+                .await,
+            Err(BlobError::DigestMismatch { .. })
+        ));
+        // Fresh names never come from the content or the caller.
+        let a = store
+            .put_new(&job, &format!("acme/{job}/out"), b"one")
+            .await
+            .expect("new");
+        let b = store
+            .put_new(&job, &format!("acme/{job}/out"), b"one")
+            .await
+            .expect("new");
+        assert_ne!(a.key, b.key);
+        assert!(a.key.starts_with(&format!("acme/{job}/out/")));
+        assert_eq!(a.key.len(), format!("acme/{job}/out/").len() + 32);
         if let Some(dir) = inspect_dir {
             let raw = std::fs::read(dir.join(&path)).expect("object on disk");
             assert!(
@@ -558,6 +595,26 @@ mod blobs {
             store.put(&job, &path, b"x").await,
             Err(BlobError::KeyDestroyed { .. })
         ));
+        // After shredding the ciphertext can go too: nothing left under the prefix.
+        assert_eq!(
+            store
+                .delete_prefix(&format!("acme/{job}"))
+                .await
+                .expect("delete"),
+            // code, two outputs, and the moved copy on the local backend
+            3 + u64::from(inspect_dir.is_some())
+        );
+        assert!(matches!(
+            store.get(&job, &a.key).await,
+            Err(BlobError::KeyDestroyed { .. })
+        ));
+        assert_eq!(
+            store
+                .delete_prefix(&format!("acme/{job}"))
+                .await
+                .expect("again"),
+            0
+        );
     }
 
     #[tokio::test]

@@ -6,31 +6,41 @@ import rego.v1
 
 default allow := false
 
-settings := object.get(data.glassbox.tenants, input.tenant, data.glassbox.tenants["default"])
+# A tenant that is not configured gets nothing (never another tenant's settings).
+configured if data.glassbox.tenants[input.tenant]
+
+settings := object.get(data.glassbox.tenants, input.tenant, {})
+
+maxima := object.get(settings, "max_limits", {})
 
 requested := object.get(input, "limits", {})
 
 # Requested limits fill in the tenant's defaults.
-effective_limits := object.union(settings.default_limits, {k: v |
+effective_limits := object.union(object.get(settings, "default_limits", {}), {k: v |
 	some k, v in requested
 	v != null
 })
 
+reasons contains sprintf("tenant %s is not configured", [input.tenant]) if not configured
+
 reasons contains sprintf("language %s is not allowed for tenant %s", [input.language, input.tenant]) if {
+	configured
 	not input.language in settings.languages
 }
 
-reasons contains sprintf("%s %d exceeds the tenant maximum %d", [k, v, settings.max_limits[k]]) if {
+reasons contains sprintf("%s %d exceeds the tenant maximum %d", [k, v, maxima[k]]) if {
 	some k, v in effective_limits
-	v > settings.max_limits[k]
+	v > maxima[k]
 }
 
 reasons contains sprintf("unknown limit %s", [k]) if {
+	configured
 	some k, _ in requested
-	not settings.max_limits[k]
+	not maxima[k]
 }
 
 reasons contains sprintf("too many dependencies (%d > %d)", [count(deps), settings.max_dependencies]) if {
+	configured
 	deps := object.get(input, "dependencies", [])
 	count(deps) > settings.max_dependencies
 }

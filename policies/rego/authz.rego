@@ -20,12 +20,21 @@ cross_tenant_ok if {
 	role_actions[role].cross_tenant
 }
 
+# A token naming a tenant that is not configured is refused everything.
+tenant_configured if data.glassbox.tenants[input.identity.tenant]
+
 allow if {
+	tenant_configured
 	count(granted) > 0
 	same_tenant
 }
 
-allow if cross_tenant_ok
+allow if {
+	tenant_configured
+	cross_tenant_ok
+}
+
+reasons contains sprintf("tenant %s is not configured", [input.identity.tenant]) if not tenant_configured
 
 reasons contains sprintf("granted by role %s", [role]) if {
 	allow

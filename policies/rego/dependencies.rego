@@ -6,11 +6,14 @@ import rego.v1
 
 default allow := false
 
-settings := object.get(data.glassbox.tenants, input.tenant, data.glassbox.tenants["default"])
+# A tenant that is not configured gets nothing (never another tenant's settings).
+configured if data.glassbox.tenants[input.tenant]
+
+settings := object.get(data.glassbox.tenants, input.tenant, {})
 
 default rule := null
 
-allowed := object.get(object.get(settings.dependencies, input.ecosystem, {}), lower(input.name), null)
+allowed := object.get(object.get(object.get(settings, "dependencies", {}), input.ecosystem, {}), lower(input.name), null)
 
 rule := sprintf("%s:%s==*", [input.ecosystem, lower(input.name)]) if allowed == "*"
 
@@ -23,6 +26,11 @@ allow if rule != null
 
 reasons contains sprintf("allowed by %s", [rule]) if allow
 
-reasons contains sprintf("%s package %s %s is not on the allowlist of tenant %s", [input.ecosystem, input.name, object.get(input, "version", "(any version)"), input.tenant]) if not allow
+reasons contains sprintf("tenant %s is not configured", [input.tenant]) if not configured
+
+reasons contains sprintf("%s package %s %s is not on the allowlist of tenant %s", [input.ecosystem, input.name, object.get(input, "version", "(any version)"), input.tenant]) if {
+	configured
+	not allow
+}
 
 decision := {"allow": allow, "reasons": sort([r | some r in reasons]), "rule": rule}

@@ -5,12 +5,20 @@ import rego.v1
 
 default allow := false
 
-settings := object.get(data.glassbox.tenants, input.tenant, data.glassbox.tenants["default"])
+# A tenant that is not configured gets nothing (never another tenant's settings).
+configured if data.glassbox.tenants[input.tenant]
 
-allow if input.secret in settings.secrets
+settings := object.get(data.glassbox.tenants, input.tenant, {})
+
+allow if input.secret in object.get(settings, "secrets", [])
 
 reasons contains sprintf("secret %s is allowed for tenant %s", [input.secret, input.tenant]) if allow
 
-reasons contains sprintf("secret %s is not allowed for tenant %s", [input.secret, input.tenant]) if not allow
+reasons contains sprintf("tenant %s is not configured", [input.tenant]) if not configured
+
+reasons contains sprintf("secret %s is not allowed for tenant %s", [input.secret, input.tenant]) if {
+	configured
+	not allow
+}
 
 decision := {"allow": allow, "reasons": sort([r | some r in reasons])}

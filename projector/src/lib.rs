@@ -628,7 +628,10 @@ async fn fold(
                 .bind(job)
                 .bind(pos)
                 .bind(at)
-                .bind(json!([{ "path": e.path, "sha256": e.blob.sha256, "size_bytes": e.blob.size_bytes }]))
+                // No path: a program's file names are its data (in the
+                // encrypted artifact index), never a read-model column.
+                .bind(json!([{ "attempt": e.attempt, "index": e.index,
+                               "size_bytes": e.blob.size_bytes, "truncated": e.truncated }]))
                 .execute(&mut **tx)
                 .await
                 .map_err(db(step))?;

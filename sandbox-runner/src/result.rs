@@ -44,6 +44,10 @@ pub struct Teardown {
     pub method: String,
     pub bytes_scrubbed: u64,
     pub files_scrubbed: u64,
+    /// Everything was scrubbed, unmounted and removed.
+    pub complete: bool,
+    /// What could not be done (steps only, never a program's file name).
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -64,11 +68,14 @@ pub struct ExecutionResult {
     pub files: Vec<CollectedFile>,
     /// More files or bytes were in `/workspace/out` than the limits allow.
     pub files_truncated: bool,
+    /// Up to 256 things in `/workspace/out` that were not collected.
     pub skipped: Vec<Skipped>,
+    /// How many things were not collected in all.
+    pub skipped_total: u64,
     pub teardown: Teardown,
 }
 
-/// What a sweep removed.
+/// What a sweep removed, and what it could not.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct SweepReport {
     pub sandboxes: Vec<String>,
@@ -76,4 +83,15 @@ pub struct SweepReport {
     pub bundles: Vec<String>,
     pub cgroups: Vec<String>,
     pub bytes_scrubbed: u64,
+    /// One entry per sandbox whose leftovers could not all be removed; the
+    /// sweep goes on with the others.
+    pub failures: Vec<SweepFailure>,
+}
+
+/// A leftover a sweep could not remove.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SweepFailure {
+    pub sandbox_id: String,
+    pub step: String,
+    pub detail: String,
 }

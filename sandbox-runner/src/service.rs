@@ -25,13 +25,13 @@ use crate::backend::{Progress, SandboxBackend};
 use crate::result::ExecutionResult;
 use crate::spec::{ExecutionSpec, InputFile, Limits};
 use chrono::{DateTime, Utc};
+use glassbox_events::Actor;
 use glassbox_events::catalogue::{
     self, BlobRef, Decision as Verdict, KnownEvent, Outcome, OutputRef,
 };
 use glassbox_events::store::{
     AppendRequest, EventStore, ExpectedVersion, NewEvent, StoreError, StoredRecord,
 };
-use glassbox_events::{Actor, Digest};
 use glassbox_platform::blob::BlobStore;
 use glassbox_policies::{Policy, PolicyEngine};
 use serde_json::{Value, json};
@@ -115,7 +115,13 @@ pub struct RunnerConfig {
     /// A directory of vetted wheels; allowed Python dependencies are installed
     /// from it inside the sandbox. Without one, jobs with dependencies fail closed.
     pub wheel_mirror: Option<PathBuf>,
+    /// Attempts a job gets; when the last one's lease expires without a
+    /// result, the job fails instead of being claimed again.
+    pub max_attempts: u64,
 }
+
+/// Default of [`RunnerConfig::max_attempts`].
+pub const DEFAULT_MAX_ATTEMPTS: u64 = 3;
 
 /// The state of one job, folded from its stream.
 #[derive(Debug, Default, Clone)]
@@ -253,8 +259,18 @@ impl<B: SandboxBackend + 'static> Runner<B> {
                                 // finishes what it holds (bounded by wall time).
                                 let token = CancellationToken::new();
                                 tasks.spawn(async move {
+                                    let attempt = state.attempt;
                                     if let Err(e) = me.execute_job(&job, state, token).await {
-                                        tracing::error!(error = %e, "runner: job failed to run");
+                                        tracing::error!(error = %e, "runner: an attempt failed; recording it");
+                                        // Any error ends the attempt with a recorded
+                                        // reason; if even that cannot be appended, the
+                                        // lease expires and max_attempts bounds retries.
+                                        if let Err(e2) = me
+                                            .fail(&job, attempt, format!("attempt {attempt} failed: {e}"))
+                                            .await
+                                        {
+                                            tracing::error!(error = %e2, "runner: could not record a failed attempt");
+                                        }
                                     }
                                     me.mark(&job, false);
                                     drop(permit);
@@ -331,6 +347,31 @@ impl<B: SandboxBackend + 'static> Runner<B> {
         let state = self.read(job).await?;
         if !state.claimable(Utc::now()) {
             return Ok(None);
+        }
+        if state.attempt >= self.config.max_attempts.max(1) {
+            // A poison job (it keeps killing or outliving its runners) ends here.
+            let e = Self::ev(
+                job,
+                &catalogue::JobFailed {
+                    job_id: job.to_owned(),
+                    reason: format!(
+                        "gave up after {} attempts: the lease of attempt {} expired without a result",
+                        state.attempt, state.attempt
+                    ),
+                },
+            )?;
+            let req = AppendRequest::new(state.tenant.clone(), self.actor(), vec![e]).expect(
+                format!("job-{job}"),
+                ExpectedVersion::Exactly(state.version),
+            );
+            return match self.store.append(req).await {
+                Ok(_) | Err(StoreError::Conflict(_)) => Ok(None),
+                Err(source) => Err(RunnerError::Store {
+                    job: job.to_owned(),
+                    step: "give up on a job",
+                    source: Box::new(source),
+                }),
+            };
         }
         let wall = state
             .accepted
@@ -419,24 +460,36 @@ impl<B: SandboxBackend + 'static> Runner<B> {
         self.append(job, attempt, vec![e]).await.map(|_| ())
     }
 
-    async fn blob(&self, job: &str, name: &str, r: &BlobRef) -> Result<Vec<u8>, RunnerError> {
-        let bytes = self
-            .blobs
-            .get(job, &r.key)
+    /// An input blob, checked against the keyed digest in the ledger. `what`
+    /// names the input (`code`, `file 3`), never anything of its content.
+    async fn blob(&self, job: &str, what: &str, r: &BlobRef) -> Result<Vec<u8>, RunnerError> {
+        self.blobs
+            .get_checked(job, &r.key, &r.hmac)
             .await
             .map_err(|e| RunnerError::Job {
                 job: job.to_owned(),
                 step: "read input blob",
-                detail: format!("{name}: {e}"),
-            })?;
-        if Digest::of(&bytes) != r.sha256 {
-            return Err(RunnerError::Job {
-                job: job.to_owned(),
-                step: "read input blob",
-                detail: format!("{name}: digest does not match the ledger"),
-            });
-        }
-        Ok(bytes)
+                detail: match e {
+                    glassbox_platform::blob::BlobError::DigestMismatch { .. } => {
+                        format!("{what}: does not match the digest in the ledger")
+                    }
+                    other => format!("{what}: {other}"),
+                },
+            })
+    }
+
+    async fn json_blob<T: serde::de::DeserializeOwned>(
+        &self,
+        job: &str,
+        what: &str,
+        r: &BlobRef,
+    ) -> Result<T, RunnerError> {
+        let bytes = self.blob(job, what, r).await?;
+        serde_json::from_slice(&bytes).map_err(|e| RunnerError::Job {
+            job: job.to_owned(),
+            step: "read input blob",
+            detail: format!("{what}: not the expected JSON ({e})"),
+        })
     }
 
     /// Runs one claimed attempt to its recorded end.
@@ -560,24 +613,44 @@ impl<B: SandboxBackend + 'static> Runner<B> {
         if let Some(s) = &sub.stdin {
             spec.stdin = self.blob(job, "stdin", s).await?;
         }
-        if let Some(e) = &sub.env {
-            let bytes = self.blob(job, "env", e).await?;
-            spec.env = serde_json::from_slice::<BTreeMap<String, String>>(&bytes).map_err(|e| {
-                RunnerError::Job {
-                    job: job.to_owned(),
-                    step: "read env",
-                    detail: e.to_string(),
-                }
-            })?;
+        if (sub.arg_count > 0 && sub.args.is_none())
+            || (!sub.files.is_empty() && sub.file_paths.is_none())
+        {
+            return self
+                .fail(
+                    job,
+                    attempt,
+                    "submitted by an older version that kept args and file paths in the ledger; resubmit it"
+                        .into(),
+                )
+                .await;
         }
-        for f in &sub.files {
+        if let Some(e) = &sub.env {
+            spec.env = self.json_blob(job, "env", e).await?;
+        }
+        if let Some(a) = &sub.args {
+            spec.args = self.json_blob(job, "args", a).await?;
+        }
+        let paths: Vec<String> = match &sub.file_paths {
+            Some(p) => self.json_blob(job, "file paths", p).await?,
+            None => Vec::new(),
+        };
+        if paths.len() != sub.files.len() {
+            return self
+                .fail(
+                    job,
+                    attempt,
+                    "the input files and their paths do not match in number".into(),
+                )
+                .await;
+        }
+        for (i, (f, path)) in sub.files.iter().zip(paths).enumerate() {
             spec.files.push(InputFile {
-                path: f.path.clone(),
-                content: self.blob(job, &f.path, &f.blob).await?,
+                path,
+                content: self.blob(job, &format!("file {i}"), f).await?,
                 executable: false,
             });
         }
-        spec.args = sub.args.clone();
         spec.limits = limits(&acc.effective_limits);
         if let (false, Some(mirror)) = (sub.dependencies.is_empty(), &self.config.wheel_mirror) {
             spec.wheels = Some(crate::spec::WheelInstall {
@@ -677,26 +750,49 @@ impl<B: SandboxBackend + 'static> Runner<B> {
             .await
     }
 
-    async fn store_output(
+    /// Stores one output under a fresh blob name (never derived from anything
+    /// the program chose).
+    async fn store_output(&self, job: &str, attempt: u64, bytes: &[u8]) -> Result<BlobRef, String> {
+        let b = self
+            .blobs
+            .put_new(job, &format!("jobs/{job}/attempts/{attempt}"), bytes)
+            .await
+            .map_err(|e| format!("storing an output failed: {e}"))?;
+        Ok(BlobRef {
+            hmac: b.hmac,
+            size_bytes: b.size_bytes,
+            key: b.key,
+        })
+    }
+
+    /// Stores stdout, stderr, every artifact and the artifact index.
+    async fn store_outputs(
         &self,
         job: &str,
         attempt: u64,
-        name: &str,
-        bytes: &[u8],
-    ) -> Result<BlobRef, RunnerError> {
-        let b = self
-            .blobs
-            .put(job, &format!("jobs/{job}/attempts/{attempt}/{name}"), bytes)
-            .await
-            .map_err(|e| RunnerError::Job {
-                job: job.to_owned(),
-                step: "store output",
-                detail: e.to_string(),
-            })?;
-        Ok(BlobRef {
-            sha256: b.sha256,
-            size_bytes: b.size_bytes,
-            key: b.key,
+        r: &ExecutionResult,
+    ) -> Result<StoredOutputs, String> {
+        let stdout = self.store_output(job, attempt, &r.stdout.bytes).await?;
+        let stderr = self.store_output(job, attempt, &r.stderr.bytes).await?;
+        let mut artifacts = Vec::with_capacity(r.files.len());
+        for f in &r.files {
+            artifacts.push((
+                self.store_output(job, attempt, &f.content).await?,
+                f.truncated,
+            ));
+        }
+        let index = if r.files.is_empty() {
+            None
+        } else {
+            let paths: Vec<&str> = r.files.iter().map(|f| f.path.as_str()).collect();
+            let bytes = serde_json::to_vec(&paths).map_err(|e| e.to_string())?;
+            Some(self.store_output(job, attempt, &bytes).await?)
+        };
+        Ok(StoredOutputs {
+            stdout: Some(stdout),
+            stderr: Some(stderr),
+            artifacts,
+            index,
         })
     }
 
@@ -708,37 +804,16 @@ impl<B: SandboxBackend + 'static> Runner<B> {
         secrets: &[(String, String)],
         cancel_reason: Option<String>,
     ) -> Result<(), RunnerError> {
-        // Redact before anything is stored.
-        let mut redactions: Vec<(String, String, u64)> = Vec::new();
-        for (name, value) in secrets {
-            let n = redact(&mut r.stdout.bytes, value);
-            if n > 0 {
-                redactions.push((name.clone(), "stdout".into(), n));
-            }
-            let n = redact(&mut r.stderr.bytes, value);
-            if n > 0 {
-                redactions.push((name.clone(), "stderr".into(), n));
-            }
-            for f in &mut r.files {
-                let n = redact(&mut f.content, value);
-                if n > 0 {
-                    redactions.push((name.clone(), format!("artifact:{}", f.path), n));
-                }
-            }
-        }
-        let stdout = self
-            .store_output(job, attempt, "stdout", &r.stdout.bytes)
-            .await?;
-        let stderr = self
-            .store_output(job, attempt, "stderr", &r.stderr.bytes)
-            .await?;
-        let mut artifacts = Vec::new();
-        for f in &r.files {
-            let b = self
-                .store_output(job, attempt, &format!("out/{}", f.path), &f.content)
-                .await?;
-            artifacts.push((f.path.clone(), b));
-        }
+        // Redact before anything is stored: contents, a secret cut in half by
+        // an output cap, and file names.
+        let redactions = redact_result(&mut r, secrets);
+        // A storage failure does not lose the execution: its facts are
+        // recorded without blobs and the job fails with the reason, so the
+        // attempt ends (it is never left to expire and run again).
+        let (stored, storage_error) = match self.store_outputs(job, attempt, &r).await {
+            Ok(s) => (s, None),
+            Err(e) => (StoredOutputs::default(), Some(e)),
+        };
         // Each try builds the events from the stream as it is now, so a finish
         // or an end recorded meanwhile by someone else is never duplicated.
         let stream = format!("job-{job}");
@@ -758,15 +833,17 @@ impl<B: SandboxBackend + 'static> Runner<B> {
                         cpu_ms: r.cpu_ms,
                         peak_memory_bytes: r.peak_memory_bytes,
                         stdout: OutputRef {
-                            blob: Some(stdout.clone()),
+                            blob: stored.stdout.clone(),
                             size_bytes: r.stdout.total_bytes,
                             truncated: r.stdout.truncated,
                         },
                         stderr: OutputRef {
-                            blob: Some(stderr.clone()),
+                            blob: stored.stderr.clone(),
                             size_bytes: r.stderr.total_bytes,
                             truncated: r.stderr.truncated,
                         },
+                        artifact_index: stored.index.clone(),
+                        artifacts_skipped: r.skipped_total,
                     },
                 )?);
                 for (secret_name, target, count) in &redactions {
@@ -779,12 +856,14 @@ impl<B: SandboxBackend + 'static> Runner<B> {
                         },
                     )?);
                 }
-                for (path, blob) in &artifacts {
+                for (i, (blob, truncated)) in stored.artifacts.iter().enumerate() {
                     events.push(Self::ev(
                         job,
                         &catalogue::ArtifactStored {
-                            path: path.clone(),
+                            attempt,
+                            index: i as u64,
                             blob: blob.clone(),
+                            truncated: *truncated,
                         },
                     )?);
                 }
@@ -803,6 +882,9 @@ impl<B: SandboxBackend + 'static> Runner<B> {
                     sandbox_id: r.sandbox_id.clone(),
                     method: r.teardown.method.clone(),
                     bytes_scrubbed: r.teardown.bytes_scrubbed,
+                    files_scrubbed: r.teardown.files_scrubbed,
+                    complete: r.teardown.complete,
+                    error: r.teardown.error.clone(),
                 },
             )?);
             if !state.terminal {
@@ -813,22 +895,30 @@ impl<B: SandboxBackend + 'static> Runner<B> {
                 } else {
                     state.finished.as_ref().map_or(r.outcome, |f| f.outcome)
                 };
-                events.push(if outcome == Outcome::Cancelled {
-                    Self::ev(
+                events.push(match (&storage_error, first) {
+                    (Some(reason), true) => Self::ev(
+                        job,
+                        &catalogue::JobFailed {
+                            job_id: job.to_owned(),
+                            reason: format!(
+                                "the result of attempt {attempt} could not be kept: {reason}"
+                            ),
+                        },
+                    )?,
+                    _ if outcome == Outcome::Cancelled => Self::ev(
                         job,
                         &catalogue::JobCancelled {
                             job_id: job.to_owned(),
                             reason: cancel_reason.clone(),
                         },
-                    )?
-                } else {
-                    Self::ev(
+                    )?,
+                    _ => Self::ev(
                         job,
                         &catalogue::JobCompleted {
                             job_id: job.to_owned(),
                             outcome,
                         },
-                    )?
+                    )?,
                 });
             }
             let req = AppendRequest::new(state.tenant.clone(), self.actor(), events)
@@ -851,6 +941,86 @@ impl<B: SandboxBackend + 'static> Runner<B> {
             detail: "the stream kept changing".into(),
         })
     }
+}
+
+/// What [`Runner::store_outputs`] put in the blob store.
+#[derive(Debug, Default)]
+struct StoredOutputs {
+    stdout: Option<BlobRef>,
+    stderr: Option<BlobRef>,
+    /// Each artifact's blob and whether it was truncated, in index order.
+    artifacts: Vec<(BlobRef, bool)>,
+    index: Option<BlobRef>,
+}
+
+/// Takes every secret value out of a result before anything of it is stored:
+/// whole occurrences in stdout, stderr and file contents become `[REDACTED]`;
+/// where an output was cut by its cap, a trailing prefix of a secret is cut
+/// too (half a secret is still a secret); and file names that contain a secret
+/// are renamed. Returns (secret name, target, count) per redaction — targets
+/// are `stdout`, `stderr`, `artifact:<index>` and `artifact_names`, never a
+/// file's name.
+pub fn redact_result(
+    r: &mut ExecutionResult,
+    secrets: &[(String, String)],
+) -> Vec<(String, String, u64)> {
+    let mut out = Vec::new();
+    for (name, value) in secrets {
+        let mut note = |target: String, n: u64| {
+            if n > 0 {
+                out.push((name.clone(), target, n));
+            }
+        };
+        for (target, cap) in [("stdout", &mut r.stdout), ("stderr", &mut r.stderr)] {
+            let mut n = redact(&mut cap.bytes, value);
+            if cap.truncated {
+                n += cut_partial_tail(&mut cap.bytes, value);
+            }
+            note(target.into(), n);
+        }
+        for (i, f) in r.files.iter_mut().enumerate() {
+            let mut n = redact(&mut f.content, value);
+            if f.truncated {
+                n += cut_partial_tail(&mut f.content, value);
+            }
+            note(format!("artifact:{i}"), n);
+        }
+        let mut renamed = 0;
+        for f in &mut r.files {
+            let mut p = f.path.clone().into_bytes();
+            let k = redact(&mut p, value);
+            if k > 0 {
+                f.path = String::from_utf8_lossy(&p).into_owned();
+                renamed += k;
+            }
+        }
+        note("artifact_names".into(), renamed);
+    }
+    // Renaming may have made two names equal: keep every file reachable.
+    let mut seen = std::collections::BTreeSet::new();
+    for f in &mut r.files {
+        if !seen.insert(f.path.clone()) {
+            let mut k = 2;
+            while !seen.insert(format!("{}~{k}", f.path)) {
+                k += 1;
+            }
+            f.path = format!("{}~{k}", f.path);
+        }
+    }
+    out
+}
+
+/// If `buf` ends with the start of `secret` (an output cap cut it), removes
+/// that partial secret; returns 1 if it did.
+pub fn cut_partial_tail(buf: &mut Vec<u8>, secret: &str) -> u64 {
+    let s = secret.as_bytes();
+    for k in (1..s.len()).rev() {
+        if buf.ends_with(&s[..k]) {
+            buf.truncate(buf.len() - k);
+            return 1;
+        }
+    }
+    0
 }
 
 /// Replaces every occurrence of `secret` in `buf` with `[REDACTED]`; returns the count.
@@ -900,6 +1070,64 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_secret_cut_by_the_output_cap_leaves_no_prefix() {
+        let mut b = b"token: s3cr".to_vec();
+        assert_eq!(cut_partial_tail(&mut b, "s3cr3t"), 1);
+        assert_eq!(b, b"token: ".to_vec());
+        let mut b = b"nothing".to_vec();
+        assert_eq!(cut_partial_tail(&mut b, "s3cr3t"), 0);
+        assert_eq!(b, b"nothing".to_vec());
+    }
+
+    #[test]
+    fn secrets_in_file_names_are_renamed_and_names_stay_unique() {
+        use crate::result::{Captured, CollectedFile, Teardown};
+        let file = |p: &str| CollectedFile {
+            path: p.into(),
+            content: b"x".to_vec(),
+            size_bytes: 1,
+            truncated: false,
+        };
+        let mut r = ExecutionResult {
+            sandbox_id: "sb".into(),
+            backend: "test",
+            runtime: "python".into(),
+            outcome: Outcome::Succeeded,
+            exit_code: Some(0),
+            signal: None,
+            detail: None,
+            wall_ms: 1,
+            cpu_ms: None,
+            peak_memory_bytes: None,
+            stdout: Captured {
+                bytes: b"v=hunter2hunt".to_vec(),
+                total_bytes: 99,
+                truncated: true,
+            },
+            stderr: Captured::default(),
+            files: vec![
+                file("hunter2.txt"),
+                file("[REDACTED].txt"),
+                file("dir/hunter2/x"),
+            ],
+            files_truncated: false,
+            skipped: vec![],
+            skipped_total: 0,
+            teardown: Teardown::default(),
+        };
+        let notes = redact_result(&mut r, &[("PW".into(), "hunter2".into())]);
+        assert_eq!(r.stdout.bytes, b"v=[REDACTED]".to_vec());
+        let paths: Vec<&str> = r.files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["[REDACTED].txt", "[REDACTED].txt~2", "dir/[REDACTED]/x"]
+        );
+        assert!(notes.contains(&("PW".into(), "artifact_names".into(), 2)));
+        assert!(notes.contains(&("PW".into(), "stdout".into(), 2)));
+        assert!(notes.iter().all(|(_, t, _)| !t.contains("hunter2")));
+    }
+
+    #[test]
     fn redaction_counts_and_replaces_every_occurrence() {
         let mut b = b"key=s3cr3t and s3cr3t again; s3cr".to_vec();
         assert_eq!(redact(&mut b, "s3cr3t"), 2);
@@ -929,7 +1157,8 @@ pub struct SettingError {
 impl RunnerSettings {
     /// `GLASSBOX_RUNNER_ID` (`[a-z0-9_]{1,32}`, default `local`),
     /// `GLASSBOX_RUNNER_SLOTS` (default 2), `GLASSBOX_RUNNER_LEASE_GRACE_SECS`
-    /// (default 30), `GLASSBOX_SECRETS_FILE` or `GLASSBOX_SECRETS_FROM_ENV=true`,
+    /// (default 30), `GLASSBOX_RUNNER_MAX_ATTEMPTS` (default 3),
+    /// `GLASSBOX_SECRETS_FILE` or `GLASSBOX_SECRETS_FROM_ENV=true`,
     /// `GLASSBOX_RUNSC` (default `runsc`), `GLASSBOX_SANDBOX_DIR` (default
     /// `/run/glassbox`), `GLASSBOX_RUNTIMES_FILE`, `GLASSBOX_WHEEL_MIRROR`.
     pub fn from_vars(vars: &BTreeMap<String, String>) -> Result<RunnerSettings, SettingError> {
@@ -956,6 +1185,13 @@ impl RunnerSettings {
             });
         }
         let slots = number("GLASSBOX_RUNNER_SLOTS", 2)?;
+        let max_attempts = number("GLASSBOX_RUNNER_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS)?;
+        if !(1..=100).contains(&max_attempts) {
+            return Err(SettingError {
+                var: "GLASSBOX_RUNNER_MAX_ATTEMPTS",
+                reason: "must be 1 to 100".into(),
+            });
+        }
         if slots == 0 || slots > 256 {
             return Err(SettingError {
                 var: "GLASSBOX_RUNNER_SLOTS",
@@ -992,6 +1228,7 @@ impl RunnerSettings {
                 runner_id,
                 slots: slots as usize,
                 lease_grace: Duration::from_secs(number("GLASSBOX_RUNNER_LEASE_GRACE_SECS", 30)?),
+                max_attempts,
                 secrets,
                 wheel_mirror: match get("GLASSBOX_WHEEL_MIRROR") {
                     None => None,
@@ -1009,6 +1246,52 @@ impl RunnerSettings {
             },
             local,
         })
+    }
+}
+
+/// Records what a start-up sweep removed and could not remove
+/// (`runner.sweep_finished` on `runner-<id>`); nothing when there was nothing to do.
+/// A failure to record is logged, never fatal: the runner must come up.
+pub async fn record_sweep(store: &EventStore, runner_id: &str, swept: &crate::result::SweepReport) {
+    if swept.sandboxes.is_empty() && swept.workspaces.is_empty() && swept.failures.is_empty() {
+        return;
+    }
+    tracing::warn!(
+        sandboxes = swept.sandboxes.len(),
+        workspaces = swept.workspaces.len(),
+        failures = swept.failures.len(),
+        bytes_scrubbed = swept.bytes_scrubbed,
+        "runner: swept what an earlier run left behind"
+    );
+    let event = catalogue::RunnerSweepFinished {
+        runner: runner_id.to_owned(),
+        sandboxes: swept.sandboxes.len() as u64,
+        workspaces: swept.workspaces.len() as u64,
+        bytes_scrubbed: swept.bytes_scrubbed,
+        failures: swept
+            .failures
+            .iter()
+            .map(|f| catalogue::SweepFailure {
+                sandbox_id: f.sandbox_id.clone(),
+                step: f.step.clone(),
+                detail: f.detail.clone(),
+            })
+            .collect(),
+    };
+    let appended = match NewEvent::typed(format!("runner-{runner_id}"), &event) {
+        Ok(e) => store
+            .append(AppendRequest::new(
+                "system",
+                Actor::system(format!("runner:{runner_id}")),
+                vec![e],
+            ))
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = appended {
+        tracing::error!(error = %e, "runner: could not record the start-up sweep");
     }
 }
 
@@ -1055,10 +1338,7 @@ pub async fn run_service(
     };
     let engine = Arc::new(PolicyEngine::new(&bundle)?);
     let (backend, swept) = crate::local::LocalRunsc::start(settings.local).await?;
-    if !swept.sandboxes.is_empty() || !swept.workspaces.is_empty() {
-        tracing::warn!(sandboxes = ?swept.sandboxes, bytes_scrubbed = swept.bytes_scrubbed,
-            "runner: swept what an earlier run left behind");
-    }
+    record_sweep(&store, &settings.runner.runner_id, &swept).await;
     tracing::info!(runner = %settings.runner.runner_id, slots = settings.runner.slots, "runner started");
     Runner::new(store, blobs, engine, backend, settings.runner)
         .run(shutdown)

@@ -62,16 +62,17 @@ impl Limits {
         if self.wall_time_ms == 0 {
             return bad("wall_time_ms must be positive");
         }
-        if self.cpu_millicores < 10 {
+        type L = glassbox_events::catalogue::Limits;
+        if self.cpu_millicores < L::MIN_CPU_MILLICORES {
             return bad("cpu_millicores must be at least 10");
         }
-        if self.memory_bytes < 16 << 20 {
+        if self.memory_bytes < L::MIN_MEMORY_BYTES {
             return bad("memory_bytes must be at least 16 MiB");
         }
-        if self.processes == 0 || self.processes > 4096 {
+        if self.processes == 0 || self.processes > L::MAX_PROCESSES {
             return bad("processes must be between 1 and 4096");
         }
-        if self.workspace_bytes < 1 << 20 || self.tmp_bytes < 1 << 20 {
+        if self.workspace_bytes < L::MIN_WORKSPACE_BYTES || self.tmp_bytes < L::MIN_TMP_BYTES {
             return bad("workspace_bytes and tmp_bytes must be at least 1 MiB");
         }
         Ok(())
@@ -143,14 +144,15 @@ impl ExecutionSpec {
                 && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
                 && !k.as_bytes()[0].is_ascii_digit();
             if !ok {
-                return Err(SandboxError::InvalidSpec(format!(
-                    "environment variable name {k:?} is invalid"
-                )));
+                // Not echoed: names are the caller's data and errors can be recorded.
+                return Err(SandboxError::InvalidSpec(
+                    "an environment variable name is invalid".into(),
+                ));
             }
             if v.contains('\0') {
-                return Err(SandboxError::InvalidSpec(format!(
-                    "environment variable {k} contains NUL"
-                )));
+                return Err(SandboxError::InvalidSpec(
+                    "an environment variable's value contains NUL".into(),
+                ));
             }
         }
         if let Some(w) = &self.wheels {
@@ -200,9 +202,9 @@ impl ExecutionSpec {
 /// Accepts `a/b.txt`; refuses absolute paths, `..`, empty components and NUL.
 pub fn check_relative_path(path: &str) -> Result<(), SandboxError> {
     let bad = || {
-        Err(SandboxError::InvalidSpec(format!(
-            "file path {path:?} must be relative, without `..`"
-        )))
+        Err(SandboxError::InvalidSpec(
+            "an input file path must be relative, without `..` or empty components".into(),
+        ))
     };
     if path.is_empty() || path.starts_with('/') || path.contains('\0') || path.len() > 1024 {
         return bad();

@@ -43,15 +43,17 @@ async fn submit(store: &EventStore, blobs: &BlobStore, code: &str, wall_ms: u64)
                 job_id: job.clone(),
                 language: "python".into(),
                 code: BlobRef {
-                    sha256: b.sha256,
+                    hmac: b.hmac,
                     size_bytes: b.size_bytes,
                     key: b.key,
                 },
                 stdin: None,
-                args: vec![],
-                env_names: vec![],
+                args: None,
+                arg_count: 0,
                 env: None,
+                env_count: 0,
                 files: vec![],
+                file_paths: None,
                 dependencies: vec![],
                 secrets: vec![],
                 limits: limits.clone(),
@@ -129,6 +131,7 @@ async fn in_process_runner(
             lease_grace,
             secrets: SecretProvider::None,
             wheel_mirror: None,
+            max_attempts: glassbox_sandbox_runner::service::DEFAULT_MAX_ATTEMPTS,
         },
     )
 }
@@ -334,6 +337,8 @@ async fn a_late_finish_of_an_earlier_attempt_wins_and_the_later_one_is_supersede
             peak_memory_bytes: None,
             stdout: out.clone(),
             stderr: out,
+            artifact_index: None,
+            artifacts_skipped: 0,
         },
     )
     .expect("finish");

@@ -67,6 +67,7 @@ async fn stack_with(
             lease_grace: Duration::from_secs(30),
             secrets,
             wheel_mirror,
+            max_attempts: glassbox_sandbox_runner::service::DEFAULT_MAX_ATTEMPTS,
         },
     );
     tokio::spawn(runner.run(stop.clone()));

@@ -9,11 +9,13 @@
 mod capture;
 pub mod cgroup;
 pub mod oci;
+pub mod spawn;
+pub mod walk;
 pub mod workspace;
 
 use crate::backend::SandboxBackend;
 use crate::error::SandboxError;
-use crate::result::{ExecutionResult, SweepReport, Teardown};
+use crate::result::{ExecutionResult, SweepFailure, SweepReport, Teardown};
 use crate::runtime::RuntimeRegistry;
 use crate::spec::ExecutionSpec;
 use cgroup::Cgroups;
@@ -112,6 +114,10 @@ impl LocalRunsc {
             }
         }
         Cgroups::check_host(&config.cgroup_root)?;
+        spawn::check_tools().map_err(|detail| SandboxError::Unsupported {
+            step: "start-up: sandbox watchdog tools",
+            detail,
+        })?;
         let base = &config.base_dir;
         let paths = Paths {
             state: base.join("runsc"),
@@ -233,12 +239,21 @@ impl LocalRunsc {
         for id in ids.into_iter().filter(|i| stale(i)) {
             let backend = self.clone();
             let stale_id = id.clone();
-            let _ =
-                tokio::task::spawn_blocking(move || backend.destroy_sandbox_blocking(&stale_id))
-                    .await;
+            if tokio::task::spawn_blocking(move || backend.destroy_sandbox_blocking(&stale_id))
+                .await
+                .is_err()
+            {
+                report.failures.push(SweepFailure {
+                    sandbox_id: id.clone(),
+                    step: "delete the runsc sandbox".into(),
+                    detail: "the cleanup task panicked".into(),
+                });
+            }
             report.sandboxes.push(id);
         }
-        // 2. Workspaces, bundles and cgroups.
+        // 2. Workspaces, bundles and cgroups. One that cannot be removed is
+        // reported and the sweep goes on: a single broken leftover must not
+        // keep a runner from starting.
         for (dir, kind) in [
             (&self.inner.paths.workspaces, 0),
             (&self.inner.paths.bundles, 1),
@@ -253,13 +268,32 @@ impl LocalRunsc {
                 }
                 if kind == 0 {
                     let ws = e.path();
-                    let t = tokio::task::spawn_blocking(move || workspace::destroy("sweep", &ws))
-                        .await
-                        .unwrap_or_else(|_| Ok(Teardown::default()))?;
-                    report.bytes_scrubbed += t.bytes_scrubbed;
+                    match tokio::task::spawn_blocking(move || workspace::destroy(&ws)).await {
+                        Ok(t) => {
+                            report.bytes_scrubbed += t.bytes_scrubbed;
+                            if let Some(detail) = t.error {
+                                report.failures.push(SweepFailure {
+                                    sandbox_id: id.clone(),
+                                    step: "scrub the workspace".into(),
+                                    detail,
+                                });
+                            }
+                        }
+                        Err(_) => report.failures.push(SweepFailure {
+                            sandbox_id: id.clone(),
+                            step: "scrub the workspace".into(),
+                            detail: "the scrub task panicked".into(),
+                        }),
+                    }
                     report.workspaces.push(id);
                 } else {
-                    let _ = std::fs::remove_dir_all(e.path());
+                    if let Err(e) = std::fs::remove_dir_all(e.path()) {
+                        report.failures.push(SweepFailure {
+                            sandbox_id: id.clone(),
+                            step: "remove the bundle".into(),
+                            detail: e.to_string(),
+                        });
+                    }
                     report.bundles.push(id);
                 }
             }
@@ -279,7 +313,12 @@ impl LocalRunsc {
             }
         }
         if report != SweepReport::default() {
-            tracing::info!(?report, "swept stale sandboxes of this runner");
+            tracing::info!(
+                sandboxes = report.sandboxes.len(),
+                workspaces = report.workspaces.len(),
+                failures = report.failures.len(),
+                "swept stale sandboxes of this runner"
+            );
         }
         Ok(report)
     }
@@ -374,9 +413,12 @@ impl LocalRunsc {
         });
 
         let started = Instant::now();
-        let mut child = self
-            .runsc()
-            .arg("--network=none")
+        let mut cmd = spawn::guarded(
+            &self.inner.config.runsc,
+            limits.wall_time() + spawn::WATCHDOG_GRACE,
+        );
+        cmd.arg("--root").arg(&self.inner.paths.state);
+        cmd.arg("--network=none")
             .arg(format!("--log={}", log.display()))
             .arg("run")
             .arg("--bundle")
@@ -385,8 +427,9 @@ impl LocalRunsc {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
+            .kill_on_drop(true);
+        let mut child = spawn::spawn(cmd)
+            .await
             .map_err(|e| SandboxError::RunscMissing {
                 step: "start sandbox",
                 sandbox_id: id.clone(),
@@ -470,7 +513,7 @@ impl LocalRunsc {
             status.signal(),
             runsc_log.trim(),
         );
-        let (files, files_truncated, skipped) = {
+        let collected = {
             let ws = ws.clone();
             let (max_files, max_bytes) = (limits.output_files, limits.output_bytes);
             tokio::task::spawn_blocking(move || workspace::collect(&ws, max_files, max_bytes))
@@ -490,9 +533,10 @@ impl LocalRunsc {
             peak_memory_bytes: stats.peak_memory_bytes,
             stdout,
             stderr,
-            files,
-            files_truncated,
-            skipped,
+            files: collected.files,
+            files_truncated: collected.truncated,
+            skipped: collected.skipped,
+            skipped_total: collected.skipped_total,
             teardown: Teardown::default(),
         })
     }
@@ -564,13 +608,23 @@ struct Cleanup {
 }
 
 impl Cleanup {
-    fn blocking(backend: &LocalRunsc, id: &str) -> Result<Teardown, SandboxError> {
+    /// Never fails: what could not be undone is in the returned teardown.
+    fn blocking(backend: &LocalRunsc, id: &str) -> Teardown {
         if !backend.state_files(id).is_empty() {
             backend.destroy_sandbox_blocking(id);
         }
-        let teardown = workspace::destroy(id, &backend.workspace_dir(id));
+        let mut teardown = workspace::destroy(&backend.workspace_dir(id));
         backend.cgroups(id).remove_all();
-        let _ = std::fs::remove_dir_all(backend.bundle_dir(id));
+        if let Err(e) = std::fs::remove_dir_all(backend.bundle_dir(id))
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            teardown.complete = false;
+            let more = format!("remove the bundle: {e}");
+            teardown.error = Some(match teardown.error.take() {
+                Some(prev) => format!("{prev}; {more}"),
+                None => more,
+            });
+        }
         if let Ok(mut live) = backend.inner.live.lock() {
             live.remove(id);
         }
@@ -588,8 +642,9 @@ impl Drop for Cleanup {
         std::thread::spawn(move || {
             // Give kill_on_drop's SIGKILL to `runsc run` a moment to land.
             std::thread::sleep(Duration::from_millis(100));
-            if let Err(e) = Cleanup::blocking(&backend, &id) {
-                tracing::error!(sandbox_id = %id, error = %e, "cleanup after abandoned execution failed");
+            let t = Cleanup::blocking(&backend, &id);
+            if let Some(e) = t.error {
+                tracing::error!(sandbox_id = %id, error = %e, "cleanup after abandoned execution was incomplete");
             }
         });
     }
@@ -636,13 +691,13 @@ impl SandboxBackend for LocalRunsc {
         let teardown =
             tokio::task::spawn_blocking(move || Cleanup::blocking(&backend, &cleanup_id))
                 .await
-                .map_err(|e| SandboxError::Runsc {
-                    step: "cleanup",
-                    sandbox_id: id.clone(),
-                    detail: e.to_string(),
-                })?;
+                .unwrap_or_else(|_| Teardown {
+                    method: workspace::SCRUB_METHOD.into(),
+                    error: Some("the cleanup task panicked".into()),
+                    ..Teardown::default()
+                });
         let mut result = result?;
-        result.teardown = teardown?;
+        result.teardown = teardown;
         Ok(result)
     }
 
