@@ -27,6 +27,8 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::Path;
 
+use crate::tarball;
+
 pub const FORMAT: &str = "glassbox-evidence-bundle/1";
 /// The first line of the signed note over the manifest's digest.
 pub const MANIFEST_NOTE: &str = "glassbox evidence bundle manifest";
@@ -103,6 +105,8 @@ fn fail(file: &str, reason: impl Into<String>) -> BundleFailure {
 /// What an export wrote / a verification checked.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BundleReport {
+    /// SHA-256 of the whole bundle file (what `audit.exported` records).
+    pub bundle_sha256: String,
     pub records: u64,
     pub tree_size: u64,
     pub root: String,
@@ -120,21 +124,29 @@ fn io<'p>(step: &'static str, path: &'p Path) -> impl FnOnce(std::io::Error) -> 
     }
 }
 
-/// One CSV row (RFC 4180 quoting).
-fn csv_row(fields: &[String]) -> String {
-    let mut out = String::new();
-    for (i, f) in fields.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        if f.contains([',', '"', '\n', '\r']) {
-            out.push('"');
-            out.push_str(&f.replace('"', "\"\""));
-            out.push('"');
-        } else {
-            out.push_str(f);
-        }
+/// One CSV cell: a value a spreadsheet would take for a formula (first
+/// character `=`, `+`, `-`, `@`, TAB or CR) gets a `'` in front; then a cell
+/// holding `,`, `"`, CR or LF is quoted with `"` and its `"` doubled (RFC 4180).
+pub fn csv_cell(v: &str) -> String {
+    let mut f = String::with_capacity(v.len() + 3);
+    if v.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        f.push('\'');
     }
+    f.push_str(v);
+    if f.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", f.replace('"', "\"\""))
+    } else {
+        f
+    }
+}
+
+/// One CSV row: cells joined by `,`, ended by CRLF.
+fn csv_row(fields: &[String]) -> String {
+    let mut out = fields
+        .iter()
+        .map(|f| csv_cell(f))
+        .collect::<Vec<_>>()
+        .join(",");
     out.push_str("\r\n");
     out
 }
@@ -375,22 +387,23 @@ pub async fn export(
     ));
     std::fs::write(dir.join("manifest.sig"), sig).map_err(io("write manifest signature", &dir))?;
     let file = std::fs::File::create(out).map_err(io("create bundle", out))?;
-    let mut tar = tar::Builder::new(BufWriter::new(file));
+    let mut tar = tarball::Writer::new(BufWriter::new(file));
+    let pack = |e: tarball::TarError| BundleError::Io {
+        step: "pack",
+        path: out.display().to_string(),
+        source: std::io::Error::other(e.to_string()),
+    };
     for n in FILES {
         let p = dir.join(n);
-        let mut f = std::fs::File::open(&p).map_err(io("pack", &p))?;
-        let mut h = tar::Header::new_gnu();
-        h.set_size(f.metadata().map_err(io("pack", &p))?.len());
-        h.set_mode(0o644);
-        h.set_mtime(0);
-        h.set_cksum();
-        tar.append_data(&mut h, n, &mut f).map_err(io("pack", &p))?;
+        let f = std::fs::File::open(&p).map_err(io("pack", &p))?;
+        let size = f.metadata().map_err(io("pack", &p))?.len();
+        tar.append(n, size, f).map_err(pack)?;
     }
-    tar.into_inner()
-        .and_then(|mut w| w.flush())
-        .map_err(io("finish bundle", out))?;
+    tar.finish().map_err(pack)?;
+    let (bundle_digest, _) = digest_file(out).map_err(io("digest bundle", out))?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(BundleReport {
+        bundle_sha256: bundle_digest.to_hex(),
         records: count,
         tree_size: cp.size,
         root: cp.root.to_hex(),
@@ -455,11 +468,10 @@ impl<R> Hashing<R> {
 pub fn verify_bundle(path: &Path, key: &VerifierKey) -> Result<BundleReport, BundleFailure> {
     let file =
         std::fs::File::open(path).map_err(|e| fail(&path.display().to_string(), e.to_string()))?;
-    let mut archive = tar::Archive::new(BufReader::new(file));
-    let entries = archive
-        .entries()
-        .map_err(|e| fail("bundle", format!("not a tar file: {e}")))?;
-    let mut seen: Vec<String> = Vec::new();
+    // The whole file is hashed as it is read: its SHA-256 is what
+    // `audit.exported` recorded, and the report shows it.
+    let mut whole = hashing(BufReader::new(file));
+    let mut tar = tarball::Reader::new(&mut whole);
     let mut manifest: Option<(Vec<u8>, Value)> = None;
     let mut checkpoint: Option<Checkpoint> = None;
     let mut leaves: Vec<(u64, Digest)> = Vec::new();
@@ -470,25 +482,11 @@ pub fn verify_bundle(path: &Path, key: &VerifierKey) -> Result<BundleReport, Bun
     csv_ctx.update(csv_row(&CSV_HEADER.map(str::to_owned)).as_bytes());
     let mut digests: BTreeMap<String, (String, u64)> = BTreeMap::new();
     let mut proofs_checked = 0u64;
-    for entry in entries {
-        let entry = entry.map_err(|e| fail("bundle", format!("corrupt tar: {e}")))?;
-        let name = entry
-            .path()
-            .map_err(|e| fail("bundle", format!("bad entry name: {e}")))?
-            .to_string_lossy()
-            .into_owned();
-        let expected = FILES.get(seen.len()).copied();
-        if expected != Some(name.as_str()) {
-            return Err(fail(
-                &name,
-                format!(
-                    "unexpected file (expected {})",
-                    expected.unwrap_or("the end")
-                ),
-            ));
-        }
-        seen.push(name.clone());
-        let mut r = hashing(entry);
+    for name in FILES {
+        let name = name.to_owned();
+        tar.next_member(&name)
+            .map_err(|e| fail("bundle", e.to_string()))?;
+        let mut r = hashing(&mut tar);
         match name.as_str() {
             "manifest.json" => {
                 let mut b = Vec::new();
@@ -648,16 +646,13 @@ pub fn verify_bundle(path: &Path, key: &VerifierKey) -> Result<BundleReport, Bun
                     ));
                 }
             }
-            _ => {
-                std::io::copy(&mut r, &mut std::io::sink())
-                    .map_err(|e| fail(&name, e.to_string()))?;
-            }
+            _ => {}
         }
+        std::io::copy(&mut r, &mut std::io::sink()).map_err(|e| fail(&name, e.to_string()))?;
         digests.insert(name, r.finish());
     }
-    if seen.len() != FILES.len() {
-        return Err(fail("bundle", format!("missing {}", FILES[seen.len()])));
-    }
+    tar.finish().map_err(|e| fail("bundle", e.to_string()))?;
+    let (bundle_sha256, _) = whole.finish();
     let (_, m) = manifest.ok_or_else(|| fail("manifest.json", "missing"))?;
     let cp = checkpoint.ok_or_else(|| fail("checkpoint.txt", "missing"))?;
     for n in [
@@ -685,13 +680,30 @@ pub fn verify_bundle(path: &Path, key: &VerifierKey) -> Result<BundleReport, Bun
             "record_count does not match records.jsonl",
         ));
     }
+    let first = leaves.first().map(|l| l.0);
+    let last = leaves.last().map(|l| l.0);
+    if m["first_position"] != serde_json::to_value(first).unwrap_or(Value::Null)
+        || m["last_position"] != serde_json::to_value(last).unwrap_or(Value::Null)
+    {
+        return Err(fail(
+            "manifest.json",
+            "first_position or last_position does not match records.jsonl",
+        ));
+    }
+    if m["verifier_key_name"] != key.name.as_str() {
+        return Err(fail(
+            "manifest.json",
+            "verifier_key_name is not the name of the key it was verified with",
+        ));
+    }
     let filters: Filters = serde_json::from_value(m["filters"].clone()).unwrap_or_default();
     Ok(BundleReport {
+        bundle_sha256,
         records: leaves.len() as u64,
         tree_size: cp.size,
         root: cp.root.to_hex(),
-        first_position: leaves.first().map(|l| l.0),
-        last_position: leaves.last().map(|l| l.0),
+        first_position: first,
+        last_position: last,
         exported_by: m["exported_by"].as_str().unwrap_or("").to_owned(),
         filters,
     })

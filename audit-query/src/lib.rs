@@ -2,9 +2,12 @@
 //!
 //! [`bundle`]: evidence bundles — a filtered extract of the ledger that proves,
 //! offline and without revealing anything outside the filter, that each of its
-//! records is in the ledger. (Search, integrity endpoints and replay come next.)
+//! records is in the ledger, packed in one canonical tar ([`tarball`]);
+//! [`search`]: audit search; [`replay`]: a stream at a point in time;
+//! [`policy_bundles`]: policy bundles kept by digest.
 
 pub mod bundle;
 pub mod policy_bundles;
 pub mod replay;
 pub mod search;
+pub mod tarball;
