@@ -226,9 +226,9 @@ impl<B: SandboxBackend + 'static> Runner<B> {
         Actor::system(format!("runner:{}", self.config.runner_id))
     }
 
-    /// Claims and runs jobs until `shutdown`; then stops claiming and waits for
-    /// the jobs it holds to finish (each is bounded by its wall time), so
-    /// nothing is left half-done.
+    /// Claims and runs jobs until `shutdown`; then stops claiming, cancels the
+    /// jobs it holds and waits until each has recorded its end and cleaned up,
+    /// so nothing is left half-done.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let pool = self.store.pool().clone();
         let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
@@ -255,9 +255,10 @@ impl<B: SandboxBackend + 'static> Runner<B> {
                             Ok(Some(state)) => {
                                 self.mark(&job, true);
                                 let me = self.clone();
-                                // Not a child of `shutdown`: a stopping runner
-                                // finishes what it holds (bounded by wall time).
-                                let token = CancellationToken::new();
+                                // A stopping runner (SIGINT/SIGTERM) cancels what
+                                // it runs: each job records `job.cancelled` ("the
+                                // runner shut down") and its sandbox is cleaned up.
+                                let token = shutdown.child_token();
                                 tasks.spawn(async move {
                                     let attempt = state.attempt;
                                     if let Err(e) = me.execute_job(&job, state, token).await {
@@ -299,7 +300,8 @@ impl<B: SandboxBackend + 'static> Runner<B> {
                 } => {}
             }
         }
-        // Graceful shutdown: running jobs see their token cancelled and record it.
+        // Graceful shutdown: running jobs see their token cancelled, record it
+        // and clean up before the runner exits.
         while tasks.join_next().await.is_some() {}
     }
 

@@ -161,9 +161,11 @@ async def scenario(args):
         check(art.text == "rows=3\n", f"text artifact resource: {art}")
         try:
             await client.read_resource("glassbox://jobs/00000000-0000-0000-0000-000000000000")
-            raise Failure("reading a job that does not exist succeeded")
         except Exception as e:  # the SDK raises the JSON-RPC error
             check("does not exist" in str(e), f"missing job error: {e}")
+        else:
+            # Outside the try: a Failure here must not be caught as "the error".
+            raise Failure("reading a job that does not exist succeeded")
 
         step("A policy denial")
         # A policy denial (wall time over the tenant's maximum) is a tool error.

@@ -14,9 +14,9 @@ async fn an_accepted_job_is_one_atomic_append_with_its_code_encrypted_in_the_blo
         "language": "python",
         "code": marker,
         "stdin": "stdin-marker-91c2",
-        "args": ["--n", "3"],
-        "env": {"MODE": "env-value-marker-55d1"},
-        "files": [{"path": "data/input.txt", "content": "aGVsbG8=", "encoding": "base64"}],
+        "args": ["--arg-marker-3e8d", "3"],
+        "env": {"ENV_NAME_MARKER_C4": "env-value-marker-55d1"},
+        "files": [{"path": "data/path-marker-b71e.txt", "content": "aGVsbG8=", "encoding": "base64"}],
         "secrets": ["OPENAI_API_KEY", {"name": "DATABASE_PASSWORD", "mode": "file"}],
         "dependencies": [{"name": "requests", "version": "2.32.3"}],
         "limits": {"wall_time_ms": 2000, "memory_bytes": 134217728}
@@ -89,13 +89,17 @@ async fn an_accepted_job_is_one_atomic_append_with_its_code_encrypted_in_the_blo
         assert!(!input.is_empty());
     }
     assert_eq!(job[6].record.data["mode"], "file");
-    // Code, stdin and env values are not in the ledger — only their digests.
+    // Code, stdin, args, env names and values and file paths are not in the
+    // ledger — only keyed digests, sizes and counts.
     for s in &records {
         let text = String::from_utf8_lossy(&s.canonical);
         for m in [
             "glassbox-code-marker-7f3a",
             "stdin-marker-91c2",
             "env-value-marker-55d1",
+            "ENV_NAME_MARKER_C4",
+            "arg-marker-3e8d",
+            "path-marker-b71e",
         ] {
             assert!(
                 !text.contains(m),
@@ -105,20 +109,49 @@ async fn an_accepted_job_is_one_atomic_append_with_its_code_encrypted_in_the_blo
         }
     }
     let submitted = &job[0].record.data;
-    assert_eq!(submitted["env_names"], json!(["MODE"]));
+    assert_eq!(submitted["schema_version"], 2);
     assert_eq!(
-        submitted["code"]["sha256"],
+        (
+            submitted["arg_count"].clone(),
+            submitted["env_count"].clone()
+        ),
+        (json!(2), json!(1))
+    );
+    // The digest is keyed: a plain SHA-256 of the code would confirm a guess.
+    let blobs = &app.app_state.core.blobs;
+    assert_ne!(
+        submitted["code"]["hmac"],
         Digest::of(marker.as_bytes()).to_hex()
     );
+    assert_eq!(
+        submitted["code"]["hmac"],
+        blobs
+            .keyed_digest(&id, marker.as_bytes())
+            .await
+            .expect("digest")
+            .to_hex()
+    );
     // …and the blob store gives them back, decrypted, under the job's key.
-    let blobs = &app.app_state.core.blobs;
     let code_key = submitted["code"]["key"].as_str().expect("key");
     assert_eq!(
         blobs.get(&id, code_key).await.expect("code"),
         marker.as_bytes()
     );
-    let file_key = submitted["files"][0]["blob"]["key"].as_str().expect("key");
+    let file_key = submitted["files"][0]["key"].as_str().expect("key");
     assert_eq!(blobs.get(&id, file_key).await.expect("file"), b"hello");
+    let json_blob = async |member: &str| -> Value {
+        let key = submitted[member]["key"].as_str().expect("key");
+        serde_json::from_slice(&blobs.get(&id, key).await.expect("blob")).expect("json")
+    };
+    assert_eq!(json_blob("args").await, json!(["--arg-marker-3e8d", "3"]));
+    assert_eq!(
+        json_blob("env").await,
+        json!({"ENV_NAME_MARKER_C4": "env-value-marker-55d1"})
+    );
+    assert_eq!(
+        json_blob("file_paths").await,
+        json!(["data/path-marker-b71e.txt"])
+    );
     // At rest it is ciphertext.
     let on_disk = std::fs::read(app.data_dir.join("blobs").join(code_key)).expect("blob file");
     assert!(!String::from_utf8_lossy(&on_disk).contains("glassbox-code-marker"));

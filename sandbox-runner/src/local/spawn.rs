@@ -95,3 +95,43 @@ pub fn check_tools() -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_watchdog_kills_what_outlives_its_limit() {
+        let mut cmd = guarded(std::path::Path::new("sleep"), Duration::from_secs(1));
+        cmd.arg("30");
+        let started = std::time::Instant::now();
+        let status = spawn(cmd).await.expect("spawn").wait().await.expect("wait");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(!status.success(), "killed, not finished: {status:?}");
+    }
+
+    #[tokio::test]
+    async fn children_come_from_the_spawner_thread() {
+        let out = spawn({
+            let mut c = tokio::process::Command::new("sh");
+            c.args(["-c", "echo $PPID"])
+                .stdout(std::process::Stdio::piped());
+            c
+        })
+        .await
+        .expect("spawn")
+        .wait_with_output()
+        .await
+        .expect("output");
+        // The parent is this process (the thread's process ID).
+        let ppid: u32 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("pid");
+        assert_eq!(ppid, std::process::id());
+    }
+}
