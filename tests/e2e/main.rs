@@ -149,6 +149,196 @@ fn types(records: &[StoredRecord]) -> Vec<String> {
 
 mod mcp_sdk;
 
+/// Everything any test in this process logs, so a test can check
+/// that nothing of a job's data reached a log line.
+fn captured_logs() -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    static LOGS: std::sync::OnceLock<std::sync::Arc<std::sync::Mutex<Vec<u8>>>> =
+        std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let w = buf.clone();
+        // Glassbox's own crates at debug; everything else (sqlx, hyper) at info.
+        let filter = tracing_subscriber::EnvFilter::new(
+            "info,glassbox_command_api=debug,glassbox_sandbox_runner=debug,\
+             glassbox_events=debug,glassbox_projector=debug,glassbox_platform=debug,\
+             glassbox_audit_query=debug",
+        );
+        let _ = tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(move || LogWriter(w.clone()))
+            .try_init();
+        buf
+    })
+    .clone()
+}
+
+struct LogWriter(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut v) = self.0.lock() {
+            v.extend_from_slice(b);
+        }
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Every file under `dir`: (name, contents).
+fn files_under(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.push((p.display().to_string(), Vec::new()));
+                stack.push(p);
+            } else {
+                out.push((
+                    p.display().to_string(),
+                    std::fs::read(&p).unwrap_or_default(),
+                ));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn crypto_shredding_leaves_no_byte_of_a_jobs_data_anywhere_and_the_ledger_verifies() {
+    let logs = captured_logs();
+    let s = stack(SecretProvider::None).await;
+    let markers = [
+        "CODEMARK7a1",
+        "STDINMARK2b2",
+        "ARGMARK3c3",
+        "ENVNAMEMARK4d4",
+        "ENVVALMARK5e5",
+        "FILENAMEMARK6f6",
+        "FILEBODYMARK7a7",
+        "OUTNAMEMARK8b8",
+        "OUTBODYMARK9c9",
+    ];
+    let code = "import os, sys\n\
+        # CODEMARK7a1\n\
+        data = sys.stdin.read()\n\
+        print(data, sys.argv[1], os.environ['ENVNAMEMARK4d4'])\n\
+        print(open('in/FILENAMEMARK6f6.txt').read())\n\
+        open('out/OUTNAMEMARK8b8.txt', 'w').write('OUTBODYMARK9c9')\n";
+    let body = json!({
+        "language": "python", "code": code, "stdin": "STDINMARK2b2", "args": ["ARGMARK3c3"],
+        "env": {"ENVNAMEMARK4d4": "ENVVALMARK5e5"},
+        "files": [{"path": "in/FILENAMEMARK6f6.txt", "content": "FILEBODYMARK7a7"}],
+    });
+    // A job that is still running cannot be shredded (cancel it first).
+    let (_, slow) = s
+        .submit("acme", json!({"language": "bash", "code": "sleep 30"}))
+        .await;
+    let slow_id = slow["job_id"].as_str().expect("id");
+    let del = |id: &str| {
+        s.client
+            .delete(format!("{}/v1/jobs/{id}/data", s.addr))
+            .bearer_auth(glassbox_command_api::testing::sign(
+                &glassbox_command_api::testing::claims("acme", "owner@acme", &["admin"]),
+            ))
+            .send()
+    };
+    let r = del(slow_id).await.expect("delete");
+    assert_eq!(r.status().as_u16(), 409);
+    let (status, receipt) = s.submit("acme", body).await;
+    assert_eq!(status, 201, "{receipt}");
+    let job = s.wait("acme", &receipt).await;
+    assert_eq!(job["status"], "completed", "{job}");
+    let id = receipt["job_id"].as_str().expect("id");
+    let (_, out) = s.get("acme", &format!("/v1/jobs/{id}/output")).await;
+    let stdout = out["stdout"]["content"].as_str().unwrap_or("").to_owned();
+    assert!(
+        stdout.contains("STDINMARK2b2 ARGMARK3c3 ENVVALMARK5e5")
+            && stdout.contains("FILEBODYMARK7a7"),
+        "the job saw its inputs: {out}"
+    );
+    let (status, arts) = s.get("acme", &format!("/v1/jobs/{id}/artifacts")).await;
+    assert_eq!(status, 200);
+    assert_eq!(arts["artifacts"][0]["path"], "OUTNAMEMARK8b8.txt");
+
+    let r = del(id).await.expect("delete");
+    assert_eq!(r.status().as_u16(), 200);
+    let shred: Value = r.json().await.expect("json");
+    // Everything readable before answers 410 now.
+    for path in [
+        format!("/v1/jobs/{id}/output"),
+        format!("/v1/jobs/{id}/artifacts"),
+        format!("/v1/jobs/{id}/artifacts/OUTNAMEMARK8b8.txt"),
+    ] {
+        let (status, body) = s.get("acme", &path).await;
+        assert_eq!(status, 410, "{path}: {body}");
+    }
+    // Asking again is not an error and points at the same record.
+    let again: Value = del(id).await.expect("delete").json().await.expect("json");
+    assert_eq!(again["position"], shred["position"]);
+    // The code and inputs are unreadable too (the key is gone) — and gone.
+    let submitted = s.stream(id).await.into_iter().next().expect("submitted");
+    let key = submitted.record.data["code"]["key"]
+        .as_str()
+        .expect("key")
+        .to_owned();
+    let blobs = glassbox_platform::blob::BlobStore::new(
+        &glassbox_platform::blob::Backend::Local(s.data_dir.join("blobs")),
+        s.db.pool.clone(),
+        glassbox_platform::blob::Kek::load_or_generate(&s.data_dir.join("kek")).expect("kek"),
+    )
+    .expect("blobs");
+    assert!(matches!(
+        blobs.get(id, &key).await,
+        Err(glassbox_platform::blob::BlobError::KeyDestroyed { .. })
+    ));
+    // No byte of any marker anywhere: a full dump of the database (ledger,
+    // read models, key table), every blob file's name and bytes, every log line.
+    let dump = std::process::Command::new("pg_dump")
+        .arg(&s.db.url)
+        .output()
+        .expect("pg_dump");
+    assert!(
+        dump.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
+    let dump = String::from_utf8_lossy(&dump.stdout).into_owned();
+    assert!(dump.contains(id), "the dump holds the job's records");
+    let blobs_dir = files_under(&s.data_dir.join("blobs"));
+    let log =
+        String::from_utf8_lossy(&logs.lock().map(|l| l.clone()).unwrap_or_default()).into_owned();
+    assert!(log.contains("request finished"), "logs were captured");
+    for m in markers {
+        assert!(!dump.contains(m), "{m} is in the database");
+        assert!(!log.contains(m), "{m} is in a log line");
+        for (name, bytes) in &blobs_dir {
+            assert!(!name.contains(m), "{m} names a blob file");
+            assert!(
+                !String::from_utf8_lossy(bytes).contains(m),
+                "{m} is in {name}"
+            );
+        }
+    }
+    // …and the ledger still verifies, shredded records included.
+    s.store
+        .verify(None, &[], None, None)
+        .await
+        .expect("verify")
+        .expect("the ledger verifies after shredding");
+    let _ = s
+        .client
+        .post(format!("{}/v1/jobs/{slow_id}/cancel", s.addr))
+        .bearer_auth(token("acme"))
+        .send()
+        .await;
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn each_runtime_runs_end_to_end_and_every_step_is_on_the_ledger() {
     let s = stack(SecretProvider::None).await;
