@@ -66,6 +66,28 @@ pub struct Filters {
     pub until: Option<DateTime<Utc>>,
 }
 
+impl Filters {
+    /// The filters as a bundle records them: times truncated to the
+    /// microseconds records carry (so the database and an offline verifier
+    /// compare the same instants), positions within the ledger's integer range.
+    pub fn normalized(&self) -> Result<Filters, BundleError> {
+        let max = glassbox_events::canonical::MAX_SAFE_INTEGER;
+        for (name, v) in [
+            ("from_position", self.from_position),
+            ("to_position", self.to_position),
+        ] {
+            if v.is_some_and(|p| p > max) {
+                return Err(BundleError::InvalidFilter(format!("{name}: at most {max}")));
+            }
+        }
+        Ok(Filters {
+            since: self.since.map(glassbox_events::record::truncate_to_micros),
+            until: self.until.map(glassbox_events::record::truncate_to_micros),
+            ..self.clone()
+        })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
     #[error("export: {0}")]
@@ -85,6 +107,8 @@ pub enum BundleError {
     },
     #[error("export: {0}")]
     NotReady(String),
+    #[error("export: filter {0}")]
+    InvalidFilter(String),
 }
 
 /// Why a bundle does not verify: the file and what is wrong with it.
@@ -227,7 +251,11 @@ pub fn ocsf_line(r: &Record, entry_hash: &Digest) -> String {
             "entry_hash": entry_hash.to_hex(),
         },
     });
-    let mut s = v.to_string();
+    // Canonical (RFC 8785) bytes: the same as serde_json's compact form for
+    // these values, but pinned by a standard rather than a build feature.
+    let mut s = canonical::to_canonical_bytes(&v)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
     s.push('\n');
     s
 }
@@ -242,11 +270,15 @@ pub async fn export(
     exported_by: &str,
     out: &Path,
 ) -> Result<BundleReport, BundleError> {
+    let filters = &filters.normalized()?;
     let pool = store.pool();
     let checkpoints = store.checkpoints().await?;
+    // The newest checkpoint this very key signed (a rotated key of the same
+    // name would give a bundle that does not verify).
+    let verifier = key.verifier();
     let latest = checkpoints
         .iter()
-        .filter(|c| c.key_name == key.name())
+        .filter(|c| c.key_name == key.name() && verifier.open(&c.note).is_ok())
         .max_by_key(|c| c.checkpoint.size)
         .ok_or_else(|| BundleError::NotReady("no checkpoint signed with this key yet".into()))?;
     let cp = latest.checkpoint.clone();
@@ -334,7 +366,9 @@ pub async fn export(
                 "leaf_index": p - 1,
                 "proof": proof.iter().map(Digest::to_hex).collect::<Vec<_>>(),
             });
-            w(&mut proofs, line.to_string().as_bytes())?;
+            let line = canonical::to_canonical_bytes(&line)
+                .map_err(|e| BundleError::NotReady(format!("proof line: {e}")))?;
+            w(&mut proofs, &line)?;
             w(&mut proofs, b"\n")?;
             w(&mut csv, csv_line(&s.record, &s.entry_hash).as_bytes())?;
             w(&mut ocsf, ocsf_line(&s.record, &s.entry_hash).as_bytes())?;
@@ -500,6 +534,7 @@ pub fn verify_bundle(path: &Path, key: &VerifierKey) -> Result<BundleReport, Bun
                 if v["format"] != FORMAT {
                     return Err(fail(&name, format!("format is not {FORMAT}")));
                 }
+                manifest_shape(&v).map_err(|why| fail(&name, why))?;
                 manifest = Some((b, v));
             }
             "manifest.sig" => {
@@ -509,6 +544,7 @@ pub fn verify_bundle(path: &Path, key: &VerifierKey) -> Result<BundleReport, Bun
                 let body = key
                     .open_text(&t)
                     .map_err(|e| fail(&name, format!("signature does not verify: {e}")))?;
+                single_signature(&t, key).map_err(|why| fail(&name, why))?;
                 let (bytes, _) = manifest
                     .as_ref()
                     .ok_or_else(|| fail(&name, "no manifest before it"))?;
@@ -524,6 +560,7 @@ pub fn verify_bundle(path: &Path, key: &VerifierKey) -> Result<BundleReport, Bun
                 let cp = key
                     .open(&t)
                     .map_err(|e| fail(&name, format!("signature does not verify: {e}")))?;
+                single_signature(&t, key).map_err(|why| fail(&name, why))?;
                 let (_, m) = manifest
                     .as_ref()
                     .ok_or_else(|| fail(&name, "no manifest before it"))?;
@@ -597,11 +634,35 @@ pub fn verify_bundle(path: &Path, key: &VerifierKey) -> Result<BundleReport, Bun
                 let cp = checkpoint
                     .as_ref()
                     .ok_or_else(|| fail(&name, "no checkpoint before it"))?;
-                let reader = BufReader::new(&mut r);
-                for (i, l) in reader.lines().enumerate() {
-                    let l = l.map_err(|e| fail(&name, e.to_string()))?;
-                    let v: Value = serde_json::from_str(&l)
+                let mut reader = BufReader::new(&mut r);
+                let mut line = Vec::new();
+                for i in 0usize.. {
+                    line.clear();
+                    let k = reader
+                        .read_until(b'\n', &mut line)
+                        .map_err(|e| fail(&name, e.to_string()))?;
+                    if k == 0 {
+                        break;
+                    }
+                    if line.pop() != Some(b'\n') {
+                        return Err(fail(
+                            &name,
+                            format!("line {} does not end with a newline", i + 1),
+                        ));
+                    }
+                    let v: Value = serde_json::from_slice(&line)
                         .map_err(|e| fail(&name, format!("line {}: {e}", i + 1)))?;
+                    if canonical::to_canonical_bytes(&v).ok().as_deref() != Some(line.as_slice())
+                        || v.as_object().map(|o| o.len()) != Some(3)
+                    {
+                        return Err(fail(
+                            &name,
+                            format!(
+                                "line {}: not exactly {{leaf_index, position, proof}} in canonical form",
+                                i + 1
+                            ),
+                        ));
+                    }
                     let Some(&(position, leaf)) = leaves.get(i) else {
                         return Err(fail(
                             &name,
@@ -709,6 +770,62 @@ pub fn verify_bundle(path: &Path, key: &VerifierKey) -> Result<BundleReport, Bun
     })
 }
 
+/// A signed note exactly as the exporter writes it: the body, a blank line and
+/// ONE signature line, by this key, `\n`-terminated — so that no other bytes
+/// (another signature, CRLF) can be added to a bundle that still verifies.
+fn single_signature(note: &str, key: &VerifierKey) -> Result<(), String> {
+    let sigs = note
+        .split_once("\n\n")
+        .map(|(_, s)| s)
+        .ok_or("not a signed note")?;
+    let one_line = sigs.ends_with('\n') && sigs.matches('\n').count() == 1;
+    if !one_line || note.contains('\r') || !sigs.starts_with(&format!("\u{2014} {} ", key.name)) {
+        return Err("must hold exactly one signature line, by the verifier key, and no CR".into());
+    }
+    Ok(())
+}
+
+/// The manifest holds exactly the members the format defines.
+fn manifest_shape(m: &Value) -> Result<(), String> {
+    let keys = |v: &Value| -> Vec<String> {
+        v.as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    let want = [
+        "checkpoint",
+        "exported_at",
+        "exported_by",
+        "files",
+        "filters",
+        "first_position",
+        "format",
+        "last_position",
+        "record_count",
+        "verifier_key_name",
+    ];
+    if keys(m) != want {
+        return Err(format!("members must be exactly {}", want.join(", ")));
+    }
+    if keys(&m["checkpoint"]) != ["origin", "root", "tree_size"] {
+        return Err("checkpoint must be exactly {origin, root, tree_size}".into());
+    }
+    let mut parts = FILES[2..].to_vec();
+    parts.sort_unstable();
+    if keys(&m["files"]) != parts {
+        return Err(format!("files must name exactly {}", parts.join(", ")));
+    }
+    for p in parts {
+        if keys(&m["files"][p]) != ["bytes", "sha256"] {
+            return Err(format!("files.{p} must be exactly {{bytes, sha256}}"));
+        }
+    }
+    if !m["exported_at"].is_string() || !m["exported_by"].is_string() {
+        return Err("exported_at and exported_by must be strings".into());
+    }
+    Ok(())
+}
+
 fn matches(f: &Filters, r: &Record) -> Result<(), &'static str> {
     let ok = |cond: bool, why| if cond { Ok(()) } else { Err(why) };
     ok(f.tenant.as_ref().is_none_or(|t| *t == r.tenant), "tenant")?;
@@ -738,6 +855,7 @@ pub async fn export_recorded(
 ) -> Result<(BundleReport, Digest), BundleError> {
     let report = export(store, key, filters, &actor.id, out).await?;
     let (digest, _) = digest_file(out).map_err(io("digest bundle", out))?;
+    let filters = &report.filters;
     let mut query = match serde_json::to_value(filters) {
         Ok(Value::Object(m)) => m,
         _ => serde_json::Map::new(),

@@ -340,3 +340,96 @@ fn csv_cells_a_spreadsheet_would_execute_are_escaped() {
     assert_eq!(csv_cell("alice@acme"), "alice@acme");
     assert_eq!(csv_cell(""), "");
 }
+
+#[tokio::test]
+async fn extra_signatures_crlf_and_non_canonical_proof_lines_are_refused() {
+    let (db, store, key) = setup().await;
+    let out = tmp("strict.tar");
+    export(&store, &key, &Filters::default(), "auditor", &out)
+        .await
+        .expect("export");
+    let parts = members(&out);
+    let digest_of = |b: &[u8]| glassbox_events::Digest::of(b).to_hex();
+    // A second, valid signature line by another key on manifest.sig.
+    let other = glassbox_events::SigningKey::generate("someone.else/key").expect("key");
+    let other_line = other
+        .sign_text("x\n")
+        .lines()
+        .last()
+        .expect("sig line")
+        .to_owned();
+    let mut two = parts.clone();
+    two[1].1 = format!("{}{other_line}\n", String::from_utf8_lossy(&parts[1].1)).into_bytes();
+    // The checkpoint with CRLF line ends (its digest updated, manifest re-signed).
+    let crlf_cp = String::from_utf8_lossy(&parts[2].1)
+        .replace('\n', "\r\n")
+        .into_bytes();
+    let with_cp = {
+        let mut p = parts.clone();
+        p[2].1 = crlf_cp.clone();
+        let (d, n) = (digest_of(&crlf_cp), crlf_cp.len());
+        let packed = resigned(&key, &p, |m| {
+            m["files"]["checkpoint.txt"] = json!({"sha256": d, "bytes": n});
+        });
+        packed
+    };
+    // A proof line with a space after the colon (same JSON, other bytes).
+    let spaced: Vec<u8> = String::from_utf8_lossy(&parts[4].1)
+        .replacen("\"leaf_index\":", "\"leaf_index\": ", 1)
+        .into_bytes();
+    let with_proofs = {
+        let mut p = parts.clone();
+        p[4].1 = spaced.clone();
+        let (d, n) = (digest_of(&spaced), spaced.len());
+        resigned(&key, &p, |m| {
+            m["files"]["proofs.jsonl"] = json!({"sha256": d, "bytes": n});
+        })
+    };
+    for (what, bytes, file) in [
+        ("a second signature line", pack(&two), "manifest.sig"),
+        ("CRLF in the checkpoint note", with_cp, "checkpoint.txt"),
+        ("a non-canonical proof line", with_proofs, "proofs.jsonl"),
+    ] {
+        let bad = tmp("strict-bad.tar");
+        std::fs::write(&bad, &bytes).expect("write");
+        let err = verify_bundle(&bad, &key.verifier()).expect_err(what);
+        assert_eq!(err.file, file, "{what}: {err}");
+        let _ = std::fs::remove_file(&bad);
+    }
+    let _ = std::fs::remove_file(&out);
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn time_filters_finer_than_a_microsecond_export_what_the_verifier_accepts() {
+    let (db, store, key) = setup().await;
+    let r = store.record(7).await.expect("read").expect("record 7");
+    // Half a microsecond after record 7: the database compares microseconds.
+    let since = r.record.occurred_at + chrono::Duration::nanoseconds(500);
+    let out = tmp("nanos.tar");
+    let f = Filters {
+        since: Some(since),
+        ..Filters::default()
+    };
+    let report = export(&store, &key, &f, "auditor", &out)
+        .await
+        .expect("export");
+    assert_eq!(
+        report.filters.since,
+        Some(r.record.occurred_at),
+        "stored truncated"
+    );
+    let verified = verify_bundle(&out, &key.verifier()).expect("verifies");
+    assert_eq!(verified.records, report.records);
+    assert!(verified.first_position.is_some_and(|p| p <= 7));
+    let huge = Filters {
+        to_position: Some(u64::MAX),
+        ..Filters::default()
+    };
+    assert!(matches!(
+        export(&store, &key, &huge, "auditor", &out).await,
+        Err(glassbox_audit_query::bundle::BundleError::InvalidFilter(_))
+    ));
+    let _ = std::fs::remove_file(&out);
+    db.drop_db().await;
+}

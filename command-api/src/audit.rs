@@ -452,6 +452,10 @@ pub async fn export(
             let _ = std::fs::remove_dir_all(&dir);
             return Err(ApiError::Unavailable(m));
         }
+        Err(glassbox_audit_query::bundle::BundleError::InvalidFilter(m)) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(ApiError::Invalid(m));
+        }
         Err(e) => {
             let _ = std::fs::remove_dir_all(&dir);
             return Err(ApiError::Internal(e.to_string()));

@@ -132,6 +132,12 @@ impl<'a, D> RawRecord<'a, D> {
                 reason: e.to_string(),
             })?
             .with_timezone(&Utc);
+        if chrono::Timelike::nanosecond(&occurred_at) >= 1_000_000_000 {
+            return Err(RecordError::Invalid {
+                field: "occurred_at",
+                reason: "a leap second (:60) is never written".into(),
+            });
+        }
         if format_timestamp(&occurred_at) != self.occurred_at {
             return Err(RecordError::Invalid {
                 field: "occurred_at",
@@ -258,6 +264,8 @@ pub enum RecordError {
     Float { path: String, value: String },
     #[error("event data at `{path}` holds an integer outside ±(2^53-1)")]
     IntegerRange { path: String },
+    #[error("event data at `{path}` is nested more than {MAX_DATA_DEPTH} levels deep")]
+    TooDeep { path: String },
     #[error("invalid {field}: {reason}")]
     Invalid { field: &'static str, reason: String },
 }
@@ -289,10 +297,18 @@ pub fn truncate_to_micros(t: DateTime<Utc>) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap_or(t)
 }
 
+/// Arrays and objects `data` may nest (the record around it adds two levels,
+/// well inside what every JSON parser of a verifier accepts).
+pub const MAX_DATA_DEPTH: usize = 64;
+
 /// Checks that event data holds only strings, booleans, null, arrays, objects and
-/// integers with |n| < 2^53 — the ledger refuses floats (§4 of DESIGN.md).
+/// integers with |n| < 2^53 — the ledger refuses floats (§4 of DESIGN.md) — and
+/// nests at most [`MAX_DATA_DEPTH`] levels.
 pub fn check_data(data: &Map<String, Value>) -> Result<(), RecordError> {
-    fn walk(v: &Value, path: &mut String) -> Result<(), RecordError> {
+    fn walk(v: &Value, path: &mut String, depth: usize) -> Result<(), RecordError> {
+        if depth > MAX_DATA_DEPTH {
+            return Err(RecordError::TooDeep { path: path.clone() });
+        }
         match v {
             Value::Number(n) => {
                 if n.is_f64() {
@@ -314,7 +330,7 @@ pub fn check_data(data: &Map<String, Value>) -> Result<(), RecordError> {
                 for (i, item) in items.iter().enumerate() {
                     let len = path.len();
                     path.push_str(&format!("[{i}]"));
-                    walk(item, path)?;
+                    walk(item, path, depth + 1)?;
                     path.truncate(len);
                 }
             }
@@ -323,7 +339,7 @@ pub fn check_data(data: &Map<String, Value>) -> Result<(), RecordError> {
                     let len = path.len();
                     path.push('.');
                     path.push_str(k);
-                    walk(item, path)?;
+                    walk(item, path, depth + 1)?;
                     path.truncate(len);
                 }
             }
@@ -336,7 +352,7 @@ pub fn check_data(data: &Map<String, Value>) -> Result<(), RecordError> {
         let len = path.len();
         path.push('.');
         path.push_str(k);
-        walk(v, &mut path)?;
+        walk(v, &mut path, 2)?;
         path.truncate(len);
     }
     Ok(())
@@ -448,6 +464,29 @@ pub(crate) mod tests {
         let text = String::from_utf8(bytes).expect("utf8");
         assert!(text.starts_with("{\"actor\":{\"agent\":null,\"app\":null,\"id\":\"test\",\"kind\":\"system\",\"via\":\"internal\"}"));
         assert!(text.contains(&format!("\"prev_hash\":\"{}\"", "0".repeat(64))));
+    }
+
+    #[test]
+    fn data_nested_too_deep_is_refused_before_it_reaches_the_ledger() {
+        let nested = |n: usize| {
+            let mut v = Value::from(1);
+            for _ in 0..n {
+                v = Value::Array(vec![v]);
+            }
+            let mut m = Map::new();
+            m.insert("a".into(), v);
+            m
+        };
+        // `data.a` is level 2; each array adds one.
+        assert!(check_data(&nested(MAX_DATA_DEPTH - 2)).is_ok());
+        assert!(matches!(
+            check_data(&nested(MAX_DATA_DEPTH - 1)),
+            Err(RecordError::TooDeep { .. })
+        ));
+        assert!(matches!(
+            check_data(&nested(1_000)),
+            Err(RecordError::TooDeep { .. })
+        ));
     }
 
     #[test]

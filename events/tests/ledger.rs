@@ -897,3 +897,33 @@ async fn tampering_row_appended_behind_the_heads_back_is_found() {
     assert!(matches!(problem, Problem::HeadMismatch(_)), "{problem}");
     db.drop_db().await;
 }
+
+/// A split view: a second checkpoint of the same size with another root,
+/// signed by the same key (e.g. shown to another auditor). Verification with
+/// both must fail at that size, not keep the first and ignore the other.
+#[tokio::test]
+async fn two_checkpoints_of_one_size_with_different_roots_fail_verification() {
+    let db = TestDb::new().await.expect("test database");
+    let (store, key) = ledger_with_checkpoints(&db).await;
+    let verifier = key.verifier();
+    store
+        .verify(Some(&verifier), &[], None, None)
+        .await
+        .expect("runs")
+        .expect("the ledger verifies");
+    let forged = glassbox_events::Checkpoint {
+        origin: "glassbox.test/ledger".into(),
+        size: 100,
+        root: glassbox_events::Digest::of(b"another history"),
+    };
+    let failure = store
+        .verify(Some(&verifier), &[key.sign(&forged)], None, None)
+        .await
+        .expect("runs")
+        .expect_err("a split view at size 100 must not verify");
+    assert!(
+        matches!(failure.problem, Problem::CheckpointMismatch { size: 100 }),
+        "{failure:?}"
+    );
+    db.drop_db().await;
+}
