@@ -70,7 +70,7 @@ pub async fn authenticate(State(state): State<AppState>, req: Request, next: Nex
                 .await
             {
                 Ok(Verdict::Allowed) => e.into_response(),
-                Ok(Verdict::Limited { .. }) => ApiError::RateLimited {
+                Ok(Verdict::Limited { .. }) => ApiError::TooManyAuthFailures {
                     retry_after_secs: 1,
                 }
                 .into_response(),

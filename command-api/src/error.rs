@@ -32,6 +32,8 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("rate limited")]
     RateLimited { retry_after_secs: u64 },
+    #[error("too many refused credentials from this address")]
+    TooManyAuthFailures { retry_after_secs: u64 },
     #[error("unavailable: {0}")]
     Unavailable(String),
     #[error("internal: {0}")]
@@ -82,6 +84,14 @@ impl ApiError {
                 "Unsupported media type",
             )
             .detail(d.clone()),
+            ApiError::TooManyAuthFailures { retry_after_secs } => Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                codes::RATE_LIMITED,
+                "Too many requests",
+            )
+            .detail(format!(
+                "too many requests with missing or bad credentials from this address; retry after {retry_after_secs} s"
+            )),
             ApiError::RateLimited { retry_after_secs } => Problem::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 codes::RATE_LIMITED,
@@ -108,7 +118,8 @@ impl IntoResponse for ApiError {
         }
         let mut resp = self.to_problem().into_response();
         let retry = match &self {
-            ApiError::RateLimited { retry_after_secs } => Some(*retry_after_secs),
+            ApiError::RateLimited { retry_after_secs }
+            | ApiError::TooManyAuthFailures { retry_after_secs } => Some(*retry_after_secs),
             ApiError::Unavailable(_) => Some(1),
             _ => None,
         };

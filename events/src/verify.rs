@@ -318,19 +318,24 @@ impl ChainVerifier {
         self.frontier.push(leaf);
         self.prev = computed;
         self.next += 1;
+        // Every checkpoint of this size must match (two that disagree are a
+        // split view); the first bad position is reported after the last
+        // checkpoint that held before this size.
+        let base = self.last_good_checkpoint;
+        let mut matched = false;
         while let Some(cp) = self.checkpoints.get(self.cp_next) {
             if cp.size != p {
                 break;
             }
             if cp.root != self.frontier.root() {
-                return Err(self.fail(
-                    self.last_good_checkpoint + 1,
-                    Problem::CheckpointMismatch { size: cp.size },
-                ));
+                return Err(self.fail(base + 1, Problem::CheckpointMismatch { size: cp.size }));
             }
-            self.last_good_checkpoint = p;
+            matched = true;
             self.checked.push(p);
             self.cp_next += 1;
+        }
+        if matched {
+            self.last_good_checkpoint = p;
         }
         Ok(())
     }

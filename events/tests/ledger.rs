@@ -925,5 +925,6 @@ async fn two_checkpoints_of_one_size_with_different_roots_fail_verification() {
         matches!(failure.problem, Problem::CheckpointMismatch { size: 100 }),
         "{failure:?}"
     );
+    assert_eq!(failure.position, 91, "after the last checkpoint that held (90)");
     db.drop_db().await;
 }

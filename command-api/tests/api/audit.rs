@@ -107,7 +107,7 @@ async fn search_is_scoped_paginated_and_cross_tenant_reads_are_recorded() {
     let r = app.get(&admin, "/v1/audit/events?tenant=globex").await;
     assert_problem(&r, 403, "forbidden");
     // An auditor may, and the read is recorded.
-    let auditor = sign(&claims("audit-co", "audrey", &["auditor"]));
+    let auditor = sign(&claims("restricted", "audrey", &["auditor"]));
     let r = app
         // (The refusals above are acme records too, maybe not yet indexed: pin the range.)
         .get(
@@ -137,6 +137,8 @@ async fn search_is_scoped_paginated_and_cross_tenant_reads_are_recorded() {
     assert_eq!(recorded.len(), 2);
     assert_eq!(recorded[0].record.actor.id, "audrey");
     assert_eq!(recorded[0].record.data["query"]["tenant"], "acme");
+    // `*` is recorded as what it was: a read of every tenant.
+    assert_eq!(recorded[1].record.data["query"]["tenant"], "*");
     // Bad parameters are 400s.
     for bad in [
         "/v1/audit/events?limit=0",
@@ -199,6 +201,24 @@ async fn search_is_scoped_paginated_and_cross_tenant_reads_are_recorded() {
         )
         .await;
     assert_problem(&r, 404, "not_found");
+    // An auditor of another tenant gets it — and that read is recorded too.
+    let before = app
+        .records_of_type("audit.cross_tenant_queried")
+        .await
+        .len();
+    let r = app
+        .get(
+            &auditor,
+            &format!("/v1/audit/proofs/inclusion?position={theirs}"),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let recorded = app.records_of_type("audit.cross_tenant_queried").await;
+    assert_eq!(recorded.len(), before + 1);
+    let q = &recorded[before].record.data["query"];
+    assert_eq!(q["inclusion_proof"], theirs);
+    assert_eq!(q["tenant"], "globex");
+    assert_eq!(recorded[before].record.actor.id, "audrey");
     assert_problem(
         &app.get(&admin, "/v1/audit/proofs/inclusion?position=0")
             .await,
@@ -390,10 +410,9 @@ async fn replay_at_a_position_equals_the_read_model_then_and_decisions_reproduce
     // A decision recorded against a changed bundle does not reproduce.
     let mut files = glassbox_policies::Bundle::builtin().files().clone();
     let tenants = String::from_utf8(files["data/tenants.json"].clone()).expect("utf8");
-    let changed = tenants.replacen(
+    let changed = tenants.replace(
         r#""languages": ["python", "node", "bash"]"#,
         r#""languages": ["bash"]"#,
-        2,
     );
     assert_ne!(changed, tenants);
     files.insert("data/tenants.json".into(), changed.into_bytes());
