@@ -127,6 +127,74 @@ async fn keys_checkpoint_verify_proofs_and_show_end_to_end() {
     assert_eq!(shown["record"]["type"], "cli.tested");
     assert_eq!(shown["known_type"], false);
 
+    // Checkpoint notes an auditor kept outside the database count too: a
+    // kept copy of the real one verifies; a different note of the same size
+    // (a split view, signed with the same key) does not.
+    let kept = dir.join("kept-40.txt");
+    std::fs::write(&kept, &note).expect("keep note");
+    let o = glassbox(
+        &[
+            "ledger",
+            "verify",
+            "--json",
+            "--checkpoint",
+            kept.to_str().expect("p"),
+        ],
+        url,
+        &key_file,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let signing = glassbox_events::SigningKey::load_file(&key_file).expect("key");
+    let forged = dir.join("forged-40.txt");
+    std::fs::write(
+        &forged,
+        signing.sign(&glassbox_events::Checkpoint {
+            origin: cp.origin.clone(),
+            size: 40,
+            root: glassbox_events::Digest::of(b"what another auditor was shown"),
+        }),
+    )
+    .expect("forge");
+    let o = glassbox(
+        &[
+            "ledger",
+            "verify",
+            "--checkpoint",
+            forged.to_str().expect("p"),
+        ],
+        url,
+        &key_file,
+    );
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("size 40"), "{}", stdout(&o));
+    // --chain-only needs no key at all (and says what it cannot see).
+    let o = glassbox(
+        &["ledger", "verify", "--chain-only", "--json"],
+        url,
+        &dir.join("no-such.key"),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let report: Value = serde_json::from_str(&stdout(&o)).expect("json");
+    assert_eq!(report["records"], 45);
+    assert_eq!(report["checkpoints_checked"], json!([]));
+
+    // The read models: a rebuild equals them; a drifted row is caught by
+    // --check (exit 1) and repaired by the rebuild.
+    let o = glassbox(&["projector", "rebuild", "--check"], url, &key_file);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let r: Value = serde_json::from_str(&stdout(&o)).expect("json");
+    assert_eq!(r["identical"], true);
+    assert_eq!(r["rebuilt_to_position"], 45);
+    db.tamper("UPDATE projections.audit_index SET actor_id = 'someone-else' WHERE position = 3")
+        .await
+        .expect("drift");
+    let o = glassbox(&["projector", "rebuild", "--check"], url, &key_file);
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    let r: Value = serde_json::from_str(&stdout(&o)).expect("json");
+    assert_eq!(r["identical"], false);
+    let o = glassbox(&["projector", "rebuild", "--check"], url, &key_file);
+    assert_eq!(o.status.code(), Some(0), "repaired: {}", stdout(&o));
+
     // Tamper as an insider: verify exits 1 and names the position.
     db.tamper("UPDATE ledger.records SET entry_hash = sha256('x') WHERE position = 12")
         .await
@@ -740,4 +808,120 @@ async fn mcp_over_stdio_survives_a_lost_session_and_drops_cancelled_requests() {
     stop.cancel();
     let _ = std::fs::remove_dir_all(&dir);
     db.drop_db().await;
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// `glassbox dev` with no database URL: it creates and starts a private
+/// PostgreSQL cluster, serves the API with a runner, `glassbox run` exits with
+/// the program's exit code, and on SIGTERM everything stops — the cluster too.
+#[test]
+fn dev_on_a_private_cluster_and_run_exits_with_the_programs_code() {
+    let dir = std::env::temp_dir().join(format!("gb-dev-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (pg_port, api_port) = (free_port(), free_port());
+    let api = format!("http://127.0.0.1:{api_port}");
+    let runner = format!("dev{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let env = |c: &mut Command| {
+        c.env_remove("DATABASE_URL")
+            .env_remove("GLASSBOX_DATABASE_URL")
+            .env_remove("GLASSBOX_LEDGER_KEY_FILE")
+            .env("GLASSBOX_DATA_DIR", &dir)
+            .env("GLASSBOX_DEV_PG_PORT", pg_port.to_string())
+            .env("GLASSBOX_HTTP_ADDR", format!("127.0.0.1:{api_port}"))
+            .env("GLASSBOX_RUNNER_ID", &runner)
+            .env("GLASSBOX_SANDBOX_DIR", "/run/glassbox-test");
+    };
+    let mut dev = Command::new(env!("CARGO_BIN_EXE_glassbox"));
+    env(&mut dev);
+    let mut dev = dev
+        .arg("dev")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("dev.log")).expect("log"))
+        .spawn()
+        .expect("glassbox dev");
+    let started = std::time::Instant::now();
+    loop {
+        let up = std::net::TcpStream::connect(("127.0.0.1", api_port)).is_ok();
+        if up {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(120),
+            "glassbox dev did not come up: {}",
+            std::fs::read_to_string(dir.join("dev.log")).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let log = std::fs::read_to_string(dir.join("dev.log")).unwrap_or_default();
+    assert!(
+        log.contains("creating a private PostgreSQL cluster"),
+        "{log}"
+    );
+    let run = |code: &str, file: &str| {
+        let f = dir.join(file);
+        std::fs::write(&f, code).expect("program");
+        let mut c = Command::new(env!("CARGO_BIN_EXE_glassbox"));
+        env(&mut c);
+        c.args(["run", "--api", &api])
+            .arg(&f)
+            .args(["--", "x"])
+            .output()
+            .expect("glassbox run")
+    };
+    let o = run(
+        "import sys\nprint('hi', sys.argv[1])\nsys.exit(3)\n",
+        "three.py",
+    );
+    assert_eq!(o.status.code(), Some(3), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("hi x"), "{}", stdout(&o));
+    assert!(stderr(&o).contains("ledger position"), "{}", stderr(&o));
+    let o = run("echo fine \"$1\"\n", "ok.sh");
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert_eq!(stdout(&o), "fine x\n");
+    // Killed at its wall time (10 s by default): 137, as a shell reports a
+    // SIGKILLed child.
+    let o = run("import time\ntime.sleep(30)\n", "slow.py");
+    assert_eq!(o.status.code(), Some(137), "{}{}", stdout(&o), stderr(&o));
+    assert!(stderr(&o).contains("timed_out"), "{}", stderr(&o));
+    // Refused by policy (tenant `restricted` runs python only): exit 1.
+    let f = dir.join("no.js");
+    std::fs::write(&f, "console.log(1)\n").expect("program");
+    let mut c = Command::new(env!("CARGO_BIN_EXE_glassbox"));
+    env(&mut c);
+    let o = c
+        .args(["run", "--api", &api, "--tenant", "restricted"])
+        .arg(&f)
+        .output()
+        .expect("glassbox run");
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stderr(&o).contains("language node is not allowed"),
+        "{}",
+        stderr(&o)
+    );
+    // SIGTERM: dev stops, and so does its private cluster.
+    let term = Command::new("kill")
+        .args(["-TERM", &dev.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(term.success());
+    let status = dev.wait().expect("wait");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", pg_port)).is_err(),
+        "the private cluster was stopped"
+    );
+    // The cluster lives under /var/lib/glassbox as root; remove this test's.
+    let tag = hex::encode(
+        &ring::digest::digest(&ring::digest::SHA256, dir.to_string_lossy().as_bytes()).as_ref()
+            [..6],
+    );
+    let _ = std::fs::remove_dir_all(format!("/var/lib/glassbox/postgres-{tag}"));
+    let _ = std::fs::remove_dir_all(&dir);
 }

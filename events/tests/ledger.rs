@@ -925,6 +925,88 @@ async fn two_checkpoints_of_one_size_with_different_roots_fail_verification() {
         matches!(failure.problem, Problem::CheckpointMismatch { size: 100 }),
         "{failure:?}"
     );
-    assert_eq!(failure.position, 91, "after the last checkpoint that held (90)");
+    assert_eq!(
+        failure.position, 91,
+        "after the last checkpoint that held (90)"
+    );
+    db.drop_db().await;
+}
+
+/// Requests that were group-committed together succeed or fail on their own:
+/// the head row is held so that three requests queue up and then share one
+/// transaction (same `xmin`); the one with a wrong expected version fails
+/// alone, the others land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_request_in_a_shared_group_commit_fails_alone() {
+    let db = TestDb::new().await.expect("test database");
+    let store = db.store().await.expect("store");
+    store
+        .append(req("shared-c", 0).expect("shared-c", ExpectedVersion::NoStream))
+        .await
+        .expect("create");
+    // Hold the head row: the writer's next transaction waits on it.
+    let mut holder = db.pool.begin().await.expect("begin");
+    sqlx::query("SELECT position FROM ledger.head WHERE id FOR UPDATE")
+        .execute(&mut *holder)
+        .await
+        .expect("lock head");
+    let first = tokio::spawn({
+        let s = store.clone();
+        async move { s.append(req("shared-a", 1)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // These queue while the first group waits: they become the next group.
+    let b = tokio::spawn({
+        let s = store.clone();
+        async move { s.append(req("shared-b", 2)).await }
+    });
+    let c = tokio::spawn({
+        let s = store.clone();
+        async move {
+            s.append(req("shared-c", 3).expect("shared-c", ExpectedVersion::Exactly(7)))
+                .await
+        }
+    });
+    let d = tokio::spawn({
+        let s = store.clone();
+        async move { s.append(req("shared-d", 4)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    holder.rollback().await.expect("release");
+    first.await.expect("task").expect("first lands");
+    let (b, c, d) = (
+        b.await.expect("task").expect("b lands"),
+        c.await.expect("task"),
+        d.await.expect("task").expect("d lands"),
+    );
+    assert!(matches!(c, Err(StoreError::Conflict(_))), "{c:?}");
+    let xmin = |p: u64| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>(
+                "SELECT xmin::text FROM ledger.records WHERE position = $1",
+            )
+            .bind(p as i64)
+            .fetch_one(&pool)
+            .await
+            .expect("xmin")
+        }
+    };
+    assert_eq!(
+        xmin(b.first_position()).await,
+        xmin(d.first_position()).await,
+        "b and d were committed in one transaction"
+    );
+    assert_eq!(
+        d.first_position(),
+        b.first_position() + 1,
+        "c took no position"
+    );
+    assert_eq!(store.stream_version("shared-c").await.expect("v"), Some(1));
+    store
+        .verify(None, &[], None, None)
+        .await
+        .expect("runs")
+        .expect("the chain verifies");
     db.drop_db().await;
 }

@@ -1018,3 +1018,54 @@ async fn a_killed_runner_takes_its_sandboxes_along() {
     .await;
     e.close().await;
 }
+
+#[tokio::test]
+async fn a_result_that_cannot_be_stored_ends_the_attempt_with_the_reason_once() {
+    let e = env().await;
+    let job = submit(&e.store, &e.blobs, "print('a result')", 10_000).await;
+    // The blob store cannot take this job's outputs: where their directory
+    // would go, there is a file.
+    let jobs_dir = e.data_dir.join("blobs").join("jobs").join(&job);
+    std::fs::create_dir_all(&jobs_dir).expect("dir");
+    std::fs::write(jobs_dir.join("attempts"), b"in the way").expect("file");
+    let runner = in_process_runner(
+        &e.store,
+        &e.blobs,
+        &runner_id("nostore"),
+        Duration::from_secs(1),
+    )
+    .await;
+    tokio::spawn(runner.run(e.stop.clone()));
+    until("the job to fail", Duration::from_secs(60), async || {
+        count(&stream(&e.store, &job).await, "job.failed") == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let records = stream(&e.store, &job).await;
+    assert_eq!(
+        count(&records, "execution.claimed"),
+        1,
+        "never retried: {:?}",
+        types(&records)
+    );
+    let finished = records
+        .iter()
+        .find(|r| r.record.event_type == "execution.finished")
+        .expect("the execution itself is recorded");
+    assert_eq!(finished.record.data["outcome"], "succeeded");
+    assert_eq!(
+        finished.record.data["stdout"]["blob"],
+        serde_json::Value::Null
+    );
+    assert_eq!(finished.record.data["stdout"]["size_bytes"], 9);
+    assert_eq!(count(&records, "workspace.destroyed"), 1);
+    let reason = records.last().expect("last").record.data["reason"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    assert!(
+        reason.contains("could not be kept: storing an output failed"),
+        "{reason}"
+    );
+    e.close().await;
+}
