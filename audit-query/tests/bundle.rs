@@ -433,3 +433,158 @@ async fn time_filters_finer_than_a_microsecond_export_what_the_verifier_accepts(
     let _ = std::fs::remove_file(&out);
     db.drop_db().await;
 }
+
+/// Records whose values are made to break renderings: spreadsheet formulas,
+/// quotes, commas, CR/LF, tabs, control characters, non-ASCII.
+async fn hostile(store: &EventStore) {
+    let values = [
+        (
+            "=HYPERLINK(\"http://x\",\"y\")",
+            "+1,2",
+            "@SUM(A1)",
+            "-3\r\n\"q\"",
+            "ü€😀\u{1}\t\u{7f}",
+        ),
+        ("\tlead", "plain", "", "\rcr", "</script>\"'\\"),
+        (
+            "anna\u{2028}bob",
+            "app,with\"quote",
+            "agent\nline",
+            "corr-4",
+            "nul\u{0}byte",
+        ),
+    ];
+    for (actor, app, agent, corr, text) in values {
+        let mut a = Actor::system("x");
+        a.kind = glassbox_events::ActorKind::Agent;
+        a.id = actor.into();
+        a.app = Some(app.into());
+        a.agent = (!agent.is_empty()).then(|| agent.to_owned());
+        a.via = glassbox_events::AuthVia::Jwt;
+        let mut r = AppendRequest::new(
+            "acme",
+            a,
+            vec![NewEvent::new(
+                "job-acme-hostile,\"stream\"",
+                "job.submitted",
+                data(
+                    json!({"text": text, "nested": {"deep": [1, -2, 9007199254740991_u64, null, true]}}),
+                ),
+            )],
+        );
+        r.correlation_id = corr.into();
+        r.causation_id = Some(text.into());
+        r.request_id = Some(actor.into());
+        store.append(r).await.expect("append");
+    }
+}
+
+fn outside_verifier(bundle: &Path, key: &glassbox_events::VerifierKey) -> std::process::Output {
+    let python = std::env::var("GLASSBOX_MCP_PYTHON").unwrap_or_else(|_| "python3".into());
+    std::process::Command::new(python)
+        .arg(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../tests/outside-verifier/verify_bundle.py"),
+        )
+        .arg(bundle)
+        .arg("--key")
+        .arg(key.to_string())
+        .output()
+        .expect("run the outside verifier (python3 with the cryptography package)")
+}
+
+/// The outside verifier (tests/outside-verifier/verify_bundle.py) was written
+/// from docs/evidence-bundle.md and docs/ledger-format.md alone. It must accept
+/// what Glassbox exports — re-deriving the CSV and OCSF renderings byte for
+/// byte, for hostile values too — and refuse what was tampered with.
+#[tokio::test]
+async fn an_outside_verifier_written_from_the_docs_alone_agrees_with_every_export() {
+    let db = TestDb::new().await.expect("db");
+    let store = db.store().await.expect("store");
+    fill(&store).await;
+    hostile(&store).await;
+    let key = SigningKey::generate("glassbox.test/ledger").expect("key");
+    store
+        .publish_checkpoint(&key, "glassbox.test/ledger")
+        .await
+        .expect("checkpoint")
+        .expect("signed");
+    glassbox_projector::Projector::new(store.clone())
+        .catch_up()
+        .await
+        .expect("projection");
+    let vk = key.verifier();
+    let t0 = store
+        .record(10)
+        .await
+        .expect("read")
+        .expect("r")
+        .record
+        .occurred_at;
+    let filters = [
+        Filters::default(),
+        Filters {
+            tenant: Some("acme".into()),
+            ..Filters::default()
+        },
+        Filters {
+            actor: Some("=HYPERLINK(\"http://x\",\"y\")".into()),
+            ..Filters::default()
+        },
+        Filters {
+            event_type: Some("policy.evaluated".into()),
+            from_position: Some(5),
+            to_position: Some(30),
+            since: Some(t0 + chrono::Duration::nanoseconds(1)),
+            ..Filters::default()
+        },
+        Filters {
+            tenant: Some("nobody".into()),
+            ..Filters::default()
+        },
+    ];
+    for f in &filters {
+        let out = tmp("outside.tar");
+        let report = export(&store, &key, f, "auditor \"=1\"", &out)
+            .await
+            .expect("export");
+        let o = outside_verifier(&out, &vk);
+        let said = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{f:?}: {said}{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(
+            said.trim(),
+            format!(
+                "OK {} records, tree size {}, bundle sha256 {}",
+                report.records, report.tree_size, report.bundle_sha256
+            )
+        );
+        // Our own verifier agrees, and both refuse a flipped byte in each part.
+        verify_bundle(&out, &vk).expect("verifies");
+        let bytes = std::fs::read(&out).expect("read");
+        for (name, offset, size) in layout(&out) {
+            if size == 0 {
+                continue;
+            }
+            let mut bad = bytes.clone();
+            bad[(offset + size / 2) as usize] ^= 0x20;
+            let p = tmp("outside-bad.tar");
+            std::fs::write(&p, &bad).expect("write");
+            let o = outside_verifier(&p, &vk);
+            assert_eq!(
+                o.status.code(),
+                Some(1),
+                "{name}: {}",
+                String::from_utf8_lossy(&o.stdout)
+            );
+            assert!(verify_bundle(&p, &vk).is_err(), "{name}");
+            let _ = std::fs::remove_file(&p);
+        }
+        let _ = std::fs::remove_file(&out);
+    }
+    db.drop_db().await;
+}

@@ -523,6 +523,12 @@ mod blobs {
             store.keyed_digest(&other, &secret).await.expect("digest"),
             blob.hmac
         );
+        assert!(
+            store
+                .destroy_key(&other)
+                .await
+                .expect("destroy the other key")
+        );
         assert_eq!(store.get(&job, &path).await.expect("get"), secret);
         assert_eq!(
             store

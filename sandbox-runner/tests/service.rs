@@ -1016,6 +1016,37 @@ async fn a_killed_runner_takes_its_sandboxes_along() {
         async || sandbox_processes(&prefix).is_empty(),
     )
     .await;
+    // The same runner, restarted, removes what the killed one left (its
+    // workspace, cgroups, runsc state) and records it.
+    let mut again = spawn_runner_process(&e.db.url, &e.data_dir, &id);
+    let runner_stream = format!("runner-{id}");
+    until(
+        "the sweep to be recorded",
+        Duration::from_secs(60),
+        async || {
+            !e.store
+                .read_stream(&runner_stream, 1, 10)
+                .await
+                .unwrap_or_default()
+                .is_empty()
+        },
+    )
+    .await;
+    let swept = e
+        .store
+        .read_stream(&runner_stream, 1, 10)
+        .await
+        .expect("stream");
+    assert_eq!(swept[0].record.event_type, "runner.sweep_finished");
+    assert_eq!(swept[0].record.data["runner"], id.as_str());
+    assert!(
+        swept[0].record.data["workspaces"].as_u64().unwrap_or(0) >= 1,
+        "{:?}",
+        swept[0].record.data
+    );
+    assert_eq!(swept[0].record.data["failures"], serde_json::json!([]));
+    let _ = again.kill();
+    let _ = again.wait();
     e.close().await;
 }
 

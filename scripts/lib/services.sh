@@ -136,6 +136,13 @@ ensure_mcp_sdk() {
     python3 -m pip install -q "mcp==$MCP_SDK_VERSION" >&2 \
       || python3 -m pip install -q --break-system-packages "mcp==$MCP_SDK_VERSION" >&2
   fi
+  # The outside bundle verifier (tests/outside-verifier) needs Ed25519 from
+  # the `cryptography` package.
+  if ! python3 -c "import cryptography.hazmat.primitives.asymmetric.ed25519" 2>/dev/null; then
+    log "installing cryptography from PyPI (outside verifier)"
+    python3 -m pip install -q cryptography >&2 \
+      || python3 -m pip install -q --break-system-packages cryptography >&2
+  fi
   GLASSBOX_MCP_PYTHON="$(command -v python3)"
   export GLASSBOX_MCP_PYTHON
 }
