@@ -368,10 +368,9 @@ async fn extra_signatures_crlf_and_non_canonical_proof_lines_are_refused() {
         let mut p = parts.clone();
         p[2].1 = crlf_cp.clone();
         let (d, n) = (digest_of(&crlf_cp), crlf_cp.len());
-        let packed = resigned(&key, &p, |m| {
+        resigned(&key, &p, |m| {
             m["files"]["checkpoint.txt"] = json!({"sha256": d, "bytes": n});
-        });
-        packed
+        })
     };
     // A proof line with a space after the colon (same JSON, other bytes).
     let spaced: Vec<u8> = String::from_utf8_lossy(&parts[4].1)

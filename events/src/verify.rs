@@ -192,7 +192,7 @@ impl ChainVerifier {
     pub fn new(start: StartState, mut checkpoints: Vec<Checkpoint>) -> ChainVerifier {
         // Two checkpoints of one size with different roots are both kept: the
         // second fails at that size (a split view is never silently ignored).
-        checkpoints.sort_by(|a, b| (a.size, a.root.0).cmp(&(b.size, b.root.0)));
+        checkpoints.sort_by_key(|a| (a.size, a.root.0));
         checkpoints.dedup_by(|a, b| a.size == b.size && a.root == b.root);
         let cp_next = checkpoints.partition_point(|c| c.size <= start.size);
         ChainVerifier {

@@ -853,8 +853,7 @@ async fn a_secret_used_as_file_and_directory_names_or_cut_by_the_cap_leaves_no_t
         serde_json::json!({"API_TOKEN": secret}).to_string(),
     )
     .expect("secrets");
-    let code = format!(
-        r#"
+    let code = r#"
 import os
 s = os.environ['API_TOKEN']
 os.makedirs('/workspace/out/' + s, exist_ok=True)
@@ -862,7 +861,7 @@ open('/workspace/out/' + s + '/' + s + '.txt', 'w').write('value ' + s)
 open('/workspace/out/plain.txt', 'w').write('no secret here')
 print('x' * (100 - 5) + s, end='')
 "#
-    );
+    .to_owned();
     let job = submit_with(&e.store, &e.blobs, &code, 10_000, |st, sub| {
         sub.secrets = vec!["API_TOKEN".into()];
         sub.limits.stdout_bytes = Some(100);

@@ -34,7 +34,7 @@ pub const MAX_COLLECT_DEPTH: usize = 16;
 /// `skipped` entries kept in a result (the rest are only counted).
 pub const MAX_SKIPPED_LISTED: usize = 256;
 
-const ZEROS: [u8; 64 * 1024] = [0u8; 64 * 1024];
+static ZEROS: [u8; 64 * 1024] = [0u8; 64 * 1024];
 
 fn is_dot(name: &CStr) -> bool {
     matches!(name.to_bytes(), b"." | b"..")
@@ -196,10 +196,7 @@ pub fn scrub(root: &Path, max_entries: u64) -> ScrubReport {
     let mut levels = vec![Level::default()];
     let mut stuck = 0u64;
     let mut scan = true;
-    loop {
-        let Some(level) = levels.last_mut() else {
-            break;
-        };
+    while let Some(level) = levels.last_mut() {
         if scan {
             scan = false;
             match scrub_entries(&cur, level, &mut budget, &mut report) {
