@@ -578,6 +578,18 @@ pub fn verify_bundle(path: &Path, key: &VerifierKey) -> Result<BundleReport, Bun
                     .ok_or_else(|| fail(&name, "no manifest before it"))?;
                 let filters: Filters = serde_json::from_value(m["filters"].clone())
                     .map_err(|e| fail("manifest.json", format!("filters: {e}")))?;
+                // Exactly as an export writes them (UTC, whole microseconds,
+                // positions within the ledger's integers): one spelling per filter.
+                let written = filters
+                    .normalized()
+                    .ok()
+                    .and_then(|f| serde_json::to_value(f).ok());
+                if written.as_ref() != Some(&m["filters"]) {
+                    return Err(fail(
+                        "manifest.json",
+                        "filters: not in the form an export writes them",
+                    ));
+                }
                 let cp = checkpoint
                     .as_ref()
                     .ok_or_else(|| fail(&name, "no checkpoint before it"))?;
