@@ -314,6 +314,11 @@ async fn manifest_positions_and_key_name_must_match_the_records_and_the_key() {
             "verifier_key_name",
             Box::new(|m: &mut Value| m["verifier_key_name"] = json!("someone.else/ledger")),
         ),
+        // The same instant, spelled otherwise than an export writes it.
+        (
+            "filters",
+            Box::new(|m: &mut Value| m["filters"]["since"] = json!("2020-01-01T00:00:00+00:00")),
+        ),
     ] {
         let bad = tmp("edited.tar");
         std::fs::write(&bad, resigned(&key, &parts, edit)).expect("write");
