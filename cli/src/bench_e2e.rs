@@ -81,15 +81,17 @@ impl Client {
     }
 }
 
+/// A runner on its own ledger handle, so its reads can be counted.
 fn start_runner(
     core: &glassbox_command_api::Core,
     backend: &LocalRunsc,
     slots: usize,
     stop: &CancellationToken,
-) -> CancellationToken {
+) -> (CancellationToken, glassbox_events::EventStore) {
     let t = stop.child_token();
+    let store = glassbox_events::EventStore::new(core.pool.clone());
     let runner = Runner::new(
-        core.store.clone(),
+        store.clone(),
         core.blobs.clone(),
         core.engine.clone(),
         backend.clone(),
@@ -103,7 +105,7 @@ fn start_runner(
         },
     );
     tokio::spawn(runner.run(t.clone()));
-    t
+    (t, store)
 }
 
 async fn inner(args: &E2eBench, url: &str, dir: &std::path::Path) -> anyhow::Result<Value> {
@@ -126,9 +128,10 @@ async fn inner(args: &E2eBench, url: &str, dir: &std::path::Path) -> anyhow::Res
     });
 
     // Latency: one job at a time, interleaved with raw runsc of the same program.
-    let runner = start_runner(&core, &backend, 1, &stop);
+    let (runner, runner_store) = start_runner(&core, &backend, 1, &stop);
     let job = client.run_job().await?; // warm-up
     anyhow::ensure!(job["status"] == "completed", "warm-up job: {job}");
+    let reads_before = runner_store.records_read();
     let bundle = raw_bundle(&args.base_dir, "python", CODE)?;
     let state = args.base_dir.join("raw-state");
     let (mut ours, mut raw) = (Vec::new(), Vec::new());
@@ -152,6 +155,7 @@ async fn inner(args: &E2eBench, url: &str, dir: &std::path::Path) -> anyhow::Res
         );
     }
     runner.cancel();
+    let reads_per_job = (runner_store.records_read() - reads_before) as f64 / args.runs as f64;
     ours.sort();
     raw.sort();
 
@@ -159,7 +163,7 @@ async fn inner(args: &E2eBench, url: &str, dir: &std::path::Path) -> anyhow::Res
     let mut per_min = Map::new();
     for slots in [1usize, 4, 8] {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let runner = start_runner(&core, &backend, slots, &stop);
+        let (runner, _) = start_runner(&core, &backend, slots, &stop);
         let t = Instant::now();
         let tasks: Vec<_> = (0..args.jobs)
             .map(|_| {
@@ -189,6 +193,7 @@ async fn inner(args: &E2eBench, url: &str, dir: &std::path::Path) -> anyhow::Res
         "post_to_completed_ms": {"p50": round(percentile(&ours, 0.5)), "p95": round(percentile(&ours, 0.95))},
         "raw_runsc_ms": {"p50": round(percentile(&raw, 0.5)), "p95": round(percentile(&raw, 0.95))},
         "ratio_p50": round(percentile(&ours, 0.5) / percentile(&raw, 0.5)),
+        "runner_records_read_per_job": round(reads_per_job),
         "throughput": per_min,
     }))
 }

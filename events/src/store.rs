@@ -305,6 +305,9 @@ struct Job {
 pub struct EventStore {
     pool: PgPool,
     writer: mpsc::Sender<Job>,
+    /// Records this handle (and its clones) read by stream or position — what
+    /// the benchmarks report as reads per job.
+    records_read: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl fmt::Debug for EventStore {
@@ -328,7 +331,21 @@ impl EventStore {
     pub fn new(pool: PgPool) -> EventStore {
         let (tx, rx) = mpsc::channel(4096);
         tokio::spawn(writer_loop(pool.clone(), rx));
-        EventStore { pool, writer: tx }
+        EventStore {
+            pool,
+            writer: tx,
+            records_read: Default::default(),
+        }
+    }
+
+    /// Records read through this handle and its clones so far.
+    pub fn records_read(&self) -> u64 {
+        self.records_read.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn count_read(&self, n: usize) {
+        self.records_read
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -400,6 +417,7 @@ impl EventStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db("read stream"))?;
+        self.count_read(rows.len());
         rows.iter().map(StoredRecord::from_row).collect()
     }
 
@@ -418,6 +436,7 @@ impl EventStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db("read all"))?;
+        self.count_read(rows.len());
         rows.iter().map(StoredRecord::from_row).collect()
     }
 
@@ -432,6 +451,7 @@ impl EventStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db("read records"))?;
+        self.count_read(rows.len());
         rows.iter().map(StoredRecord::from_row).collect()
     }
 
