@@ -3,7 +3,7 @@
 //! recorded policy decision against the bundle that made it.
 //!
 //! The state of a job stream is folded by the projector's own code (see
-//! `glassbox_projector::job_as_of`), so replay at position N equals the read
+//! `glassbox_projector::job_as_of`: the domain's `Job::apply`), so replay at position N equals the read
 //! model as it stood at N — not a second interpretation of the events.
 
 use chrono::{DateTime, Utc};
@@ -121,7 +121,7 @@ pub async fn replay(
         .map(|r| r.record.tenant.clone())
         .unwrap_or_default();
     let at_position = records.last().map_or(0, |r| r.record.position);
-    let state = match stream.strip_prefix("job-") {
+    let state = match glassbox_domain::stream::job_of(stream) {
         Some(job) if at_position > 0 => glassbox_projector::job_as_of(store, job, at_position)
             .await?
             .unwrap_or(Value::Null),

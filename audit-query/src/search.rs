@@ -11,7 +11,9 @@ use glassbox_events::store::{EventStore, StoreError};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Order {
     #[default]
@@ -23,12 +25,8 @@ pub enum Order {
 pub enum SearchError {
     #[error("search: {0}")]
     Invalid(String),
-    #[error("search: {step}: database error: {source}")]
-    Database {
-        step: &'static str,
-        #[source]
-        source: sqlx::Error,
-    },
+    #[error("search: {0}")]
+    Query(String),
     #[error("search: {0}")]
     Store(#[from] StoreError),
 }
@@ -71,36 +69,15 @@ pub async fn search(
                 as i64,
         ),
     };
-    let from = filters.from_position.map(|p| p.min(i64::MAX as u64) as i64);
-    let to = filters.to_position.map(|p| p.min(i64::MAX as u64) as i64);
-    let sql = format!(
-        "SELECT position FROM projections.audit_index WHERE \
-         ($1::text IS NULL OR tenant = $1) AND ($2::text IS NULL OR stream = $2) \
-         AND ($3::text IS NULL OR event_type = $3) AND ($4::text IS NULL OR actor_id = $4) \
-         AND ($5::timestamptz IS NULL OR occurred_at >= $5) AND ($6::timestamptz IS NULL OR occurred_at < $6) \
-         AND ($7::bigint IS NULL OR position >= $7) AND ($8::bigint IS NULL OR position <= $8) \
-         AND ($9::bigint IS NULL OR position {cmp} $9) \
-         ORDER BY position {dir} LIMIT $10",
-        cmp = if order == Order::Asc { ">" } else { "<" },
-        dir = if order == Order::Asc { "ASC" } else { "DESC" },
-    );
-    let positions: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-        .bind(&filters.tenant)
-        .bind(&filters.stream)
-        .bind(&filters.event_type)
-        .bind(&filters.actor)
-        .bind(filters.since)
-        .bind(filters.until)
-        .bind(from)
-        .bind(to)
-        .bind(after)
-        .bind(limit as i64 + 1)
-        .fetch_all(store.pool())
-        .await
-        .map_err(|source| SearchError::Database {
-            step: "search the audit index",
-            source,
-        })?;
+    let positions = glassbox_projector::queries::audit_positions(
+        store.pool(),
+        filters,
+        order == Order::Asc,
+        after,
+        limit as i64 + 1,
+    )
+    .await
+    .map_err(|e| SearchError::Query(e.to_string()))?;
     let more = positions.len() as u64 > limit;
     let page: Vec<u64> = positions
         .iter()

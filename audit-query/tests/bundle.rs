@@ -3,10 +3,10 @@
 //! tenant-filtered bundle holds nothing of other tenants and still verifies.
 
 use glassbox_audit_query::bundle::{FILES, Filters, MANIFEST_NOTE, export, verify_bundle};
-use glassbox_audit_query::tarball;
 use glassbox_events::store::{AppendRequest, EventStore, NewEvent};
 use glassbox_events::testing::TestDb;
 use glassbox_events::{Actor, SigningKey};
+use glassbox_verify::tarball;
 use serde_json::{Map, Value, json};
 use std::path::{Path, PathBuf};
 

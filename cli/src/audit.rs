@@ -3,7 +3,7 @@
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use glassbox_audit_query::bundle::{self, Filters};
-use glassbox_events::{ActorKind, AuthVia, EventStore, SigningKey, VerifierKey};
+use glassbox_events::{ActorKind, AuthVia, EventStore, SigningKey};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -84,37 +84,15 @@ pub async fn run(db: &crate::DbArgs, command: AuditCommand) -> anyhow::Result<Ex
             Ok(ExitCode::SUCCESS)
         }
         AuditCommand::VerifyBundle { file, key, json } => {
-            let key = VerifierKey::parse(&key).context("--key is not a verifier key")?;
-            let started = std::time::Instant::now();
-            match bundle::verify_bundle(&file, &key) {
-                Ok(r) => {
-                    if json {
-                        println!("{}", serde_json::json!({"verifies": true, "report": r}));
-                    } else {
-                        println!(
-                            "bundle verifies: {} records, each included in the tree of size {} (root {}), signed by {}; exported by {} ({:.2}s)",
-                            r.records,
-                            r.tree_size,
-                            r.root,
-                            key.name,
-                            r.exported_by,
-                            started.elapsed().as_secs_f64()
-                        );
-                    }
-                    Ok(ExitCode::SUCCESS)
-                }
-                Err(f) => {
-                    if json {
-                        println!(
-                            "{}",
-                            serde_json::json!({"verifies": false, "file": f.file, "reason": f.reason})
-                        );
-                    } else {
-                        println!("bundle does NOT verify: {f}");
-                    }
-                    Ok(ExitCode::from(1))
-                }
+            // The same code as the standalone `glassbox-verify bundle`.
+            let out = glassbox_verify::cli::verify_bundle(&file, &key, json);
+            if !out.stdout.is_empty() {
+                println!("{}", out.stdout);
             }
+            if out.code == 2 {
+                anyhow::bail!("{}", out.stderr);
+            }
+            Ok(ExitCode::from(out.code))
         }
     }
 }

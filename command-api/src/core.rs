@@ -1,13 +1,15 @@
-//! The control plane's core: what a caller may ask ([`Command`]) and how each is
-//! decided and recorded. HTTP (and MCP) only parse into these commands and render
-//! their replies, so both transports pass the same checks and leave the same
-//! events — there is no path around a policy.
+//! The control plane's core: the operations on jobs, each decided by the
+//! domain (`glassbox_domain::Job::decide`) and recorded through the ledger's
+//! one decide loop. [`crate::command`] is the single door to it: HTTP and MCP
+//! parse into a `Command`, the dispatcher authorizes it, and only then does a
+//! function here run — there is no path around a policy.
 //!
 //! Submission is one atomic append: `job.submitted`, one `policy.evaluated` per
 //! policy consulted (with its input and the bundle digest), a secret decision
-//! per named secret, then `job.accepted` or `job.rejected`. Code, stdin, env
-//! values and files are encrypted into the blob store under the job's data key
-//! before that append; only their digests enter the ledger.
+//! per named secret, then `job.accepted` or `job.rejected`. Code, stdin, args,
+//! the environment and input files (with their paths) are encrypted into the
+//! blob store under the job's data key before that append; only keyed digests,
+//! sizes and counts enter the ledger.
 //!
 //! Idempotency: the reply to a keyed submission is always rebuilt from the
 //! records the key produced, so a retry — or 50 concurrent copies — get the
@@ -15,30 +17,25 @@
 //! shredded.
 
 use crate::error::ApiError;
-use glassbox_events::catalogue::{
-    self, BlobRef, Decision as Verdict, Event as _, KnownEvent, Limits,
-};
-use glassbox_events::store::{AppendRequest, EventStore, ExpectedVersion, NewEvent, StoreError};
-use glassbox_events::{Actor, ActorKind, AuthVia, Digest};
+use glassbox_domain::catalogue::{self, BlobRef, Decision as Verdict, KnownEvent, Limits};
+use glassbox_domain::{Job, JobCommand, JobSpec, JobStatus, Refusal, Stream};
+use glassbox_events::store::{AppendRequest, EventStore, NewEvent, StoreError};
+use glassbox_events::{Actor, ActorKind, AuthVia, DecideError, Digest, Envelope};
 use glassbox_platform::Identity;
 use glassbox_platform::blob::{BlobStore, StoredBlob};
 use glassbox_policies::{Decision, Policy, PolicyEngine};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sqlx::postgres::PgPool;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-/// Largest integer the ledger stores exactly (2^53 - 1).
-pub const MAX_INTEGER: u64 = 9_007_199_254_740_991;
-pub const MAX_FILES: usize = 64;
-pub const MAX_ARGS: usize = 256;
-pub const MAX_ENV: usize = 128;
-pub const MAX_DEPENDENCIES: usize = 64;
-pub const MAX_SECRETS: usize = 32;
+pub use glassbox_domain::request::{
+    DependencyInput, Encoding, FileInput, JobRequest, MAX_ARGS, MAX_DEPENDENCIES, MAX_ENV,
+    MAX_FILES, MAX_INTEGER, MAX_SECRETS, SecretInput, SecretMode, SecretSpec,
+};
 
 /// Who is asking, and how they proved it.
 #[derive(Debug, Clone)]
@@ -83,282 +80,22 @@ impl Caller {
     /// An append of `events` on behalf of this caller (its tenant and actor, the
     /// request ID as correlation) — how everything a request causes is recorded.
     pub(crate) fn append(&self, events: Vec<NewEvent>) -> AppendRequest {
-        let mut r = AppendRequest::new(self.identity.tenant.clone(), self.actor(), events);
-        r.correlation_id = self.request_id.clone();
-        r.request_id = Some(self.request_id.clone());
-        r
-    }
-}
-
-// ---------------------------------------------------------------- requests
-
-/// `POST /v1/jobs` body.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JobRequest {
-    pub language: String,
-    pub code: String,
-    #[serde(default)]
-    pub stdin: Option<String>,
-    #[serde(default)]
-    pub args: Vec<String>,
-    #[serde(default)]
-    pub env: BTreeMap<String, String>,
-    #[serde(default)]
-    pub files: Vec<FileInput>,
-    #[serde(default)]
-    pub dependencies: Vec<DependencyInput>,
-    #[serde(default)]
-    pub secrets: Vec<SecretInput>,
-    #[serde(default)]
-    pub limits: Limits,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileInput {
-    /// Relative path under `/workspace`.
-    pub path: String,
-    pub content: String,
-    #[serde(default)]
-    pub encoding: Encoding,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Encoding {
-    #[default]
-    Utf8,
-    Base64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DependencyInput {
-    #[serde(default = "pypi")]
-    pub ecosystem: String,
-    pub name: String,
-    #[serde(default)]
-    pub version: Option<String>,
-}
-
-fn pypi() -> String {
-    "pypi".into()
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum SecretInput {
-    Name(String),
-    Spec(SecretSpec),
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SecretSpec {
-    pub name: String,
-    #[serde(default)]
-    pub mode: SecretMode,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SecretMode {
-    #[default]
-    Env,
-    File,
-}
-
-impl SecretInput {
-    fn name(&self) -> &str {
-        match self {
-            SecretInput::Name(n) => n,
-            SecretInput::Spec(s) => &s.name,
-        }
-    }
-    fn mode(&self) -> SecretMode {
-        match self {
-            SecretInput::Name(_) => SecretMode::Env,
-            SecretInput::Spec(s) => s.mode,
-        }
-    }
-}
-
-fn is_name(s: &str, max: usize) -> bool {
-    !s.is_empty()
-        && s.len() <= max
-        && s.bytes().enumerate().all(|(i, b)| {
-            b.is_ascii_alphanumeric() || b == b'_' || (i > 0 && matches!(b, b'-' | b'.'))
-        })
-}
-
-fn env_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 128
-        && !s.as_bytes()[0].is_ascii_digit()
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-}
-
-/// Why an input file may not be at `path` (a safe relative path): the places
-/// the runner itself writes — the program (`main`, `main.<ext>`), the output
-/// directory `out/`, secrets (`.secrets/`), dependency installs (`.deps/`) and
-/// its own files (`.glassbox/`).
-pub fn reserved_path(path: &str) -> Option<String> {
-    let top = path.split('/').next().unwrap_or(path);
-    let reserved = matches!(top, "out" | ".secrets" | ".deps" | ".glassbox")
-        || (path == top && (top == "main" || top.starts_with("main.")));
-    reserved.then(|| format!("{top} is reserved for the runner"))
-}
-
-/// A safe relative path: no `..`, no absolute path, no empty or odd components.
-pub fn workspace_path(p: &str) -> bool {
-    !p.is_empty()
-        && p.len() <= 255
-        && !p.starts_with('/')
-        && p.split('/').all(|c| {
-            !c.is_empty()
-                && c != "."
-                && c != ".."
-                && !c.chars().any(|ch| ch.is_control() || ch == '\\')
-        })
-}
-
-impl JobRequest {
-    /// Checks everything the policies do not: shapes the rest of the system
-    /// relies on. Each refusal names the member.
-    pub fn validate(&self) -> Result<(), ApiError> {
-        let bad = |m: String| Err(ApiError::Invalid(m));
-        if !is_name(&self.language, 32) {
-            return bad("language: 1-32 letters, digits, '_', '-' or '.'".into());
-        }
-        if self.code.is_empty() {
-            return bad("code: must not be empty".into());
-        }
-        if self.args.len() > MAX_ARGS {
-            return bad(format!("args: at most {MAX_ARGS}"));
-        }
-        if let Some(i) = self.args.iter().position(|a| a.contains('\0')) {
-            return bad(format!("args[{i}]: contains a NUL character"));
-        }
-        if self.env.len() > MAX_ENV {
-            return bad(format!("env: at most {MAX_ENV} variables"));
-        }
-        for (k, v) in &self.env {
-            if !env_name(k) {
-                return bad(format!(
-                    "env: {k:?} is not a variable name (letters, digits, '_')"
-                ));
-            }
-            if k.starts_with("GLASSBOX_") {
-                return bad(format!("env: {k} is reserved"));
-            }
-            if v.contains('\0') {
-                return bad(format!("env.{k}: contains a NUL character"));
-            }
-        }
-        if self.files.len() > MAX_FILES {
-            return bad(format!("files: at most {MAX_FILES}"));
-        }
-        let mut seen = std::collections::BTreeSet::new();
-        for (i, f) in self.files.iter().enumerate() {
-            if !workspace_path(&f.path) {
-                return bad(format!(
-                    "files[{i}].path: must be a relative path without '..' or empty components"
-                ));
-            }
-            if let Some(why) = reserved_path(&f.path) {
-                return bad(format!("files[{i}].path: {why}"));
-            }
-            if !seen.insert(f.path.as_str()) {
-                return bad(format!("files[{i}].path: {} appears twice", f.path));
-            }
-        }
-        // A path cannot be both a file and a directory of another file.
-        for (i, f) in self.files.iter().enumerate() {
-            let mut dir = f.path.as_str();
-            while let Some((parent, _)) = dir.rsplit_once('/') {
-                if seen.contains(parent) {
-                    return bad(format!(
-                        "files[{i}].path: {parent} is a file, so it cannot be a directory"
-                    ));
-                }
-                dir = parent;
-            }
-        }
-        for (i, f) in self.files.iter().enumerate() {
-            if f.encoding == Encoding::Base64 && f.decoded().is_err() {
-                return bad(format!("files[{i}].content: not valid base64"));
-            }
-        }
-        if self.dependencies.len() > MAX_DEPENDENCIES {
-            return bad(format!("dependencies: at most {MAX_DEPENDENCIES}"));
-        }
-        for (i, d) in self.dependencies.iter().enumerate() {
-            if !is_name(&d.ecosystem, 32) {
-                return bad(format!("dependencies[{i}].ecosystem: not a name"));
-            }
-            if !is_name(&d.name, 128) {
-                return bad(format!("dependencies[{i}].name: not a package name"));
-            }
-            if let Some(v) = &d.version
-                && (v.is_empty()
-                    || v.len() > 64
-                    || !v.bytes().all(|b| {
-                        b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'+' | b'!')
-                    }))
-            {
-                return bad(format!("dependencies[{i}].version: not a version"));
-            }
-        }
-        if self.secrets.len() > MAX_SECRETS {
-            return bad(format!("secrets: at most {MAX_SECRETS}"));
-        }
-        let mut names = std::collections::BTreeSet::new();
-        for (i, s) in self.secrets.iter().enumerate() {
-            if !env_name(s.name()) {
-                return bad(format!(
-                    "secrets[{i}]: not a secret name (letters, digits, '_')"
-                ));
-            }
-            if !names.insert(s.name()) {
-                return bad(format!("secrets[{i}]: {} appears twice", s.name()));
-            }
-        }
-        self.limits.check_floor().map_err(ApiError::Invalid)?;
-        let limits = serde_json::to_value(&self.limits).unwrap_or(Value::Null);
-        if let Value::Object(m) = limits {
-            for (k, v) in m {
-                if let Some(n) = v.as_u64()
-                    && (n == 0 || n > MAX_INTEGER)
-                {
-                    return bad(format!("limits.{k}: must be between 1 and {MAX_INTEGER}"));
-                }
-            }
-        }
-        Ok(())
+        self.envelope().request(events)
     }
 
-    /// What the ledger's idempotency check compares: the request and who made it.
-    pub fn digest(&self, identity: &Identity) -> Digest {
-        let bytes = serde_json::to_vec(&(&identity.subject, self)).unwrap_or_default();
-        Digest::of(&bytes)
-    }
-}
-
-impl FileInput {
-    fn decoded(&self) -> Result<Vec<u8>, base64::DecodeError> {
-        use base64::Engine as _;
-        match self.encoding {
-            Encoding::Utf8 => Ok(self.content.as_bytes().to_vec()),
-            Encoding::Base64 => base64::engine::general_purpose::STANDARD.decode(&self.content),
-        }
+    /// The envelope of everything this caller's request appends.
+    pub(crate) fn envelope(&self) -> Envelope {
+        let mut e = Envelope::new(self.identity.tenant.clone(), self.actor());
+        e.correlation_id = Some(self.request_id.clone());
+        e.request_id = Some(self.request_id.clone());
+        e
     }
 }
 
 // ---------------------------------------------------------------- replies
 
 /// One policy's answer, as shown to the client.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DecisionView {
     pub policy: String,
     pub decision: Verdict,
@@ -368,11 +105,11 @@ pub struct DecisionView {
 }
 
 /// The reply to a submission, rebuilt from the records it produced.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Receipt {
     pub job_id: String,
     /// `accepted` or `rejected`.
-    pub status: String,
+    pub status: JobStatus,
     pub stream: String,
     /// Position of the first and last record of the submission; pass
     /// `min_position=position` to a read to see this job in the read models.
@@ -393,6 +130,43 @@ pub struct SubmitReply {
     pub replayed: bool,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct CancelReply {
+    pub job_id: String,
+    /// `cancelled` (it never ran) or `cancel_requested` (its runner will stop it).
+    pub status: String,
+    pub position: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct DeleteReply {
+    pub job_id: String,
+    /// Position of the `key.destroyed` record.
+    pub position: u64,
+}
+
+/// A job's result as stored: the first `execution.finished` and the artifacts
+/// stored with that attempt.
+#[derive(Debug, Clone)]
+pub struct JobResult {
+    pub finished: catalogue::ExecutionFinished,
+    /// The winning attempt's `artifact.stored`, in index order.
+    pub artifacts: Vec<catalogue::ArtifactStored>,
+    pub destroyed: bool,
+}
+
+/// One file a job left in `/workspace/out`, with its path (decrypted from the
+/// attempt's artifact index — the ledger never holds it in clear).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+pub struct Artifact {
+    pub path: String,
+    pub size_bytes: u64,
+    pub truncated: bool,
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub blob: BlobRef,
+}
+
 // ---------------------------------------------------------------- the core
 
 /// Everything the commands need. Cheap to clone.
@@ -404,10 +178,10 @@ pub struct Core {
     pub engine: Arc<PolicyEngine>,
     /// The projector's position as last notified (see [`crate::projection_watch`]).
     pub projected: watch::Receiver<u64>,
-}
-
-fn typed<E: catalogue::Event>(stream: &str, e: &E) -> Result<NewEvent, ApiError> {
-    NewEvent::typed(stream, e).map_err(|e| ApiError::Internal(e.to_string()))
+    /// The ledger's checkpoint verifier key, when GLASSBOX_LEDGER_KEY_FILE is set.
+    pub verifier_key: Option<Arc<glassbox_events::VerifierKey>>,
+    /// The checkpoint key itself, used only to sign evidence bundle manifests.
+    pub signing_key: Option<Arc<glassbox_events::SigningKey>>,
 }
 
 fn evaluated(d: &Decision, input: &Value) -> catalogue::PolicyEvaluated {
@@ -446,7 +220,47 @@ fn blob_ref(b: StoredBlob) -> BlobRef {
     }
 }
 
+/// The ledger events of a decision, on `stream`.
+pub(crate) fn on_stream(
+    stream: &Stream,
+    events: Vec<KnownEvent>,
+) -> Result<Vec<NewEvent>, Refusal> {
+    events
+        .iter()
+        .map(|e| NewEvent::known(stream.as_str(), e))
+        .collect::<Result<_, _>>()
+        .map_err(|e| Refusal::Invalid(e.to_string()))
+}
+
+/// How a refused or failed job decision reaches the client.
+fn decided(job_id: &str, step: &'static str) -> impl FnOnce(DecideError<Refusal>) -> ApiError {
+    let job_id = job_id.to_owned();
+    move |e| match e {
+        DecideError::Refused(Refusal::NoJob) => ApiError::NotFound(format!("job {job_id}")),
+        DecideError::Refused(Refusal::Ended(s)) => {
+            ApiError::Conflict(format!("job {job_id} is already {s}"))
+        }
+        DecideError::Refused(Refusal::NotEnded(_)) => {
+            ApiError::Conflict(format!("job {job_id} has not finished; cancel it first"))
+        }
+        DecideError::Refused(r) => ApiError::Conflict(format!("job {job_id}: {r}")),
+        DecideError::Contended { .. } => {
+            ApiError::Conflict(format!("job {job_id} kept changing; try again"))
+        }
+        DecideError::Store(StoreError::IdempotencyConflict { .. }) => ApiError::IdempotencyConflict,
+        DecideError::Store(s) => ApiError::store(step)(s),
+    }
+}
+
 impl Core {
+    fn authz_input(caller: &Caller, action: &str, tenant: &str) -> Value {
+        json!({
+            "identity": identity_input(&caller.identity),
+            "action": action,
+            "resource": {"tenant": tenant},
+        })
+    }
+
     /// Evaluates `glassbox.authz` for `action` on a resource of `tenant`. A deny
     /// is recorded (stream `access-<caller tenant>`) and returned as 403.
     pub async fn authorize(
@@ -455,17 +269,14 @@ impl Core {
         action: &str,
         tenant: &str,
     ) -> Result<(), ApiError> {
-        let input = json!({
-            "identity": identity_input(&caller.identity),
-            "action": action,
-            "resource": {"tenant": tenant},
-        });
+        let input = Self::authz_input(caller, action, tenant);
         let d = self.engine.evaluate(Policy::Authz, &input);
         if d.allow {
             return Ok(());
         }
-        let stream = format!("access-{}", caller.identity.tenant);
-        let e = typed(&stream, &evaluated(&d, &input))?;
+        let stream = Stream::access(&caller.identity.tenant);
+        let e = NewEvent::typed(stream.as_str(), &evaluated(&d, &input))
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
         self.store
             .append(caller.append(vec![e]))
             .await
@@ -481,25 +292,24 @@ impl Core {
         action: &str,
         tenant: &str,
     ) -> Result<(), Vec<String>> {
-        let input = json!({
-            "identity": identity_input(&caller.identity),
-            "action": action,
-            "resource": {"tenant": tenant},
-        });
+        let input = Self::authz_input(caller, action, tenant);
         let d = self.engine.evaluate(Policy::Authz, &input);
         if d.allow { Ok(()) } else { Err(d.reasons) }
     }
 
-    /// Submits a job (see the module docs).
+    /// Submits a job (see the module docs). Its authorization is one of the
+    /// decisions recorded with it, in the same append.
     pub async fn submit(
         &self,
         caller: &Caller,
         request: JobRequest,
         idempotency_key: Option<String>,
     ) -> Result<SubmitReply, ApiError> {
-        request.validate()?;
+        let spec = request
+            .parse()
+            .map_err(|e| ApiError::Invalid(e.to_string()))?;
         let tenant = caller.identity.tenant.clone();
-        let digest = request.digest(&caller.identity);
+        let digest = request_digest(&spec.request, &caller.identity);
         if let Some(key) = &idempotency_key
             && let Some((stored, first, last)) =
                 self.store
@@ -517,28 +327,24 @@ impl Core {
         }
 
         let job_id = Uuid::new_v4().to_string();
-        let stream = format!("job-{job_id}");
-        let authz_input = json!({
-            "identity": identity_input(&caller.identity),
-            "action": "job.submit",
-            "resource": {"tenant": tenant},
-        });
+        let stream = Stream::job(&job_id);
+        let authz_input = Self::authz_input(caller, "job.submit", &tenant);
         let authz = self.engine.evaluate(Policy::Authz, &authz_input);
-        let mut events = Vec::new();
+        let mut events: Vec<KnownEvent> = Vec::new();
         let mut created_key = false;
+        let evaluated_event = |d: &Decision, input: &Value| {
+            KnownEvent::PolicyEvaluated(Box::new(evaluated(d, input)))
+        };
         if !authz.allow {
             // Refused before anything of the caller's is stored.
-            events.push(typed(&stream, &evaluated(&authz, &authz_input))?);
-            events.push(typed(
-                &stream,
-                &catalogue::JobRejected {
-                    job_id: job_id.clone(),
-                    reasons: authz.reasons.clone(),
-                },
-            )?);
+            events.push(evaluated_event(&authz, &authz_input));
+            events.push(KnownEvent::JobRejected(Box::new(catalogue::JobRejected {
+                job_id: job_id.clone(),
+                reasons: authz.reasons.clone(),
+            })));
         } else {
             created_key = true;
-            let submitted = match self.store_inputs(&job_id, &tenant, &request).await {
+            let submitted = match self.store_inputs(&job_id, &tenant, &spec).await {
                 Ok(s) => s,
                 Err(e) => {
                     self.shred(&job_id).await;
@@ -549,51 +355,46 @@ impl Core {
                 idempotency_key: idempotency_key.clone(),
                 ..submitted
             };
-            events.push(typed(&stream, &submitted)?);
-            events.push(typed(&stream, &evaluated(&authz, &authz_input))?);
-            let limits_in: Map<String, Value> = match serde_json::to_value(&request.limits) {
+            let limits_in: Map<String, Value> = match serde_json::to_value(&spec.limits) {
                 Ok(Value::Object(m)) => m.into_iter().filter(|(_, v)| !v.is_null()).collect(),
                 _ => Map::new(),
             };
             let admission_input = json!({
                 "tenant": tenant,
-                "language": request.language,
+                "language": spec.language.as_str(),
                 "limits": limits_in,
                 "dependencies": submitted.dependencies,
                 "secrets": submitted.secrets,
             });
+            events.push(KnownEvent::JobSubmitted(Box::new(submitted)));
+            events.push(evaluated_event(&authz, &authz_input));
             let admission = self.engine.evaluate(Policy::Admission, &admission_input);
-            events.push(typed(&stream, &evaluated(&admission, &admission_input))?);
+            events.push(evaluated_event(&admission, &admission_input));
             let mut reasons: Vec<String> = Vec::new();
             if !admission.allow {
                 reasons.extend(admission.reasons.iter().cloned());
             }
-            for s in &request.secrets {
+            for s in &spec.secrets {
                 let input = json!({
-                    "tenant": tenant, "secret": s.name(), "language": request.language,
+                    "tenant": tenant, "secret": s.name.as_str(), "language": spec.language.as_str(),
                 });
                 let d = self.engine.evaluate(Policy::Secrets, &input);
-                events.push(typed(&stream, &evaluated(&d, &input))?);
+                events.push(evaluated_event(&d, &input));
                 if d.allow {
-                    events.push(typed(
-                        &stream,
-                        &catalogue::SecretInjectionApproved {
-                            name: s.name().to_owned(),
-                            mode: match s.mode() {
-                                SecretMode::Env => "env".into(),
-                                SecretMode::File => "file".into(),
-                            },
+                    events.push(KnownEvent::SecretInjectionApproved(Box::new(
+                        catalogue::SecretInjectionApproved {
+                            name: s.name.to_string(),
+                            mode: s.mode.as_str().into(),
                         },
-                    )?);
+                    )));
                 } else {
                     reasons.extend(d.reasons.iter().cloned());
-                    events.push(typed(
-                        &stream,
-                        &catalogue::SecretInjectionDenied {
-                            name: s.name().to_owned(),
+                    events.push(KnownEvent::SecretInjectionDenied(Box::new(
+                        catalogue::SecretInjectionDenied {
+                            name: s.name.to_string(),
                             reasons: d.reasons.clone(),
                         },
-                    )?);
+                    )));
                 }
             }
             let effective: Option<Limits> = admission
@@ -604,32 +405,38 @@ impl Core {
                 reasons
                     .push("the admission policy returned limits this service does not know".into());
             }
-            match (reasons.is_empty(), effective) {
-                (true, Some(effective_limits)) => events.push(typed(
-                    &stream,
-                    &catalogue::JobAccepted {
+            events.push(match (reasons.is_empty(), effective) {
+                (true, Some(effective_limits)) => {
+                    KnownEvent::JobAccepted(Box::new(catalogue::JobAccepted {
                         job_id: job_id.clone(),
                         effective_limits,
-                    },
-                )?),
-                _ => events.push(typed(
-                    &stream,
-                    &catalogue::JobRejected {
-                        job_id: job_id.clone(),
-                        reasons,
-                    },
-                )?),
-            }
+                    }))
+                }
+                _ => KnownEvent::JobRejected(Box::new(catalogue::JobRejected {
+                    job_id: job_id.clone(),
+                    reasons,
+                })),
+            });
         }
-        let mut req = caller
-            .append(events)
-            .expect(stream.clone(), ExpectedVersion::NoStream);
+        let mut envelope = caller.envelope();
         if let Some(key) = &idempotency_key {
-            req = req.idempotent(key.clone(), digest);
+            envelope.idempotency = Some(glassbox_events::store::Idempotency {
+                key: key.clone(),
+                request_digest: digest,
+            });
         }
-        let outcome = self.store.append(req).await;
+        let command = JobCommand::Submit { events };
+        let outcome = self
+            .store
+            .decide_from(stream.as_str(), Job::default(), &envelope, |j: &Job| {
+                on_stream(&stream, j.decide(command.clone())?)
+            })
+            .await;
         match outcome {
-            Ok(o) => {
+            Ok(d) => {
+                let o = d
+                    .appended
+                    .ok_or_else(|| ApiError::Internal("the submission appended nothing".into()))?;
                 if o.replayed && created_key {
                     // Another copy of this request won; our blobs are unreferenced.
                     self.shred(&job_id).await;
@@ -643,10 +450,7 @@ impl Core {
                 if created_key {
                     self.shred(&job_id).await;
                 }
-                Err(match e {
-                    StoreError::IdempotencyConflict { .. } => ApiError::IdempotencyConflict,
-                    other => ApiError::store("append the submission")(other),
-                })
+                Err(decided(&job_id, "append the submission")(e))
             }
         }
     }
@@ -661,67 +465,50 @@ impl Core {
         &self,
         job_id: &str,
         tenant: &str,
-        r: &JobRequest,
+        r: &JobSpec,
     ) -> Result<catalogue::JobSubmitted, ApiError> {
         let blob_err = |e: glassbox_platform::blob::BlobError| ApiError::Internal(e.to_string());
         self.blobs
             .create_data_key(job_id, tenant)
             .await
             .map_err(blob_err)?;
-        let code = self
-            .blobs
-            .put(job_id, &blob_path(job_id, "code"), r.code.as_bytes())
-            .await
-            .map_err(blob_err)?;
-        let stdin = match &r.stdin {
-            Some(s) => Some(blob_ref(
-                self.blobs
-                    .put(job_id, &blob_path(job_id, "stdin"), s.as_bytes())
-                    .await
-                    .map_err(blob_err)?,
-            )),
-            None => None,
-        };
-        let json_blob = |name: &'static str, v: Value| async move {
-            let bytes = serde_json::to_vec(&v).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let put = |name: String, bytes: Vec<u8>| async move {
             self.blobs
-                .put(job_id, &blob_path(job_id, name), &bytes)
+                .put(job_id, &blob_path(job_id, &name), &bytes)
                 .await
                 .map(blob_ref)
                 .map_err(blob_err)
         };
+        let json = |v: Value| serde_json::to_vec(&v).map_err(|e| ApiError::Internal(e.to_string()));
+        let code = put("code".into(), r.code.clone().into_bytes()).await?;
+        let stdin = match &r.stdin {
+            Some(s) => Some(put("stdin".into(), s.clone().into_bytes()).await?),
+            None => None,
+        };
         let args = if r.args.is_empty() {
             None
         } else {
-            Some(json_blob("args", json!(r.args)).await?)
+            Some(put("args".into(), json(json!(r.args))?).await?)
         };
         let env = if r.env.is_empty() {
             None
         } else {
-            Some(json_blob("env", json!(r.env)).await?)
+            Some(put("env".into(), json(json!(r.env))?).await?)
         };
         let mut files = Vec::with_capacity(r.files.len());
         for (i, f) in r.files.iter().enumerate() {
-            let bytes = f
-                .decoded()
-                .map_err(|_| ApiError::Invalid(format!("files[{i}].content: not valid base64")))?;
-            let b = self
-                .blobs
-                .put(job_id, &blob_path(job_id, &format!("files/{i}")), &bytes)
-                .await
-                .map_err(blob_err)?;
-            files.push(blob_ref(b));
+            files.push(put(format!("files/{i}"), f.content.clone()).await?);
         }
         let file_paths = if r.files.is_empty() {
             None
         } else {
             let paths: Vec<&str> = r.files.iter().map(|f| f.path.as_str()).collect();
-            Some(json_blob("file_paths", json!(paths)).await?)
+            Some(put("file_paths".into(), json(json!(paths))?).await?)
         };
         Ok(catalogue::JobSubmitted {
             job_id: job_id.to_owned(),
-            language: r.language.clone(),
-            code: blob_ref(code),
+            language: r.language.to_string(),
+            code,
             stdin,
             args,
             arg_count: r.args.len() as u64,
@@ -729,16 +516,8 @@ impl Core {
             env_count: r.env.len() as u64,
             files,
             file_paths,
-            dependencies: r
-                .dependencies
-                .iter()
-                .map(|d| catalogue::Dependency {
-                    ecosystem: d.ecosystem.clone(),
-                    name: d.name.clone(),
-                    version: d.version.clone(),
-                })
-                .collect(),
-            secrets: r.secrets.iter().map(|s| s.name().to_owned()).collect(),
+            dependencies: r.dependencies.iter().map(|d| d.dependency()).collect(),
+            secrets: r.secrets.iter().map(|s| s.name.to_string()).collect(),
             limits: r.limits.clone(),
             idempotency_key: None,
         })
@@ -753,7 +532,7 @@ impl Core {
             .map_err(ApiError::store("read the submission"))?;
         let mut r = Receipt {
             job_id: String::new(),
-            status: String::new(),
+            status: JobStatus::Submitted,
             stream: String::new(),
             submitted_position: first,
             position: last,
@@ -778,18 +557,18 @@ impl Core {
                 }
                 Ok(Some(KnownEvent::JobAccepted(e))) => {
                     r.job_id = e.job_id;
-                    r.status = "accepted".into();
+                    r.status = JobStatus::Accepted;
                     r.effective_limits = Some(e.effective_limits);
                 }
                 Ok(Some(KnownEvent::JobRejected(e))) => {
                     r.job_id = e.job_id;
-                    r.status = "rejected".into();
+                    r.status = JobStatus::Rejected;
                     r.reasons = e.reasons;
                 }
                 _ => {}
             }
         }
-        if r.status.is_empty() {
+        if r.status == JobStatus::Submitted {
             return Err(ApiError::Internal(format!(
                 "records {first}..={last} are not a job submission"
             )));
@@ -835,7 +614,7 @@ impl Core {
         }
         let records = self
             .store
-            .read_stream(&format!("job-{job_id}"), 1, 10_000)
+            .read_stream(Stream::job(job_id).as_str(), 1, 10_000)
             .await
             .map_err(ApiError::store("read the job's stream"))?;
         // 404, not 403: another tenant's job does not exist for this caller.
@@ -845,146 +624,77 @@ impl Core {
         Ok(records)
     }
 
-    /// Asks for a job to be cancelled. A job no runner has claimed yet is
-    /// cancelled at once (`job.cancel_requested` + `job.cancelled`, appended at
-    /// the stream version read, so a racing claim and the cancel cannot both win);
-    /// a claimed job gets `job.cancel_requested`, which its runner acts on.
+    /// The job folded from its stream, if it exists and belongs to `tenant`.
+    pub async fn job(&self, tenant: &str, job_id: &str) -> Result<Job, ApiError> {
+        if Uuid::parse_str(job_id).is_err() {
+            return Err(ApiError::NotFound(format!("job {job_id}")));
+        }
+        let job: Job = self
+            .store
+            .load(Stream::job(job_id).as_str())
+            .await
+            .map_err(ApiError::store("read the job's stream"))?;
+        // 404, not 403: another tenant's job does not exist for this caller.
+        if job.version == 0 || job.tenant != tenant {
+            return Err(ApiError::NotFound(format!("job {job_id}")));
+        }
+        Ok(job)
+    }
+
+    /// Asks for a job to be cancelled (`Job::decide` says how: at once when no
+    /// runner has claimed it, else a request its runner acts on; asking again
+    /// answers with the first request).
     pub async fn cancel(
         &self,
         caller: &Caller,
         job_id: &str,
         reason: Option<String>,
     ) -> Result<CancelReply, ApiError> {
-        for _ in 0..5 {
-            let records = self.job_records(&caller.identity.tenant, job_id).await?;
-            let version = records.last().map_or(0, |r| r.record.stream_version);
-            let mut state = "submitted";
-            let mut claimed = false;
-            let mut requested_at = None;
-            for r in &records {
-                match r.record.event_type.as_str() {
-                    t if t == catalogue::JobAccepted::TYPE => state = "accepted",
-                    t if t == catalogue::JobRejected::TYPE => state = "rejected",
-                    t if t == catalogue::JobCompleted::TYPE => state = "completed",
-                    t if t == catalogue::JobFailed::TYPE => state = "failed",
-                    t if t == catalogue::JobCancelled::TYPE => {
-                        state = "cancelled";
-                        requested_at.get_or_insert(r.record.position);
-                    }
-                    t if t == catalogue::ExecutionClaimed::TYPE => claimed = true,
-                    t if t == catalogue::JobCancelRequested::TYPE => {
-                        requested_at.get_or_insert(r.record.position);
-                    }
-                    _ => {}
-                }
-            }
-            if let Some(position) = requested_at {
-                // Asking twice is not an error: the first request stands.
-                return Ok(CancelReply {
-                    job_id: job_id.to_owned(),
-                    status: if state == "cancelled" {
-                        "cancelled"
-                    } else {
-                        "cancel_requested"
-                    }
-                    .into(),
-                    position,
-                });
-            }
-            if matches!(state, "rejected" | "completed" | "failed") {
-                return Err(ApiError::Conflict(format!(
-                    "job {job_id} is already {state}"
-                )));
-            }
-            let stream = format!("job-{job_id}");
-            let mut events = vec![typed(
-                &stream,
-                &catalogue::JobCancelRequested {
-                    job_id: job_id.to_owned(),
-                    reason: reason.clone(),
-                },
-            )?];
-            if !claimed {
-                events.push(typed(
+        let job = self.job(&caller.identity.tenant, job_id).await?;
+        let stream = Stream::job(job_id);
+        let d = self
+            .store
+            .decide_from(stream.as_str(), job, &caller.envelope(), |j: &Job| {
+                on_stream(
                     &stream,
-                    &catalogue::JobCancelled {
-                        job_id: job_id.to_owned(),
+                    j.decide(JobCommand::Cancel {
                         reason: reason.clone(),
-                    },
-                )?);
+                    })?,
+                )
+            })
+            .await
+            .map_err(decided(job_id, "append the cancellation"))?;
+        let s = d.state;
+        Ok(CancelReply {
+            job_id: job_id.to_owned(),
+            status: if s.cancelled.is_some() {
+                "cancelled"
+            } else {
+                "cancel_requested"
             }
-            let req = caller
-                .append(events)
-                .expect(stream, ExpectedVersion::Exactly(version));
-            match self.store.append(req).await {
-                Ok(o) => {
-                    return Ok(CancelReply {
-                        job_id: job_id.to_owned(),
-                        status: if claimed {
-                            "cancel_requested"
-                        } else {
-                            "cancelled"
-                        }
-                        .into(),
-                        position: o.first_position(),
-                    });
-                }
-                Err(StoreError::Conflict(_)) => continue,
-                Err(e) => return Err(ApiError::store("append the cancellation")(e)),
-            }
-        }
-        Err(ApiError::Conflict(format!(
-            "job {job_id} kept changing; try again"
-        )))
+            .into(),
+            position: s.cancel_requested.unwrap_or(0),
+        })
     }
-}
 
-/// A job's result as stored: the first `execution.finished` and the artifacts
-/// stored with that attempt.
-#[derive(Debug, Clone)]
-pub struct JobResult {
-    pub finished: catalogue::ExecutionFinished,
-    /// The winning attempt's `artifact.stored`, in index order.
-    pub artifacts: Vec<catalogue::ArtifactStored>,
-    pub destroyed: bool,
-}
-
-/// One file a job left in `/workspace/out`, with its path (decrypted from the
-/// attempt's artifact index — the ledger never holds it in clear).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Artifact {
-    pub path: String,
-    pub size_bytes: u64,
-    pub truncated: bool,
-    #[serde(skip)]
-    pub blob: BlobRef,
-}
-
-impl Core {
     /// The job's recorded result (409 while it has none).
     pub async fn result(&self, tenant: &str, job_id: &str) -> Result<JobResult, ApiError> {
-        let records = self.job_records(tenant, job_id).await?;
-        let mut finished: Option<catalogue::ExecutionFinished> = None;
-        let mut artifacts = Vec::new();
-        let mut destroyed = false;
-        for r in &records {
-            match KnownEvent::decode(&r.record.event_type, &r.record.data) {
-                Ok(Some(KnownEvent::ExecutionFinished(e))) if finished.is_none() => {
-                    finished = Some(*e);
-                }
-                Ok(Some(KnownEvent::ArtifactStored(e))) => artifacts.push(*e),
-                Ok(Some(KnownEvent::KeyDestroyed(_))) => destroyed = true,
-                _ => {}
-            }
-        }
-        let finished =
-            finished.ok_or_else(|| ApiError::Conflict(format!("job {job_id} has not finished")))?;
-        artifacts.retain(|a| a.attempt == finished.attempt);
+        let job = self.job(tenant, job_id).await?;
+        let finished = job
+            .finished
+            .clone()
+            .ok_or_else(|| ApiError::Conflict(format!("job {job_id} has not finished")))?;
+        let mut artifacts: Vec<_> = job
+            .artifacts
+            .iter()
+            .filter(|a| a.attempt == finished.attempt)
+            .cloned()
+            .collect();
         artifacts.sort_by_key(|a| a.index);
         Ok(JobResult {
             finished,
             artifacts,
-            destroyed,
+            destroyed: job.destroyed.is_some(),
         })
     }
 
@@ -1023,27 +733,14 @@ impl Core {
             Err(e) => Err(ApiError::Internal(e.to_string())),
         }
     }
-}
 
-impl Core {
     /// Crypto-shreds the data of jobs that finished more than `retention` ago.
     /// Returns how many were shredded.
     pub async fn enforce_retention(&self, retention: Duration) -> Result<usize, ApiError> {
-        let due: Vec<(String, String)> = sqlx::query_as(
-            "SELECT job_id, tenant FROM projections.jobs \
-             WHERE status = ANY($1) AND NOT data_destroyed \
-             AND updated_at < now() - make_interval(secs => $2) ORDER BY updated_at LIMIT 500",
-        )
-        .bind(
-            glassbox_projector::TERMINAL
-                .iter()
-                .map(|s| (*s).to_owned())
-                .collect::<Vec<_>>(),
-        )
-        .bind(retention.as_secs_f64())
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| ApiError::Internal(format!("find jobs past retention: {e}")))?;
+        let due =
+            glassbox_projector::queries::jobs_past_retention(&self.pool, retention.as_secs(), 500)
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
         let mut n = 0;
         for (job, tenant) in due {
             let caller = Caller::system(&tenant, "retention");
@@ -1055,101 +752,52 @@ impl Core {
         }
         Ok(n)
     }
-}
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DeleteReply {
-    pub job_id: String,
-    /// Position of the `key.destroyed` record.
-    pub position: u64,
-}
-
-impl Core {
     /// Crypto-shreds a finished job's data: appends `key.destroyed`, then
-    /// destroys the job's data key, after which its code, inputs, output and
-    /// artifacts are unreadable (410) while the ledger still verifies. Recorded
-    /// first, so a destruction is never unrecorded; asking again re-attempts the
-    /// destruction and answers with the first record.
+    /// destroys the job's data key and deletes its blobs, after which its code,
+    /// inputs, output and artifacts are gone (410) while the ledger still
+    /// verifies. Recorded first, so a destruction is never unrecorded; asking
+    /// again re-attempts the destruction and answers with the first record.
     pub async fn delete_data(
         &self,
         caller: &Caller,
         job_id: &str,
         reason: String,
     ) -> Result<DeleteReply, ApiError> {
-        for _ in 0..5 {
-            let records = self.job_records(&caller.identity.tenant, job_id).await?;
-            let version = records.last().map_or(0, |r| r.record.stream_version);
-            let mut terminal = false;
-            let mut destroyed_at = None;
-            for r in &records {
-                match r.record.event_type.as_str() {
-                    t if t == catalogue::KeyDestroyed::TYPE => {
-                        destroyed_at.get_or_insert(r.record.position);
-                    }
-                    t if [
-                        catalogue::JobRejected::TYPE,
-                        catalogue::JobCompleted::TYPE,
-                        catalogue::JobFailed::TYPE,
-                        catalogue::JobCancelled::TYPE,
-                    ]
-                    .contains(&t) =>
-                    {
-                        terminal = true;
-                    }
-                    _ => {}
-                }
-            }
-            let position = match destroyed_at {
-                Some(p) => p,
-                None => {
-                    if !terminal {
-                        return Err(ApiError::Conflict(format!(
-                            "job {job_id} has not finished; cancel it first"
-                        )));
-                    }
-                    let stream = format!("job-{job_id}");
-                    let e = typed(
-                        &stream,
-                        &catalogue::KeyDestroyed {
-                            key_id: job_id.to_owned(),
-                            reason: reason.clone(),
-                        },
-                    )?;
-                    let req = caller
-                        .append(vec![e])
-                        .expect(stream, ExpectedVersion::Exactly(version));
-                    match self.store.append(req).await {
-                        Ok(o) => o.first_position(),
-                        Err(StoreError::Conflict(_)) => continue,
-                        Err(e) => return Err(ApiError::store("record the key destruction")(e)),
-                    }
-                }
-            };
-            self.blobs
-                .destroy_key(job_id)
-                .await
-                .map_err(|e| ApiError::Internal(format!("destroy data key of {job_id}: {e}")))?;
-            // The ciphertext is unreadable now; remove it too, so nothing of
-            // the job's data is left anywhere (its names say nothing either).
-            self.blobs
-                .delete_prefix(&blob_path(job_id, ""))
-                .await
-                .map_err(|e| ApiError::Internal(format!("delete blobs of {job_id}: {e}")))?;
-            return Ok(DeleteReply {
-                job_id: job_id.to_owned(),
-                position,
-            });
-        }
-        Err(ApiError::Conflict(format!(
-            "job {job_id} kept changing; try again"
-        )))
+        let job = self.job(&caller.identity.tenant, job_id).await?;
+        let stream = Stream::job(job_id);
+        let d = self
+            .store
+            .decide_from(stream.as_str(), job, &caller.envelope(), |j: &Job| {
+                on_stream(
+                    &stream,
+                    j.decide(JobCommand::Shred {
+                        reason: reason.clone(),
+                    })?,
+                )
+            })
+            .await
+            .map_err(decided(job_id, "record the key destruction"))?;
+        let position = d.state.destroyed.unwrap_or(0);
+        self.blobs
+            .destroy_key(job_id)
+            .await
+            .map_err(|e| ApiError::Internal(format!("destroy data key of {job_id}: {e}")))?;
+        // The ciphertext is unreadable now; remove it too, so nothing of
+        // the job's data is left anywhere (its names say nothing either).
+        self.blobs
+            .delete_prefix(&blob_path(job_id, ""))
+            .await
+            .map_err(|e| ApiError::Internal(format!("delete blobs of {job_id}: {e}")))?;
+        Ok(DeleteReply {
+            job_id: job_id.to_owned(),
+            position,
+        })
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CancelReply {
-    pub job_id: String,
-    /// `cancelled` (it never ran) or `cancel_requested` (its runner will stop it).
-    pub status: String,
-    pub position: u64,
+/// What the ledger's idempotency check compares: the request and who made it.
+pub fn request_digest(request: &JobRequest, identity: &Identity) -> Digest {
+    let bytes = serde_json::to_vec(&(&identity.subject, request)).unwrap_or_default();
+    Digest::of(&bytes)
 }

@@ -17,6 +17,7 @@
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod command;
 pub mod core;
 pub mod error;
 pub mod mcp;
@@ -53,10 +54,6 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub verifier: Arc<JwtVerifier>,
     pub limiter: ratelimit::RateLimiter,
-    /// The ledger's checkpoint verifier key, when GLASSBOX_LEDGER_KEY_FILE is set.
-    pub verifier_key: Option<Arc<glassbox_events::VerifierKey>>,
-    /// The checkpoint key itself, used only to sign evidence bundle manifests.
-    pub signing_key: Option<Arc<glassbox_events::SigningKey>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -145,13 +142,6 @@ impl Application {
         .await?;
         let shutdown = CancellationToken::new();
         let projected = projection_watch(pool.clone(), shutdown.clone()).await;
-        let core = Core {
-            store,
-            pool: pool.clone(),
-            blobs,
-            engine: Arc::new(engine),
-            projected,
-        };
         let signing_key = match &config.ledger_key_file {
             Some(path) if path.exists() => Some(Arc::new(
                 glassbox_events::SigningKey::load_file(path)
@@ -160,13 +150,20 @@ impl Application {
             _ => None,
         };
         let verifier_key = signing_key.as_ref().map(|k| Arc::new(k.verifier()));
+        let core = Core {
+            store,
+            pool: pool.clone(),
+            blobs,
+            engine: Arc::new(engine),
+            projected,
+            verifier_key,
+            signing_key,
+        };
         let state = AppState {
             core,
             config: Arc::new(config.clone()),
             verifier: Arc::new(verifier),
             limiter,
-            verifier_key,
-            signing_key,
         };
         if config.retention_secs > 0 {
             let (core, token) = (state.core.clone(), shutdown.clone());

@@ -15,7 +15,7 @@
 //! [`Core`]: crate::core::Core
 
 use crate::AppState;
-use crate::core::Artifact;
+use crate::command::{Command, JobId, Reply, Scope};
 use crate::core::{Caller, DependencyInput, Encoding, FileInput, JobRequest, SecretInput};
 use crate::error::ApiError;
 use axum::Router;
@@ -25,8 +25,9 @@ use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse as _, Response};
 use base64::Engine as _;
+use glassbox_domain::JobStatus;
 use glassbox_events::catalogue::Limits;
-use rmcp::handler::server::tool::Extension;
+use rmcp::handler::server::common::FromContextPart;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
     CacheScope, CallToolResult, ContentBlock, Implementation, ListResourceTemplatesResult,
@@ -34,11 +35,11 @@ use rmcp::model::{
     ReadResourceResult, Resource, ResourceContents, ResourceTemplate, ServerCapabilities,
     ServerConfig,
 };
-use rmcp::schemars::{self, JsonSchema};
 use rmcp::service::RequestContext;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ErrorData, RoleServer, ServerHandler, tool, tool_handler, tool_router};
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -50,7 +51,7 @@ use tokio_util::sync::CancellationToken;
 pub const MAX_RUN_WAIT: Duration = Duration::from_secs(120);
 
 /// Most recent jobs `resources/list` shows (older ones stay readable by URI).
-const LISTED_JOBS: i64 = 50;
+const LISTED_JOBS: u64 = 50;
 
 /// The URI scheme of Glassbox's resources.
 const SCHEME: &str = "glassbox://";
@@ -315,7 +316,7 @@ pub struct RunCodeArgs {
     pub secrets: Option<Vec<String>>,
     /// Resource limits; omitted ones take the tenant's defaults, larger than the tenant's maximum is refused.
     #[serde(default)]
-    pub limits: Option<LimitsArg>,
+    pub limits: Option<Limits>,
     /// Seconds to wait for the result (run_code only; default 60, at most 120).
     #[serde(default)]
     pub wait_seconds: Option<u64>,
@@ -346,53 +347,10 @@ pub struct DependencyArg {
     pub version: Option<String>,
 }
 
-/// The limits a job may ask for (integers; the same names as the REST API).
-/// A copy of the ledger's `Limits` that carries the JSON schema and the
-/// descriptions agents read; a test keeps the two in step.
-#[derive(Debug, Default, Deserialize, serde::Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct LimitsArg {
-    /// Wall-clock time in milliseconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub wall_time_ms: Option<u64>,
-    /// CPU in thousandths of a core.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cpu_millicores: Option<u64>,
-    /// Memory in bytes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub memory_bytes: Option<u64>,
-    /// Processes and threads.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub processes: Option<u64>,
-    /// Bytes the program may write under /workspace.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub workspace_bytes: Option<u64>,
-    /// Bytes the program may write under /tmp.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tmp_bytes: Option<u64>,
-    /// Standard output kept, in bytes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stdout_bytes: Option<u64>,
-    /// Standard error kept, in bytes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stderr_bytes: Option<u64>,
-    /// Bytes of artifacts kept from /workspace/out.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub output_bytes: Option<u64>,
-    /// Number of artifacts kept from /workspace/out.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub output_files: Option<u64>,
-}
-
 impl RunCodeArgs {
     /// The REST request this call mirrors (`POST /v1/jobs` with the same body).
     fn job_request(&self) -> Result<JobRequest, ApiError> {
-        let limits: Limits = match &self.limits {
-            None => Limits::default(),
-            Some(l) => serde_json::to_value(l)
-                .and_then(serde_json::from_value)
-                .map_err(|e| ApiError::Invalid(format!("limits: {e}")))?,
-        };
+        let limits = self.limits.clone().unwrap_or_default();
         let files = self
             .files
             .iter()
@@ -485,21 +443,28 @@ pub struct SearchArgs {
 
 // ------------------------------------------------------------------ helpers
 
-fn caller(parts: &axum::http::request::Parts) -> Result<Caller, ErrorData> {
-    parts
-        .extensions
-        .get::<Caller>()
+/// The authenticated caller of an MCP request, taken from the HTTP request
+/// the authentication middleware let through — an rmcp extractor, so no tool
+/// repeats it.
+pub struct McpCaller(pub Caller);
+
+fn caller_of(extensions: &rmcp::model::Extensions) -> Result<Caller, ErrorData> {
+    extensions
+        .get::<axum::http::request::Parts>()
+        .and_then(|p| p.extensions.get::<Caller>())
         .cloned()
         .ok_or_else(|| ErrorData::invalid_request("not authenticated", None))
 }
 
+impl<C: rmcp::handler::server::common::AsRequestContext> FromContextPart<C> for McpCaller {
+    fn from_context_part(context: &mut C) -> Result<Self, ErrorData> {
+        caller_of(&context.as_request_context().extensions).map(McpCaller)
+    }
+}
+
 /// The caller of a request that is not a tool call (resources).
 fn context_caller(context: &RequestContext<RoleServer>) -> Result<Caller, ErrorData> {
-    context
-        .extensions
-        .get::<axum::http::request::Parts>()
-        .ok_or_else(|| ErrorData::invalid_request("not authenticated", None))
-        .and_then(caller)
+    caller_of(&context.extensions)
 }
 
 /// The problem's text, as an agent reads it (internal details are logged,
@@ -630,75 +595,89 @@ impl GlassboxMcp {
         GlassboxMcp { state }
     }
 
-    /// The REST handlers' check for `action` in the caller's own tenant
-    /// (a refusal is recorded like REST's).
-    async fn authorize(&self, caller: &Caller, action: &str) -> Result<(), ApiError> {
-        let tenant = caller.identity.tenant.clone();
-        self.state.core.authorize(caller, action, &tenant).await
+    /// Runs a command through the core's one door (authorization included).
+    async fn run(&self, caller: &Caller, command: Command) -> Result<Reply, ApiError> {
+        self.state.core.dispatch(caller, command).await
     }
 
+    /// The job now (from the ledger, not the read models: the answer does not
+    /// wait for the projector, and its position is the job's last record),
+    /// waiting up to `wait` for it to end; with its output once it has.
     async fn wait_and_collect(
         &self,
         caller: &Caller,
         job_id: &str,
         wait: Duration,
     ) -> Result<Value, ApiError> {
-        let tenant = &caller.identity.tenant;
         let deadline = Instant::now() + wait;
-        // From the ledger, not the read models: the answer does not wait for
-        // the projector, and its position is the job's last record.
-        let (status, position) = loop {
-            let records = self.state.core.job_records(tenant, job_id).await?;
-            let position = records.last().map_or(0, |r| r.record.position);
-            if let Some(s) = records.iter().rev().find_map(|r| {
-                r.record
-                    .event_type
-                    .strip_prefix("job.")
-                    .filter(|s| glassbox_projector::TERMINAL.contains(s))
-            }) {
-                break (s.to_owned(), position);
+        let job = loop {
+            let Reply::Job(v) = self
+                .run(
+                    caller,
+                    Command::JobNow {
+                        job: JobId::parse(job_id)?,
+                    },
+                )
+                .await?
+            else {
+                return Err(ApiError::Internal("unexpected reply".into()));
+            };
+            if v.status.is_terminal() {
+                break v;
             }
             if Instant::now() >= deadline {
                 return Ok(
-                    json!({"job_id": job_id, "uri": job_uri(job_id), "status": "running",
-                    "ledger_position": position, "note": "still running: call get_job later"}),
+                    json!({"job_id": job_id, "uri": job_uri(job_id), "status": JobStatus::Running,
+                    "ledger_position": v.last_position, "note": "still running: call get_job later"}),
                 );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
-        let mut out = json!({"job_id": job_id, "uri": job_uri(job_id), "status": status,
-                             "ledger_position": position});
-        let Ok(r) = self.state.core.result(tenant, job_id).await else {
+        let mut out = json!({"job_id": job_id, "uri": job_uri(job_id), "status": job.status,
+                             "ledger_position": job.last_position});
+        let Some(outcome) = job.outcome else {
             return Ok(out);
         };
-        let f = &r.finished;
-        out["outcome"] = serde_json::to_value(f.outcome).unwrap_or(Value::Null);
-        out["exit_code"] = f.exit_code.into();
-        if r.destroyed {
+        out["outcome"] = serde_json::to_value(outcome).unwrap_or(Value::Null);
+        out["exit_code"] = job.exit_code.into();
+        if job.data_destroyed {
             out["data_destroyed"] = true.into();
             return Ok(out);
         }
         // The output is what REST serves under artifact.read: the same check
         // (and a refusal recorded the same way), or no output.
-        if let Err(e) = self.authorize(caller, "artifact.read").await {
-            out["output"] = problem_text(&e).into();
-            return Ok(out);
-        }
-        for (name, o) in [("stdout", &f.stdout), ("stderr", &f.stderr)] {
-            if let Some(b) = &o.blob {
-                let bytes = self.state.core.read_blob(job_id, b).await?;
-                out[name] = String::from_utf8_lossy(&bytes).into_owned().into();
+        let job_ref = JobId::parse(job_id)?;
+        match self
+            .run(
+                caller,
+                Command::JobOutput {
+                    job: job_ref.clone(),
+                },
+            )
+            .await
+        {
+            Ok(Reply::Output(o)) => {
+                out["stdout"] = o.stdout.content.into();
+                out["stderr"] = o.stderr.content.into();
             }
+            Ok(_) => return Err(ApiError::Internal("unexpected reply".into())),
+            Err(e @ ApiError::Forbidden(_)) => {
+                out["output"] = problem_text(&e).into();
+                return Ok(out);
+            }
+            Err(e) => return Err(e),
         }
-        out["artifacts"] = self
-            .state
-            .core
-            .artifacts(job_id, &r)
+        if let Reply::Artifacts(a) = self
+            .run(caller, Command::ListArtifacts { job: job_ref })
             .await?
-            .into_iter()
-            .map(|a| a.path)
-            .collect::<Vec<_>>()
-            .into();
+        {
+            out["artifacts"] = a
+                .artifacts
+                .into_iter()
+                .map(|a| a.path)
+                .collect::<Vec<_>>()
+                .into();
+        }
         Ok(out)
     }
 
@@ -711,13 +690,20 @@ impl GlassboxMcp {
         if let Some(k) = &a.idempotency_key {
             crate::api::valid_idempotency_key("idempotency_key", k)?;
         }
-        let reply = self
-            .state
-            .core
-            .submit(caller, request, a.idempotency_key)
-            .await?;
+        let Reply::Submitted(reply) = self
+            .run(
+                caller,
+                Command::SubmitJob {
+                    request,
+                    idempotency_key: a.idempotency_key,
+                },
+            )
+            .await?
+        else {
+            return Err(ApiError::Internal("unexpected reply".into()));
+        };
         let r = reply.receipt;
-        if r.status != "accepted" {
+        if r.status != JobStatus::Accepted {
             return Err(ApiError::Forbidden(vec![format!(
                 "job {} was rejected by policy: {}",
                 r.job_id,
@@ -732,23 +718,20 @@ impl GlassboxMcp {
         caller: &Caller,
         job_id: &str,
         path: &str,
-    ) -> Result<(Artifact, Vec<u8>), ApiError> {
-        self.authorize(caller, "artifact.read").await?;
-        let r = self
-            .state
-            .core
-            .result(&caller.identity.tenant, job_id)
-            .await?;
-        let art = self
-            .state
-            .core
-            .artifacts(job_id, &r)
+    ) -> Result<Vec<u8>, ApiError> {
+        match self
+            .run(
+                caller,
+                Command::ReadArtifact {
+                    job: JobId::parse(job_id)?,
+                    path: path.to_owned(),
+                },
+            )
             .await?
-            .into_iter()
-            .find(|x| x.path == path)
-            .ok_or_else(|| ApiError::NotFound(format!("artifact {path} of job {job_id}")))?;
-        let bytes = self.state.core.read_blob(job_id, &art.blob).await?;
-        Ok((art, bytes))
+        {
+            Reply::ArtifactBytes(b) => Ok(b),
+            _ => Err(ApiError::Internal("unexpected reply".into())),
+        }
     }
 
     async fn read_target(
@@ -758,16 +741,27 @@ impl GlassboxMcp {
     ) -> Result<ReadResourceResult, ApiError> {
         match parse_uri(uri) {
             Some(Target::Job(id)) => {
-                self.authorize(caller, "job.read").await?;
-                let job = crate::api::fetch_job(&self.state, &caller.identity.tenant, &id)
+                let Reply::Job(job) = self
+                    .run(
+                        caller,
+                        Command::GetJob {
+                            job: JobId::parse(&id)?,
+                            wait: Duration::ZERO,
+                            min_position: None,
+                        },
+                    )
                     .await?
-                    .ok_or_else(|| ApiError::NotFound(format!("job {id}")))?;
+                else {
+                    return Err(ApiError::Internal("unexpected reply".into()));
+                };
+                let text =
+                    serde_json::to_string(&job).map_err(|e| ApiError::Internal(e.to_string()))?;
                 Ok(ReadResourceResult::new(vec![
-                    ResourceContents::text(job.to_string(), uri).with_mime_type("application/json"),
+                    ResourceContents::text(text, uri).with_mime_type("application/json"),
                 ]))
             }
             Some(Target::Artifact(id, path)) => {
-                let (_, bytes) = self.artifact(caller, &id, &path).await?;
+                let bytes = self.artifact(caller, &id, &path).await?;
                 Ok(ReadResourceResult::new(vec![artifact_contents(
                     uri.to_owned(),
                     &path,
@@ -782,21 +776,27 @@ impl GlassboxMcp {
     }
 
     async fn recent_jobs(&self, caller: &Caller) -> Result<Vec<Resource>, ApiError> {
-        self.authorize(caller, "job.read").await?;
-        let rows: Vec<(String, String, String)> = sqlx::query_as(
-            "SELECT job_id, language, status FROM projections.jobs WHERE tenant = $1 \
-             ORDER BY submitted_position DESC LIMIT $2",
-        )
-        .bind(&caller.identity.tenant)
-        .bind(LISTED_JOBS)
-        .fetch_all(&self.state.core.pool)
-        .await
-        .map_err(|e| ApiError::Internal(format!("list jobs for resources: {e}")))?;
-        Ok(rows
+        let Reply::Jobs(list) = self
+            .run(
+                caller,
+                Command::ListJobs {
+                    status: None,
+                    language: None,
+                    limit: LISTED_JOBS,
+                    before_position: None,
+                    min_position: None,
+                },
+            )
+            .await?
+        else {
+            return Err(ApiError::Internal("unexpected reply".into()));
+        };
+        Ok(list
+            .jobs
             .into_iter()
-            .map(|(id, language, status)| {
-                Resource::new(job_uri(&id), format!("job {id}"))
-                    .with_description(format!("A {language} job, {status}"))
+            .map(|j| {
+                Resource::new(job_uri(&j.job_id), format!("job {}", j.job_id))
+                    .with_description(format!("A {} job, {}", j.language, j.status))
                     .with_mime_type("application/json")
             })
             .collect())
@@ -810,10 +810,9 @@ impl GlassboxMcp {
     )]
     async fn run_code(
         &self,
-        Extension(parts): Extension<axum::http::request::Parts>,
+        McpCaller(caller): McpCaller,
         Parameters(a): Parameters<RunCodeArgs>,
     ) -> Result<CallToolResult, ErrorData> {
-        let caller = caller(&parts)?;
         let wait = Duration::from_secs(a.wait_seconds.unwrap_or(60)).min(MAX_RUN_WAIT);
         Ok(tool_result(
             async {
@@ -831,13 +830,11 @@ impl GlassboxMcp {
     )]
     async fn get_job(
         &self,
-        Extension(parts): Extension<axum::http::request::Parts>,
+        McpCaller(caller): McpCaller,
         Parameters(a): Parameters<JobArgs>,
     ) -> Result<CallToolResult, ErrorData> {
-        let caller = caller(&parts)?;
         Ok(tool_result(
             async {
-                self.authorize(&caller, "job.read").await?;
                 Ok(ok_json(
                     self.wait_and_collect(&caller, &a.job_id, Duration::ZERO)
                         .await?,
@@ -852,10 +849,9 @@ impl GlassboxMcp {
     )]
     async fn submit_job(
         &self,
-        Extension(parts): Extension<axum::http::request::Parts>,
+        McpCaller(caller): McpCaller,
         Parameters(a): Parameters<RunCodeArgs>,
     ) -> Result<CallToolResult, ErrorData> {
-        let caller = caller(&parts)?;
         Ok(tool_result(
             async {
                 let r = self.submit(&caller, a).await?;
@@ -870,19 +866,26 @@ impl GlassboxMcp {
     #[tool(description = "Cancel a job (at once if it has not started, else its runner stops it).")]
     async fn cancel_job(
         &self,
-        Extension(parts): Extension<axum::http::request::Parts>,
+        McpCaller(caller): McpCaller,
         Parameters(a): Parameters<JobArgs>,
     ) -> Result<CallToolResult, ErrorData> {
-        let caller = caller(&parts)?;
         Ok(tool_result(
             async {
-                self.authorize(&caller, "job.cancel").await?;
-                let r = self
-                    .state
-                    .core
-                    .cancel(&caller, &a.job_id, Some("cancelled over MCP".into()))
+                let reply = self
+                    .run(
+                        &caller,
+                        Command::CancelJob {
+                            job: JobId::parse(&a.job_id)?,
+                            reason: Some("cancelled over MCP".into()),
+                        },
+                    )
                     .await?;
-                Ok(ok_json(serde_json::to_value(&r).unwrap_or(Value::Null)))
+                match reply {
+                    Reply::Cancelled(r) => {
+                        Ok(ok_json(serde_json::to_value(&r).unwrap_or(Value::Null)))
+                    }
+                    _ => Err(ApiError::Internal("unexpected reply".into())),
+                }
             }
             .await,
         ))
@@ -893,30 +896,31 @@ impl GlassboxMcp {
     )]
     async fn list_artifacts(
         &self,
-        Extension(parts): Extension<axum::http::request::Parts>,
+        McpCaller(caller): McpCaller,
         Parameters(a): Parameters<JobArgs>,
     ) -> Result<CallToolResult, ErrorData> {
-        let caller = caller(&parts)?;
         Ok(tool_result(
             async {
-                self.authorize(&caller, "artifact.read").await?;
-                let r = self
-                    .state
-                    .core
-                    .result(&caller.identity.tenant, &a.job_id)
-                    .await?;
-                let list: Vec<Value> = self
-                    .state
-                    .core
-                    .artifacts(&a.job_id, &r)
+                let Reply::Artifacts(list) = self
+                    .run(
+                        &caller,
+                        Command::ListArtifacts {
+                            job: JobId::parse(&a.job_id)?,
+                        },
+                    )
                     .await?
+                else {
+                    return Err(ApiError::Internal("unexpected reply".into()));
+                };
+                let items: Vec<Value> = list
+                    .artifacts
                     .iter()
                     .map(|x| {
                         json!({"path": x.path, "size_bytes": x.size_bytes,
                                "truncated": x.truncated, "uri": artifact_uri(&a.job_id, &x.path)})
                     })
                     .collect();
-                Ok(ok_json(json!({"job_id": a.job_id, "artifacts": list})))
+                Ok(ok_json(json!({"job_id": a.job_id, "artifacts": items})))
             }
             .await,
         ))
@@ -927,13 +931,12 @@ impl GlassboxMcp {
     )]
     async fn read_artifact(
         &self,
-        Extension(parts): Extension<axum::http::request::Parts>,
+        McpCaller(caller): McpCaller,
         Parameters(a): Parameters<ArtifactArgs>,
     ) -> Result<CallToolResult, ErrorData> {
-        let caller = caller(&parts)?;
         Ok(tool_result(
             async {
-                let (_, bytes) = self.artifact(&caller, &a.job_id, &a.path).await?;
+                let bytes = self.artifact(&caller, &a.job_id, &a.path).await?;
                 let uri = artifact_uri(&a.job_id, &a.path);
                 Ok(CallToolResult::success(vec![
                     match artifact_contents(uri, &a.path, bytes) {
@@ -953,27 +956,29 @@ impl GlassboxMcp {
     )]
     async fn verify_ledger(
         &self,
-        Extension(parts): Extension<axum::http::request::Parts>,
+        McpCaller(caller): McpCaller,
     ) -> Result<CallToolResult, ErrorData> {
-        let caller = caller(&parts)?;
         Ok(tool_result(
             async {
-                self.authorize(&caller, "audit.verify").await?;
-                let key = crate::audit::verifier(&self.state)?;
                 match self
-                    .state
-                    .core
-                    .store
-                    .verify(Some(key), &[], None, None)
-                    .await
+                    .run(
+                        &caller,
+                        Command::VerifyLedger {
+                            from: None,
+                            to: None,
+                        },
+                    )
+                    .await?
                 {
-                    Ok(Ok(r)) => Ok(ok_json(
-                        json!({"verifies": true, "records": r.records, "root": r.root.to_hex(),
-                               "checkpoints_checked": r.checkpoints_checked}),
-                    )),
-                    Ok(Err(f)) => Ok(ok_json(json!({"verifies": false, "position": f.position,
-                               "reason": f.problem.to_string()}))),
-                    Err(e) => Err(ApiError::Internal(format!("verify ledger: {e}"))),
+                    Reply::Verified(v) => Ok(ok_json(match (v.report, v.failure) {
+                        (Some(r), _) => json!({"verifies": true, "records": r["records"],
+                               "root": r["root"], "checkpoints_checked": r["checkpoints_checked"]}),
+                        (_, Some(f)) => {
+                            json!({"verifies": false, "position": f.position, "reason": f.reason})
+                        }
+                        _ => json!({"verifies": v.verifies}),
+                    })),
+                    _ => Err(ApiError::Internal("unexpected reply".into())),
                 }
             }
             .await,
@@ -985,24 +990,25 @@ impl GlassboxMcp {
     )]
     async fn replay(
         &self,
-        Extension(parts): Extension<axum::http::request::Parts>,
+        McpCaller(caller): McpCaller,
         Parameters(a): Parameters<ReplayArgs>,
     ) -> Result<CallToolResult, ErrorData> {
-        use glassbox_audit_query::replay::{self, At};
-        let caller = caller(&parts)?;
+        use glassbox_audit_query::replay::At;
         Ok(tool_result(
             async {
-                self.authorize(&caller, "audit.replay").await?;
-                match replay::replay(&self.state.core.store, &a.stream, a.at.map(At::Position))
-                    .await
+                match self
+                    .run(
+                        &caller,
+                        Command::Replay {
+                            stream: a.stream.clone(),
+                            at: a.at.map(At::Position),
+                            reevaluate: false,
+                        },
+                    )
+                    .await?
                 {
-                    Ok(r) if r.tenant == caller.identity.tenant => {
-                        Ok(ok_json(serde_json::to_value(&r).unwrap_or(Value::Null)))
-                    }
-                    Ok(_) | Err(replay::ReplayError::NoStream(_)) => {
-                        Err(ApiError::NotFound(format!("stream {}", a.stream)))
-                    }
-                    Err(e) => Err(ApiError::Internal(format!("replay {}: {e}", a.stream))),
+                    Reply::Replayed(v) => Ok(ok_json(v)),
+                    _ => Err(ApiError::Internal("unexpected reply".into())),
                 }
             }
             .await,
@@ -1014,30 +1020,26 @@ impl GlassboxMcp {
     )]
     async fn search_audit(
         &self,
-        Extension(parts): Extension<axum::http::request::Parts>,
+        McpCaller(caller): McpCaller,
         Parameters(a): Parameters<SearchArgs>,
     ) -> Result<CallToolResult, ErrorData> {
-        let caller = caller(&parts)?;
         Ok(tool_result(
             async {
-                self.authorize(&caller, "audit.read").await?;
-                let filters = glassbox_audit_query::bundle::Filters {
-                    tenant: Some(caller.identity.tenant.clone()),
-                    stream: a.stream,
-                    event_type: a.event_type,
-                    ..Default::default()
+                let command = Command::SearchAudit {
+                    scope: Scope::Own,
+                    filters: glassbox_audit_query::bundle::Filters {
+                        stream: a.stream,
+                        event_type: a.event_type,
+                        ..Default::default()
+                    },
+                    order: glassbox_audit_query::search::Order::Desc,
+                    limit: a.limit.unwrap_or(20).clamp(1, 100),
+                    cursor: None,
                 };
-                let limit = a.limit.unwrap_or(20).clamp(1, 100);
-                let page = glassbox_audit_query::search::search(
-                    &self.state.core.store,
-                    &filters,
-                    glassbox_audit_query::search::Order::Desc,
-                    limit,
-                    None,
-                )
-                .await
-                .map_err(crate::audit::search_error)?;
-                Ok(ok_json(json!({"events": page.events})))
+                match self.run(&caller, command).await? {
+                    Reply::Audit(page) => Ok(ok_json(json!({"events": page.events}))),
+                    _ => Err(ApiError::Internal("unexpected reply".into())),
+                }
             }
             .await,
         ))
@@ -1171,29 +1173,6 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-    }
-
-    #[test]
-    fn limits_arguments_name_every_ledger_limit() {
-        // A struct literal: a limit added to the ledger fails to compile here,
-        // and if LimitsArg (deny_unknown_fields) lacks it, the parse fails.
-        let all = Limits {
-            wall_time_ms: Some(1),
-            cpu_millicores: Some(2),
-            memory_bytes: Some(3),
-            processes: Some(4),
-            workspace_bytes: Some(5),
-            tmp_bytes: Some(6),
-            stdout_bytes: Some(7),
-            stderr_bytes: Some(8),
-            output_bytes: Some(9),
-            output_files: Some(10),
-        };
-        let arg: LimitsArg =
-            serde_json::from_value(serde_json::to_value(&all).expect("json")).expect("every limit");
-        let back: Limits =
-            serde_json::from_value(serde_json::to_value(&arg).expect("json")).expect("limits");
-        assert_eq!(back, all);
     }
 
     #[test]

@@ -142,6 +142,14 @@ impl NewEvent {
         }
     }
 
+    /// From any catalogue event.
+    pub fn known(
+        stream: impl Into<String>,
+        event: &crate::catalogue::KnownEvent,
+    ) -> Result<NewEvent, crate::catalogue::EventError> {
+        Ok(NewEvent::new(stream, event.event_type(), event.to_data()?))
+    }
+
     /// From a typed catalogue event.
     pub fn typed<E: crate::catalogue::Event>(
         stream: impl Into<String>,
@@ -246,6 +254,9 @@ pub struct AppendOutcome {
     pub events: Vec<Appended>,
     /// True when an idempotency key matched and nothing new was appended.
     pub replayed: bool,
+    /// The records appended (empty for a replay), so a writer can fold them
+    /// into the state it carries without reading them back.
+    pub records: Vec<Record>,
 }
 
 impl AppendOutcome {
@@ -388,6 +399,15 @@ impl EventStore {
         Ok(v.map(|v| v as u64))
     }
 
+    /// The tree size of the largest signed checkpoint (0: none yet).
+    pub async fn latest_checkpoint_size(&self) -> Result<u64, StoreError> {
+        let n: Option<i64> = sqlx::query_scalar("SELECT max(tree_size) FROM ledger.checkpoints")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db("read checkpoints"))?;
+        Ok(n.unwrap_or(0) as u64)
+    }
+
     /// One record by position.
     pub async fn record(&self, position: u64) -> Result<Option<StoredRecord>, StoreError> {
         let row = sqlx::query(
@@ -493,6 +513,76 @@ impl EventStore {
             tx,
             Duration::from_millis(500),
         ));
+        Subscription { rx, task }
+    }
+
+    /// Delivers the records of the given types appended after position
+    /// `after`, in order — without reading any other record (the filter runs in
+    /// the database). Woken by the ledger's NOTIFY, with a poll every second as
+    /// a safety net; a record is delivered only once the head has passed it, so
+    /// a late commit is never skipped (commit order is position order).
+    pub fn watch_types(&self, after: u64, types: &[&str]) -> Subscription {
+        let (tx, rx) = mpsc::channel(256);
+        let pool = self.pool.clone();
+        let types: Vec<String> = types.iter().map(|t| (*t).to_owned()).collect();
+        let counter = self.records_read.clone();
+        let task = tokio::spawn(async move {
+            let mut last = after;
+            let mut listener = None;
+            loop {
+                if listener.is_none() {
+                    if let Ok(mut l) = PgListener::connect_with(&pool).await
+                        && l.listen(NOTIFY_CHANNEL).await.is_ok()
+                    {
+                        listener = Some(l);
+                    }
+                }
+                let head: Result<i64, sqlx::Error> =
+                    sqlx::query_scalar("SELECT position FROM ledger.head WHERE id")
+                        .fetch_one(&pool)
+                        .await;
+                if let Ok(head) = head {
+                    let head = head as u64;
+                    if head > last {
+                        let rows = sqlx::query(
+                            "SELECT position, canonical, entry_hash FROM ledger.records \
+                             WHERE position > $1 AND position <= $2 AND type = ANY($3) \
+                             ORDER BY position",
+                        )
+                        .bind(last as i64)
+                        .bind(head as i64)
+                        .bind(&types)
+                        .fetch_all(&pool)
+                        .await;
+                        if let Ok(rows) = rows {
+                            counter
+                                .fetch_add(rows.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                            for row in &rows {
+                                let item = StoredRecord::from_row(row);
+                                if tx.send(item).await.is_err() {
+                                    return;
+                                }
+                            }
+                            last = head;
+                        }
+                    }
+                }
+                let wait = async {
+                    match listener.as_mut() {
+                        Some(l) => {
+                            if l.recv().await.is_err() {
+                                listener = None;
+                            }
+                        }
+                        None => tokio::time::sleep(Duration::from_secs(1)).await,
+                    }
+                };
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    _ = tokio::time::timeout(Duration::from_secs(1), wait) => {}
+                }
+            }
+        });
         Subscription { rx, task }
     }
 
@@ -1306,7 +1396,9 @@ async fn commit_group(
             versions.insert(s.to_owned(), v);
         }
         let mut appended = Vec::with_capacity(built.len());
+        let mut records = Vec::with_capacity(built.len());
         for (rec, bytes, hash) in built {
+            records.push(rec.clone());
             appended.push(Appended {
                 position: rec.position,
                 stream: rec.stream.clone(),
@@ -1339,6 +1431,7 @@ async fn commit_group(
         planned.push(Planned::Done(Ok(AppendOutcome {
             events: appended,
             replayed: false,
+            records,
         })));
     }
 
@@ -1416,6 +1509,7 @@ async fn commit_group(
                 Ok(o) => Ok(AppendOutcome {
                     events: o.events.clone(),
                     replayed: true,
+                    records: Vec::new(),
                 }),
                 Err(_) => Err(StoreError::InvalidRequest(
                     "the original request with this idempotency key failed".into(),
@@ -1445,6 +1539,7 @@ async fn commit_group(
                 Ok(AppendOutcome {
                     events,
                     replayed: true,
+                    records: Vec::new(),
                 })
             }
         };

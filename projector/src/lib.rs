@@ -23,13 +23,18 @@
 //! sign if one was signed less than an interval ago by anyone, so a fleet of
 //! projectors still signs at most once per interval.
 
+pub mod queries;
+
 use chrono::{DateTime, Utc};
+use glassbox_domain::Job;
+use glassbox_domain::stream::job_of;
 use glassbox_events::catalogue::KnownEvent;
 use glassbox_events::store::{EventStore, StoreError, StoredRecord};
 use glassbox_events::{Digest, SigningKey};
-use serde_json::{Value, json};
+use serde_json::Value;
 use sqlx::postgres::{PgListener, PgPool};
 use sqlx::{Postgres, Row as _, Transaction};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -136,8 +141,9 @@ impl Projector {
         }
         index(tx, &records).await?;
         for r in &records {
-            fold(tx, r).await?;
+            fold_decision(tx, r).await?;
         }
+        fold_jobs(tx, &records).await?;
         let last_pos = last.record.position;
         sqlx::query(
             "UPDATE projections.checkpoints SET position = $2, occurred_at = $3 WHERE projector = $1",
@@ -305,52 +311,28 @@ impl Projector {
     }
 
     async fn latest_signed(&self) -> Result<u64, ProjectorError> {
-        let n: Option<i64> = sqlx::query_scalar("SELECT max(tree_size) FROM ledger.checkpoints")
-            .fetch_one(self.pool())
-            .await
-            .map_err(db("read checkpoints"))?;
-        Ok(n.unwrap_or(0) as u64)
+        Ok(self.store.latest_checkpoint_size().await?)
     }
 }
 
-/// A job's read-model row as it stood once the ledger reached position `at`:
-/// its stream's records up to `at`, folded by the same code as the live
-/// projection, in a transaction that is rolled back (nothing is changed). For
-/// replay: equal to the live row as it was at `at`, by construction.
+/// A job's read-model view as it stood once the ledger reached position `at`:
+/// its stream's records up to `at`, folded by the domain's `Job::apply` — the
+/// same fold the live projection runs — so replay at `at` equals the read model
+/// as it was then, by construction, without touching the live tables.
 pub async fn job_as_of(
     store: &EventStore,
     job_id: &str,
     at: u64,
 ) -> Result<Option<Value>, ProjectorError> {
-    let stream = format!("job-{job_id}");
+    let stream = glassbox_domain::Stream::job(job_id);
     let records: Vec<StoredRecord> = store
-        .read_stream(&stream, 1, 1_000_000)
+        .read_stream(stream.as_str(), 1, 1_000_000)
         .await?
         .into_iter()
         .filter(|r| r.record.position <= at)
         .collect();
-    let mut tx = store.pool().begin().await.map_err(db("replay: begin"))?;
-    for sql in [
-        "DELETE FROM projections.jobs WHERE job_id = $1",
-        "DELETE FROM projections.policy_decisions WHERE stream = 'job-' || $1",
-    ] {
-        sqlx::query(sql)
-            .bind(job_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("replay: clear"))?;
-    }
-    for r in &records {
-        fold(&mut tx, r).await?;
-    }
-    let row: Option<Value> =
-        sqlx::query_scalar("SELECT to_jsonb(j) FROM projections.jobs j WHERE job_id = $1")
-            .bind(job_id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db("replay: read"))?;
-    tx.rollback().await.map_err(db("replay: roll back"))?;
-    Ok(row)
+    let job = Job::fold(records.iter().map(|r| &r.record));
+    Ok(job.view().and_then(|v| serde_json::to_value(v).ok()))
 }
 
 /// The last position folded, read without locking.
@@ -448,242 +430,108 @@ fn enum_name<T: serde::Serialize>(v: &T) -> String {
 
 /// The job a stream belongs to (`job-<id>`).
 pub fn job_id_of(stream: &str) -> Option<&str> {
-    stream.strip_prefix("job-")
+    job_of(stream)
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> Value {
     serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
-/// Statuses after which nothing but data deletion changes a job.
-pub const TERMINAL: &[&str] = &["rejected", "completed", "failed", "cancelled"];
-
-async fn fold(
+/// `projections.policy_decisions`: one row per `policy.evaluated`.
+async fn fold_decision(
     tx: &mut Transaction<'static, Postgres>,
     s: &StoredRecord,
 ) -> Result<(), ProjectorError> {
     let r = &s.record;
-    let event = match KnownEvent::decode(&r.event_type, &r.data) {
-        Ok(Some(e)) => e,
-        Ok(None) => return Ok(()),
-        Err(e) => {
-            // Still indexed; its effects on the job tables are skipped, the same
-            // way on every rebuild.
-            tracing::warn!(position = r.position, error = %e, "projector: undecodable event");
-            return Ok(());
-        }
+    let Ok(Some(KnownEvent::PolicyEvaluated(e))) = KnownEvent::decode(&r.event_type, &r.data)
+    else {
+        return Ok(());
     };
-    let pos = r.position as i64;
     let at: DateTime<Utc> = r.occurred_at;
-    let job = job_id_of(&r.stream).map(str::to_owned);
-    // A status change that never moves a terminal job backwards.
-    let set_status = |status: &'static str| {
-        format!(
-            "UPDATE projections.jobs SET status = CASE WHEN status = ANY($4) THEN status ELSE '{status}' END, \
-             last_position = $2, updated_at = $3 WHERE job_id = $1"
+    sqlx::query(
+        "INSERT INTO projections.policy_decisions (position, tenant, stream, job_id, policy, \
+         decision, reasons, bundle_digest, input_digest, error, occurred_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+    )
+    .bind(r.position as i64)
+    .bind(&r.tenant)
+    .bind(&r.stream)
+    .bind(job_id_of(&r.stream))
+    .bind(&e.policy)
+    .bind(enum_name(&e.decision))
+    .bind(to_json(&e.reasons))
+    .bind(e.bundle_digest.to_hex())
+    .bind(e.input_digest.to_hex())
+    .bind(&e.error)
+    .bind(at)
+    .execute(&mut **tx)
+    .await
+    .map_err(db("fold a policy decision"))?;
+    Ok(())
+}
+
+/// `projections.jobs`: each job's state is the domain's [`Job`], folded by
+/// `Job::apply` from the state stored with the row; the row's columns are
+/// what queries filter on. One read and one write per job per batch.
+async fn fold_jobs(
+    tx: &mut Transaction<'static, Postgres>,
+    records: &[StoredRecord],
+) -> Result<(), ProjectorError> {
+    let mut touched: BTreeMap<&str, Vec<&StoredRecord>> = BTreeMap::new();
+    for s in records {
+        if let Some(id) = job_id_of(&s.record.stream) {
+            touched.entry(id).or_default().push(s);
+        }
+    }
+    if touched.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<&str> = touched.keys().copied().collect();
+    let rows = sqlx::query("SELECT job_id, state FROM projections.jobs WHERE job_id = ANY($1)")
+        .bind(&ids)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(db("read job states"))?;
+    let mut states: BTreeMap<String, Job> = BTreeMap::new();
+    for r in rows {
+        let id: String = r.try_get("job_id").map_err(db("read job states"))?;
+        let v: Value = r.try_get("state").map_err(db("read job states"))?;
+        // A state this build cannot read is refolded from scratch below.
+        if let Ok(j) = serde_json::from_value::<Job>(v) {
+            states.insert(id, j);
+        }
+    }
+    for (id, recs) in touched {
+        let job = states.entry(id.to_owned()).or_default();
+        for s in recs {
+            // Records already folded into the stored state are not applied twice.
+            if s.record.stream_version > job.version {
+                job.apply(&s.record);
+            }
+        }
+        let Some(view) = job.view() else {
+            // No `job.submitted` (a refusal before anything was stored): no row.
+            continue;
+        };
+        sqlx::query(
+            "INSERT INTO projections.jobs (job_id, tenant, status, language, submitted_position, \
+             last_position, updated_at, data_destroyed, state) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             ON CONFLICT (job_id) DO UPDATE SET tenant = $2, status = $3, language = $4, \
+             submitted_position = $5, last_position = $6, updated_at = $7, data_destroyed = $8, state = $9",
         )
-    };
-    let terminal: Vec<String> = TERMINAL.iter().map(|s| (*s).to_owned()).collect();
-    let step = "fold event";
-    match event {
-        KnownEvent::JobSubmitted(e) => {
-            sqlx::query(
-                "INSERT INTO projections.jobs (job_id, tenant, status, language, submitted_by, app, agent, \
-                 idempotency_key, submitted_position, submitted_at, last_position, updated_at, \
-                 requested_limits, secrets, dependencies) \
-                 VALUES ($1, $2, 'submitted', $3, $4, $5, $6, $7, $8, $9, $8, $9, $10, $11, $12) \
-                 ON CONFLICT (job_id) DO NOTHING",
-            )
-            .bind(&e.job_id)
-            .bind(&r.tenant)
-            .bind(&e.language)
-            .bind(&r.actor.id)
-            .bind(&r.actor.app)
-            .bind(&r.actor.agent)
-            .bind(&e.idempotency_key)
-            .bind(pos)
-            .bind(at)
-            .bind(to_json(&e.limits))
-            .bind(to_json(&e.secrets))
-            .bind(to_json(&e.dependencies))
-            .execute(&mut **tx)
-            .await
-            .map_err(db(step))?;
-        }
-        KnownEvent::PolicyEvaluated(e) => {
-            sqlx::query(
-                "INSERT INTO projections.policy_decisions (position, tenant, stream, job_id, policy, \
-                 decision, reasons, bundle_digest, input_digest, error, occurred_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-            )
-            .bind(pos)
-            .bind(&r.tenant)
-            .bind(&r.stream)
-            .bind(&job)
-            .bind(&e.policy)
-            .bind(enum_name(&e.decision))
-            .bind(to_json(&e.reasons))
-            .bind(e.bundle_digest.to_hex())
-            .bind(e.input_digest.to_hex())
-            .bind(&e.error)
-            .bind(at)
-            .execute(&mut **tx)
-            .await
-            .map_err(db(step))?;
-        }
-        KnownEvent::JobAccepted(e) => {
-            sqlx::query(
-                "UPDATE projections.jobs SET status = CASE WHEN status = ANY($4) THEN status ELSE 'accepted' END, \
-                 effective_limits = $5, last_position = $2, updated_at = $3 WHERE job_id = $1",
-            )
-            .bind(&e.job_id)
-            .bind(pos)
-            .bind(at)
-            .bind(&terminal)
-            .bind(to_json(&e.effective_limits))
-            .execute(&mut **tx)
-            .await
-            .map_err(db(step))?;
-        }
-        KnownEvent::JobRejected(e) => {
-            sqlx::query(
-                "UPDATE projections.jobs SET status = 'rejected', reasons = $4, last_position = $2, \
-                 updated_at = $3 WHERE job_id = $1",
-            )
-            .bind(&e.job_id)
-            .bind(pos)
-            .bind(at)
-            .bind(to_json(&e.reasons))
-            .execute(&mut **tx)
-            .await
-            .map_err(db(step))?;
-        }
-        KnownEvent::JobCancelRequested(e) => {
-            sqlx::query(
-                "UPDATE projections.jobs SET cancel_requested = true, last_position = $2, updated_at = $3 \
-                 WHERE job_id = $1",
-            )
-            .bind(&e.job_id)
-            .bind(pos)
-            .bind(at)
-            .execute(&mut **tx)
-            .await
-            .map_err(db(step))?;
-        }
-        KnownEvent::ExecutionClaimed(e) => {
-            if let Some(job) = &job {
-                sqlx::query(
-                    "UPDATE projections.jobs SET status = CASE WHEN status = ANY($4) THEN status ELSE 'claimed' END, \
-                     attempt = $5, runner = $6, last_position = $2, updated_at = $3 WHERE job_id = $1",
-                )
-                .bind(job)
-                .bind(pos)
-                .bind(at)
-                .bind(&terminal)
-                .bind(e.attempt as i64)
-                .bind(&e.runner)
-                .execute(&mut **tx)
-                .await
-                .map_err(db(step))?;
-            }
-        }
-        KnownEvent::ExecutionStarted(_) => {
-            if let Some(job) = &job {
-                sqlx::query(sqlx::AssertSqlSafe(set_status("running")))
-                    .bind(job)
-                    .bind(pos)
-                    .bind(at)
-                    .bind(&terminal)
-                    .execute(&mut **tx)
-                    .await
-                    .map_err(db(step))?;
-            }
-        }
-        KnownEvent::ExecutionFinished(e) => {
-            // The first `execution.finished` is the result; later ones never are.
-            if let Some(job) = &job {
-                sqlx::query(
-                    "UPDATE projections.jobs SET outcome = $4, exit_code = $5, signal = $6, wall_ms = $7, \
-                     result = $8, last_position = $2, updated_at = $3 WHERE job_id = $1 AND outcome IS NULL",
-                )
-                .bind(job)
-                .bind(pos)
-                .bind(at)
-                .bind(enum_name(&e.outcome))
-                .bind(e.exit_code)
-                .bind(e.signal)
-                .bind(e.wall_ms as i64)
-                .bind(to_json(&e))
-                .execute(&mut **tx)
-                .await
-                .map_err(db(step))?;
-            }
-        }
-        KnownEvent::ArtifactStored(e) => {
-            if let Some(job) = &job {
-                sqlx::query(
-                    "UPDATE projections.jobs SET artifacts = artifacts || $4, last_position = $2, \
-                     updated_at = $3 WHERE job_id = $1",
-                )
-                .bind(job)
-                .bind(pos)
-                .bind(at)
-                // No path: a program's file names are its data (in the
-                // encrypted artifact index), never a read-model column.
-                .bind(json!([{ "attempt": e.attempt, "index": e.index,
-                               "size_bytes": e.blob.size_bytes, "truncated": e.truncated }]))
-                .execute(&mut **tx)
-                .await
-                .map_err(db(step))?;
-            }
-        }
-        KnownEvent::KeyDestroyed(e) => {
-            sqlx::query(
-                "UPDATE projections.jobs SET data_destroyed = true, last_position = $2, updated_at = $3 \
-                 WHERE job_id = $1",
-            )
-            .bind(&e.key_id)
-            .bind(pos)
-            .bind(at)
-            .execute(&mut **tx)
-            .await
-            .map_err(db(step))?;
-        }
-        KnownEvent::JobCompleted(e) => {
-            sqlx::query(sqlx::AssertSqlSafe(set_status("completed")))
-                .bind(&e.job_id)
-                .bind(pos)
-                .bind(at)
-                .bind(&terminal)
-                .execute(&mut **tx)
-                .await
-                .map_err(db(step))?;
-        }
-        KnownEvent::JobFailed(e) => {
-            sqlx::query(
-                "UPDATE projections.jobs SET status = CASE WHEN status = ANY($4) THEN status ELSE 'failed' END, \
-                 reasons = reasons || $5, last_position = $2, updated_at = $3 WHERE job_id = $1",
-            )
-            .bind(&e.job_id)
-            .bind(pos)
-            .bind(at)
-            .bind(&terminal)
-            .bind(json!([e.reason]))
-            .execute(&mut **tx)
-            .await
-            .map_err(db(step))?;
-        }
-        KnownEvent::JobCancelled(e) => {
-            sqlx::query(sqlx::AssertSqlSafe(set_status("cancelled")))
-                .bind(&e.job_id)
-                .bind(pos)
-                .bind(at)
-                .bind(&terminal)
-                .execute(&mut **tx)
-                .await
-                .map_err(db(step))?;
-        }
-        _ => {}
+        .bind(id)
+        .bind(&view.tenant)
+        .bind(view.status.as_str())
+        .bind(&view.language)
+        .bind(view.submitted_position as i64)
+        .bind(view.last_position as i64)
+        .bind(job.updated_at)
+        .bind(view.data_destroyed)
+        .bind(to_json(job))
+        .execute(&mut **tx)
+        .await
+        .map_err(db("write a job"))?;
     }
     Ok(())
 }

@@ -2,40 +2,44 @@
 //! [`SandboxBackend`], and records every step (DESIGN §5–§6).
 //!
 //! **Discovery vs decision.** Candidate jobs come from the projector's read model
-//! (`projections.jobs`, cheap to query, woken by the projector's NOTIFY); whether
-//! a job may be claimed is decided from its ledger stream alone, and the claim is
-//! an append of `execution.claimed` at the stream version that was read — so of
-//! several runners racing for one attempt exactly one wins.
+//! (cheap to query, woken by the projector's NOTIFY); whether a job may be
+//! claimed — and everything else that happens to it — is decided by the domain's
+//! [`Job::decide`] on the job's ledger stream, through the store's one decide
+//! loop (`EventStore::decide`), which appends at the stream version it folded.
+//! So of several runners racing for one attempt exactly one wins.
+//!
+//! **State carried forward.** The runner folds a job's stream once, when it
+//! claims it, and keeps the [`Job`] it gets back from each append: its next
+//! decision is made on that state without reading the stream again (a conflict
+//! makes it read the records it missed). Cancellation requests reach it through
+//! one filtered ledger watch per runner (`job.cancel_requested` only), not by
+//! polling each job's stream.
 //!
 //! **At-least-once with de-duplication.** A claim carries a lease (the job's wall
 //! time plus a grace period). A lease that expires without `execution.finished`
-//! may be claimed again by any runner as the next attempt. The first
-//! `execution.finished` of a job is its result; a later one is recorded as
-//! `execution.superseded`, never as a second result. If a job has a finished
-//! attempt but no terminal event (its runner died in between), the next claimant
-//! completes it from the recorded result without running it again.
+//! may be claimed again by any runner as the next attempt, at most
+//! `max_attempts` times. The first `execution.finished` of a job is its result;
+//! a later one is recorded as `execution.superseded`, never as a second result.
+//! All of these rules live in [`Job::decide`].
 //!
 //! **What runs.** Only approved secrets (a `secret.injection_approved` in the
 //! stream) are materialized, from the configured provider; their values are
-//! redacted from stdout, stderr and artifacts before anything is stored, and never
-//! logged. Declared dependencies are checked against `glassbox.dependencies`
-//! first; a denial fails the job before anything runs.
+//! redacted from stdout, stderr, artifacts and file names before anything is
+//! stored, and never logged. Declared dependencies are checked against
+//! `glassbox.dependencies` first; a denial fails the job before anything runs.
 
 use crate::backend::{Progress, SandboxBackend};
 use crate::result::ExecutionResult;
 use crate::spec::{ExecutionSpec, InputFile, Limits};
-use chrono::{DateTime, Utc};
-use glassbox_events::Actor;
-use glassbox_events::catalogue::{
-    self, BlobRef, Decision as Verdict, KnownEvent, Outcome, OutputRef,
-};
-use glassbox_events::store::{
-    AppendRequest, EventStore, ExpectedVersion, NewEvent, StoreError, StoredRecord,
-};
+use chrono::Utc;
+use glassbox_domain::catalogue::{self, BlobRef, Decision as Verdict, KnownEvent, OutputRef};
+use glassbox_domain::{Finish, Job, JobCommand, Refusal, Stream};
+use glassbox_events::store::{AppendRequest, EventStore, NewEvent, StoreError};
+use glassbox_events::{Actor, DecideError, Decided, Envelope};
 use glassbox_platform::blob::BlobStore;
 use glassbox_policies::{Policy, PolicyEngine};
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -58,12 +62,8 @@ pub enum RunnerError {
         step: &'static str,
         detail: String,
     },
-    #[error("runner: {step}: database error: {source}")]
-    Database {
-        step: &'static str,
-        #[source]
-        source: sqlx::Error,
-    },
+    #[error("runner: {step}: {detail}")]
+    Query { step: &'static str, detail: String },
 }
 
 /// Where secret values come from. Values never leave this module except into
@@ -123,65 +123,6 @@ pub struct RunnerConfig {
 /// Default of [`RunnerConfig::max_attempts`].
 pub const DEFAULT_MAX_ATTEMPTS: u64 = 3;
 
-/// The state of one job, folded from its stream.
-#[derive(Debug, Default, Clone)]
-pub struct JobState {
-    pub tenant: String,
-    pub version: u64,
-    pub submitted: Option<catalogue::JobSubmitted>,
-    pub accepted: Option<catalogue::JobAccepted>,
-    pub approved_secrets: Vec<(String, String)>,
-    pub attempt: u64,
-    pub lease_expires_at: Option<DateTime<Utc>>,
-    pub claimed_by: Option<String>,
-    pub finished: Option<catalogue::ExecutionFinished>,
-    pub cancel_requested: bool,
-    pub terminal: bool,
-}
-
-impl JobState {
-    pub fn fold(records: &[StoredRecord]) -> JobState {
-        let mut s = JobState::default();
-        for r in records {
-            s.version = r.record.stream_version;
-            s.tenant.clone_from(&r.record.tenant);
-            match KnownEvent::decode(&r.record.event_type, &r.record.data) {
-                Ok(Some(KnownEvent::JobSubmitted(e))) => s.submitted = Some(*e),
-                Ok(Some(KnownEvent::JobAccepted(e))) => s.accepted = Some(*e),
-                Ok(Some(KnownEvent::SecretInjectionApproved(e))) => {
-                    s.approved_secrets.push((e.name, e.mode));
-                }
-                Ok(Some(KnownEvent::ExecutionClaimed(e))) => {
-                    s.attempt = s.attempt.max(e.attempt);
-                    s.lease_expires_at = DateTime::parse_from_rfc3339(&e.lease_expires_at)
-                        .ok()
-                        .map(|t| t.with_timezone(&Utc));
-                    s.claimed_by = Some(e.runner);
-                }
-                Ok(Some(KnownEvent::ExecutionFinished(e))) if s.finished.is_none() => {
-                    s.finished = Some(*e);
-                }
-                Ok(Some(KnownEvent::JobCancelRequested(_))) => s.cancel_requested = true,
-                Ok(Some(
-                    KnownEvent::JobCompleted(_)
-                    | KnownEvent::JobFailed(_)
-                    | KnownEvent::JobCancelled(_)
-                    | KnownEvent::JobRejected(_),
-                )) => s.terminal = true,
-                _ => {}
-            }
-        }
-        s
-    }
-
-    /// May a runner claim the next attempt now?
-    pub fn claimable(&self, now: DateTime<Utc>) -> bool {
-        self.accepted.is_some()
-            && !self.terminal
-            && (self.attempt == 0 || self.lease_expires_at.is_none_or(|t| t <= now))
-    }
-}
-
 pub struct Runner<B: SandboxBackend> {
     store: EventStore,
     blobs: BlobStore,
@@ -190,11 +131,39 @@ pub struct Runner<B: SandboxBackend> {
     config: RunnerConfig,
     slots: Arc<Semaphore>,
     queued: AtomicUsize,
-    running: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// The jobs this runner runs, and how to cancel each.
+    running: std::sync::Mutex<HashMap<String, CancellationToken>>,
 }
 
-fn db(step: &'static str) -> impl FnOnce(sqlx::Error) -> RunnerError {
-    move |source| RunnerError::Database { step, source }
+/// What stops an attempt early, and why (recorded as the cancel reason).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Requested,
+    Shutdown,
+    TakenOver,
+}
+
+impl Stop {
+    fn reason(self) -> &'static str {
+        match self {
+            Stop::Requested => "cancel requested",
+            Stop::Shutdown => "the runner shut down",
+            Stop::TakenOver => "another runner took the job over",
+        }
+    }
+}
+
+/// Why an attempt ended early without a result of its own.
+enum Halt {
+    /// Another attempt holds the job, or the job ended: nothing more to record.
+    Lost,
+    Err(RunnerError),
+}
+
+impl From<RunnerError> for Halt {
+    fn from(e: RunnerError) -> Halt {
+        Halt::Err(e)
+    }
 }
 
 impl<B: SandboxBackend + 'static> Runner<B> {
@@ -213,7 +182,7 @@ impl<B: SandboxBackend + 'static> Runner<B> {
             backend,
             config,
             queued: AtomicUsize::new(0),
-            running: std::sync::Mutex::new(Default::default()),
+            running: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -226,14 +195,42 @@ impl<B: SandboxBackend + 'static> Runner<B> {
         Actor::system(format!("runner:{}", self.config.runner_id))
     }
 
+    fn envelope(&self, tenant: &str) -> Envelope {
+        Envelope::new(tenant, self.actor())
+    }
+
     /// Claims and runs jobs until `shutdown`; then stops claiming, cancels the
     /// jobs it holds and waits until each has recorded its end and cleaned up,
     /// so nothing is left half-done.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let pool = self.store.pool().clone();
         let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
-            Ok(mut l) => l.listen("glassbox_projection").await.ok().map(|_| l),
+            Ok(mut l) => l
+                .listen(glassbox_projector::NOTIFY_CHANNEL)
+                .await
+                .ok()
+                .map(|_| l),
             Err(_) => None,
+        };
+        // Cancellation requests, as they are appended (one watch per runner).
+        let from = self.store.head().await.map(|(h, _)| h).unwrap_or(0);
+        let mut cancels = self.store.watch_types(
+            from,
+            &[<catalogue::JobCancelRequested as catalogue::Event>::TYPE],
+        );
+        let watcher = {
+            let me = self.clone();
+            tokio::spawn(async move {
+                while let Some(item) = cancels.next().await {
+                    let Ok(r) = item else { continue };
+                    if let Some(job) = glassbox_domain::stream::job_of(&r.record.stream)
+                        && let Ok(running) = me.running.lock()
+                        && let Some(t) = running.get(job)
+                    {
+                        t.cancel();
+                    }
+                }
+            })
         };
         let mut tasks = tokio::task::JoinSet::new();
         loop {
@@ -253,15 +250,16 @@ impl<B: SandboxBackend + 'static> Runner<B> {
                         };
                         match self.try_claim(&job).await {
                             Ok(Some(state)) => {
-                                self.mark(&job, true);
-                                let me = self.clone();
                                 // A stopping runner (SIGINT/SIGTERM) cancels what
                                 // it runs: each job records `job.cancelled` ("the
                                 // runner shut down") and its sandbox is cleaned up.
-                                let token = shutdown.child_token();
+                                let token = CancellationToken::new();
+                                self.mark(&job, Some(token.clone()));
+                                let me = self.clone();
+                                let stop = shutdown.clone();
                                 tasks.spawn(async move {
                                     let attempt = state.attempt;
-                                    if let Err(e) = me.execute_job(&job, state, token).await {
+                                    if let Err(e) = me.execute_job(&job, state, token, stop).await {
                                         tracing::error!(error = %e, "runner: an attempt failed; recording it");
                                         // Any error ends the attempt with a recorded
                                         // reason; if even that cannot be appended, the
@@ -273,7 +271,7 @@ impl<B: SandboxBackend + 'static> Runner<B> {
                                             tracing::error!(error = %e2, "runner: could not record a failed attempt");
                                         }
                                     }
-                                    me.mark(&job, false);
+                                    me.mark(&job, None);
                                     drop(permit);
                                 });
                             }
@@ -300,166 +298,158 @@ impl<B: SandboxBackend + 'static> Runner<B> {
                 } => {}
             }
         }
-        // Graceful shutdown: running jobs see their token cancelled, record it
-        // and clean up before the runner exits.
+        // Graceful shutdown: running jobs see the shutdown, record it and
+        // clean up before the runner exits.
         while tasks.join_next().await.is_some() {}
+        watcher.abort();
     }
 
     fn is_running(&self, job: &str) -> bool {
-        self.running.lock().map(|r| r.contains(job)).unwrap_or(true)
+        self.running
+            .lock()
+            .map(|r| r.contains_key(job))
+            .unwrap_or(true)
     }
 
-    fn mark(&self, job: &str, on: bool) {
+    fn mark(&self, job: &str, token: Option<CancellationToken>) {
         if let Ok(mut r) = self.running.lock() {
-            if on {
-                r.insert(job.to_owned());
-            } else {
-                r.remove(job);
+            match token {
+                Some(t) => {
+                    r.insert(job.to_owned(), t);
+                }
+                None => {
+                    r.remove(job);
+                }
             }
         }
     }
 
     /// Jobs that may need a runner, oldest first (from the read model).
     async fn candidates(&self) -> Result<Vec<String>, RunnerError> {
-        sqlx::query_scalar(
-            "SELECT job_id FROM projections.jobs WHERE status IN ('accepted', 'claimed', 'running') \
-             ORDER BY submitted_position LIMIT 256",
-        )
-        .fetch_all(self.store.pool())
-        .await
-        .map_err(db("list candidate jobs"))
-    }
-
-    async fn read(&self, job: &str) -> Result<JobState, RunnerError> {
-        let records = self
-            .store
-            .read_stream(&format!("job-{job}"), 1, 100_000)
+        glassbox_projector::queries::runnable_jobs(self.store.pool(), 256)
             .await
-            .map_err(|source| RunnerError::Store {
-                job: job.to_owned(),
-                step: "read stream",
-                source: Box::new(source),
-            })?;
-        Ok(JobState::fold(&records))
+            .map_err(|e| RunnerError::Query {
+                step: "list candidate jobs",
+                detail: e.to_string(),
+            })
     }
 
-    /// Appends `execution.claimed` at the version read; `None` if the job is not
-    /// claimable or another runner won.
-    pub async fn try_claim(&self, job: &str) -> Result<Option<JobState>, RunnerError> {
-        let state = self.read(job).await?;
+    fn store_error(job: &str, step: &'static str) -> impl FnOnce(StoreError) -> RunnerError {
+        let job = job.to_owned();
+        move |source| RunnerError::Store {
+            job,
+            step,
+            source: Box::new(source),
+        }
+    }
+
+    /// Decides `command` on the state carried forward and appends it.
+    async fn decide(
+        &self,
+        job: &str,
+        state: Job,
+        command: impl Fn(&Job) -> JobCommand,
+    ) -> Result<Decided<Job>, Halt> {
+        let stream = Stream::job(job);
+        let env = self.envelope(&state.tenant);
+        let decided = self
+            .store
+            .decide_from(stream.as_str(), state, &env, |j: &Job| {
+                let events = j.decide(command(j))?;
+                events
+                    .iter()
+                    .map(|e| NewEvent::known(stream.as_str(), e))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| Refusal::Invalid(e.to_string()))
+            })
+            .await;
+        match decided {
+            Ok(d) => Ok(d),
+            Err(DecideError::Refused(Refusal::LeaseLost { .. } | Refusal::Ended(_))) => {
+                Err(Halt::Lost)
+            }
+            Err(DecideError::Refused(r)) => Err(Halt::Err(RunnerError::Job {
+                job: job.to_owned(),
+                step: "decide",
+                detail: r.to_string(),
+            })),
+            Err(DecideError::Store(e)) => Err(Halt::Err(Self::store_error(job, "append")(e))),
+            Err(DecideError::Contended { .. }) => Err(Halt::Err(RunnerError::Job {
+                job: job.to_owned(),
+                step: "append",
+                detail: "the stream kept changing".into(),
+            })),
+        }
+    }
+
+    /// Claims the next attempt of `job`; `None` if it is not claimable, another
+    /// runner won, or the claim decision ended the job instead (a result was
+    /// already recorded, it was cancelled before it ran, or its attempts are
+    /// used up — each recorded).
+    pub async fn try_claim(&self, job: &str) -> Result<Option<Job>, RunnerError> {
+        let stream = Stream::job(job);
+        let state: Job = self
+            .store
+            .load(stream.as_str())
+            .await
+            .map_err(Self::store_error(job, "read stream"))?;
         if !state.claimable(Utc::now()) {
             return Ok(None);
         }
-        if state.attempt >= self.config.max_attempts.max(1) {
-            // A poison job (it keeps killing or outliving its runners) ends here.
-            let e = Self::ev(
-                job,
-                &catalogue::JobFailed {
-                    job_id: job.to_owned(),
-                    reason: format!(
-                        "gave up after {} attempts: the lease of attempt {} expired without a result",
-                        state.attempt, state.attempt
-                    ),
-                },
-            )?;
-            let req = AppendRequest::new(state.tenant.clone(), self.actor(), vec![e]).expect(
-                format!("job-{job}"),
-                ExpectedVersion::Exactly(state.version),
-            );
-            return match self.store.append(req).await {
-                Ok(_) | Err(StoreError::Conflict(_)) => Ok(None),
-                Err(source) => Err(RunnerError::Store {
-                    job: job.to_owned(),
-                    step: "give up on a job",
-                    source: Box::new(source),
-                }),
-            };
-        }
-        let wall = state
-            .accepted
-            .as_ref()
-            .and_then(|a| a.effective_limits.wall_time_ms)
-            .unwrap_or(10_000);
-        let lease = Utc::now()
-            + chrono::Duration::milliseconds(wall as i64)
-            + chrono::Duration::from_std(self.config.lease_grace).unwrap_or_default();
-        let claim = catalogue::ExecutionClaimed {
-            runner: self.config.runner_id.clone(),
-            attempt: state.attempt + 1,
-            lease_expires_at: lease.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        };
-        let stream = format!("job-{job}");
-        let ev = NewEvent::typed(&stream, &claim).map_err(|e| RunnerError::Job {
-            job: job.to_owned(),
-            step: "encode claim",
-            detail: e.to_string(),
-        })?;
-        let req = AppendRequest::new(state.tenant.clone(), self.actor(), vec![ev])
-            .expect(stream, ExpectedVersion::Exactly(state.version));
-        match self.store.append(req).await {
-            Ok(_) => Ok(Some(self.read(job).await?)),
-            Err(StoreError::Conflict(_)) => Ok(None),
-            Err(source) => Err(RunnerError::Store {
-                job: job.to_owned(),
-                step: "claim",
-                source: Box::new(source),
-            }),
-        }
-    }
-
-    /// Appends to the job's stream at its current version, retrying on conflicts
-    /// that only added a cancellation request. Returns the new version, or `None`
-    /// when another runner took the job over (our lease is gone).
-    async fn append(
-        &self,
-        job: &str,
-        attempt: u64,
-        events: Vec<NewEvent>,
-    ) -> Result<Option<JobState>, RunnerError> {
-        let stream = format!("job-{job}");
-        for _ in 0..10 {
-            let state = self.read(job).await?;
-            if state.attempt != attempt || state.terminal {
-                return Ok(None);
+        let before = state.attempt;
+        let (runner, grace, max) = (
+            self.config.runner_id.clone(),
+            self.config.lease_grace.as_millis() as u64,
+            self.config.max_attempts,
+        );
+        match self
+            .decide(job, state, |_| JobCommand::Claim {
+                runner: runner.clone(),
+                now: Utc::now(),
+                grace_ms: grace,
+                max_attempts: max,
+            })
+            .await
+        {
+            Ok(d) if d.state.attempt > before && d.state.runner.as_deref() == Some(&runner) => {
+                Ok(Some(d.state))
             }
-            let req = AppendRequest::new(state.tenant.clone(), self.actor(), events.clone())
-                .expect(stream.clone(), ExpectedVersion::Exactly(state.version));
-            match self.store.append(req).await {
-                Ok(_) => return Ok(Some(state)),
-                Err(StoreError::Conflict(_)) => continue,
-                Err(source) => {
-                    return Err(RunnerError::Store {
-                        job: job.to_owned(),
-                        step: "append",
-                        source: Box::new(source),
-                    });
-                }
-            }
+            Ok(_) | Err(Halt::Lost) => Ok(None),
+            Err(Halt::Err(RunnerError::Job { step: "decide", .. })) => Ok(None),
+            Err(Halt::Err(e)) => Err(e),
         }
-        Err(RunnerError::Job {
-            job: job.to_owned(),
-            step: "append",
-            detail: "the stream kept changing".into(),
-        })
     }
 
-    fn ev<E: catalogue::Event>(job: &str, e: &E) -> Result<NewEvent, RunnerError> {
-        NewEvent::typed(format!("job-{job}"), e).map_err(|err| RunnerError::Job {
-            job: job.to_owned(),
-            step: "encode event",
-            detail: err.to_string(),
+    /// Records progress of `attempt` on the carried state; `Lost` when the
+    /// attempt no longer holds the job.
+    async fn progress(&self, job: &str, state: Job, events: Vec<KnownEvent>) -> Result<Job, Halt> {
+        let attempt = state.attempt;
+        self.decide(job, state, move |_| JobCommand::Progress {
+            attempt,
+            events: events.clone(),
         })
+        .await
+        .map(|d| d.state)
     }
 
+    /// Ends `attempt` with `reason` (reading the stream afresh: used when the
+    /// carried state may be gone with an error).
     async fn fail(&self, job: &str, attempt: u64, reason: String) -> Result<(), RunnerError> {
-        let e = Self::ev(
-            job,
-            &catalogue::JobFailed {
-                job_id: job.to_owned(),
-                reason,
-            },
-        )?;
-        self.append(job, attempt, vec![e]).await.map(|_| ())
+        let state: Job = self
+            .store
+            .load(Stream::job(job).as_str())
+            .await
+            .map_err(Self::store_error(job, "read stream"))?;
+        match self
+            .decide(job, state, |_| JobCommand::Fail {
+                attempt,
+                reason: reason.clone(),
+            })
+            .await
+        {
+            Ok(_) | Err(Halt::Lost) => Ok(()),
+            Err(Halt::Err(e)) => Err(e),
+        }
     }
 
     /// An input blob, checked against the keyed digest in the ledger. `what`
@@ -494,60 +484,50 @@ impl<B: SandboxBackend + 'static> Runner<B> {
         })
     }
 
-    /// Runs one claimed attempt to its recorded end.
+    fn failed(job: &str, reason: String) -> KnownEvent {
+        KnownEvent::JobFailed(Box::new(catalogue::JobFailed {
+            job_id: job.to_owned(),
+            reason,
+        }))
+    }
+
+    /// Runs one claimed attempt to its recorded end. `cancel` fires when a
+    /// cancellation is requested; `shutdown` when the runner stops.
     pub async fn execute_job(
         &self,
         job: &str,
-        state: JobState,
+        state: Job,
+        cancel: CancellationToken,
         shutdown: CancellationToken,
     ) -> Result<(), RunnerError> {
+        match self.attempt(job, state, cancel, shutdown).await {
+            Ok(()) | Err(Halt::Lost) => Ok(()),
+            Err(Halt::Err(e)) => Err(e),
+        }
+    }
+
+    async fn attempt(
+        &self,
+        job: &str,
+        mut state: Job,
+        cancel: CancellationToken,
+        shutdown: CancellationToken,
+    ) -> Result<(), Halt> {
         let attempt = state.attempt;
-        // A previous attempt finished but nobody recorded the end: complete from it.
-        if let Some(f) = &state.finished {
-            let end = if f.outcome == Outcome::Cancelled {
-                Self::ev(
-                    job,
-                    &catalogue::JobCancelled {
-                        job_id: job.to_owned(),
-                        reason: None,
-                    },
-                )?
-            } else {
-                Self::ev(
-                    job,
-                    &catalogue::JobCompleted {
-                        job_id: job.to_owned(),
-                        outcome: f.outcome,
-                    },
-                )?
-            };
-            return self.append(job, attempt, vec![end]).await.map(|_| ());
-        }
-        if state.cancel_requested {
-            let e = Self::ev(
-                job,
-                &catalogue::JobCancelled {
-                    job_id: job.to_owned(),
-                    reason: Some("cancelled before it ran".into()),
-                },
-            )?;
-            return self.append(job, attempt, vec![e]).await.map(|_| ());
-        }
-        let (Some(sub), Some(acc)) = (state.submitted.clone(), state.accepted.clone()) else {
-            return self
-                .fail(
-                    job,
-                    attempt,
-                    "the job's submission is missing from its stream".into(),
-                )
-                .await;
+        let Some(sub) = state.submitted.clone() else {
+            return Err(Halt::Err(RunnerError::Job {
+                job: job.to_owned(),
+                step: "read submission",
+                detail: "the job's submission is missing from its stream".into(),
+            }));
         };
+        let tenant = state.tenant.clone();
 
         // Dependencies: every declared package is checked before anything runs.
-        let mut checks = Vec::new();
+        let mut events = Vec::new();
         let mut denied = Vec::new();
         for d in &sub.dependencies {
-            let input = json!({"tenant": state.tenant, "ecosystem": d.ecosystem, "name": d.name, "version": d.version});
+            let input = json!({"tenant": tenant, "ecosystem": d.ecosystem, "name": d.name, "version": d.version});
             let dec = self.engine.evaluate(Policy::Dependencies, &input);
             if !dec.allow {
                 denied.push(format!(
@@ -557,9 +537,8 @@ impl<B: SandboxBackend + 'static> Runner<B> {
                     dec.reasons.join("; ")
                 ));
             }
-            checks.push(Self::ev(
-                job,
-                &catalogue::DependencyChecked {
+            events.push(KnownEvent::DependencyChecked(Box::new(
+                catalogue::DependencyChecked {
                     ecosystem: d.ecosystem.clone(),
                     name: d.name.clone(),
                     version: d.version.clone(),
@@ -570,41 +549,38 @@ impl<B: SandboxBackend + 'static> Runner<B> {
                     },
                     rule: dec.rule.clone(),
                 },
-            )?);
+            )));
         }
-        if !denied.is_empty() {
-            checks.push(Self::ev(
+        let refused = if !denied.is_empty() {
+            Some(format!("dependency denied: {}", denied.join(", ")))
+        } else if sub.dependencies.is_empty() {
+            None
+        } else if sub.language != "python" {
+            Some("dependencies are only installed for python jobs".to_owned())
+        } else if let Some(d) = sub.dependencies.iter().find(|d| d.ecosystem != "pypi") {
+            Some(format!(
+                "ecosystem {} is not installable here (pypi only)",
+                d.ecosystem
+            ))
+        } else if self.config.wheel_mirror.is_none() {
+            Some("this runner has no wheel mirror (GLASSBOX_WHEEL_MIRROR)".to_owned())
+        } else {
+            None
+        };
+        if let Some(reason) = refused {
+            events.push(Self::failed(job, reason));
+            self.progress(job, state, events).await?;
+            return Ok(());
+        }
+        if (sub.arg_count > 0 && sub.args.is_none())
+            || (!sub.files.is_empty() && sub.file_paths.is_none())
+        {
+            events.push(Self::failed(
                 job,
-                &catalogue::JobFailed {
-                    job_id: job.to_owned(),
-                    reason: format!("dependency denied: {}", denied.join(", ")),
-                },
-            )?);
-            return self.append(job, attempt, checks).await.map(|_| ());
-        }
-        if !sub.dependencies.is_empty() {
-            let unsupported = if sub.language != "python" {
-                Some("dependencies are only installed for python jobs".to_owned())
-            } else if let Some(d) = sub.dependencies.iter().find(|d| d.ecosystem != "pypi") {
-                Some(format!(
-                    "ecosystem {} is not installable here (pypi only)",
-                    d.ecosystem
-                ))
-            } else if self.config.wheel_mirror.is_none() {
-                Some("this runner has no wheel mirror (GLASSBOX_WHEEL_MIRROR)".to_owned())
-            } else {
-                None
-            };
-            if let Some(reason) = unsupported {
-                checks.push(Self::ev(
-                    job,
-                    &catalogue::JobFailed {
-                        job_id: job.to_owned(),
-                        reason,
-                    },
-                )?);
-                return self.append(job, attempt, checks).await.map(|_| ());
-            }
+                "submitted by an older version that kept args and file paths in the ledger; resubmit it".into(),
+            ));
+            self.progress(job, state, events).await?;
+            return Ok(());
         }
 
         // Inputs from the blob store, checked against the ledger's digests.
@@ -614,18 +590,6 @@ impl<B: SandboxBackend + 'static> Runner<B> {
         );
         if let Some(s) = &sub.stdin {
             spec.stdin = self.blob(job, "stdin", s).await?;
-        }
-        if (sub.arg_count > 0 && sub.args.is_none())
-            || (!sub.files.is_empty() && sub.file_paths.is_none())
-        {
-            return self
-                .fail(
-                    job,
-                    attempt,
-                    "submitted by an older version that kept args and file paths in the ledger; resubmit it"
-                        .into(),
-                )
-                .await;
         }
         if let Some(e) = &sub.env {
             spec.env = self.json_blob(job, "env", e).await?;
@@ -638,13 +602,12 @@ impl<B: SandboxBackend + 'static> Runner<B> {
             None => Vec::new(),
         };
         if paths.len() != sub.files.len() {
-            return self
-                .fail(
-                    job,
-                    attempt,
-                    "the input files and their paths do not match in number".into(),
-                )
-                .await;
+            events.push(Self::failed(
+                job,
+                "the input files and their paths do not match in number".into(),
+            ));
+            self.progress(job, state, events).await?;
+            return Ok(());
         }
         for (i, (f, path)) in sub.files.iter().zip(paths).enumerate() {
             spec.files.push(InputFile {
@@ -653,7 +616,7 @@ impl<B: SandboxBackend + 'static> Runner<B> {
                 executable: false,
             });
         }
-        spec.limits = limits(&acc.effective_limits);
+        spec.limits = limits(state.effective_limits.as_ref().unwrap_or(&sub.limits));
         if let (false, Some(mirror)) = (sub.dependencies.is_empty(), &self.config.wheel_mirror) {
             spec.wheels = Some(crate::spec::WheelInstall {
                 mirror: mirror.clone(),
@@ -670,86 +633,102 @@ impl<B: SandboxBackend + 'static> Runner<B> {
 
         // Secrets: only approved ones, from the provider.
         let mut secret_values: Vec<(String, String)> = Vec::new();
-        let mut events = checks;
-        for (name, mode) in &state.approved_secrets {
-            let Some(value) = self.config.secrets.value(name) else {
-                events.push(Self::ev(
+        for s in state.approved_secrets.clone() {
+            let Some(value) = self.config.secrets.value(&s.name) else {
+                events.push(Self::failed(
                     job,
-                    &catalogue::JobFailed {
-                        job_id: job.to_owned(),
-                        reason: format!("secret {name} has no value in this runner's provider"),
-                    },
-                )?);
-                return self.append(job, attempt, events).await.map(|_| ());
+                    format!("secret {} has no value in this runner's provider", s.name),
+                ));
+                self.progress(job, state, events).await?;
+                return Ok(());
             };
-            if mode == "file" {
+            if s.mode == "file" {
                 spec.files.push(InputFile {
-                    path: format!(".secrets/{name}"),
+                    path: format!(".secrets/{}", s.name),
                     content: value.clone().into_bytes(),
                     executable: false,
                 });
             } else {
-                spec.env.insert(name.clone(), value.clone());
+                spec.env.insert(s.name.clone(), value.clone());
             }
-            events.push(Self::ev(
-                job,
-                &catalogue::SecretMaterialized {
-                    name: name.clone(),
-                    mode: mode.clone(),
+            events.push(KnownEvent::SecretMaterialized(Box::new(
+                catalogue::SecretMaterialized {
+                    name: s.name.clone(),
+                    mode: s.mode.clone(),
                 },
-            )?);
-            secret_values.push((name.clone(), value));
+            )));
+            secret_values.push((s.name, value));
         }
-        if !events.is_empty() && self.append(job, attempt, events).await?.is_none() {
-            return Ok(());
+        if !events.is_empty() {
+            state = self.progress(job, state, events).await?;
         }
 
         // Run, recording progress as it happens and honouring cancellation.
-        let cancel = CancellationToken::new();
+        let stop = CancellationToken::new();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let exec = self
-            .backend
-            .execute_observed(spec, cancel.clone(), Some(tx));
+        let exec = self.backend.execute_observed(spec, stop.clone(), Some(tx));
         tokio::pin!(exec);
-        let mut poll = tokio::time::interval(Duration::from_millis(300));
-        let mut cancel_reason: Option<String> = None;
+        let mut why: Option<Stop> = state.cancel_requested.map(|_| Stop::Requested);
+        if why.is_some() {
+            stop.cancel();
+        }
         let result = loop {
             tokio::select! {
                 r = &mut exec => break r,
                 Some(p) = rx.recv() => {
                     let e = match p {
-                        Progress::Provisioned { sandbox_id, runtime } => Self::ev(job, &catalogue::SandboxProvisioned {
+                        Progress::Provisioned { sandbox_id, runtime } => KnownEvent::SandboxProvisioned(Box::new(catalogue::SandboxProvisioned {
                             attempt, sandbox_id, backend: self.backend.name().to_owned(), runtime, image_digest: None,
-                        })?,
-                        Progress::Started { sandbox_id } => Self::ev(job, &catalogue::ExecutionStarted { attempt, sandbox_id })?,
+                        })),
+                        Progress::Started { sandbox_id } => KnownEvent::ExecutionStarted(Box::new(catalogue::ExecutionStarted { attempt, sandbox_id })),
                     };
-                    if self.append(job, attempt, vec![e]).await?.is_none() {
-                        cancel_reason.get_or_insert_with(|| "another runner took the job over".into());
-                        cancel.cancel();
+                    match self.progress(job, state.clone(), vec![e]).await {
+                        Ok(s) => {
+                            // A conflict folded in what others appended: a
+                            // cancellation request among it stops the run.
+                            if s.cancel_requested.is_some() && why.is_none() {
+                                why = Some(Stop::Requested);
+                                stop.cancel();
+                            }
+                            state = s;
+                        }
+                        Err(Halt::Lost) => {
+                            why.get_or_insert(Stop::TakenOver);
+                            stop.cancel();
+                        }
+                        Err(Halt::Err(e)) => return Err(Halt::Err(e)),
                     }
                 }
-                _ = poll.tick() => {
-                    if self.read(job).await.map(|s| s.cancel_requested).unwrap_or(false) {
-                        cancel_reason.get_or_insert_with(|| "cancel requested".into());
-                        cancel.cancel();
-                    }
+                _ = cancel.cancelled(), if !stop.is_cancelled() => {
+                    why.get_or_insert(Stop::Requested);
+                    stop.cancel();
                 }
-                _ = shutdown.cancelled(), if !cancel.is_cancelled() => {
-                    cancel_reason.get_or_insert_with(|| "the runner shut down".into());
-                    cancel.cancel();
+                _ = shutdown.cancelled(), if !stop.is_cancelled() => {
+                    why.get_or_insert(Stop::Shutdown);
+                    stop.cancel();
                 }
             }
         };
         let result = match result {
             Ok(r) => r,
             Err(e) => {
-                return self
-                    .fail(job, attempt, format!("the sandbox failed: {e}"))
-                    .await;
+                let reason = format!("the sandbox failed: {e}");
+                self.decide(job, state, |_| JobCommand::Fail {
+                    attempt,
+                    reason: reason.clone(),
+                })
+                .await?;
+                return Ok(());
             }
         };
-        self.record_result(job, attempt, result, &secret_values, cancel_reason)
-            .await
+        self.record_result(
+            job,
+            state,
+            result,
+            &secret_values,
+            why.map(|w| w.reason().to_owned()),
+        )
+        .await
     }
 
     /// Stores one output under a fresh blob name (never derived from anything
@@ -801,11 +780,12 @@ impl<B: SandboxBackend + 'static> Runner<B> {
     async fn record_result(
         &self,
         job: &str,
-        attempt: u64,
+        state: Job,
         mut r: ExecutionResult,
         secrets: &[(String, String)],
         cancel_reason: Option<String>,
-    ) -> Result<(), RunnerError> {
+    ) -> Result<(), Halt> {
+        let attempt = state.attempt;
         // Redact before anything is stored: contents, a secret cut in half by
         // an output cap, and file names.
         let redactions = redact_result(&mut r, secrets);
@@ -816,132 +796,62 @@ impl<B: SandboxBackend + 'static> Runner<B> {
             Ok(s) => (s, None),
             Err(e) => (StoredOutputs::default(), Some(e)),
         };
-        // Each try builds the events from the stream as it is now, so a finish
-        // or an end recorded meanwhile by someone else is never duplicated.
-        let stream = format!("job-{job}");
-        for _ in 0..10 {
-            let state = self.read(job).await?;
-            let mut events = Vec::new();
-            let first = state.finished.is_none();
-            if first {
-                events.push(Self::ev(
-                    job,
-                    &catalogue::ExecutionFinished {
-                        attempt,
-                        outcome: r.outcome,
-                        exit_code: r.exit_code.map(i64::from),
-                        signal: r.signal.map(i64::from),
-                        wall_ms: r.wall_ms,
-                        cpu_ms: r.cpu_ms,
-                        peak_memory_bytes: r.peak_memory_bytes,
-                        stdout: OutputRef {
-                            blob: stored.stdout.clone(),
-                            size_bytes: r.stdout.total_bytes,
-                            truncated: r.stdout.truncated,
-                        },
-                        stderr: OutputRef {
-                            blob: stored.stderr.clone(),
-                            size_bytes: r.stderr.total_bytes,
-                            truncated: r.stderr.truncated,
-                        },
-                        artifact_index: stored.index.clone(),
-                        artifacts_skipped: r.skipped_total,
-                    },
-                )?);
-                for (secret_name, target, count) in &redactions {
-                    events.push(Self::ev(
-                        job,
-                        &catalogue::OutputRedacted {
-                            secret_name: secret_name.clone(),
-                            target: target.clone(),
-                            count: *count,
-                        },
-                    )?);
-                }
-                for (i, (blob, truncated)) in stored.artifacts.iter().enumerate() {
-                    events.push(Self::ev(
-                        job,
-                        &catalogue::ArtifactStored {
-                            attempt,
-                            index: i as u64,
-                            blob: blob.clone(),
-                            truncated: *truncated,
-                        },
-                    )?);
-                }
-            } else {
-                events.push(Self::ev(
-                    job,
-                    &catalogue::ExecutionSuperseded {
-                        attempt,
-                        winning_attempt: state.finished.as_ref().map_or(0, |f| f.attempt),
-                    },
-                )?);
-            }
-            events.push(Self::ev(
-                job,
-                &catalogue::WorkspaceDestroyed {
-                    sandbox_id: r.sandbox_id.clone(),
-                    method: r.teardown.method.clone(),
-                    bytes_scrubbed: r.teardown.bytes_scrubbed,
-                    files_scrubbed: r.teardown.files_scrubbed,
-                    complete: r.teardown.complete,
-                    error: r.teardown.error.clone(),
+        let finish = Finish {
+            attempt,
+            finished: catalogue::ExecutionFinished {
+                attempt,
+                outcome: r.outcome,
+                exit_code: r.exit_code.map(i64::from),
+                signal: r.signal.map(i64::from),
+                wall_ms: r.wall_ms,
+                cpu_ms: r.cpu_ms,
+                peak_memory_bytes: r.peak_memory_bytes,
+                stdout: OutputRef {
+                    blob: stored.stdout.clone(),
+                    size_bytes: r.stdout.total_bytes,
+                    truncated: r.stdout.truncated,
                 },
-            )?);
-            if !state.terminal {
-                // The job ends with the winning result: ours, or the earlier finish
-                // that superseded us (whose runner did not get to record the end).
-                let outcome = if first {
-                    r.outcome
-                } else {
-                    state.finished.as_ref().map_or(r.outcome, |f| f.outcome)
-                };
-                events.push(match (&storage_error, first) {
-                    (Some(reason), true) => Self::ev(
-                        job,
-                        &catalogue::JobFailed {
-                            job_id: job.to_owned(),
-                            reason: format!(
-                                "the result of attempt {attempt} could not be kept: {reason}"
-                            ),
-                        },
-                    )?,
-                    _ if outcome == Outcome::Cancelled => Self::ev(
-                        job,
-                        &catalogue::JobCancelled {
-                            job_id: job.to_owned(),
-                            reason: cancel_reason.clone(),
-                        },
-                    )?,
-                    _ => Self::ev(
-                        job,
-                        &catalogue::JobCompleted {
-                            job_id: job.to_owned(),
-                            outcome,
-                        },
-                    )?,
-                });
-            }
-            let req = AppendRequest::new(state.tenant.clone(), self.actor(), events)
-                .expect(stream.clone(), ExpectedVersion::Exactly(state.version));
-            match self.store.append(req).await {
-                Ok(_) => return Ok(()),
-                Err(StoreError::Conflict(_)) => continue,
-                Err(source) => {
-                    return Err(RunnerError::Store {
-                        job: job.to_owned(),
-                        step: "record result",
-                        source: Box::new(source),
-                    });
-                }
-            }
-        }
-        Err(RunnerError::Job {
-            job: job.to_owned(),
-            step: "record result",
-            detail: "the stream kept changing".into(),
-        })
+                stderr: OutputRef {
+                    blob: stored.stderr.clone(),
+                    size_bytes: r.stderr.total_bytes,
+                    truncated: r.stderr.truncated,
+                },
+                artifact_index: stored.index.clone(),
+                artifacts_skipped: r.skipped_total,
+            },
+            redactions: redactions
+                .into_iter()
+                .map(|(secret_name, target, count)| catalogue::OutputRedacted {
+                    secret_name,
+                    target,
+                    count,
+                })
+                .collect(),
+            artifacts: stored
+                .artifacts
+                .iter()
+                .enumerate()
+                .map(|(i, (blob, truncated))| catalogue::ArtifactStored {
+                    attempt,
+                    index: i as u64,
+                    blob: blob.clone(),
+                    truncated: *truncated,
+                })
+                .collect(),
+            workspace: catalogue::WorkspaceDestroyed {
+                sandbox_id: r.sandbox_id.clone(),
+                method: r.teardown.method.clone(),
+                bytes_scrubbed: r.teardown.bytes_scrubbed,
+                files_scrubbed: r.teardown.files_scrubbed,
+                complete: r.teardown.complete,
+                error: r.teardown.error.clone(),
+            },
+            storage_error,
+            cancel_reason,
+        };
+        self.decide(job, state, |_| JobCommand::Finish(Box::new(finish.clone())))
+            .await
+            .map(|_| ())
     }
 }
 
@@ -1084,6 +994,7 @@ mod tests {
     #[test]
     fn secrets_in_file_names_are_renamed_and_names_stay_unique() {
         use crate::result::{Captured, CollectedFile, Teardown};
+        use glassbox_domain::catalogue::Outcome;
         let file = |p: &str| CollectedFile {
             path: p.into(),
             content: b"x".to_vec(),

@@ -1,4 +1,6 @@
 //! The event catalogue (DESIGN.md §5): one typed struct per event type.
+//! (It lives in the pure domain crate so every part — the store included —
+//! shares one definition without linking a database.)
 //!
 //! Names are past tense, `domain.verb_past`. Each type has a schema version that is
 //! written into the event data as `schema_version`, so a reader can upcast old
@@ -9,7 +11,7 @@
 //! Code, stdin, outputs and artifacts never appear inline: events carry a
 //! [`BlobRef`] (digest, size, blob key). Secret *names* appear; values never do.
 
-use crate::hash::Digest;
+use glassbox_verify::Digest;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -107,7 +109,7 @@ pub struct BlobRef {
     pub key: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Dependency {
     pub ecosystem: String,
     pub name: String,
@@ -116,27 +118,37 @@ pub struct Dependency {
 
 /// Resource limits in integer units (the ledger refuses floats). The names are
 /// the ones `glassbox.admission` and the sandbox core use.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
+    /// Wall-clock time in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wall_time_ms: Option<u64>,
+    /// CPU in thousandths of a core.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_millicores: Option<u64>,
+    /// Memory in bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_bytes: Option<u64>,
+    /// Processes and threads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub processes: Option<u64>,
+    /// Bytes the program may write under /workspace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workspace_bytes: Option<u64>,
+    /// Bytes the program may write under /tmp.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tmp_bytes: Option<u64>,
+    /// Standard output kept, in bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stdout_bytes: Option<u64>,
+    /// Standard error kept, in bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stderr_bytes: Option<u64>,
+    /// Bytes of artifacts kept from /workspace/out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_bytes: Option<u64>,
+    /// Number of artifacts kept from /workspace/out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_files: Option<u64>,
 }
@@ -177,14 +189,14 @@ impl Limits {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Decision {
     Allow,
     Deny,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     Succeeded,

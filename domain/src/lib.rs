@@ -1,0 +1,24 @@
+//! # glassbox-domain — what things are and what may happen to them
+//!
+//! Pure: no database, no async runtime, no I/O. The event catalogue
+//! ([`catalogue`]), the job aggregate ([`job`]: fold with `apply`, decide with
+//! `decide`), statuses as types ([`status`]), stream names as items
+//! ([`stream`]), and requests parsed into validated types ([`request`]).
+//! Every service builds on these, so a rule is written once: the API, MCP, the
+//! runner, the projector and replay all agree because they run the same code.
+//! Its dependency graph holds no database driver or runtime (checked by the
+//! architecture test in `tests/`).
+
+pub mod aggregate;
+pub mod catalogue;
+pub mod job;
+pub mod request;
+pub mod status;
+pub mod stream;
+
+pub use aggregate::Aggregate;
+pub use catalogue::{Event, KnownEvent};
+pub use job::{Finish, Job, JobCommand, JobView, Refusal};
+pub use request::{JobRequest, JobSpec};
+pub use status::JobStatus;
+pub use stream::Stream;

@@ -1,0 +1,605 @@
+//! What a caller may ask to run, parsed once.
+//!
+//! Parse, don't validate: [`JobRequest`] is the wire shape (REST body, MCP
+//! arguments); [`JobRequest::parse`] turns it into a [`JobSpec`] built from
+//! newtypes ([`Language`], [`WorkspacePath`], [`EnvName`], [`PackageSpec`],
+//! [`SecretName`]) that can only hold valid values. The command API, MCP and
+//! the sandbox core use these same types and rules: one set of validation
+//! rules, and every refusal names the member.
+
+use crate::catalogue::{Dependency, Limits};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+pub const MAX_FILES: usize = 64;
+pub const MAX_ARGS: usize = 256;
+pub const MAX_ENV: usize = 128;
+pub const MAX_DEPENDENCIES: usize = 64;
+pub const MAX_SECRETS: usize = 32;
+/// Largest integer the ledger stores exactly (2^53 - 1).
+pub const MAX_INTEGER: u64 = 9_007_199_254_740_991;
+
+/// A refused request: which member, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{member}: {reason}")]
+pub struct Invalid {
+    pub member: String,
+    pub reason: String,
+}
+
+fn invalid<T>(member: impl Into<String>, reason: impl Into<String>) -> Result<T, Invalid> {
+    Err(Invalid {
+        member: member.into(),
+        reason: reason.into(),
+    })
+}
+
+fn is_name(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes().enumerate().all(|(i, b)| {
+            b.is_ascii_alphanumeric() || b == b'_' || (i > 0 && matches!(b, b'-' | b'.'))
+        })
+}
+
+macro_rules! newtype {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+
+newtype!(
+    /// A runtime name: 1-32 letters, digits, `_`, or (not first) `-` `.`.
+    Language
+);
+newtype!(
+    /// A relative path inside `/workspace`: no `..`, `.` or empty components,
+    /// not absolute, no control characters or backslashes, at most 255 bytes.
+    WorkspacePath
+);
+newtype!(
+    /// An environment variable (or secret) name: letters, digits and `_`, not
+    /// starting with a digit, at most 128 bytes.
+    EnvName
+);
+
+/// A secret's name follows the environment variable rules.
+pub type SecretName = EnvName;
+
+impl Language {
+    pub fn parse(s: &str) -> Result<Language, String> {
+        if is_name(s, 32) {
+            Ok(Language(s.to_owned()))
+        } else {
+            Err("1-32 letters, digits, '_', '-' or '.'".into())
+        }
+    }
+}
+
+impl WorkspacePath {
+    pub fn parse(p: &str) -> Result<WorkspacePath, String> {
+        let ok = !p.is_empty()
+            && p.len() <= 255
+            && !p.starts_with('/')
+            && p.split('/').all(|c| {
+                !c.is_empty()
+                    && c != "."
+                    && c != ".."
+                    && !c.chars().any(|ch| ch.is_control() || ch == '\\')
+            });
+        if ok {
+            Ok(WorkspacePath(p.to_owned()))
+        } else {
+            Err("must be a relative path without '..' or empty components".into())
+        }
+    }
+
+    /// Where the runner itself writes — the program (`main`, `main.<ext>`),
+    /// `out/`, `.secrets/`, `.deps/` and `.glassbox/` — is not for inputs.
+    pub fn reserved(&self) -> Option<String> {
+        let top = self.0.split('/').next().unwrap_or(&self.0);
+        let reserved = matches!(top, "out" | ".secrets" | ".deps" | ".glassbox")
+            || (self.0 == top && (top == "main" || top.starts_with("main.")));
+        reserved.then(|| format!("{top} is reserved for the runner"))
+    }
+
+    /// The directories above this path, innermost first.
+    pub fn parents(&self) -> impl Iterator<Item = &str> {
+        let mut rest = self.0.as_str();
+        std::iter::from_fn(move || {
+            let (parent, _) = rest.rsplit_once('/')?;
+            rest = parent;
+            Some(parent)
+        })
+    }
+}
+
+impl EnvName {
+    pub fn parse(s: &str) -> Result<EnvName, String> {
+        let ok = !s.is_empty()
+            && s.len() <= 128
+            && !s.as_bytes()[0].is_ascii_digit()
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if ok {
+            Ok(EnvName(s.to_owned()))
+        } else {
+            Err("not a variable name (letters, digits, '_')".into())
+        }
+    }
+}
+
+/// A package to install: ecosystem, name, optional exact version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PackageSpec {
+    ecosystem: String,
+    name: String,
+    version: Option<String>,
+}
+
+impl PackageSpec {
+    pub fn parse(
+        ecosystem: &str,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<PackageSpec, (&'static str, &'static str)> {
+        if !is_name(ecosystem, 32) {
+            return Err(("ecosystem", "not a name"));
+        }
+        if !is_name(name, 128) {
+            return Err(("name", "not a package name"));
+        }
+        if let Some(v) = version
+            && (v.is_empty()
+                || v.len() > 64
+                || !v.bytes().all(|b| {
+                    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'+' | b'!')
+                }))
+        {
+            return Err(("version", "not a version"));
+        }
+        Ok(PackageSpec {
+            ecosystem: ecosystem.to_owned(),
+            name: name.to_owned(),
+            version: version.map(str::to_owned),
+        })
+    }
+
+    pub fn dependency(&self) -> Dependency {
+        Dependency {
+            ecosystem: self.ecosystem.clone(),
+            name: self.name.clone(),
+            version: self.version.clone(),
+        }
+    }
+
+    /// `name` or `name==version` (what pip is given).
+    pub fn requirement(&self) -> String {
+        match &self.version {
+            Some(v) => format!("{}=={v}", self.name),
+            None => self.name.clone(),
+        }
+    }
+}
+
+/// `POST /v1/jobs` body (and what MCP's `run_code` / `submit_job` map to).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobRequest {
+    /// The runtime: python, node or bash (the tenant's policy decides which are allowed).
+    pub language: String,
+    /// The program's source.
+    pub code: String,
+    /// Standard input for the program.
+    #[serde(default)]
+    pub stdin: Option<String>,
+    /// Program arguments.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Environment variables (names: letters, digits, '_').
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Input files placed under /workspace before the run.
+    #[serde(default)]
+    pub files: Vec<FileInput>,
+    /// Packages to install (checked against the tenant's allowlist).
+    #[serde(default)]
+    pub dependencies: Vec<DependencyInput>,
+    /// Secrets to deliver (approved by policy): a name, or {name, mode}.
+    #[serde(default)]
+    pub secrets: Vec<SecretInput>,
+    /// Requested limits; the tenant's defaults fill in the rest.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileInput {
+    /// Relative path under `/workspace`.
+    pub path: String,
+    pub content: String,
+    #[serde(default)]
+    pub encoding: Encoding,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    #[default]
+    Utf8,
+    Base64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DependencyInput {
+    #[serde(default = "pypi")]
+    pub ecosystem: String,
+    pub name: String,
+    #[serde(default)]
+    pub version: Option<String>,
+}
+
+fn pypi() -> String {
+    "pypi".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum SecretInput {
+    Name(String),
+    Spec(SecretSpec),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SecretSpec {
+    pub name: String,
+    #[serde(default)]
+    pub mode: SecretMode,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SecretMode {
+    #[default]
+    Env,
+    File,
+}
+
+impl SecretMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecretMode::Env => "env",
+            SecretMode::File => "file",
+        }
+    }
+}
+
+impl SecretInput {
+    pub fn name(&self) -> &str {
+        match self {
+            SecretInput::Name(n) => n,
+            SecretInput::Spec(s) => &s.name,
+        }
+    }
+    pub fn mode(&self) -> SecretMode {
+        match self {
+            SecretInput::Name(_) => SecretMode::Env,
+            SecretInput::Spec(s) => s.mode,
+        }
+    }
+}
+
+impl FileInput {
+    pub fn decoded(&self) -> Result<Vec<u8>, base64::DecodeError> {
+        use base64::Engine as _;
+        match self.encoding {
+            Encoding::Utf8 => Ok(self.content.as_bytes().to_vec()),
+            Encoding::Base64 => base64::engine::general_purpose::STANDARD.decode(&self.content),
+        }
+    }
+}
+
+/// An input file, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputFileSpec {
+    pub path: WorkspacePath,
+    pub content: Vec<u8>,
+}
+
+/// A secret to deliver, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretRequest {
+    pub name: SecretName,
+    pub mode: SecretMode,
+}
+
+/// A job request that passed every rule the rest of the system relies on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobSpec {
+    pub language: Language,
+    pub code: String,
+    pub stdin: Option<String>,
+    pub args: Vec<String>,
+    pub env: BTreeMap<EnvName, String>,
+    pub files: Vec<InputFileSpec>,
+    pub dependencies: Vec<PackageSpec>,
+    pub secrets: Vec<SecretRequest>,
+    pub limits: Limits,
+    /// The request as sent (what idempotency compares).
+    pub request: JobRequest,
+}
+
+impl JobRequest {
+    /// Parses the request; a refusal names the member.
+    pub fn parse(self) -> Result<JobSpec, Invalid> {
+        let language = Language::parse(&self.language).map_err(|r| Invalid {
+            member: "language".into(),
+            reason: r,
+        })?;
+        if self.code.is_empty() {
+            return invalid("code", "must not be empty");
+        }
+        if self.args.len() > MAX_ARGS {
+            return invalid("args", format!("at most {MAX_ARGS}"));
+        }
+        if let Some(i) = self.args.iter().position(|a| a.contains('\0')) {
+            return invalid(format!("args[{i}]"), "contains a NUL character");
+        }
+        if self.env.len() > MAX_ENV {
+            return invalid("env", format!("at most {MAX_ENV} variables"));
+        }
+        let mut env = BTreeMap::new();
+        for (k, v) in &self.env {
+            let name = EnvName::parse(k).map_err(|r| Invalid {
+                member: "env".into(),
+                reason: format!("{k:?} is {r}"),
+            })?;
+            if k.starts_with("GLASSBOX_") {
+                return invalid("env", format!("{k} is reserved"));
+            }
+            if v.contains('\0') {
+                return invalid(format!("env.{k}"), "contains a NUL character");
+            }
+            env.insert(name, v.clone());
+        }
+        if self.files.len() > MAX_FILES {
+            return invalid("files", format!("at most {MAX_FILES}"));
+        }
+        let mut files = Vec::with_capacity(self.files.len());
+        let mut seen = BTreeSet::new();
+        for (i, f) in self.files.iter().enumerate() {
+            let member = format!("files[{i}].path");
+            let path = WorkspacePath::parse(&f.path).map_err(|r| Invalid {
+                member: member.clone(),
+                reason: r,
+            })?;
+            if let Some(why) = path.reserved() {
+                return invalid(member, why);
+            }
+            if !seen.insert(f.path.clone()) {
+                return invalid(member, format!("{} appears twice", f.path));
+            }
+            let content = f.decoded().map_err(|_| Invalid {
+                member: format!("files[{i}].content"),
+                reason: "not valid base64".into(),
+            })?;
+            files.push(InputFileSpec { path, content });
+        }
+        // A path cannot be both a file and a directory of another file.
+        for (i, f) in files.iter().enumerate() {
+            if let Some(parent) = f.path.parents().find(|p| seen.contains(*p)) {
+                return invalid(
+                    format!("files[{i}].path"),
+                    format!("{parent} is a file, so it cannot be a directory"),
+                );
+            }
+        }
+        if self.dependencies.len() > MAX_DEPENDENCIES {
+            return invalid("dependencies", format!("at most {MAX_DEPENDENCIES}"));
+        }
+        let mut dependencies = Vec::with_capacity(self.dependencies.len());
+        for (i, d) in self.dependencies.iter().enumerate() {
+            let p = PackageSpec::parse(&d.ecosystem, &d.name, d.version.as_deref()).map_err(
+                |(m, r)| Invalid {
+                    member: format!("dependencies[{i}].{m}"),
+                    reason: r.into(),
+                },
+            )?;
+            dependencies.push(p);
+        }
+        if self.secrets.len() > MAX_SECRETS {
+            return invalid("secrets", format!("at most {MAX_SECRETS}"));
+        }
+        let mut secrets = Vec::with_capacity(self.secrets.len());
+        let mut names = BTreeSet::new();
+        for (i, s) in self.secrets.iter().enumerate() {
+            let name = EnvName::parse(s.name()).map_err(|_| Invalid {
+                member: format!("secrets[{i}]"),
+                reason: "not a secret name (letters, digits, '_')".into(),
+            })?;
+            if !names.insert(s.name().to_owned()) {
+                return invalid(
+                    format!("secrets[{i}]"),
+                    format!("{} appears twice", s.name()),
+                );
+            }
+            secrets.push(SecretRequest {
+                name,
+                mode: s.mode(),
+            });
+        }
+        self.limits.check_floor().map_err(|e| {
+            let (member, reason) = e.split_once(": ").unwrap_or(("limits", e.as_str()));
+            Invalid {
+                member: member.to_owned(),
+                reason: reason.to_owned(),
+            }
+        })?;
+        if let serde_json::Value::Object(m) = serde_json::to_value(&self.limits).unwrap_or_default()
+        {
+            for (k, v) in m {
+                if let Some(n) = v.as_u64()
+                    && (n == 0 || n > MAX_INTEGER)
+                {
+                    return invalid(
+                        format!("limits.{k}"),
+                        format!("must be between 1 and {MAX_INTEGER}"),
+                    );
+                }
+            }
+        }
+        Ok(JobSpec {
+            language,
+            code: self.code.clone(),
+            stdin: self.stdin.clone(),
+            args: self.args.clone(),
+            env,
+            files,
+            dependencies,
+            secrets,
+            limits: self.limits.clone(),
+            request: self,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn req(v: serde_json::Value) -> JobRequest {
+        let mut base = json!({"language": "python", "code": "print(1)"});
+        if let (Some(b), Some(extra)) = (base.as_object_mut(), v.as_object()) {
+            b.extend(extra.clone());
+        }
+        serde_json::from_value(base).expect("request")
+    }
+
+    fn refused(v: serde_json::Value) -> Invalid {
+        req(v).parse().expect_err("refused")
+    }
+
+    #[test]
+    fn a_good_request_parses_into_typed_parts() {
+        let s = req(json!({"args": ["a"], "env": {"MODE": "x"},
+                           "files": [{"path": "data/in.csv", "content": "aGk=", "encoding": "base64"}],
+                           "dependencies": [{"name": "six", "version": "1.16.0"}],
+                           "secrets": ["API_KEY", {"name": "DB", "mode": "file"}],
+                           "limits": {"wall_time_ms": 2000}}))
+        .parse()
+        .expect("parses");
+        assert_eq!(s.language.as_str(), "python");
+        assert_eq!(s.files[0].path.as_str(), "data/in.csv");
+        assert_eq!(s.files[0].content, b"hi");
+        assert_eq!(s.dependencies[0].requirement(), "six==1.16.0");
+        assert_eq!(s.secrets[1].mode, SecretMode::File);
+        assert_eq!(
+            s.env.keys().map(EnvName::as_str).collect::<Vec<_>>(),
+            ["MODE"]
+        );
+    }
+
+    #[test]
+    fn every_refusal_names_its_member() {
+        for (body, member) in [
+            (json!({"language": "py thon"}), "language"),
+            (json!({"code": ""}), "code"),
+            (json!({"args": ["a\u{0}b"]}), "args[0]"),
+            (json!({"env": {"1X": "v"}}), "env"),
+            (json!({"env": {"GLASSBOX_X": "v"}}), "env"),
+            (json!({"env": {"X": "a\u{0}"}}), "env.X"),
+            (
+                json!({"files": [{"path": "../etc", "content": ""}]}),
+                "files[0].path",
+            ),
+            (
+                json!({"files": [{"path": ".secrets/k", "content": ""}]}),
+                "files[0].path",
+            ),
+            (
+                json!({"files": [{"path": "main.py", "content": ""}]}),
+                "files[0].path",
+            ),
+            (
+                json!({"files": [{"path": "a", "content": ""}, {"path": "a", "content": ""}]}),
+                "files[1].path",
+            ),
+            (
+                json!({"files": [{"path": "a/b", "content": ""}, {"path": "a", "content": ""}]}),
+                "files[0].path",
+            ),
+            (
+                json!({"files": [{"path": "x", "content": "!", "encoding": "base64"}]}),
+                "files[0].content",
+            ),
+            (
+                json!({"dependencies": [{"name": "-x"}]}),
+                "dependencies[0].name",
+            ),
+            (
+                json!({"dependencies": [{"name": "x", "version": "1 0"}]}),
+                "dependencies[0].version",
+            ),
+            (json!({"secrets": ["a-b"]}), "secrets[0]"),
+            (json!({"secrets": ["A", "A"]}), "secrets[1]"),
+            (
+                json!({"limits": {"memory_bytes": 1024}}),
+                "limits.memory_bytes",
+            ),
+            (
+                json!({"limits": {"wall_time_ms": 0}}),
+                "limits.wall_time_ms",
+            ),
+            (
+                json!({"limits": {"output_files": 9007199254740992_u64}}),
+                "limits.output_files",
+            ),
+        ] {
+            assert_eq!(refused(body.clone()).member, member, "{body}");
+        }
+    }
+
+    #[test]
+    fn newtypes_hold_only_valid_values() {
+        assert!(WorkspacePath::parse("a/b.txt").is_ok());
+        for bad in ["", "/etc/passwd", "../x", "a//b", "./a", "a\\b", "a\nb"] {
+            assert!(WorkspacePath::parse(bad).is_err(), "{bad:?}");
+        }
+        let long = "x".repeat(256);
+        assert!(WorkspacePath::parse(&long).is_err());
+        assert_eq!(
+            WorkspacePath::parse("a/b/c")
+                .map(|p| p.parents().map(str::to_owned).collect::<Vec<_>>()),
+            Ok(vec!["a/b".to_owned(), "a".to_owned()])
+        );
+        assert!(EnvName::parse("_X1").is_ok());
+        assert!(EnvName::parse("1X").is_err());
+        assert!(Language::parse("node-20").is_ok());
+        assert!(Language::parse("-x").is_err());
+    }
+}

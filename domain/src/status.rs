@@ -1,0 +1,119 @@
+//! Statuses as types: a job's status is one of these, serialized as the
+//! lowercase strings the API and the read models have always used.
+
+use serde::{Deserialize, Serialize};
+
+/// Where a job is in its life.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    /// Recorded; the decision follows in the same append.
+    #[default]
+    Submitted,
+    /// Every policy allowed it; waiting for a runner.
+    Accepted,
+    /// A policy refused it (terminal).
+    Rejected,
+    /// A runner holds a lease on an attempt.
+    Claimed,
+    /// Its sandbox is running.
+    Running,
+    /// It ran and its result is recorded (terminal; the outcome says how it went).
+    Completed,
+    /// It could not run or its result could not be kept (terminal).
+    Failed,
+    /// Cancelled before or while it ran (terminal).
+    Cancelled,
+}
+
+impl JobStatus {
+    pub const ALL: [JobStatus; 8] = [
+        JobStatus::Submitted,
+        JobStatus::Accepted,
+        JobStatus::Rejected,
+        JobStatus::Claimed,
+        JobStatus::Running,
+        JobStatus::Completed,
+        JobStatus::Failed,
+        JobStatus::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Submitted => "submitted",
+            JobStatus::Accepted => "accepted",
+            JobStatus::Rejected => "rejected",
+            JobStatus::Claimed => "claimed",
+            JobStatus::Running => "running",
+            JobStatus::Completed => "completed",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// Nothing but data deletion changes a job in a terminal status.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Rejected | JobStatus::Completed | JobStatus::Failed | JobStatus::Cancelled
+        )
+    }
+
+    /// The statuses a runner may have to act on (discovery).
+    pub fn needs_runner(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Accepted | JobStatus::Claimed | JobStatus::Running
+        )
+    }
+}
+
+impl std::fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for JobStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<JobStatus, String> {
+        JobStatus::ALL
+            .into_iter()
+            .find(|x| x.as_str() == s)
+            .ok_or_else(|| {
+                format!(
+                    "one of {}",
+                    JobStatus::ALL.map(JobStatus::as_str).join(", ")
+                )
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_serialize_as_their_names_and_parse_back() {
+        for s in JobStatus::ALL {
+            assert_eq!(serde_json::to_value(s).expect("json"), s.as_str());
+            assert_eq!(s.as_str().parse::<JobStatus>(), Ok(s));
+        }
+        assert!("done".parse::<JobStatus>().is_err());
+        let terminal: Vec<_> = JobStatus::ALL
+            .into_iter()
+            .filter(|s| s.is_terminal())
+            .collect();
+        assert_eq!(
+            terminal,
+            [
+                JobStatus::Rejected,
+                JobStatus::Completed,
+                JobStatus::Failed,
+                JobStatus::Cancelled
+            ]
+        );
+    }
+}

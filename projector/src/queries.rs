@@ -1,0 +1,161 @@
+//! Every read of the read models. Only this crate names `projections.*` in SQL
+//! (an architecture test checks it): the API, MCP, the runner and audit-query
+//! call these functions, so a change of the read models' shape is a change here.
+
+use glassbox_domain::{Job, JobStatus};
+use glassbox_verify::bundle::Filters;
+use sqlx::{PgPool, Row as _};
+
+#[derive(Debug, thiserror::Error)]
+#[error("read models: {step}: {source}")]
+pub struct QueryError {
+    pub step: &'static str,
+    #[source]
+    pub source: sqlx::Error,
+}
+
+fn q(step: &'static str) -> impl FnOnce(sqlx::Error) -> QueryError {
+    move |source| QueryError { step, source }
+}
+
+fn state(step: &'static str, v: serde_json::Value) -> Result<Job, QueryError> {
+    serde_json::from_value(v).map_err(|e| QueryError {
+        step,
+        source: sqlx::Error::Decode(Box::new(e)),
+    })
+}
+
+/// Jobs that may need a runner (accepted, claimed or running), oldest first.
+pub async fn runnable_jobs(pool: &PgPool, limit: i64) -> Result<Vec<String>, QueryError> {
+    let statuses: Vec<&str> = JobStatus::ALL
+        .iter()
+        .filter(|s| s.needs_runner())
+        .map(|s| s.as_str())
+        .collect();
+    sqlx::query_scalar(
+        "SELECT job_id FROM projections.jobs WHERE status = ANY($1) \
+         ORDER BY submitted_position LIMIT $2",
+    )
+    .bind(&statuses)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .map_err(q("list runnable jobs"))
+}
+
+/// One job of `tenant` (another tenant's job is `None`, like a missing one).
+pub async fn job(pool: &PgPool, tenant: &str, job_id: &str) -> Result<Option<Job>, QueryError> {
+    let v: Option<serde_json::Value> =
+        sqlx::query_scalar("SELECT state FROM projections.jobs WHERE job_id = $1 AND tenant = $2")
+            .bind(job_id)
+            .bind(tenant)
+            .fetch_optional(pool)
+            .await
+            .map_err(q("read a job"))?;
+    v.map(|v| state("read a job", v)).transpose()
+}
+
+/// A page of `tenant`'s jobs, newest first (by submission position), with
+/// the position each was submitted at (the cursor).
+pub async fn list_jobs(
+    pool: &PgPool,
+    tenant: &str,
+    status: Option<JobStatus>,
+    language: Option<&str>,
+    before_position: Option<i64>,
+    limit: i64,
+) -> Result<Vec<(Job, i64)>, QueryError> {
+    let rows = sqlx::query(
+        "SELECT state, submitted_position FROM projections.jobs \
+         WHERE tenant = $1 AND ($2::text IS NULL OR status = $2) \
+         AND ($3::text IS NULL OR language = $3) AND ($4::bigint IS NULL OR submitted_position < $4) \
+         ORDER BY submitted_position DESC LIMIT $5",
+    )
+    .bind(tenant)
+    .bind(status.map(JobStatus::as_str))
+    .bind(language)
+    .bind(before_position)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .map_err(q("list jobs"))?;
+    rows.into_iter()
+        .map(|r| {
+            let v: serde_json::Value = r.try_get("state").map_err(q("list jobs"))?;
+            let p: i64 = r.try_get("submitted_position").map_err(q("list jobs"))?;
+            Ok((state("list jobs", v)?, p))
+        })
+        .collect()
+}
+
+/// Finished jobs whose data is still there and whose last record is older
+/// than `secs` seconds: (job, tenant), oldest first.
+pub async fn jobs_past_retention(
+    pool: &PgPool,
+    secs: u64,
+    limit: i64,
+) -> Result<Vec<(String, String)>, QueryError> {
+    let terminal: Vec<&str> = JobStatus::ALL
+        .iter()
+        .filter(|s| s.is_terminal())
+        .map(|s| s.as_str())
+        .collect();
+    sqlx::query_as(
+        "SELECT job_id, tenant FROM projections.jobs \
+         WHERE status = ANY($1) AND NOT data_destroyed \
+         AND updated_at < now() - make_interval(secs => $2) ORDER BY updated_at LIMIT $3",
+    )
+    .bind(&terminal)
+    .bind(secs as f64)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .map_err(q("find jobs past retention"))
+}
+
+/// Jobs accepted and not yet claimed (the queue).
+pub async fn queued_jobs(pool: &PgPool) -> Result<i64, QueryError> {
+    sqlx::query_scalar("SELECT count(*) FROM projections.jobs WHERE status = $1")
+        .bind(JobStatus::Accepted.as_str())
+        .fetch_one(pool)
+        .await
+        .map_err(q("count queued jobs"))
+}
+
+/// Positions of indexed records matching `filters` (tenant `None` = every
+/// tenant), after the keyset `after` in `ascending` order, at most `limit`.
+pub async fn audit_positions(
+    pool: &PgPool,
+    filters: &Filters,
+    ascending: bool,
+    after: Option<i64>,
+    limit: i64,
+) -> Result<Vec<i64>, QueryError> {
+    let from = filters.from_position.map(|p| p.min(i64::MAX as u64) as i64);
+    let to = filters.to_position.map(|p| p.min(i64::MAX as u64) as i64);
+    let sql = format!(
+        "SELECT position FROM projections.audit_index WHERE \
+         ($1::text IS NULL OR tenant = $1) AND ($2::text IS NULL OR stream = $2) \
+         AND ($3::text IS NULL OR event_type = $3) AND ($4::text IS NULL OR actor_id = $4) \
+         AND ($5::timestamptz IS NULL OR occurred_at >= $5) AND ($6::timestamptz IS NULL OR occurred_at < $6) \
+         AND ($7::bigint IS NULL OR position >= $7) AND ($8::bigint IS NULL OR position <= $8) \
+         AND ($9::bigint IS NULL OR position {cmp} $9) \
+         ORDER BY position {dir} LIMIT $10",
+        cmp = if ascending { ">" } else { "<" },
+        dir = if ascending { "ASC" } else { "DESC" },
+    );
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .bind(&filters.tenant)
+        .bind(&filters.stream)
+        .bind(&filters.event_type)
+        .bind(&filters.actor)
+        .bind(filters.since)
+        .bind(filters.until)
+        .bind(from)
+        .bind(to)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+        .map_err(q("search the audit index"))
+}
