@@ -81,16 +81,12 @@ pub async fn export(
         .max_by_key(|c| c.checkpoint.size)
         .ok_or_else(|| BundleError::NotReady("no checkpoint signed with this key yet".into()))?;
     let cp = latest.checkpoint.clone();
-    let projected = Some(
-        glassbox_projector::position(pool)
-            .await
-            .map_err(|e| BundleError::NotReady(format!("the audit index position: {e}")))?
-            as i64,
-    );
-    if (projected.unwrap_or(0) as u64) < cp.size {
+    let projected = glassbox_projector::position(pool)
+        .await
+        .map_err(|e| BundleError::NotReady(format!("the audit index position: {e}")))?;
+    if projected < cp.size {
         return Err(BundleError::NotReady(format!(
-            "the audit index is at {} but the checkpoint covers {}; try again shortly",
-            projected.unwrap_or(0),
+            "the audit index is at {projected} but the checkpoint covers {}; try again shortly",
             cp.size
         )));
     }

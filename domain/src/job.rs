@@ -186,18 +186,16 @@ impl Job {
         };
         let p = r.position;
         match event {
-            KnownEvent::JobSubmitted(e) => {
-                if self.submitted.is_none() {
-                    self.job_id = Some(e.job_id.clone());
-                    self.submitted_by = Some(Submitter {
-                        id: r.actor.id.clone(),
-                        app: r.actor.app.clone(),
-                        agent: r.actor.agent.clone(),
-                    });
-                    self.submitted_position = p;
-                    self.submitted_at = Some(r.occurred_at);
-                    self.submitted = Some(*e);
-                }
+            KnownEvent::JobSubmitted(e) if self.submitted.is_none() => {
+                self.job_id = Some(e.job_id.clone());
+                self.submitted_by = Some(Submitter {
+                    id: r.actor.id.clone(),
+                    app: r.actor.app.clone(),
+                    agent: r.actor.agent.clone(),
+                });
+                self.submitted_position = p;
+                self.submitted_at = Some(r.occurred_at);
+                self.submitted = Some(*e);
             }
             KnownEvent::JobAccepted(e) => {
                 self.effective_limits = Some(e.effective_limits);
@@ -223,10 +221,9 @@ impl Job {
                 self.set_status(JobStatus::Claimed);
             }
             KnownEvent::ExecutionStarted(_) => self.set_status(JobStatus::Running),
-            KnownEvent::ExecutionFinished(e) => {
-                if self.finished.is_none() {
-                    self.finished = Some(*e);
-                }
+            // The first finish is the result; a late one is not a second result.
+            KnownEvent::ExecutionFinished(e) if self.finished.is_none() => {
+                self.finished = Some(*e);
             }
             KnownEvent::ArtifactStored(e) => self.artifacts.push(*e),
             KnownEvent::JobCancelRequested(_) => {

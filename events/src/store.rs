@@ -530,23 +530,25 @@ impl EventStore {
             let mut last = after;
             let mut listener = None;
             loop {
-                if listener.is_none() {
-                    if let Ok(mut l) = PgListener::connect_with(&pool).await
-                        && l.listen(NOTIFY_CHANNEL).await.is_ok()
-                    {
-                        listener = Some(l);
-                    }
+                if listener.is_none()
+                    && let Ok(mut l) = PgListener::connect_with(&pool).await
+                    && l.listen(NOTIFY_CHANNEL).await.is_ok()
+                {
+                    listener = Some(l);
                 }
                 let head: Result<i64, sqlx::Error> =
                     sqlx::query_scalar("SELECT position FROM ledger.head WHERE id")
                         .fetch_one(&pool)
                         .await;
+                if let Err(e) = &head {
+                    tracing::warn!(error = %e, "ledger type watch: head read failed, retrying");
+                }
                 if let Ok(head) = head {
                     let head = head as u64;
                     if head > last {
                         let rows = sqlx::query(
                             "SELECT position, canonical, entry_hash FROM ledger.records \
-                             WHERE position > $1 AND position <= $2 AND type = ANY($3) \
+                             WHERE position > $1 AND position <= $2 AND event_type = ANY($3) \
                              ORDER BY position",
                         )
                         .bind(last as i64)
@@ -554,16 +556,23 @@ impl EventStore {
                         .bind(&types)
                         .fetch_all(&pool)
                         .await;
-                        if let Ok(rows) = rows {
-                            counter
-                                .fetch_add(rows.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                            for row in &rows {
-                                let item = StoredRecord::from_row(row);
-                                if tx.send(item).await.is_err() {
-                                    return;
-                                }
+                        match rows {
+                            Err(e) => {
+                                tracing::warn!(error = %e, "ledger type watch: read failed, retrying")
                             }
-                            last = head;
+                            Ok(rows) => {
+                                counter.fetch_add(
+                                    rows.len() as u64,
+                                    std::sync::atomic::Ordering::Relaxed,
+                                );
+                                for row in &rows {
+                                    let item = StoredRecord::from_row(row);
+                                    if tx.send(item).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                last = head;
+                            }
                         }
                     }
                 }

@@ -1010,3 +1010,58 @@ async fn a_failing_request_in_a_shared_group_commit_fails_alone() {
         .expect("the chain verifies");
     db.drop_db().await;
 }
+
+#[tokio::test]
+async fn a_type_watch_delivers_only_its_types_promptly_and_reads_nothing_else() {
+    let db = TestDb::new().await.expect("test database");
+    let store = db.store().await.expect("store");
+    fill(&store, 5).await;
+    let (head, _) = store.head().await.expect("head");
+    let mut watch = store.watch_types(head, &["test.wanted"]);
+    // Let the watch settle (LISTEN) before the appends it must see.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let reads_before = store.records_read();
+    let mut wanted = Vec::new();
+    for i in 0..20u64 {
+        let t = if i % 5 == 0 {
+            "test.wanted"
+        } else {
+            "test.happened"
+        };
+        let out = store
+            .append(AppendRequest::new(
+                "acme",
+                Actor::system("test"),
+                vec![NewEvent::new("s-w", t, data(json!({"n": i})))],
+            ))
+            .await
+            .expect("append");
+        if t == "test.wanted" {
+            wanted.push(out.first_position());
+        }
+    }
+    let started = std::time::Instant::now();
+    let mut got = Vec::new();
+    while got.len() < wanted.len() {
+        let r = tokio::time::timeout(Duration::from_secs(5), watch.next())
+            .await
+            .expect("the watch stalled")
+            .expect("open")
+            .expect("record");
+        assert_eq!(r.record.event_type, "test.wanted");
+        got.push(r.record.position);
+    }
+    assert_eq!(got, wanted, "in order, each once, nothing before `after`");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "woken, not polled late"
+    );
+    // Only the wanted records were read (the filter runs in the database).
+    assert_eq!(store.records_read() - reads_before, wanted.len() as u64);
+    // Nothing more arrives.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1500), watch.next())
+            .await
+            .is_err()
+    );
+}

@@ -143,7 +143,7 @@ impl Projector {
         for r in &records {
             fold_decision(tx, r).await?;
         }
-        fold_jobs(tx, &records).await?;
+        fold_jobs(&self.store, tx, &records).await?;
         let last_pos = last.record.position;
         sqlx::query(
             "UPDATE projections.checkpoints SET position = $2, occurred_at = $3 WHERE projector = $1",
@@ -470,10 +470,33 @@ async fn fold_decision(
     Ok(())
 }
 
+/// The projector's fold of one job for one batch: the state as its row holds
+/// it (JSON; `None` when there is no row yet), then the batch's records of that
+/// job applied with `Job::apply`; records already folded into the stored state
+/// are skipped. `Err` when the stored state cannot be read (the caller refolds
+/// the whole stream). Pure, so "the read model equals the fold of the stream"
+/// is tested without a database.
+pub fn refold(
+    stored: Option<&Value>,
+    records: &[&glassbox_events::Record],
+) -> Result<Job, serde_json::Error> {
+    let mut job: Job = match stored {
+        Some(v) => serde_json::from_value(v.clone())?,
+        None => Job::default(),
+    };
+    for r in records {
+        if r.stream_version > job.version {
+            job.apply(r);
+        }
+    }
+    Ok(job)
+}
+
 /// `projections.jobs`: each job's state is the domain's [`Job`], folded by
 /// `Job::apply` from the state stored with the row; the row's columns are
 /// what queries filter on. One read and one write per job per batch.
 async fn fold_jobs(
+    store: &EventStore,
     tx: &mut Transaction<'static, Postgres>,
     records: &[StoredRecord],
 ) -> Result<(), ProjectorError> {
@@ -492,23 +515,27 @@ async fn fold_jobs(
         .fetch_all(&mut **tx)
         .await
         .map_err(db("read job states"))?;
-    let mut states: BTreeMap<String, Job> = BTreeMap::new();
+    let mut stored: BTreeMap<String, Value> = BTreeMap::new();
     for r in rows {
         let id: String = r.try_get("job_id").map_err(db("read job states"))?;
         let v: Value = r.try_get("state").map_err(db("read job states"))?;
-        // A state this build cannot read is refolded from scratch below.
-        if let Ok(j) = serde_json::from_value::<Job>(v) {
-            states.insert(id, j);
-        }
+        stored.insert(id, v);
     }
     for (id, recs) in touched {
-        let job = states.entry(id.to_owned()).or_default();
-        for s in recs {
-            // Records already folded into the stored state are not applied twice.
-            if s.record.stream_version > job.version {
-                job.apply(&s.record);
+        let recs: Vec<&glassbox_events::Record> = recs.iter().map(|s| &s.record).collect();
+        let job = match refold(stored.remove(id).as_ref(), &recs) {
+            Ok(j) => j,
+            Err(e) => {
+                // A state this build cannot read: fold the stream from the start.
+                tracing::warn!(job = id, error = %e, "projector: refolding a job's stream");
+                let upto = recs.last().map_or(0, |r| r.position);
+                let all = store
+                    .read_stream(glassbox_domain::Stream::job(id).as_str(), 1, 1_000_000)
+                    .await?;
+                Job::fold(all.iter().map(|s| &s.record).filter(|r| r.position <= upto))
             }
-        }
+        };
+        let job = &job;
         let Some(view) = job.view() else {
             // No `job.submitted` (a refusal before anything was stored): no row.
             continue;
@@ -557,3 +584,6 @@ pub async fn snapshot(pool: &PgPool) -> Result<Value, ProjectorError> {
     }
     Ok(Value::Object(out))
 }
+
+#[cfg(test)]
+mod tests;

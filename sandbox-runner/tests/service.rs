@@ -362,7 +362,7 @@ async fn a_runner_killed_mid_job_is_replaced_and_exactly_one_result_counts() {
         .expect("snapshot");
     let job_row = live["projections.jobs"][0].clone();
     assert_eq!(job_row["status"], "completed");
-    assert_eq!(job_row["attempt"], 2);
+    assert_eq!(job_row["state"]["attempt"], 2);
     p.rebuild().await.expect("rebuild");
     assert_eq!(
         glassbox_projector::snapshot(&db.pool)

@@ -339,20 +339,18 @@ async fn replay_at_a_position_equals_the_read_model_then_and_decisions_reproduce
     while p.position().await.expect("pos") < accepted_at {
         p.step().await.expect("step");
     }
-    let then: Value =
-        sqlx::query_scalar("SELECT to_jsonb(j) FROM projections.jobs j WHERE job_id = $1")
-            .bind(&id)
-            .fetch_one(&app.db.pool)
+    // The read model's view of the job, as the API serves it.
+    let row = async || -> Value {
+        let job = glassbox_projector::queries::job(&app.db.pool, "acme", &id)
             .await
-            .expect("row then");
+            .expect("read")
+            .expect("a row");
+        serde_json::to_value(job.view().expect("a view")).expect("json")
+    };
+    let then = row().await;
     assert_eq!(then["status"], "accepted");
     p.catch_up().await.expect("catch up");
-    let now: Value =
-        sqlx::query_scalar("SELECT to_jsonb(j) FROM projections.jobs j WHERE job_id = $1")
-            .bind(&id)
-            .fetch_one(&app.db.pool)
-            .await
-            .expect("row now");
+    let now = row().await;
     assert_eq!(now["status"], "cancelled");
     // Replay at that position equals it; replay now equals the live row.
     let r = app
