@@ -24,13 +24,28 @@ pub enum At {
 
 impl std::str::FromStr for At {
     type Err = String;
+    /// Digits only (at most 2^53 - 1, what the ledger stores exactly), or an
+    /// RFC 3339 time.
     fn from_str(s: &str) -> Result<At, String> {
-        if let Ok(p) = s.parse::<u64>() {
-            return Ok(At::Position(p));
+        if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+            return s
+                .parse::<u64>()
+                .ok()
+                .filter(|p| *p <= glassbox_domain::request::MAX_INTEGER)
+                .map(At::Position)
+                .ok_or_else(|| {
+                    format!(
+                        "at: a position is at most {}",
+                        glassbox_domain::request::MAX_INTEGER
+                    )
+                });
         }
         DateTime::parse_from_rfc3339(s)
             .map(|t| At::Time(t.with_timezone(&Utc)))
-            .map_err(|_| format!("{s:?} is neither a ledger position nor an RFC 3339 time"))
+            .map_err(|_| {
+                let shown: String = s.chars().take(64).collect();
+                format!("at: {shown:?} is neither a ledger position nor an RFC 3339 time")
+            })
     }
 }
 

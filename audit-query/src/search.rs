@@ -6,7 +6,7 @@
 //! read from the ledger, so what is returned is always the stored bytes.
 
 use crate::bundle::Filters;
-use base64::Engine as _;
+use glassbox_domain::Cursor;
 use glassbox_events::store::{EventStore, StoreError};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -35,18 +35,7 @@ pub enum SearchError {
 #[derive(Debug, Clone, Serialize)]
 pub struct Page {
     pub events: Vec<Value>,
-    pub next_cursor: Option<String>,
-}
-
-pub fn encode_cursor(position: u64) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("a1:{position}"))
-}
-
-pub fn decode_cursor(c: &str) -> Option<u64> {
-    let b = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(c)
-        .ok()?;
-    String::from_utf8(b).ok()?.strip_prefix("a1:")?.parse().ok()
+    pub next_cursor: Option<Cursor>,
 }
 
 /// Searches with `filters` (whose `tenant`, when set, the caller is entitled
@@ -56,19 +45,12 @@ pub async fn search(
     filters: &Filters,
     order: Order,
     limit: u64,
-    cursor: Option<&str>,
+    cursor: Option<Cursor>,
 ) -> Result<Page, SearchError> {
     if !(1..=500).contains(&limit) {
         return Err(SearchError::Invalid("limit: between 1 and 500".into()));
     }
-    let after = match cursor {
-        None => None,
-        Some(c) => Some(
-            decode_cursor(c)
-                .ok_or_else(|| SearchError::Invalid("cursor: not a cursor from this API".into()))?
-                as i64,
-        ),
-    };
+    let after = cursor.map(|c| c.position() as i64);
     let positions = glassbox_projector::queries::audit_positions(
         store.pool(),
         filters,
@@ -101,7 +83,7 @@ pub async fn search(
     Ok(Page {
         events,
         next_cursor: if more {
-            page.last().map(|p| encode_cursor(*p))
+            page.last().map(|p| Cursor::at(*p))
         } else {
             None
         },

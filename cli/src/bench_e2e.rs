@@ -7,6 +7,7 @@ use crate::bench::{percentile, round};
 use crate::bench_sandbox::{raw_bundle, raw_run};
 use anyhow::Context as _;
 use clap::Args;
+use glassbox_domain::JobStatus;
 use glassbox_sandbox_runner::service::{Runner, RunnerConfig, SecretProvider};
 use glassbox_sandbox_runner::{LocalConfig, LocalRunsc};
 use serde_json::{Map, Value, json};
@@ -72,10 +73,10 @@ impl Client {
                 .await?
                 .json()
                 .await?;
-            match job["status"].as_str() {
-                Some("completed" | "failed" | "cancelled" | "rejected") => return Ok(job),
-                Some(_) => {}
-                None => anyhow::bail!("job {id}: {job}"),
+            match serde_json::from_value::<JobStatus>(job["status"].clone()) {
+                Ok(s) if s.is_terminal() => return Ok(job),
+                Ok(_) => {}
+                Err(_) => anyhow::bail!("job {id}: {job}"),
             }
         }
     }
@@ -130,7 +131,10 @@ async fn inner(args: &E2eBench, url: &str, dir: &std::path::Path) -> anyhow::Res
     // Latency: one job at a time, interleaved with raw runsc of the same program.
     let (runner, runner_store) = start_runner(&core, &backend, 1, &stop);
     let job = client.run_job().await?; // warm-up
-    anyhow::ensure!(job["status"] == "completed", "warm-up job: {job}");
+    anyhow::ensure!(
+        job["status"] == JobStatus::Completed.as_str(),
+        "warm-up job: {job}"
+    );
     let reads_before = runner_store.records_read();
     let bundle = raw_bundle(&args.base_dir, "python", CODE)?;
     let state = args.base_dir.join("raw-state");

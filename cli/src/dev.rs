@@ -5,6 +5,7 @@
 use crate::serve::SigningArgs;
 use anyhow::Context as _;
 use clap::Args;
+use glassbox_domain::JobStatus;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -460,7 +461,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if !args.json {
         eprintln!("job {id}: accepted (ledger position {position})");
     }
-    let mut last = String::from("accepted");
+    let mut last = JobStatus::Accepted;
     let job = loop {
         let r = client
             .get(format!("{api}/v1/jobs/{id}?min_position={position}&wait=5"))
@@ -468,20 +469,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             .send()
             .await?;
         let job: Value = r.json().await?;
-        let s = job["status"].as_str().unwrap_or("").to_owned();
-        if s.is_empty() {
+        let Ok(s) = serde_json::from_value::<JobStatus>(job["status"].clone()) else {
             anyhow::bail!("reading job {id}: {job}");
-        }
+        };
         position = position.max(job["last_position"].as_u64().unwrap_or(0));
         if s != last && !args.json {
             eprintln!("job {id}: {s}");
-            last = s.clone();
+            last = s;
         }
-        if ["completed", "failed", "cancelled", "rejected"].contains(&s.as_str()) {
-            break job;
+        if s.is_terminal() {
+            break (job, s);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    let (job, status) = job;
     let out: Value = if job["outcome"].is_null() {
         Value::Null
     } else {
@@ -506,17 +507,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         std::io::stdout().write_all(&show_stream(&out["stdout"]))?;
         std::io::stderr().write_all(&show_stream(&out["stderr"]))?;
         eprintln!(
-            "job {id}: {} ({}), exit code {}, ledger position {position}",
-            job["status"].as_str().unwrap_or(""),
+            "job {id}: {status} ({}), exit code {}, ledger position {position}",
             job["outcome"].as_str().unwrap_or("no outcome"),
             exit.map_or("none".to_owned(), |c| c.to_string()),
         );
-        if job["status"] == "failed" {
+        if status == JobStatus::Failed {
             eprintln!("  reasons: {}", job["reasons"]);
         }
     }
-    Ok(match (job["status"].as_str(), exit) {
-        (Some("completed"), Some(c)) => ExitCode::from(c.clamp(0, 255) as u8),
+    Ok(match (status, exit) {
+        (JobStatus::Completed, Some(c)) => ExitCode::from(c.clamp(0, 255) as u8),
         _ => ExitCode::from(1),
     })
 }

@@ -2,7 +2,7 @@
 //! the [`Reply`]. Nothing here decides or authorizes anything.
 
 use crate::AppState;
-use crate::command::{Command, JobId, Reply, decode_cursor};
+use crate::command::{Command, IdempotencyKey, JobId, Reply};
 use crate::core::{Caller, JobRequest};
 use crate::error::ApiError;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -10,7 +10,9 @@ use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use glassbox_domain::JobStatus;
+use glassbox_domain::request::object::Object;
+use glassbox_domain::request::{MAX_INTEGER, pattern};
+use glassbox_domain::{Cursor, JobStatus};
 use glassbox_platform::problem::{Problem, codes};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -18,17 +20,48 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::time::Duration;
 
-/// `Json` whose rejections are problem+json (413, 415, 400 naming the member).
+/// A JSON object body whose rejections are problem+json (413, 415, 400
+/// naming the member). Only an object is a body (never an array of fields).
 pub struct ApiJson<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(v)) => Ok(ApiJson(v)),
+        match Json::<Value>::from_request(req, state).await {
+            Ok(Json(v)) => typed(v).map(ApiJson),
             Err(rejection) => Err(json_rejection(rejection)),
         }
+    }
+}
+
+/// The typed body: integral numbers written as floats (`5.0`) are the
+/// integers they are (as JSON Schema counts them), and only an object is a body.
+fn typed<T: DeserializeOwned>(mut v: Value) -> Result<T, ApiError> {
+    integral(&mut v);
+    // The refusal names the member (`limits.memory_bytes: …`).
+    serde_path_to_error::deserialize::<_, Object<T>>(v)
+        .map(|Object(t)| t)
+        .map_err(|e| ApiError::Invalid(e.to_string()))
+}
+
+fn integral(v: &mut Value) {
+    match v {
+        Value::Number(n) if n.is_f64() => {
+            if let Some(f) = n.as_f64()
+                && f.fract() == 0.0
+                && f.abs() < 9.0e18
+            {
+                *v = if f < 0.0 {
+                    Value::from(f as i64)
+                } else {
+                    Value::from(f as u64)
+                };
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(integral),
+        Value::Object(m) => m.values_mut().for_each(integral),
+        _ => {}
     }
 }
 
@@ -59,9 +92,9 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJ
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(OptionalJson(T::default()));
         }
-        serde_json::from_slice(&bytes)
-            .map(OptionalJson)
-            .map_err(|e| ApiError::Invalid(e.to_string()))
+        let v: Value =
+            serde_json::from_slice(&bytes).map_err(|e| ApiError::Invalid(e.to_string()))?;
+        typed(v).map(OptionalJson)
     }
 }
 
@@ -90,23 +123,10 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(v) = headers.get("idempotency-key") else {
         return Ok(None);
     };
-    let s = v
-        .to_str()
-        .map_err(|_| ApiError::Invalid("Idempotency-Key: 1-255 visible ASCII characters".into()))?;
-    valid_idempotency_key("Idempotency-Key", s)?;
-    Ok(Some(s.to_owned()))
-}
-
-/// The shape every idempotency key must have, whichever way it came (REST
-/// header, MCP argument): it is stored in the ledger for good.
-pub(crate) fn valid_idempotency_key(name: &str, s: &str) -> Result<(), ApiError> {
-    if !s.is_empty() && s.len() <= 255 && s.bytes().all(|b| b.is_ascii_graphic()) {
-        Ok(())
-    } else {
-        Err(ApiError::Invalid(format!(
-            "{name}: 1-255 visible ASCII characters"
-        )))
-    }
+    let s = v.to_str().unwrap_or("\u{0}");
+    Ok(Some(
+        IdempotencyKey::parse("Idempotency-Key", s)?.into_inner(),
+    ))
 }
 
 /// Runs a command for the caller and renders its reply.
@@ -201,8 +221,10 @@ pub struct GetJobParams {
     /// Seconds to wait for a terminal state (at most `GLASSBOX_MAX_WAIT_SECS`).
     #[serde(default)]
     pub wait: Option<u64>,
-    /// Do not answer from read models older than this ledger position.
+    /// Do not answer from read models older than this ledger position (409 if
+    /// the ledger has not reached it).
     #[serde(default)]
+    #[schemars(range(max = MAX_INTEGER))]
     pub min_position: Option<u64>,
 }
 
@@ -241,14 +263,20 @@ pub struct ListParams {
     pub status: Option<JobStatus>,
     /// A runtime name.
     #[serde(default)]
+    #[schemars(length(min = 1, max = 32), regex(pattern = pattern::NAME))]
     pub language: Option<String>,
-    /// 1 to 200 (default 50).
+    /// Jobs per page (default 50).
     #[serde(default)]
+    #[schemars(range(min = 1, max = 200))]
     pub limit: Option<u64>,
     /// `next_cursor` of the previous page.
     #[serde(default)]
+    #[schemars(with = "Option<Cursor>")]
     pub cursor: Option<String>,
+    /// Do not answer from read models older than this ledger position (409 if
+    /// the ledger has not reached it).
     #[serde(default)]
+    #[schemars(range(max = MAX_INTEGER))]
     pub min_position: Option<u64>,
 }
 
@@ -266,12 +294,9 @@ pub async fn list_jobs(
     if !(1..=200).contains(&limit) {
         return Err(ApiError::Invalid("limit: between 1 and 200".into()));
     }
-    let before_position = match &p.cursor {
+    let cursor = match &p.cursor {
         None => None,
-        Some(c) => Some(
-            decode_cursor(c)
-                .ok_or_else(|| ApiError::Invalid("cursor: not a cursor from this API".into()))?,
-        ),
+        Some(c) => Some(Cursor::parse(c).map_err(|e| ApiError::Invalid(format!("cursor: {e}")))?),
     };
     run(
         &state,
@@ -280,7 +305,7 @@ pub async fn list_jobs(
             status: p.status,
             language: p.language,
             limit,
-            before_position,
+            cursor,
             min_position: p.min_position,
         },
     )
@@ -306,8 +331,9 @@ pub async fn job_events(
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CancelBody {
-    /// At most 1024 characters.
+    /// Why (recorded with the cancellation).
     #[serde(default)]
+    #[schemars(length(max = 1024), regex(pattern = pattern::NO_NUL))]
     pub reason: Option<String>,
 }
 
@@ -318,7 +344,7 @@ pub async fn cancel_job(
     OptionalJson(body): OptionalJson<CancelBody>,
 ) -> Result<Response, ApiError> {
     if let Some(r) = &body.reason
-        && (r.len() > 1024 || r.contains('\0'))
+        && (r.chars().count() > 1024 || r.contains('\0'))
     {
         return Err(ApiError::Invalid(
             "reason: at most 1024 characters, no NUL".into(),
@@ -457,7 +483,7 @@ pub async fn not_found(uri: axum::http::Uri) -> ApiError {
 pub async fn method_not_allowed() -> Response {
     Problem::new(
         StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        codes::METHOD_NOT_ALLOWED,
         "Method not allowed",
     )
     .into_response()

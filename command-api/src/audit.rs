@@ -8,13 +8,15 @@
 
 use crate::AppState;
 use crate::api::{ApiQuery, OptionalJson};
-use crate::command::{Bundle, Command, Scope};
+use crate::command::{Bundle, Command, FilterText, Scope};
 use crate::core::Caller;
 use crate::error::ApiError;
 use axum::extract::{Extension, State};
 use axum::response::{IntoResponse as _, Response};
 use glassbox_audit_query::bundle::Filters;
 use glassbox_audit_query::search::{Order, SearchError};
+use glassbox_domain::Cursor;
+use glassbox_domain::request::MAX_INTEGER;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -25,13 +27,19 @@ pub(crate) fn search_error(e: SearchError) -> ApiError {
     }
 }
 
-fn plain(name: &str, v: &Option<String>) -> Result<(), ApiError> {
-    match v {
-        Some(s) if s.is_empty() || s.len() > 256 || s.chars().any(char::is_control) => Err(
-            ApiError::Invalid(format!("{name}: 1-256 characters, no control characters")),
-        ),
-        _ => Ok(()),
+/// A position-like integer: 1 to 2^53 - 1 (what the ledger stores exactly).
+fn position(name: &str, v: u64) -> Result<u64, ApiError> {
+    if (1..=MAX_INTEGER).contains(&v) {
+        Ok(v)
+    } else {
+        Err(ApiError::Invalid(format!(
+            "{name}: between 1 and {MAX_INTEGER}"
+        )))
     }
+}
+
+fn position_opt(name: &str, v: Option<u64>) -> Result<Option<u64>, ApiError> {
+    v.map(|v| position(name, v)).transpose()
 }
 
 async fn run(state: &AppState, caller: &Caller, command: Command) -> Result<Response, ApiError> {
@@ -45,13 +53,17 @@ async fn run(state: &AppState, caller: &Caller, command: Command) -> Result<Resp
 pub struct SearchParams {
     /// Another tenant, or `*` for every tenant (needs a cross-tenant role).
     #[serde(default)]
+    #[schemars(with = "Option<FilterText>")]
     pub tenant: Option<String>,
     #[serde(default)]
+    #[schemars(with = "Option<FilterText>")]
     pub stream: Option<String>,
     #[serde(default)]
+    #[schemars(with = "Option<FilterText>")]
     pub event_type: Option<String>,
     /// The actor's ID (a token's subject).
     #[serde(default)]
+    #[schemars(with = "Option<FilterText>")]
     pub actor: Option<String>,
     /// Inclusive.
     #[serde(default)]
@@ -60,16 +72,60 @@ pub struct SearchParams {
     #[serde(default)]
     pub until: Option<chrono::DateTime<chrono::Utc>>,
     #[serde(default)]
+    #[schemars(range(max = MAX_INTEGER))]
     pub from_position: Option<u64>,
     #[serde(default)]
+    #[schemars(range(max = MAX_INTEGER))]
     pub to_position: Option<u64>,
     #[serde(default)]
     pub order: Option<Order>,
-    /// 1 to 500 (default 100).
+    /// Records per page (default 100).
     #[serde(default)]
+    #[schemars(range(min = 1, max = 500))]
     pub limit: Option<u64>,
     #[serde(default)]
+    #[schemars(with = "Option<Cursor>")]
     pub cursor: Option<String>,
+}
+
+/// `POST /v1/audit/exports` body: which records (all optional; AND).
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExportBody {
+    /// Another tenant, or `*` for every tenant (needs a cross-tenant role).
+    #[serde(default)]
+    #[schemars(with = "Option<FilterText>")]
+    pub tenant: Option<String>,
+    #[serde(default)]
+    #[schemars(with = "Option<FilterText>")]
+    pub stream: Option<String>,
+    #[serde(default)]
+    #[schemars(with = "Option<FilterText>")]
+    pub event_type: Option<String>,
+    #[serde(default)]
+    #[schemars(with = "Option<FilterText>")]
+    pub actor: Option<String>,
+    #[serde(default)]
+    #[schemars(range(max = MAX_INTEGER))]
+    pub from_position: Option<u64>,
+    #[serde(default)]
+    #[schemars(range(max = MAX_INTEGER))]
+    pub to_position: Option<u64>,
+    /// Inclusive.
+    #[serde(default)]
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Exclusive.
+    #[serde(default)]
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+fn max_integer(name: &str, v: Option<u64>) -> Result<Option<u64>, ApiError> {
+    match v {
+        Some(p) if p > MAX_INTEGER => {
+            Err(ApiError::Invalid(format!("{name}: at most {MAX_INTEGER}")))
+        }
+        v => Ok(v),
+    }
 }
 
 /// `GET /v1/audit/events`.
@@ -78,30 +134,30 @@ pub async fn events(
     Extension(caller): Extension<Caller>,
     ApiQuery(p): ApiQuery<SearchParams>,
 ) -> Result<Response, ApiError> {
-    for (n, v) in [
-        ("tenant", &p.tenant),
-        ("stream", &p.stream),
-        ("event_type", &p.event_type),
-        ("actor", &p.actor),
-        ("cursor", &p.cursor),
-    ] {
-        plain(n, v)?;
+    let tenant = FilterText::parse_opt("tenant", p.tenant)?;
+    let limit = p.limit.unwrap_or(100);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::Invalid("limit: between 1 and 500".into()));
     }
+    let cursor = match &p.cursor {
+        None => None,
+        Some(c) => Some(Cursor::parse(c).map_err(|e| ApiError::Invalid(format!("cursor: {e}")))?),
+    };
     let command = Command::SearchAudit {
-        scope: Scope::parse(p.tenant.as_deref(), &caller),
+        scope: Scope::parse(tenant.as_deref(), &caller),
         filters: Filters {
             tenant: None,
-            stream: p.stream,
-            event_type: p.event_type,
-            actor: p.actor,
-            from_position: p.from_position,
-            to_position: p.to_position,
+            stream: FilterText::parse_opt("stream", p.stream)?,
+            event_type: FilterText::parse_opt("event_type", p.event_type)?,
+            actor: FilterText::parse_opt("actor", p.actor)?,
+            from_position: max_integer("from_position", p.from_position)?,
+            to_position: max_integer("to_position", p.to_position)?,
             since: p.since,
             until: p.until,
         },
         order: p.order.unwrap_or_default(),
-        limit: p.limit.unwrap_or(100),
-        cursor: p.cursor,
+        limit,
+        cursor,
     };
     run(&state, &caller, command).await
 }
@@ -126,10 +182,12 @@ pub async fn verifier_key(
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InclusionParams {
-    /// 1 to the tree size.
+    /// The record, 1 to the tree size.
+    #[schemars(range(min = 1, max = MAX_INTEGER))]
     pub position: u64,
-    /// Tree size (default: the latest signed checkpoint's).
+    /// Tree size (default: the latest signed checkpoint's; 409 beyond the ledger).
     #[serde(default)]
+    #[schemars(range(min = 1, max = MAX_INTEGER))]
     pub size: Option<u64>,
 }
 
@@ -144,8 +202,8 @@ pub async fn inclusion(
         &state,
         &caller,
         Command::InclusionProof {
-            position: p.position,
-            size: p.size,
+            position: position("position", p.position)?,
+            size: position_opt("size", p.size)?,
         },
     )
     .await
@@ -155,8 +213,11 @@ pub async fn inclusion(
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConsistencyParams {
-    /// 1 to `to`.
+    /// The older tree size, 1 to `to`.
+    #[schemars(range(min = 1, max = MAX_INTEGER))]
     pub from: u64,
+    /// The newer tree size (409 beyond the ledger).
+    #[schemars(range(min = 1, max = MAX_INTEGER))]
     pub to: u64,
 }
 
@@ -166,27 +227,24 @@ pub async fn consistency(
     Extension(caller): Extension<Caller>,
     ApiQuery(p): ApiQuery<ConsistencyParams>,
 ) -> Result<Response, ApiError> {
-    if p.from == 0 || p.from > p.to {
-        return Err(ApiError::Invalid("need 0 < from <= to".into()));
+    let (from, to) = (position("from", p.from)?, position("to", p.to)?);
+    if from > to {
+        return Err(ApiError::Invalid("need from <= to".into()));
     }
-    run(
-        &state,
-        &caller,
-        Command::ConsistencyProof {
-            from: p.from,
-            to: p.to,
-        },
-    )
-    .await
+    run(&state, &caller, Command::ConsistencyProof { from, to }).await
 }
 
 /// `POST /v1/audit/verify` body (optional).
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VerifyBody {
+    /// First position to verify (default 1).
     #[serde(default)]
+    #[schemars(range(min = 1, max = MAX_INTEGER))]
     pub from: Option<u64>,
+    /// Last position to verify (default: the head; 409 beyond it).
     #[serde(default)]
+    #[schemars(range(min = 1, max = MAX_INTEGER))]
     pub to: Option<u64>,
 }
 
@@ -197,20 +255,13 @@ pub async fn verify(
     Extension(caller): Extension<Caller>,
     OptionalJson(b): OptionalJson<VerifyBody>,
 ) -> Result<Response, ApiError> {
-    if let (Some(f), Some(t)) = (b.from, b.to)
-        && (f == 0 || f > t)
+    let (from, to) = (position_opt("from", b.from)?, position_opt("to", b.to)?);
+    if let (Some(f), Some(t)) = (from, to)
+        && f > t
     {
-        return Err(ApiError::Invalid("need 0 < from <= to".into()));
+        return Err(ApiError::Invalid("need from <= to".into()));
     }
-    run(
-        &state,
-        &caller,
-        Command::VerifyLedger {
-            from: b.from,
-            to: b.to,
-        },
-    )
-    .await
+    run(&state, &caller, Command::VerifyLedger { from, to }).await
 }
 
 /// `GET /v1/audit/replay/{stream}` query.
@@ -219,10 +270,20 @@ pub async fn verify(
 pub struct ReplayParams {
     /// A ledger position or an RFC 3339 time (default: now).
     #[serde(default)]
+    #[schemars(schema_with = "at_schema")]
     pub at: Option<String>,
     /// Re-run each recorded policy decision against the recorded bundle.
     #[serde(default)]
     pub reevaluate: Option<bool>,
+}
+
+fn at_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "anyOf": [
+            {"type": "integer", "minimum": 0, "maximum": MAX_INTEGER},
+            {"type": "string", "format": "date-time"},
+        ]
+    })
 }
 
 /// `GET /v1/audit/replay/{stream}?at=&reevaluate=`: the stream's state and
@@ -234,7 +295,7 @@ pub async fn replay(
     axum::extract::Path(stream): axum::extract::Path<String>,
     ApiQuery(p): ApiQuery<ReplayParams>,
 ) -> Result<Response, ApiError> {
-    plain("stream", &Some(stream.clone()))?;
+    let stream = FilterText::parse("stream", &stream)?.into_inner();
     let at = match &p.at {
         None => None,
         Some(a) => Some(a.parse().map_err(ApiError::Invalid)?),
@@ -256,17 +317,20 @@ pub async fn replay(
 pub async fn export(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    crate::api::ApiJson(filters): crate::api::ApiJson<Filters>,
+    crate::api::ApiJson(b): crate::api::ApiJson<ExportBody>,
 ) -> Result<Response, ApiError> {
-    for (n, v) in [
-        ("tenant", &filters.tenant),
-        ("stream", &filters.stream),
-        ("event_type", &filters.event_type),
-        ("actor", &filters.actor),
-    ] {
-        plain(n, v)?;
-    }
-    let scope = Scope::parse(filters.tenant.as_deref(), &caller);
+    let tenant = FilterText::parse_opt("tenant", b.tenant)?;
+    let filters = Filters {
+        tenant: tenant.clone(),
+        stream: FilterText::parse_opt("stream", b.stream)?,
+        event_type: FilterText::parse_opt("event_type", b.event_type)?,
+        actor: FilterText::parse_opt("actor", b.actor)?,
+        from_position: max_integer("from_position", b.from_position)?,
+        to_position: max_integer("to_position", b.to_position)?,
+        since: b.since,
+        until: b.until,
+    };
+    let scope = Scope::parse(tenant.as_deref(), &caller);
     run(&state, &caller, Command::ExportAudit { scope, filters }).await
 }
 

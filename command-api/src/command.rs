@@ -14,7 +14,7 @@ use crate::error::ApiError;
 use glassbox_audit_query::bundle::Filters;
 use glassbox_audit_query::replay::At;
 use glassbox_audit_query::search::Order;
-use glassbox_domain::{JobRequest, JobStatus, JobView};
+use glassbox_domain::{Cursor, JobRequest, JobStatus, JobView};
 use glassbox_events::catalogue::{self, Outcome};
 use schemars::JsonSchema;
 use serde::Serialize;
@@ -40,6 +40,94 @@ impl JobId {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+impl JsonSchema for JobId {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "JobId".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "string", "format": "uuid"})
+    }
+}
+
+/// Free text a client filters or names things by (tenants, streams, event
+/// types, actors): 1-256 characters, no control characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilterText(String);
+
+impl FilterText {
+    pub const MAX_CHARS: usize = 256;
+
+    /// Parses `value` of the member `name` (named in the refusal).
+    pub fn parse(name: &str, value: &str) -> Result<FilterText, ApiError> {
+        let n = value.chars().count();
+        if n == 0 || n > Self::MAX_CHARS || value.chars().any(char::is_control) {
+            return Err(ApiError::Invalid(format!(
+                "{name}: 1-{} characters, no control characters",
+                Self::MAX_CHARS
+            )));
+        }
+        Ok(FilterText(value.to_owned()))
+    }
+
+    /// An optional member.
+    pub fn parse_opt(name: &str, value: Option<String>) -> Result<Option<String>, ApiError> {
+        match value {
+            None => Ok(None),
+            Some(v) => FilterText::parse(name, &v).map(|t| Some(t.0)),
+        }
+    }
+
+    pub fn into_inner(self) -> String {
+        self.0
+    }
+}
+
+impl JsonSchema for FilterText {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "FilterText".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "minLength": 1,
+            "maxLength": FilterText::MAX_CHARS,
+            "pattern": glassbox_domain::request::pattern::NO_CONTROL,
+        })
+    }
+}
+
+/// An `Idempotency-Key` (REST header or MCP argument): 1-255 visible ASCII
+/// characters. It is stored in the ledger for good.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    pub const PATTERN: &'static str = "^[!-~]{1,255}$";
+
+    pub fn parse(name: &str, s: &str) -> Result<IdempotencyKey, ApiError> {
+        if !s.is_empty() && s.len() <= 255 && s.bytes().all(|b| b.is_ascii_graphic()) {
+            Ok(IdempotencyKey(s.to_owned()))
+        } else {
+            Err(ApiError::Invalid(format!(
+                "{name}: 1-255 visible ASCII characters"
+            )))
+        }
+    }
+
+    pub fn into_inner(self) -> String {
+        self.0
+    }
+}
+
+impl JsonSchema for IdempotencyKey {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "IdempotencyKey".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "string", "pattern": IdempotencyKey::PATTERN})
     }
 }
 
@@ -101,7 +189,7 @@ pub enum Command {
         status: Option<JobStatus>,
         language: Option<String>,
         limit: u64,
-        before_position: Option<i64>,
+        cursor: Option<Cursor>,
         min_position: Option<u64>,
     },
     /// The job as its ledger stream says now (no wait for the read models).
@@ -133,7 +221,7 @@ pub enum Command {
         filters: Filters,
         order: Order,
         limit: u64,
-        cursor: Option<String>,
+        cursor: Option<Cursor>,
     },
     LatestCheckpoint,
     VerifierKey,
@@ -222,7 +310,7 @@ impl RecordView {
 pub struct JobList {
     pub jobs: Vec<JobView>,
     /// Pass as `cursor` for the next page; null on the last one.
-    pub next_cursor: Option<String>,
+    pub next_cursor: Option<Cursor>,
 }
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]
@@ -288,7 +376,8 @@ pub struct ArtifactList {
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct AuditPage {
     pub events: Vec<Value>,
-    pub next_cursor: Option<String>,
+    /// Pass as `cursor` for the next page; null on the last one.
+    pub next_cursor: Option<Cursor>,
 }
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]
@@ -404,29 +493,18 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::Internal(e.to_string())
 }
 
+/// A tree the ledger has not grown to yet is a conflict with its current
+/// state (409; asking again later may succeed); other proof refusals are bad
+/// requests.
 fn proof_error(e: glassbox_events::store::StoreError) -> ApiError {
+    use glassbox_events::merkle::ProofError;
     match e {
+        glassbox_events::store::StoreError::Proof(p @ ProofError::SizeBeyondLedger { .. }) => {
+            ApiError::Conflict(p.to_string())
+        }
         glassbox_events::store::StoreError::Proof(p) => ApiError::Invalid(p.to_string()),
         other => ApiError::Internal(other.to_string()),
     }
-}
-
-/// Cursors of the job list: opaque to clients.
-pub fn encode_cursor(position: i64) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("v1:{position}"))
-}
-
-pub fn decode_cursor(c: &str) -> Option<i64> {
-    use base64::Engine as _;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(c)
-        .ok()?;
-    let s = String::from_utf8(bytes).ok()?;
-    s.strip_prefix("v1:")?
-        .parse::<i64>()
-        .ok()
-        .filter(|p| *p > 0)
 }
 
 impl Core {
@@ -485,7 +563,7 @@ impl Core {
                 status,
                 language,
                 limit,
-                before_position,
+                cursor,
                 min_position,
             } => {
                 if let Some(min) = min_position {
@@ -496,7 +574,7 @@ impl Core {
                     &tenant,
                     status,
                     language.as_deref(),
-                    before_position,
+                    cursor.map(|c| c.position() as i64),
                     limit as i64 + 1,
                 )
                 .await
@@ -504,7 +582,7 @@ impl Core {
                 let more = rows.len() as u64 > limit;
                 let page: Vec<_> = rows.into_iter().take(limit as usize).collect();
                 let next_cursor = if more {
-                    page.last().map(|(_, p)| encode_cursor(*p))
+                    page.last().map(|(_, p)| Cursor::at(*p as u64))
                 } else {
                     None
                 };
@@ -593,7 +671,7 @@ impl Core {
                     &filters,
                     order,
                     limit,
-                    cursor.as_deref(),
+                    cursor,
                 )
                 .await
                 .map_err(crate::audit::search_error)?;
@@ -634,6 +712,7 @@ impl Core {
                 verifier_key: self.verifier()?.to_string(),
             })),
             Command::InclusionProof { position, size } => {
+                let explicit_size = size.is_some();
                 let size = match size {
                     Some(s) => s,
                     None => self
@@ -645,10 +724,16 @@ impl Core {
                 if size == 0 {
                     return Err(ApiError::NotFound("a signed checkpoint".into()));
                 }
-                if position == 0 || position > size {
-                    return Err(ApiError::Invalid(format!(
-                        "position must be between 1 and the tree size {size}"
-                    )));
+                if position > size {
+                    // With an explicit size the request contradicts itself; by
+                    // default the record is newer than the latest checkpoint,
+                    // which a later checkpoint will cover.
+                    let why = format!("position {position} is beyond the tree size {size}");
+                    return Err(if explicit_size {
+                        ApiError::Invalid(why)
+                    } else {
+                        ApiError::Conflict(format!("{why} of the latest signed checkpoint"))
+                    });
                 }
                 let rec = self
                     .store
@@ -705,6 +790,16 @@ impl Core {
             }
             Command::VerifyLedger { from, to } => {
                 let key = self.verifier()?;
+                let (head, _) = self
+                    .store
+                    .head()
+                    .await
+                    .map_err(ApiError::store("read the ledger head"))?;
+                if let Some(beyond) = [from, to].into_iter().flatten().find(|p| *p > head) {
+                    return Err(ApiError::Conflict(format!(
+                        "position {beyond} is beyond the ledger head ({head})"
+                    )));
+                }
                 let result = self
                     .store
                     .verify(Some(key), &[], from.filter(|f| *f > 0), to)

@@ -18,6 +18,7 @@
 
 use crate::error::ApiError;
 use glassbox_domain::catalogue::{self, BlobRef, Decision as Verdict, KnownEvent, Limits};
+use glassbox_domain::status::CancelState;
 use glassbox_domain::{Job, JobCommand, JobSpec, JobStatus, Refusal, Stream};
 use glassbox_events::store::{AppendRequest, EventStore, NewEvent, StoreError};
 use glassbox_events::{Actor, ActorKind, AuthVia, DecideError, Digest, Envelope};
@@ -133,8 +134,7 @@ pub struct SubmitReply {
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CancelReply {
     pub job_id: String,
-    /// `cancelled` (it never ran) or `cancel_requested` (its runner will stop it).
-    pub status: String,
+    pub status: CancelState,
     pub position: u64,
 }
 
@@ -576,8 +576,8 @@ impl Core {
         Ok(r)
     }
 
-    /// Waits until the read models include `position`: a 400 for a position the
-    /// ledger has not reached (it cannot come from this ledger), a 503 when the
+    /// Waits until the read models include `position`: a 409 for a position the
+    /// ledger has not reached (no answer can be that fresh yet), a 503 when the
     /// projection does not get there within `timeout`.
     pub async fn await_projection(&self, position: u64, timeout: Duration) -> Result<(), ApiError> {
         if *self.projected.borrow() >= position {
@@ -589,7 +589,7 @@ impl Core {
             .await
             .map_err(ApiError::store("read the ledger head"))?;
         if position > head {
-            return Err(ApiError::Invalid(format!(
+            return Err(ApiError::Conflict(format!(
                 "min_position: {position} is beyond the ledger head ({head})"
             )));
         }
@@ -668,11 +668,10 @@ impl Core {
         Ok(CancelReply {
             job_id: job_id.to_owned(),
             status: if s.cancelled.is_some() {
-                "cancelled"
+                CancelState::Cancelled
             } else {
-                "cancel_requested"
-            }
-            .into(),
+                CancelState::CancelRequested
+            },
             position: s.cancel_requested.unwrap_or(0),
         })
     }

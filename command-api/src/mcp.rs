@@ -688,7 +688,7 @@ impl GlassboxMcp {
     ) -> Result<crate::core::Receipt, ApiError> {
         let request = a.job_request()?;
         if let Some(k) = &a.idempotency_key {
-            crate::api::valid_idempotency_key("idempotency_key", k)?;
+            crate::command::IdempotencyKey::parse("idempotency_key", k)?;
         }
         let Reply::Submitted(reply) = self
             .run(
@@ -783,7 +783,7 @@ impl GlassboxMcp {
                     status: None,
                     language: None,
                     limit: LISTED_JOBS,
-                    before_position: None,
+                    cursor: None,
                     min_position: None,
                 },
             )

@@ -1,10 +1,141 @@
-//! The OpenAPI document served at `/openapi.json`.
+//! The OpenAPI 3.1 document served at `/openapi.json`, generated from the
+//! types the handlers parse into and reply with.
 //!
-//! Written by hand next to the handlers (rather than derived) so the document
-//! states the contract clients rely on — including every problem response — and
-//! a schemathesis run in the test suite checks the server against it.
+//! Why generated: a hand-written document drifts from the handlers both ways
+//! (schema-valid requests refused, schema-violating ones accepted). Here every
+//! parameter, body and reply schema is derived with schemars (JSON Schema
+//! 2020-12, which OpenAPI 3.1 uses) from the very type the handler
+//! deserializes or serializes; the validation rules travel as schema
+//! attributes on those types, next to the parse functions they mirror (and
+//! tests hold the two together). What this module adds is only what a type
+//! cannot say: the routes, which statuses each one answers, and the links
+//! between operations (for clients and stateful testing).
+//!
+//! A few rules relate members to each other and cannot be stated in JSON
+//! Schema; the server refuses them with 400 and names them in the operation
+//! descriptions (`from <= to`, `position <= size`, input paths and secrets
+//! named once, no path both a file and a directory). Requests that need the
+//! ledger to be further along than it is (`min_position`, a tree size or
+//! position beyond the head) are 409.
 
-use serde_json::{Value, json};
+use crate::api::{CancelBody, GetJobParams, ListParams};
+use crate::audit::{
+    ConsistencyParams, ExportBody, InclusionParams, ReplayParams, SearchParams, VerifyBody,
+};
+use crate::command::{
+    ArtifactList, AuditPage, CheckpointView, ConsistencyView, FilterText, IdempotencyKey,
+    InclusionView, JobEvents, JobId, JobList, JobOutput, StatusView, VerifierKeyView, VerifyView,
+};
+use crate::core::{CancelReply, DeleteReply, Receipt};
+use glassbox_domain::{JobRequest, JobView};
+use glassbox_platform::problem::Problem;
+use schemars::generate::SchemaSettings;
+use schemars::{JsonSchema, SchemaGenerator};
+use serde_json::{Map, Value, json};
+
+const COMPONENTS: &str = "/components/schemas";
+
+/// One route: what it parses, what it answers.
+struct Operation {
+    method: &'static str,
+    path: &'static str,
+    id: &'static str,
+    summary: &'static str,
+    description: Option<&'static str>,
+    parameters: Vec<Value>,
+    body: Option<(Value, bool)>,
+    responses: Vec<(&'static str, Value)>,
+}
+
+impl Operation {
+    fn new(
+        method: &'static str,
+        path: &'static str,
+        id: &'static str,
+        summary: &'static str,
+    ) -> Self {
+        Operation {
+            method,
+            path,
+            id,
+            summary,
+            description: None,
+            parameters: Vec::new(),
+            body: None,
+            responses: Vec::new(),
+        }
+    }
+
+    fn describe(mut self, d: &'static str) -> Self {
+        self.description = Some(d);
+        self
+    }
+
+    fn param(mut self, p: Value) -> Self {
+        self.parameters.push(p);
+        self
+    }
+
+    fn params(mut self, ps: Vec<Value>) -> Self {
+        self.parameters.extend(ps);
+        self
+    }
+
+    fn json_body(mut self, schema: Value, required: bool) -> Self {
+        self.body = Some((schema, required));
+        self
+    }
+
+    fn answers(mut self, status: &'static str, response: Value) -> Self {
+        self.responses.push((status, response));
+        self
+    }
+
+    fn problem(self, status: &'static str, description: &'static str) -> Self {
+        self.answers(status, problem(description))
+    }
+
+    fn render(self) -> Value {
+        let mut responses = Map::new();
+        for (status, description) in [
+            ("400", "Invalid request (code `invalid_request`)"),
+            ("401", "Missing or refused token (code `unauthenticated`)"),
+            (
+                "403",
+                "Refused by policy (codes `forbidden`, `policy_denied`)",
+            ),
+            ("404", "No such resource for this tenant (code `not_found`)"),
+            ("429", "Tenant rate limit exhausted (code `rate_limited`)"),
+            (
+                "503",
+                "Dependency unavailable or read models behind (code `unavailable`)",
+            ),
+        ] {
+            responses.insert(status.into(), problem(description));
+        }
+        for (status, r) in self.responses {
+            responses.insert(status.into(), r);
+        }
+        let mut op = json!({
+            "operationId": self.id,
+            "summary": self.summary,
+            "responses": responses,
+        });
+        if let Some(d) = self.description {
+            op["description"] = d.into();
+        }
+        if !self.parameters.is_empty() {
+            op["parameters"] = Value::Array(self.parameters);
+        }
+        if let Some((schema, required)) = self.body {
+            op["requestBody"] = json!({
+                "required": required,
+                "content": {"application/json": {"schema": schema}},
+            });
+        }
+        op
+    }
+}
 
 fn problem(description: &str) -> Value {
     json!({
@@ -13,90 +144,247 @@ fn problem(description: &str) -> Value {
     })
 }
 
-fn common_errors() -> serde_json::Map<String, Value> {
-    let mut m = serde_json::Map::new();
-    m.insert(
-        "400".into(),
-        problem("Invalid request (code `invalid_request`)"),
-    );
-    m.insert(
-        "401".into(),
-        problem("Missing or refused token (code `unauthenticated`)"),
-    );
-    m.insert(
-        "403".into(),
-        problem("Refused by policy (codes `forbidden`, `policy_denied`)"),
-    );
-    m.insert(
-        "404".into(),
-        problem("No such resource for this tenant (code `not_found`)"),
-    );
-    m.insert(
-        "429".into(),
-        problem("Tenant rate limit exhausted (code `rate_limited`)"),
-    );
-    m.insert(
-        "503".into(),
-        problem("Dependency unavailable or read models behind (code `unavailable`)"),
-    );
-    m
+fn json_reply(description: &str, schema: Value) -> Value {
+    json!({"description": description, "content": {"application/json": {"schema": schema}}})
 }
 
-fn responses(ok: &[(&str, Value)], extra: &[(&str, &str)]) -> Value {
-    let mut m = common_errors();
-    for (code, v) in ok {
-        m.insert((*code).into(), v.clone());
-    }
-    for (code, d) in extra {
-        m.insert((*code).into(), problem(d));
-    }
-    Value::Object(m)
-}
-
-fn ok_json(description: &str, schema: &str) -> Value {
+fn binary_reply(description: &str, media_type: &str) -> Value {
     json!({
         "description": description,
-        "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}
+        "content": {media_type: {"schema": {"type": "string", "contentMediaType": media_type}}}
     })
 }
 
-fn job_id_param() -> Value {
-    json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string", "format": "uuid"}})
+/// Drops `null` from a schema (a query or header parameter is absent, never null).
+fn without_null(schema: Value) -> Value {
+    let mut s = schema;
+    if s.get("default") == Some(&Value::Null)
+        && let Some(o) = s.as_object_mut()
+    {
+        o.remove("default");
+    }
+    if let Some(Value::Array(types)) = s.get("type").cloned() {
+        let kept: Vec<Value> = types.into_iter().filter(|t| t != "null").collect();
+        s["type"] = match kept.as_slice() {
+            [one] => one.clone(),
+            _ => Value::Array(kept),
+        };
+    }
+    for key in ["anyOf", "oneOf"] {
+        if let Some(Value::Array(options)) = s.get(key).cloned() {
+            let kept: Vec<Value> = options
+                .into_iter()
+                .filter(|o| o.get("type") != Some(&json!("null")))
+                .collect();
+            if kept.len() == 1 {
+                let mut only = kept[0].clone();
+                if let (Some(o), Some(d)) = (only.as_object_mut(), s.get("description")) {
+                    o.entry("description").or_insert_with(|| d.clone());
+                }
+                return only;
+            }
+            s[key] = Value::Array(kept);
+        }
+    }
+    s
 }
 
-fn limits_schema() -> Value {
-    let mut props = serde_json::Map::new();
-    for k in [
-        "wall_time_ms",
-        "cpu_millicores",
-        "memory_bytes",
-        "processes",
-        "workspace_bytes",
-        "tmp_bytes",
-        "stdout_bytes",
-        "stderr_bytes",
-        "output_bytes",
-        "output_files",
+/// The members of a query struct, as query parameters (its definition is
+/// taken out of the components: a query has no body).
+fn query_params<T: JsonSchema>(g: &mut SchemaGenerator) -> Vec<Value> {
+    g.subschema_for::<T>();
+    let name = T::schema_name();
+    let def = g
+        .definitions_mut()
+        .remove(name.as_ref())
+        .unwrap_or_default();
+    let required: Vec<&str> = def["required"]
+        .as_array()
+        .map(|r| r.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let Some(props) = def["properties"].as_object() else {
+        return Vec::new();
+    };
+    props
+        .iter()
+        .map(|(name, schema)| {
+            let mut schema = without_null(schema.clone());
+            let description = schema.as_object_mut().and_then(|o| o.remove("description"));
+            let mut p = json!({
+                "name": name,
+                "in": "query",
+                "required": required.contains(&name.as_str()),
+                "schema": schema,
+            });
+            if let Some(d) = description {
+                p["description"] = d;
+            }
+            p
+        })
+        .collect()
+}
+
+fn path_param<T: JsonSchema>(g: &mut SchemaGenerator, name: &str, description: &str) -> Value {
+    json!({
+        "name": name,
+        "in": "path",
+        "required": true,
+        "description": description,
+        "schema": g.subschema_for::<T>(),
+    })
+}
+
+fn schema<T: JsonSchema>(g: &mut SchemaGenerator) -> Value {
+    g.subschema_for::<T>().to_value()
+}
+
+/// Follow-up operations on the job a submission created (`id` from
+/// `pointer`, read models at least as new as `position`).
+fn job_links(pointer: &str, position: Option<&str>) -> Value {
+    let mut links = Map::new();
+    for (name, op) in [
+        ("GetJob", "getJob"),
+        ("GetJobEvents", "getJobEvents"),
+        ("CancelJob", "cancelJob"),
+        ("GetJobOutput", "getJobOutput"),
+        ("ListJobArtifacts", "listJobArtifacts"),
+        ("DeleteJobData", "deleteJobData"),
     ] {
-        props.insert(
-            k.into(),
-            json!({"type": "integer", "minimum": 1, "maximum": 9_007_199_254_740_991_u64, "nullable": true}),
+        let mut parameters = json!({"id": format!("$response.body#{pointer}")});
+        if op == "getJob"
+            && let Some(p) = position
+        {
+            parameters["min_position"] = format!("$response.body#{p}").into();
+        }
+        links.insert(
+            name.into(),
+            json!({"operationId": op, "parameters": parameters}),
         );
     }
-    json!({"type": "object", "additionalProperties": false, "properties": props})
+    Value::Object(links)
 }
 
-/// Letters, digits and `_`, not starting with a digit (environment and secret names).
-const ENV_NAME: &str = "^[A-Za-z_][A-Za-z0-9_]{0,127}$";
-/// Languages, package names and ecosystems.
-const NAME: &str = "^[A-Za-z0-9_][A-Za-z0-9_.-]*$";
-/// Strings that may hold anything but NUL.
-const NO_NUL: &str = "^[^\\u0000]*$";
+fn with_links(mut response: Value, links: Value) -> Value {
+    response["links"] = links;
+    response
+}
 
 /// The whole document (`max_wait` is the configured longest long-poll).
 pub fn document(max_wait: u64) -> Value {
+    let mut g = SchemaGenerator::new(
+        SchemaSettings::draft2020_12().with(|s| s.definitions_path = COMPONENTS.into()),
+    );
+    let g = &mut g;
+    let job_id = |g: &mut SchemaGenerator| path_param::<JobId>(g, "id", "The job's ID");
+
+    let mut get_job_params = query_params::<GetJobParams>(g);
+    for p in &mut get_job_params {
+        if p["name"] == "wait" {
+            p["schema"]["maximum"] = max_wait.into();
+        }
+    }
+
+    let receipt = schema::<Receipt>(g);
+    let operations = vec![
+        Operation::new("post", "/v1/jobs", "submitJob", "Submit a job; every policy decision is recorded before anything runs")
+            .describe("Refused with 400 besides what the schema states: an input path or a secret named twice, or a path that is both a file and a directory of another.")
+            .param(json!({
+                "name": "Idempotency-Key", "in": "header", "required": false,
+                "description": "Retries with the same key and body answer the first submission",
+                "schema": g.subschema_for::<IdempotencyKey>(),
+            }))
+            .json_body(schema::<JobRequest>(g), true)
+            .answers("201", with_links(json_reply("Accepted", receipt.clone()), job_links("/job_id", Some("/position"))))
+            .answers("200", with_links(json_reply("Accepted (idempotent replay)", receipt), job_links("/job_id", Some("/position"))))
+            .problem("409", "Idempotency-Key reused with a different body (code `idempotency_key_reused`)")
+            .problem("413", "Body too large (code `payload_too_large`)")
+            .problem("415", "Not JSON (code `unsupported_media_type`)"),
+        Operation::new("get", "/v1/jobs", "listJobs", "The caller's tenant's jobs, newest first")
+            .params(query_params::<ListParams>(g))
+            .answers("200", json_reply("A page of jobs", schema::<JobList>(g)))
+            .problem("409", "min_position is beyond the ledger head (code `conflict`)"),
+        Operation::new("get", "/v1/jobs/{id}", "getJob", "A job from the read models; wait long-polls until it is terminal")
+            .param(job_id(g))
+            .params(get_job_params)
+            .answers("200", json_reply("The job", schema::<JobView>(g)))
+            .problem("409", "min_position is beyond the ledger head (code `conflict`)"),
+        Operation::new("get", "/v1/jobs/{id}/events", "getJobEvents", "The job's ledger records (canonical JSON with positions and entry hashes)")
+            .param(job_id(g))
+            .answers("200", json_reply("The records", schema::<JobEvents>(g))),
+        Operation::new("post", "/v1/jobs/{id}/cancel", "cancelJob", "Cancel a job (at once if unclaimed, else its runner stops it)")
+            .param(job_id(g))
+            .json_body(schema::<CancelBody>(g), false)
+            .answers("202", json_reply("Cancellation recorded", schema::<CancelReply>(g)))
+            .problem("409", "The job already finished (code `conflict`)")
+            .problem("413", "Body too large (code `payload_too_large`)"),
+        Operation::new("get", "/v1/jobs/{id}/output", "getJobOutput", "stdout and stderr of the job's result (decrypted), with its exit status")
+            .param(job_id(g))
+            .answers("200", json_reply("The output", schema::<JobOutput>(g)))
+            .problem("409", "The job has not finished (code `conflict`)")
+            .problem("410", "The job's data was destroyed (code `gone`)"),
+        Operation::new("delete", "/v1/jobs/{id}/data", "deleteJobData", "Crypto-shred a finished job's data (key.destroyed); afterwards its code, output and artifacts answer 410")
+            .param(job_id(g))
+            .answers("200", json_reply("Destroyed (or already destroyed)", schema::<DeleteReply>(g)))
+            .problem("409", "The job has not finished (code `conflict`)"),
+        Operation::new("get", "/v1/jobs/{id}/artifacts", "listJobArtifacts", "Files the job left in /workspace/out")
+            .param(job_id(g))
+            .answers("200", json_reply("The artifacts", schema::<ArtifactList>(g)))
+            .problem("409", "The job has not finished (code `conflict`)")
+            .problem("410", "The job's data was destroyed (code `gone`)"),
+        Operation::new("get", "/v1/jobs/{id}/artifacts/{path}", "getJobArtifact", "One artifact's bytes (decrypted)")
+            .param(job_id(g))
+            .param(json!({"name": "path", "in": "path", "required": true, "description": "The artifact's path under out/", "schema": {"type": "string"}}))
+            .answers("200", binary_reply("The bytes", "application/octet-stream"))
+            .problem("409", "The job has not finished (code `conflict`)")
+            .problem("410", "The job's data was destroyed (code `gone`)"),
+        Operation::new("get", "/v1/audit/events", "searchAudit", "Ledger records matching filters (own tenant; tenant=<other> or * needs a cross-tenant audit role, and is itself recorded)")
+            .params(query_params::<SearchParams>(g))
+            .answers("200", json_reply("A page of records", schema::<AuditPage>(g))),
+        Operation::new("get", "/v1/audit/checkpoints/latest", "latestCheckpoint", "The latest signed checkpoint (C2SP signed note)")
+            .answers("200", json_reply("The checkpoint", schema::<CheckpointView>(g))),
+        Operation::new("get", "/v1/audit/verifier-key", "verifierKey", "The ledger's checkpoint verifier key")
+            .answers("200", json_reply("The key", schema::<VerifierKeyView>(g))),
+        Operation::new("get", "/v1/audit/proofs/inclusion", "inclusionProof", "RFC 9162 inclusion proof of a record (default size: the latest signed checkpoint)")
+            .describe("400 when position exceeds an explicit size; 409 when the size is beyond the ledger, or the record is newer than the latest signed checkpoint.")
+            .params(query_params::<InclusionParams>(g))
+            .answers("200", json_reply("The proof", schema::<InclusionView>(g)))
+            .problem("409", "The ledger or its latest checkpoint has not reached that size (code `conflict`)"),
+        Operation::new("get", "/v1/audit/proofs/consistency", "consistencyProof", "RFC 9162 consistency proof between two tree sizes")
+            .describe("400 unless from <= to; 409 when to is beyond the ledger.")
+            .params(query_params::<ConsistencyParams>(g))
+            .answers("200", json_reply("The proof", schema::<ConsistencyView>(g)))
+            .problem("409", "The ledger has not reached that size (code `conflict`)"),
+        Operation::new("get", "/v1/audit/replay/{stream}", "replayStream", "A stream's state and timeline at a position or time; reevaluate=true re-runs each recorded decision against its bundle")
+            .param(path_param::<FilterText>(g, "stream", "The stream's name"))
+            .params(query_params::<ReplayParams>(g))
+            .answers("200", json_reply("The replay", json!({"type": "object"}))),
+        Operation::new("post", "/v1/audit/exports", "exportEvidence", "An evidence bundle (tar) for the filters, proving each record against the latest signed checkpoint; recorded as audit.exported")
+            .json_body(schema::<ExportBody>(g), true)
+            .answers("200", binary_reply("The bundle (docs/evidence-bundle.md)", "application/x-tar"))
+            .problem("413", "Body too large (code `payload_too_large`)")
+            .problem("415", "Not JSON (code `unsupported_media_type`)"),
+        Operation::new("post", "/v1/audit/verify", "verifyLedger", "Verify the ledger (or a range) against its signed checkpoints; the first failure if any")
+            .describe("400 unless from <= to; 409 when either is beyond the ledger head.")
+            .json_body(schema::<VerifyBody>(g), false)
+            .answers("200", json_reply("The verdict", schema::<VerifyView>(g)))
+            .problem("409", "A position beyond the ledger head (code `conflict`)")
+            .problem("413", "Body too large (code `payload_too_large`)"),
+        Operation::new("get", "/v1/status", "status", "Ledger head, latest signed checkpoint and projection lag")
+            .answers("200", json_reply("Status", schema::<StatusView>(g))),
+    ];
+    g.subschema_for::<Problem>();
+
+    let mut paths = Map::new();
+    for op in operations {
+        let (method, path) = (op.method, op.path);
+        let entry = paths
+            .entry(path)
+            .or_insert_with(|| Value::Object(Map::new()));
+        entry[method] = op.render();
+    }
     json!({
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
+        "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
         "info": {
             "title": "Glassbox command API",
             "version": env!("CARGO_PKG_VERSION"),
@@ -104,413 +392,95 @@ pub fn document(max_wait: u64) -> Value {
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
-            "schemas": {
-                "Problem": {
-                    "type": "object",
-                    "required": ["type", "title", "status", "code"],
-                    "properties": {
-                        "type": {"type": "string"},
-                        "title": {"type": "string"},
-                        "status": {"type": "integer"},
-                        "code": {"type": "string"},
-                        "detail": {"type": "string"},
-                        "instance": {"type": "string"}
-                    }
-                },
-                "Limits": limits_schema(),
-                "JobRequest": {
-                    "type": "object",
-                    "additionalProperties": false,
-                    "required": ["language", "code"],
-                    "properties": {
-                        "language": {"type": "string", "enum": ["python", "node", "bash"], "description": "the runtimes this build has; each tenant's policy may allow fewer"},
-                        "code": {"type": "string", "minLength": 1},
-                        "stdin": {"type": "string", "nullable": true},
-                        "args": {"type": "array", "items": {"type": "string", "pattern": NO_NUL}, "maxItems": 256},
-                        "env": {"type": "object", "maxProperties": 128, "additionalProperties": {"type": "string", "pattern": NO_NUL},
-                                "description": "names: letters, digits and '_', not starting with a digit or GLASSBOX_"},
-                        "files": {"type": "array", "maxItems": 64, "items": {
-                            "type": "object", "additionalProperties": false, "required": ["path", "content"],
-                            "properties": {
-                                "path": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*$", "description": "relative to /workspace; no '..', not out/ or main"},
-                                "content": {"type": "string"},
-                                "encoding": {"type": "string", "enum": ["utf8", "base64"]}
-                            }
-                        }},
-                        "dependencies": {"type": "array", "maxItems": 64, "items": {
-                            "type": "object", "additionalProperties": false, "required": ["name"],
-                            "properties": {
-                                "ecosystem": {"type": "string", "minLength": 1, "maxLength": 32, "pattern": NAME},
-                                "name": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": NAME},
-                                "version": {"type": "string", "nullable": true, "minLength": 1, "maxLength": 64, "pattern": "^[A-Za-z0-9.+!_-]+$"}
-                            }
-                        }},
-                        "secrets": {"type": "array", "maxItems": 32, "uniqueItems": true, "items": {"oneOf": [
-                            {"type": "string", "pattern": ENV_NAME},
-                            {"type": "object", "additionalProperties": false, "required": ["name"], "properties": {
-                                "name": {"type": "string", "pattern": ENV_NAME},
-                                "mode": {"type": "string", "enum": ["env", "file"]}
-                            }}
-                        ]}},
-                        "limits": {"$ref": "#/components/schemas/Limits"}
-                    }
-                },
-                "Decision": {
-                    "type": "object",
-                    "required": ["policy", "decision", "reasons"],
-                    "properties": {
-                        "policy": {"type": "string"},
-                        "decision": {"type": "string", "enum": ["allow", "deny"]},
-                        "reasons": {"type": "array", "items": {"type": "string"}},
-                        "error": {"type": "string"}
-                    }
-                },
-                "Receipt": {
-                    "type": "object",
-                    "required": ["job_id", "status", "stream", "submitted_position", "position", "decisions", "reasons"],
-                    "properties": {
-                        "job_id": {"type": "string"},
-                        "status": {"type": "string", "enum": ["accepted", "rejected"]},
-                        "stream": {"type": "string"},
-                        "submitted_position": {"type": "integer"},
-                        "position": {"type": "integer", "description": "pass as min_position to read this job"},
-                        "decisions": {"type": "array", "items": {"$ref": "#/components/schemas/Decision"}},
-                        "effective_limits": {"nullable": true, "allOf": [{"$ref": "#/components/schemas/Limits"}]},
-                        "reasons": {"type": "array", "items": {"type": "string"}}
-                    }
-                },
-                "Job": {
-                    "type": "object",
-                    "required": ["job_id", "tenant", "status", "language", "submitted_position", "last_position"],
-                    "properties": {
-                        "job_id": {"type": "string"},
-                        "tenant": {"type": "string"},
-                        "status": {"type": "string", "enum": ["submitted", "accepted", "rejected", "claimed", "running", "completed", "failed", "cancelled"]},
-                        "language": {"type": "string"},
-                        "submitted_by": {"type": "string"},
-                        "app": {"type": "string", "nullable": true},
-                        "agent": {"type": "string", "nullable": true},
-                        "idempotency_key": {"type": "string", "nullable": true},
-                        "submitted_position": {"type": "integer"},
-                        "submitted_at": {"type": "string"},
-                        "last_position": {"type": "integer"},
-                        "updated_at": {"type": "string"},
-                        "requested_limits": {"type": "object"},
-                        "effective_limits": {"type": "object", "nullable": true},
-                        "secrets": {"type": "array", "items": {"type": "string"}},
-                        "dependencies": {"type": "array", "items": {"type": "object"}},
-                        "reasons": {"type": "array", "items": {"type": "string"}},
-                        "cancel_requested": {"type": "boolean"},
-                        "attempt": {"type": "integer"},
-                        "runner": {"type": "string", "nullable": true},
-                        "outcome": {"type": "string", "nullable": true},
-                        "exit_code": {"type": "integer", "nullable": true},
-                        "signal": {"type": "integer", "nullable": true},
-                        "wall_ms": {"type": "integer", "nullable": true},
-                        "artifacts": {"type": "array", "items": {"type": "object"}},
-                        "data_destroyed": {"type": "boolean"}
-                    }
-                },
-                "JobList": {
-                    "type": "object",
-                    "required": ["jobs", "next_cursor"],
-                    "properties": {
-                        "jobs": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}},
-                        "next_cursor": {"type": "string", "nullable": true}
-                    }
-                },
-                "JobEvents": {
-                    "type": "object",
-                    "required": ["job_id", "events"],
-                    "properties": {
-                        "job_id": {"type": "string"},
-                        "events": {"type": "array", "items": {
-                            "type": "object",
-                            "required": ["position", "entry_hash", "record"],
-                            "properties": {
-                                "position": {"type": "integer"},
-                                "entry_hash": {"type": "string"},
-                                "record": {"type": "object"}
-                            }
-                        }}
-                    }
-                },
-                "CancelReply": {
-                    "type": "object",
-                    "required": ["job_id", "status", "position"],
-                    "properties": {
-                        "job_id": {"type": "string"},
-                        "status": {"type": "string", "enum": ["cancelled", "cancel_requested"]},
-                        "position": {"type": "integer"}
-                    }
-                },
-                "Stream": {
-                    "type": "object",
-                    "required": ["encoding", "content", "size_bytes", "truncated"],
-                    "properties": {
-                        "encoding": {"type": "string", "enum": ["utf8", "base64"]},
-                        "content": {"type": "string"},
-                        "size_bytes": {"type": "integer"},
-                        "truncated": {"type": "boolean"}
-                    }
-                },
-                "Output": {
-                    "type": "object",
-                    "required": ["job_id", "attempt", "outcome", "stdout", "stderr"],
-                    "properties": {
-                        "job_id": {"type": "string"},
-                        "attempt": {"type": "integer"},
-                        "outcome": {"type": "string", "enum": ["succeeded", "failed", "timed_out", "oom_killed", "crashed", "cancelled"]},
-                        "exit_code": {"type": "integer", "nullable": true},
-                        "signal": {"type": "integer", "nullable": true},
-                        "wall_ms": {"type": "integer"},
-                        "stdout": {"$ref": "#/components/schemas/Stream"},
-                        "stderr": {"$ref": "#/components/schemas/Stream"}
-                    }
-                },
-                "Artifacts": {
-                    "type": "object",
-                    "required": ["job_id", "artifacts"],
-                    "properties": {
-                        "job_id": {"type": "string"},
-                        "artifacts": {"type": "array", "items": {"type": "object",
-                            "required": ["path", "size_bytes", "truncated"],
-                            "properties": {"path": {"type": "string"}, "size_bytes": {"type": "integer"}, "truncated": {"type": "boolean"}}}}
-                    }
-                },
-                "DeleteReply": {
-                    "type": "object",
-                    "required": ["job_id", "position"],
-                    "properties": {"job_id": {"type": "string"}, "position": {"type": "integer"}}
-                },
-                "AuditPage": {
-                    "type": "object",
-                    "required": ["events", "next_cursor"],
-                    "properties": {
-                        "events": {"type": "array", "items": {"type": "object",
-                            "required": ["position", "entry_hash", "record"],
-                            "properties": {"position": {"type": "integer"}, "entry_hash": {"type": "string"}, "record": {"type": "object"}}}},
-                        "next_cursor": {"type": "string", "nullable": true}
-                    }
-                },
-                "Checkpoint": {
-                    "type": "object",
-                    "required": ["origin", "tree_size", "root", "key_name", "note"],
-                    "properties": {"origin": {"type": "string"}, "tree_size": {"type": "integer"}, "root": {"type": "string"},
-                                   "key_name": {"type": "string"}, "note": {"type": "string"}}
-                },
-                "Status": {"type": "object"}
-            }
+            "schemas": g.take_definitions(true),
         },
         "security": [{"bearer": []}],
-        "paths": {
-            "/v1/jobs": {
-                "post": {
-                    "operationId": "submitJob",
-                    "summary": "Submit a job; every policy decision is recorded before anything runs",
-                    "parameters": [{"name": "Idempotency-Key", "in": "header", "required": false,
-                        "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"}}],
-                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/JobRequest"}}}},
-                    "responses": responses(
-                        &[("201", ok_json("Accepted", "Receipt")),
-                          ("200", ok_json("Accepted (idempotent replay)", "Receipt"))],
-                        &[("409", "Idempotency-Key reused with a different body (code `idempotency_key_reused`)"),
-                          ("413", "Body too large (code `payload_too_large`)"),
-                          ("415", "Not JSON (code `unsupported_media_type`)")])
-                },
-                "get": {
-                    "operationId": "listJobs",
-                    "summary": "The caller's tenant's jobs, newest first",
-                    "parameters": [
-                        {"name": "status", "in": "query", "schema": {"type": "string", "enum": ["submitted", "accepted", "rejected", "claimed", "running", "completed", "failed", "cancelled"]}},
-                        {"name": "language", "in": "query", "schema": {"type": "string", "minLength": 1, "maxLength": 32, "pattern": NAME}},
-                        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200}},
-                        {"name": "cursor", "in": "query", "schema": {"type": "string"}},
-                        {"name": "min_position", "in": "query", "schema": {"type": "integer", "minimum": 0}}
-                    ],
-                    "responses": responses(&[("200", ok_json("A page of jobs", "JobList"))], &[])
-                }
-            },
-            "/v1/jobs/{id}": {
-                "get": {
-                    "operationId": "getJob",
-                    "summary": "A job from the read models; wait long-polls until it is terminal",
-                    "parameters": [
-                        job_id_param(),
-                        {"name": "wait", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": max_wait}},
-                        {"name": "min_position", "in": "query", "schema": {"type": "integer", "minimum": 0}}
-                    ],
-                    "responses": responses(&[("200", ok_json("The job", "Job"))], &[])
-                }
-            },
-            "/v1/jobs/{id}/events": {
-                "get": {
-                    "operationId": "getJobEvents",
-                    "summary": "The job's ledger records (canonical JSON with positions and entry hashes)",
-                    "parameters": [job_id_param()],
-                    "responses": responses(&[("200", ok_json("The records", "JobEvents"))], &[])
-                }
-            },
-            "/v1/jobs/{id}/cancel": {
-                "post": {
-                    "operationId": "cancelJob",
-                    "summary": "Cancel a job (at once if unclaimed, else its runner stops it)",
-                    "parameters": [job_id_param()],
-                    "requestBody": {"required": false, "content": {"application/json": {"schema": {
-                        "type": "object", "additionalProperties": false,
-                        "properties": {"reason": {"type": "string", "maxLength": 1024}}
-                    }}}},
-                    "responses": responses(&[("202", ok_json("Cancellation recorded", "CancelReply"))],
-                        &[("409", "The job already finished (code `conflict`)")])
-                }
-            },
-            "/v1/jobs/{id}/output": {
-                "get": {
-                    "operationId": "getJobOutput",
-                    "summary": "stdout and stderr of the job's result (decrypted), with its exit status",
-                    "parameters": [job_id_param()],
-                    "responses": responses(&[("200", ok_json("The output", "Output"))],
-                        &[("409", "The job has not finished (code `conflict`)"),
-                          ("410", "The job's data was destroyed (code `gone`)")])
-                }
-            },
-            "/v1/jobs/{id}/data": {
-                "delete": {
-                    "operationId": "deleteJobData",
-                    "summary": "Crypto-shred a finished job's data (key.destroyed); afterwards its code, output and artifacts answer 410",
-                    "parameters": [job_id_param()],
-                    "responses": responses(&[("200", ok_json("Destroyed (or already destroyed)", "DeleteReply"))],
-                        &[("409", "The job has not finished (code `conflict`)")])
-                }
-            },
-            "/v1/jobs/{id}/artifacts": {
-                "get": {
-                    "operationId": "listJobArtifacts",
-                    "summary": "Files the job left in /workspace/out",
-                    "parameters": [job_id_param()],
-                    "responses": responses(&[("200", ok_json("The artifacts", "Artifacts"))],
-                        &[("409", "The job has not finished (code `conflict`)"),
-                          ("410", "The job's data was destroyed (code `gone`)")])
-                }
-            },
-            "/v1/jobs/{id}/artifacts/{path}": {
-                "get": {
-                    "operationId": "getJobArtifact",
-                    "summary": "One artifact's bytes (decrypted)",
-                    "parameters": [job_id_param(), {"name": "path", "in": "path", "required": true, "schema": {"type": "string"}}],
-                    "responses": responses(&[("200", json!({"description": "The bytes", "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}))],
-                        &[("409", "The job has not finished (code `conflict`)"),
-                          ("410", "The job's data was destroyed (code `gone`)")])
-                }
-            },
-            "/v1/audit/events": {
-                "get": {
-                    "operationId": "searchAudit",
-                    "summary": "Ledger records matching filters (own tenant; tenant=<other> or * needs a cross-tenant audit role, and is itself recorded)",
-                    "parameters": [
-                        {"name": "tenant", "in": "query", "schema": {"type": "string"}},
-                        {"name": "stream", "in": "query", "schema": {"type": "string"}},
-                        {"name": "event_type", "in": "query", "schema": {"type": "string"}},
-                        {"name": "actor", "in": "query", "schema": {"type": "string"}},
-                        {"name": "since", "in": "query", "schema": {"type": "string", "format": "date-time"}},
-                        {"name": "until", "in": "query", "schema": {"type": "string", "format": "date-time"}},
-                        {"name": "from_position", "in": "query", "schema": {"type": "integer", "minimum": 0}},
-                        {"name": "to_position", "in": "query", "schema": {"type": "integer", "minimum": 0}},
-                        {"name": "order", "in": "query", "schema": {"type": "string", "enum": ["asc", "desc"]}},
-                        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
-                        {"name": "cursor", "in": "query", "schema": {"type": "string"}}
-                    ],
-                    "responses": responses(&[("200", ok_json("A page of records", "AuditPage"))], &[])
-                }
-            },
-            "/v1/audit/checkpoints/latest": {
-                "get": {
-                    "operationId": "latestCheckpoint",
-                    "summary": "The latest signed checkpoint (C2SP signed note)",
-                    "responses": responses(&[("200", ok_json("The checkpoint", "Checkpoint"))], &[])
-                }
-            },
-            "/v1/audit/verifier-key": {
-                "get": {
-                    "operationId": "verifierKey",
-                    "summary": "The ledger's checkpoint verifier key",
-                    "responses": responses(&[("200", {
-                        let mut v = ok_json("The key", "Status");
-                        v["content"]["application/json"]["schema"] = json!({"type": "object", "required": ["verifier_key"], "properties": {"verifier_key": {"type": "string"}}});
-                        v
-                    })], &[])
-                }
-            },
-            "/v1/audit/proofs/inclusion": {
-                "get": {
-                    "operationId": "inclusionProof",
-                    "summary": "RFC 9162 inclusion proof of a record (default size: the latest signed checkpoint)",
-                    "parameters": [
-                        {"name": "position", "in": "query", "required": true, "schema": {"type": "integer", "minimum": 1}},
-                        {"name": "size", "in": "query", "schema": {"type": "integer", "minimum": 1}}
-                    ],
-                    "responses": responses(&[("200", ok_json("The proof", "Status"))], &[])
-                }
-            },
-            "/v1/audit/proofs/consistency": {
-                "get": {
-                    "operationId": "consistencyProof",
-                    "summary": "RFC 9162 consistency proof between two tree sizes",
-                    "parameters": [
-                        {"name": "from", "in": "query", "required": true, "schema": {"type": "integer", "minimum": 1}},
-                        {"name": "to", "in": "query", "required": true, "schema": {"type": "integer", "minimum": 1}}
-                    ],
-                    "responses": responses(&[("200", ok_json("The proof", "Status"))], &[])
-                }
-            },
-            "/v1/audit/replay/{stream}": {
-                "get": {
-                    "operationId": "replayStream",
-                    "summary": "A stream's state and timeline at a position or time; reevaluate=true re-runs each recorded decision against its bundle",
-                    "parameters": [
-                        {"name": "stream", "in": "path", "required": true, "schema": {"type": "string"}},
-                        {"name": "at", "in": "query", "schema": {"type": "string", "description": "a ledger position or an RFC 3339 time"}},
-                        {"name": "reevaluate", "in": "query", "schema": {"type": "boolean"}}
-                    ],
-                    "responses": responses(&[("200", ok_json("The replay", "Status"))], &[])
-                }
-            },
-            "/v1/audit/exports": {
-                "post": {
-                    "operationId": "exportEvidence",
-                    "summary": "An evidence bundle (tar) for the filters, proving each record against the latest signed checkpoint; recorded as audit.exported",
-                    "requestBody": {"required": true, "content": {"application/json": {"schema": {
-                        "type": "object", "additionalProperties": false,
-                        "properties": {
-                            "tenant": {"type": "string"}, "stream": {"type": "string"}, "event_type": {"type": "string"},
-                            "actor": {"type": "string"}, "from_position": {"type": "integer", "minimum": 0},
-                            "to_position": {"type": "integer", "minimum": 0},
-                            "since": {"type": "string", "format": "date-time"}, "until": {"type": "string", "format": "date-time"}
-                        }
-                    }}}},
-                    "responses": responses(&[("200", json!({"description": "The bundle (docs/evidence-bundle.md)",
-                        "content": {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}}}))],
-                        &[("413", "Body too large (code `payload_too_large`)"), ("415", "Not JSON (code `unsupported_media_type`)")])
-                }
-            },
-            "/v1/audit/verify": {
-                "post": {
-                    "operationId": "verifyLedger",
-                    "summary": "Verify the ledger (or a range) against its signed checkpoints; the first failure if any",
-                    "requestBody": {"required": false, "content": {"application/json": {"schema": {
-                        "type": "object", "additionalProperties": false,
-                        "properties": {"from": {"type": "integer", "minimum": 1}, "to": {"type": "integer", "minimum": 1}}
-                    }}}},
-                    "responses": responses(&[("200", ok_json("The verdict", "Status"))], &[])
-                }
-            },
-            "/v1/status": {
-                "get": {
-                    "operationId": "status",
-                    "summary": "Ledger head, latest signed checkpoint and projection lag",
-                    "responses": responses(&[("200", ok_json("Status", "Status"))], &[])
-                }
-            }
-        }
+        "paths": paths,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refs(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                if let Some(Value::String(r)) = m.get("$ref") {
+                    out.push(r.clone());
+                }
+                m.values().for_each(|x| refs(x, out));
+            }
+            Value::Array(a) => a.iter().for_each(|x| refs(x, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_reference_resolves_and_every_route_is_documented() {
+        let doc = document(30);
+        let mut all = Vec::new();
+        refs(&doc, &mut all);
+        assert!(!all.is_empty());
+        for r in all {
+            let name = r
+                .strip_prefix("#/components/schemas/")
+                .unwrap_or_else(|| panic!("{r} points outside the components"));
+            assert!(
+                doc["components"]["schemas"].get(name).is_some(),
+                "{r} does not resolve"
+            );
+        }
+        let paths = doc["paths"].as_object().expect("paths");
+        assert_eq!(
+            paths
+                .values()
+                .map(|p| p.as_object().map_or(0, Map::len))
+                .sum::<usize>(),
+            18
+        );
+    }
+
+    #[test]
+    fn the_document_carries_the_rules_of_the_types() {
+        let doc = document(7);
+        let s = &doc["components"]["schemas"];
+        // The request's rules come from the domain's types and patterns.
+        assert_eq!(
+            s["JobRequest"]["properties"]["language"]["pattern"],
+            glassbox_domain::request::pattern::NAME
+        );
+        assert_eq!(
+            s["JobRequest"]["properties"]["env"]["propertyNames"]["pattern"],
+            glassbox_domain::request::pattern::ENV_NAME
+        );
+        assert_eq!(s["Limits"]["properties"]["cpu_millicores"]["minimum"], 10);
+        assert_eq!(
+            s["FileInput"]["properties"]["path"]["pattern"],
+            glassbox_domain::request::pattern::INPUT_PATH
+        );
+        // Parameters from the query types, the configured wait in its bound.
+        let get = &doc["paths"]["/v1/jobs/{id}"]["get"]["parameters"];
+        let wait = get
+            .as_array()
+            .expect("params")
+            .iter()
+            .find(|p| p["name"] == "wait")
+            .expect("wait");
+        assert_eq!(wait["schema"]["maximum"], 7);
+        assert_eq!(wait["in"], "query");
+        // Statuses are the domain's enum.
+        let statuses: Vec<&Value> = s["JobStatus"]["oneOf"]
+            .as_array()
+            .expect("one of the statuses")
+            .iter()
+            .map(|v| &v["const"])
+            .collect();
+        assert_eq!(statuses.len(), glassbox_domain::JobStatus::ALL.len());
+        for st in glassbox_domain::JobStatus::ALL {
+            assert!(statuses.contains(&&json!(st.as_str())), "{st}");
+        }
+        // Query structs are expanded, not left as schemas.
+        assert!(s.get("ListParams").is_none());
+    }
 }

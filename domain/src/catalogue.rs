@@ -117,39 +117,50 @@ pub struct Dependency {
 }
 
 /// Resource limits in integer units (the ledger refuses floats). The names are
-/// the ones `glassbox.admission` and the sandbox core use.
+/// the ones `glassbox.admission` and the sandbox core use. The schema states
+/// the floors and ceilings [`Limits::check_floor`] and the request parser apply.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     /// Wall-clock time in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = crate::request::MAX_INTEGER))]
     pub wall_time_ms: Option<u64>,
     /// CPU in thousandths of a core.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = Limits::MIN_CPU_MILLICORES, max = crate::request::MAX_INTEGER))]
     pub cpu_millicores: Option<u64>,
     /// Memory in bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = Limits::MIN_MEMORY_BYTES, max = crate::request::MAX_INTEGER))]
     pub memory_bytes: Option<u64>,
     /// Processes and threads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = Limits::MAX_PROCESSES))]
     pub processes: Option<u64>,
     /// Bytes the program may write under /workspace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = Limits::MIN_WORKSPACE_BYTES, max = crate::request::MAX_INTEGER))]
     pub workspace_bytes: Option<u64>,
     /// Bytes the program may write under /tmp.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = Limits::MIN_TMP_BYTES, max = crate::request::MAX_INTEGER))]
     pub tmp_bytes: Option<u64>,
     /// Standard output kept, in bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = crate::request::MAX_INTEGER))]
     pub stdout_bytes: Option<u64>,
     /// Standard error kept, in bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = crate::request::MAX_INTEGER))]
     pub stderr_bytes: Option<u64>,
     /// Bytes of artifacts kept from /workspace/out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = crate::request::MAX_INTEGER))]
     pub output_bytes: Option<u64>,
     /// Number of artifacts kept from /workspace/out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = crate::request::MAX_INTEGER))]
     pub output_files: Option<u64>,
 }
 

@@ -12,6 +12,7 @@
 pub mod aggregate;
 pub mod catalogue;
 pub mod job;
+pub mod page;
 pub mod request;
 pub mod status;
 pub mod stream;
@@ -19,6 +20,7 @@ pub mod stream;
 pub use aggregate::Aggregate;
 pub use catalogue::{Event, KnownEvent};
 pub use job::{Finish, Job, JobCommand, JobView, Refusal};
+pub use page::Cursor;
 pub use request::{JobRequest, JobSpec};
 pub use status::JobStatus;
 pub use stream::Stream;

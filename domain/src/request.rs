@@ -19,6 +19,75 @@ pub const MAX_DEPENDENCIES: usize = 64;
 pub const MAX_SECRETS: usize = 32;
 /// Largest integer the ledger stores exactly (2^53 - 1).
 pub const MAX_INTEGER: u64 = 9_007_199_254_740_991;
+/// Longest input file path (bytes; input paths are ASCII).
+pub const MAX_INPUT_PATH: usize = 255;
+
+/// The rules below as JSON Schema patterns (ECMA 262, as OpenAPI documents
+/// use them). Each sits next to the parse function it mirrors, the request
+/// types carry them into the API document, and the tests check that each
+/// pattern accepts exactly what its parse function accepts.
+pub mod pattern {
+    /// Language, ecosystem and package names.
+    pub const NAME: &str = "^[A-Za-z0-9_][A-Za-z0-9_.-]*$";
+    /// Environment variable and secret names.
+    pub const ENV_NAME: &str = "^[A-Za-z_][A-Za-z0-9_]*$";
+    /// Environment names the runner keeps for itself.
+    pub const RESERVED_ENV_NAME: &str = "^GLASSBOX_";
+    /// Package versions.
+    pub const VERSION: &str = "^[A-Za-z0-9.+!_-]+$";
+    /// Any text without NUL.
+    pub const NO_NUL: &str = "^[^\\u0000]*$";
+    /// Input file paths: portable names (letters, digits, `_`, `-`, `.`, not
+    /// starting with `.` or `-`) joined by `/`.
+    pub const INPUT_PATH: &str = "^[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*$";
+    /// Input paths where the runner writes (the program and `out/`).
+    pub const RESERVED_INPUT_PATH: &str = "^(out(/|$)|main(\\.[^/]*)?$)";
+    /// Standard base64, canonical: padded, unused bits zero.
+    pub const BASE64: &str =
+        "^([A-Za-z0-9+/]{4})*([A-Za-z0-9+/][AQgw]==|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)?$";
+    /// Text without control characters (Unicode category Cc).
+    pub const NO_CONTROL: &str = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$";
+}
+
+/// Deserializers that take a JSON object only. (Serde's derive also builds a
+/// struct from an array of its fields in order; no request schema allows that,
+/// so neither do the parsers.)
+pub mod object {
+    use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+    use std::marker::PhantomData;
+
+    /// `T`, from a JSON object.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Object<T>(pub T);
+
+    struct ObjectVisitor<T>(PhantomData<T>);
+
+    impl<'de, T: Deserialize<'de>> Visitor<'de> for ObjectVisitor<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+            T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+        }
+    }
+
+    impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_map(ObjectVisitor(PhantomData)).map(Object)
+        }
+    }
+
+    /// For `#[serde(deserialize_with = "object::one")]`.
+    pub fn one<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<T, D::Error> {
+        Object::<T>::deserialize(d).map(|o| o.0)
+    }
+
+    /// For `#[serde(deserialize_with = "object::many")]`: an array of objects.
+    pub fn many<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
+        Vec::<Object<T>>::deserialize(d).map(|v| v.into_iter().map(|o| o.0).collect())
+    }
+}
 
 /// A refused request: which member, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -116,6 +185,31 @@ impl WorkspacePath {
         }
     }
 
+    /// A client's input file: portable names ([`pattern::INPUT_PATH`]: ASCII
+    /// letters, digits, `_`, `-`, `.`, no component starting with `.` or `-`,
+    /// at most [`MAX_INPUT_PATH`] bytes), and not where the runner writes.
+    pub fn parse_input(p: &str) -> Result<WorkspacePath, String> {
+        let portable = |c: &str| {
+            c.bytes().enumerate().all(|(i, b)| {
+                b.is_ascii_alphanumeric() || b == b'_' || (i > 0 && matches!(b, b'-' | b'.'))
+            })
+        };
+        if p.is_empty()
+            || p.len() > MAX_INPUT_PATH
+            || !p.split('/').all(|c| !c.is_empty() && portable(c))
+        {
+            return Err(format!(
+                "1-{MAX_INPUT_PATH} characters: names of letters, digits, '_', '-' and '.' \
+                 (not starting with '.' or '-') joined by '/'"
+            ));
+        }
+        let path = WorkspacePath::parse(p)?;
+        match path.reserved() {
+            Some(why) => Err(why),
+            None => Ok(path),
+        }
+    }
+
     /// Where the runner itself writes — the program (`main`, `main.<ext>`),
     /// `out/`, `.secrets/`, `.deps/` and `.glassbox/` — is not for inputs.
     pub fn reserved(&self) -> Option<String> {
@@ -204,44 +298,102 @@ impl PackageSpec {
 }
 
 /// `POST /v1/jobs` body (and what MCP's `run_code` / `submit_job` map to).
+///
+/// The schema attributes state the rules [`JobRequest::parse`] applies to one
+/// member at a time; the API document is generated from them. What a schema
+/// cannot state — paths or secrets named twice, a path that is both a file
+/// and a directory — [`JobRequest::parse`] refuses on its own.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobRequest {
     /// The runtime: python, node or bash (the tenant's policy decides which are allowed).
+    #[schemars(length(min = 1, max = 32), regex(pattern = pattern::NAME), example = &"python")]
     pub language: String,
     /// The program's source.
+    #[schemars(length(min = 1), example = &"print('hello from the sandbox')")]
     pub code: String,
     /// Standard input for the program.
     #[serde(default)]
     pub stdin: Option<String>,
-    /// Program arguments.
+    /// Program arguments (no NUL).
     #[serde(default)]
+    #[schemars(length(max = MAX_ARGS), inner(regex(pattern = pattern::NO_NUL)))]
     pub args: Vec<String>,
-    /// Environment variables (names: letters, digits, '_').
+    /// Environment variables: names of letters, digits and `_`, not starting
+    /// with a digit or `GLASSBOX_`; values without NUL.
     #[serde(default)]
+    #[schemars(transform = env_schema)]
     pub env: BTreeMap<String, String>,
     /// Input files placed under /workspace before the run.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object::many")]
+    #[schemars(length(max = MAX_FILES))]
     pub files: Vec<FileInput>,
     /// Packages to install (checked against the tenant's allowlist).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object::many")]
+    #[schemars(length(max = MAX_DEPENDENCIES))]
     pub dependencies: Vec<DependencyInput>,
     /// Secrets to deliver (approved by policy): a name, or {name, mode}.
     #[serde(default)]
+    #[schemars(length(max = MAX_SECRETS))]
     pub secrets: Vec<SecretInput>,
     /// Requested limits; the tenant's defaults fill in the rest.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object::one")]
     pub limits: Limits,
 }
 
+fn env_schema(schema: &mut schemars::Schema) {
+    schema.insert("maxProperties".into(), MAX_ENV.into());
+    schema.insert(
+        "propertyNames".into(),
+        serde_json::json!({
+            "minLength": 1,
+            "maxLength": 128,
+            "pattern": pattern::ENV_NAME,
+            "not": {"pattern": pattern::RESERVED_ENV_NAME},
+        }),
+    );
+    schema.insert(
+        "additionalProperties".into(),
+        serde_json::json!({"type": "string", "pattern": pattern::NO_NUL}),
+    );
+}
+
+/// An input file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(transform = file_schema)]
 pub struct FileInput {
-    /// Relative path under `/workspace`.
+    /// Relative path under `/workspace`: names of letters, digits, `_`, `-`
+    /// and `.` (not starting with `.` or `-`) joined by `/`; not `main`,
+    /// `main.*` or under `out/`.
+    #[schemars(length(min = 1, max = MAX_INPUT_PATH), regex(pattern = pattern::INPUT_PATH))]
     pub path: String,
+    /// The content, as `encoding` says (base64: standard, padded).
     pub content: String,
     #[serde(default)]
     pub encoding: Encoding,
+}
+
+fn file_schema(schema: &mut schemars::Schema) {
+    if let Some(path) = schema
+        .get_mut("properties")
+        .and_then(|p| p.get_mut("path"))
+        .and_then(|p| p.as_object_mut())
+    {
+        path.insert(
+            "not".into(),
+            serde_json::json!({"pattern": pattern::RESERVED_INPUT_PATH}),
+        );
+    }
+    // Base64 content must decode.
+    schema.insert(
+        "if".into(),
+        serde_json::json!({"properties": {"encoding": {"const": "base64"}}, "required": ["encoding"]}),
+    );
+    schema.insert(
+        "then".into(),
+        serde_json::json!({"properties": {"content": {"pattern": pattern::BASE64}}}),
+    );
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -252,13 +404,18 @@ pub enum Encoding {
     Base64,
 }
 
+/// A package to install.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DependencyInput {
     #[serde(default = "pypi")]
+    #[schemars(length(min = 1, max = 32), regex(pattern = pattern::NAME))]
     pub ecosystem: String,
+    #[schemars(length(min = 1, max = 128), regex(pattern = pattern::NAME))]
     pub name: String,
+    /// An exact version.
     #[serde(default)]
+    #[schemars(length(min = 1, max = 64), regex(pattern = pattern::VERSION))]
     pub version: Option<String>,
 }
 
@@ -266,16 +423,42 @@ fn pypi() -> String {
     "pypi".into()
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+/// A secret: its name (delivered as an environment variable), or its name
+/// and how it is delivered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(untagged)]
 pub enum SecretInput {
-    Name(String),
+    Name(#[schemars(length(min = 1, max = 128), regex(pattern = pattern::ENV_NAME))] String),
     Spec(SecretSpec),
+}
+
+impl<'de> Deserialize<'de> for SecretInput {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = SecretInput;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a secret name or {\"name\", \"mode\"}")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<SecretInput, E> {
+                Ok(SecretInput::Name(v.to_owned()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<SecretInput, A::Error> {
+                SecretSpec::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(SecretInput::Spec)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SecretSpec {
+    #[schemars(length(min = 1, max = 128), regex(pattern = pattern::ENV_NAME))]
     pub name: String,
     #[serde(default)]
     pub mode: SecretMode,
@@ -393,13 +576,10 @@ impl JobRequest {
         let mut seen = BTreeSet::new();
         for (i, f) in self.files.iter().enumerate() {
             let member = format!("files[{i}].path");
-            let path = WorkspacePath::parse(&f.path).map_err(|r| Invalid {
+            let path = WorkspacePath::parse_input(&f.path).map_err(|r| Invalid {
                 member: member.clone(),
                 reason: r,
             })?;
-            if let Some(why) = path.reserved() {
-                return invalid(member, why);
-            }
             if !seen.insert(f.path.clone()) {
                 return invalid(member, format!("{} appears twice", f.path));
             }
@@ -601,5 +781,105 @@ mod tests {
         assert!(EnvName::parse("1X").is_err());
         assert!(Language::parse("node-20").is_ok());
         assert!(Language::parse("-x").is_err());
+    }
+}
+
+/// Each schema pattern accepts exactly what its parse function accepts, over
+/// strings drawn from an alphabet of every character class the rules care
+/// about (so the API document and the parser cannot drift apart).
+#[cfg(test)]
+mod pattern_tests {
+    use super::*;
+    use proptest::prelude::*;
+    use regex_automata::meta::Regex;
+
+    fn re(p: &str) -> Regex {
+        Regex::new(p).expect("pattern compiles")
+    }
+
+    fn text(max: usize) -> impl Strategy<Value = String> {
+        let alphabet: Vec<char> = "aZ09_-./+=!:~ \\\n\t\u{0}\u{7f}\u{85}é€😀GLASSBOX_outmain"
+            .chars()
+            .collect();
+        proptest::collection::vec(proptest::sample::select(alphabet), 0..max)
+            .prop_map(|v| v.into_iter().collect())
+    }
+
+    fn chars(s: &str) -> usize {
+        s.chars().count()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4000))]
+
+        #[test]
+        fn names(s in text(40)) {
+            let schema = re(pattern::NAME).is_match(&s) && (1..=32).contains(&chars(&s));
+            prop_assert_eq!(schema, Language::parse(&s).is_ok(), "{:?}", s);
+        }
+
+        #[test]
+        fn env_names(s in text(20)) {
+            let schema = re(pattern::ENV_NAME).is_match(&s)
+                && (1..=128).contains(&chars(&s));
+            prop_assert_eq!(schema, EnvName::parse(&s).is_ok(), "{:?}", s);
+        }
+
+        #[test]
+        fn input_paths(s in text(24)) {
+            let schema = re(pattern::INPUT_PATH).is_match(&s)
+                && !re(pattern::RESERVED_INPUT_PATH).is_match(&s)
+                && (1..=MAX_INPUT_PATH).contains(&chars(&s));
+            prop_assert_eq!(schema, WorkspacePath::parse_input(&s).is_ok(), "{:?}", s);
+        }
+
+        #[test]
+        fn versions(s in text(12)) {
+            let schema = re(pattern::VERSION).is_match(&s) && (1..=64).contains(&chars(&s));
+            prop_assert_eq!(schema, PackageSpec::parse("pypi", "x", Some(&s)).is_ok(), "{:?}", s);
+        }
+
+        #[test]
+        fn base64_content(bytes in proptest::collection::vec(any::<u8>(), 0..12), s in text(12)) {
+            use base64::Engine as _;
+            let good = base64::engine::general_purpose::STANDARD.encode(&bytes);
+            prop_assert!(re(pattern::BASE64).is_match(&good));
+            for candidate in [good.clone(), s, format!("{good}="), good.replace('=', "")] {
+                let schema = re(pattern::BASE64).is_match(&candidate);
+                let decodes = base64::engine::general_purpose::STANDARD.decode(&candidate).is_ok();
+                prop_assert_eq!(schema, decodes, "{:?}", candidate);
+            }
+        }
+
+        #[test]
+        fn no_nul_and_no_control(s in text(12)) {
+            prop_assert_eq!(re(pattern::NO_NUL).is_match(&s), !s.contains('\0'));
+            prop_assert_eq!(re(pattern::NO_CONTROL).is_match(&s), !s.chars().any(char::is_control));
+        }
+    }
+
+    #[test]
+    fn base64_with_set_unused_bits_is_refused_by_both() {
+        use base64::Engine as _;
+        for s in ["QR==", "QUJ=", "QQ==", "QUI="] {
+            assert_eq!(
+                re(pattern::BASE64).is_match(s),
+                base64::engine::general_purpose::STANDARD.decode(s).is_ok(),
+                "{s}"
+            );
+        }
+    }
+
+    #[test]
+    fn reserved_env_names_and_paths() {
+        assert!(re(pattern::RESERVED_ENV_NAME).is_match("GLASSBOX_X"));
+        for p in ["out", "out/x", "main", "main.py"] {
+            assert!(re(pattern::RESERVED_INPUT_PATH).is_match(p), "{p}");
+            assert!(WorkspacePath::parse_input(p).is_err(), "{p}");
+        }
+        for p in ["outx", "a/out", "mainx", "a/main.py"] {
+            assert!(!re(pattern::RESERVED_INPUT_PATH).is_match(p), "{p}");
+            assert!(WorkspacePath::parse_input(p).is_ok(), "{p}");
+        }
     }
 }

@@ -91,6 +91,16 @@ impl std::str::FromStr for JobStatus {
     }
 }
 
+/// Where a cancellation stands right after it is asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelState {
+    /// It never ran: `job.cancelled` is recorded.
+    Cancelled,
+    /// A runner holds it and will stop it (and record `job.cancelled`).
+    CancelRequested,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,6 +112,10 @@ mod tests {
             assert_eq!(s.as_str().parse::<JobStatus>(), Ok(s));
         }
         assert!("done".parse::<JobStatus>().is_err());
+        assert_eq!(
+            serde_json::to_value(CancelState::CancelRequested).expect("json"),
+            "cancel_requested"
+        );
         let terminal: Vec<_> = JobStatus::ALL
             .into_iter()
             .filter(|s| s.is_terminal())

@@ -882,7 +882,9 @@ impl EventStore {
         let mut verifier = ChainVerifier::new(start.clone(), checkpoints);
         // A run "to the end" stops at the head read above, so appends that land
         // meanwhile do not look like records beyond the head.
-        let end = to.unwrap_or(head_size);
+        // Never past the head: a larger `to` names records that do not exist
+        // (and must not make this plan billions of empty batches).
+        let end = to.unwrap_or(head_size).min(head_size);
         // Fetch and pre-check (hash, strict parse) several batches at once — on
         // separate connections and blocking threads — while this task follows the
         // chain through them in order.

@@ -1065,3 +1065,20 @@ async fn a_type_watch_delivers_only_its_types_promptly_and_reads_nothing_else() 
             .is_err()
     );
 }
+
+#[tokio::test]
+async fn verifying_to_a_position_far_beyond_the_head_checks_the_ledger_and_stops_at_the_head() {
+    let db = TestDb::new().await.expect("test database");
+    let store = db.store().await.expect("store");
+    fill(&store, 12).await;
+    // Before the fix this planned 2^53 / 5000 batches up front (memory blow-up).
+    let report = tokio::time::timeout(
+        Duration::from_secs(20),
+        store.verify(None, &[], None, Some(9_007_199_254_740_991)),
+    )
+    .await
+    .expect("verify returned promptly")
+    .expect("verify ran")
+    .expect("the ledger verifies");
+    assert_eq!(report.records, 12);
+}

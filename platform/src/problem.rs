@@ -24,14 +24,40 @@ pub mod codes {
     pub const RATE_LIMITED: &str = "rate_limited";
     pub const UNAVAILABLE: &str = "unavailable";
     pub const INTERNAL: &str = "internal";
+    pub const METHOD_NOT_ALLOWED: &str = "method_not_allowed";
+
+    /// Every code a client may see.
+    pub const ALL: [&str; 14] = [
+        UNAUTHENTICATED,
+        FORBIDDEN,
+        POLICY_DENIED,
+        NOT_FOUND,
+        GONE,
+        CONFLICT,
+        IDEMPOTENCY_CONFLICT,
+        PAYLOAD_TOO_LARGE,
+        INVALID_REQUEST,
+        UNSUPPORTED_MEDIA_TYPE,
+        RATE_LIMITED,
+        UNAVAILABLE,
+        INTERNAL,
+        METHOD_NOT_ALLOWED,
+    ];
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+fn code_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "string", "enum": codes::ALL})
+}
+
+/// An RFC 9457 problem (its schema is the API document's `Problem`).
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Problem {
     #[serde(rename = "type")]
     pub type_uri: String,
     pub title: String,
     pub status: u16,
+    /// Stable and machine-readable.
+    #[schemars(schema_with = "code_schema")]
     pub code: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,

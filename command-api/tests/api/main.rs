@@ -1,6 +1,7 @@
 //! command-api end to end over HTTP, against the real PostgreSQL and Redis.
 
 mod audit;
+mod contract;
 mod hardening;
 mod helpers;
 mod jobs;

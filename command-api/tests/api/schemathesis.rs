@@ -1,20 +1,36 @@
-//! Property-based fuzzing of the running API against its own /openapi.json with
-//! schemathesis (installed from PyPI by scripts/test.sh): no request may produce
-//! a 5xx, and responses must match the document.
+//! The running API against its own /openapi.json with schemathesis
+//! (installed from PyPI by scripts/test.sh), every check and every phase:
+//! schema-valid requests must be accepted, schema-violating ones refused, no
+//! 5xx, every response as documented, authentication enforced, and the links
+//! between operations followed (stateful phase).
+//!
+//! The rules JSON Schema cannot state (members related to each other) are the
+//! only ones the hooks file (`tests/schemathesis/glassbox_hooks.py`) keeps out
+//! of the positive cases.
 
 use crate::helpers::*;
 
 #[tokio::test]
-async fn schemathesis_finds_no_server_errors_against_openapi_json() {
-    // Short long-polls keep the run quick (the document advertises the bound).
-    let app = spawn_app_with(&[("GLASSBOX_MAX_WAIT_SECS", "2")]).await;
+async fn schemathesis_finds_nothing_with_every_check_and_phase() {
+    let app = spawn_app_with(&[
+        // Short long-polls keep the run quick (the document advertises the bound).
+        ("GLASSBOX_MAX_WAIT_SECS", "2"),
+        // Thousands of requests a second, with and without credentials: the
+        // limits themselves have their own tests.
+        ("GLASSBOX_RATE_LIMIT_PER_SEC", "1000000"),
+        ("GLASSBOX_AUTH_FAILURES_PER_SEC", "1000000"),
+    ])
+    .await;
     let projector = app.run_projector();
     // Some data so reads have something to find.
     app.submit(&token("acme"), &hello("python"), None).await;
     let bin = std::env::var("GLASSBOX_SCHEMATHESIS").unwrap_or_else(|_| "schemathesis".into());
     let url = format!("{}/openapi.json", app.addr);
-    let auth = format!("Authorization: Bearer {}", token("acme"));
+    // A submitter who may also audit: every operation is reachable.
+    let caller = sign(&claims("acme", "fuzzer@acme", &["submitter", "auditor"]));
+    let auth = format!("Authorization: Bearer {caller}");
     let report = app.data_dir.join("schemathesis");
+    let hooks = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/schemathesis");
     let out = tokio::process::Command::new(&bin)
         .args([
             "run",
@@ -22,7 +38,9 @@ async fn schemathesis_finds_no_server_errors_against_openapi_json() {
             "--header",
             &auth,
             "--checks",
-            "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
+            "all",
+            "--phases",
+            "examples,coverage,fuzzing,stateful",
             "--max-examples",
             "30",
             "--request-timeout",
@@ -39,7 +57,9 @@ async fn schemathesis_finds_no_server_errors_against_openapi_json() {
             "--report-dir",
             report.to_str().expect("path"),
         ])
-        .env("SCHEMATHESIS_HOOKS", "")
+        .env("SCHEMATHESIS_HOOKS", "glassbox_hooks")
+        .env("PYTHONPATH", &hooks)
+        .current_dir(&app.data_dir)
         .output()
         .await
         .unwrap_or_else(|e| panic!("running {bin} (scripts/test.sh installs it from PyPI): {e}"));
@@ -53,7 +73,7 @@ async fn schemathesis_finds_no_server_errors_against_openapi_json() {
         out.status.success(),
         "schemathesis found problems:\n{stdout}\n{stderr}"
     );
-    // It really exercised every operation of the document.
+    // It really exercised every operation of the document, in every phase.
     let doc = glassbox_command_api::openapi::document(2);
     let operations: usize = doc["paths"]
         .as_object()
@@ -61,11 +81,15 @@ async fn schemathesis_finds_no_server_errors_against_openapi_json() {
         .values()
         .map(|p| p.as_object().map_or(0, |m| m.len()))
         .sum();
-    assert!(operations >= 6);
+    assert_eq!(operations, 18);
     assert!(
         stdout.contains(&format!("Tested: {operations}")),
         "{stdout}"
     );
+    for phase in ["Coverage", "Fuzzing", "Stateful"] {
+        assert!(stdout.contains(&format!("✅ {phase}")), "{phase}: {stdout}");
+    }
+    assert!(!stdout.contains("❌"), "{stdout}");
     projector.cancel();
     app.stop().await;
 }
