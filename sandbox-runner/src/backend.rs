@@ -1,33 +1,13 @@
-//! The core's interface: one enum of actions in, typed results out.
-//!
-//! HTTP, gRPC, the ledger-driven runner service and the debug CLI all parse into
-//! [`Action`]; none of them touches runsc or cgroups directly.
+//! The core's interface: [`SandboxBackend`], one method per thing a sandbox
+//! backend does (execute, execute while reporting progress, sweep), typed
+//! results out. The ledger-driven runner service, the benchmarks and the debug
+//! CLI call it; none of them touches runsc or cgroups directly.
 
 use crate::error::SandboxError;
 use crate::result::{ExecutionResult, SweepReport};
 use crate::spec::ExecutionSpec;
 use std::future::Future;
 use tokio_util::sync::CancellationToken;
-
-/// What a backend can be asked to do.
-#[derive(Debug)]
-pub enum Action {
-    /// Run one execution to completion (or until `cancel` fires).
-    Execute {
-        spec: Box<ExecutionSpec>,
-        cancel: CancellationToken,
-    },
-    /// Remove every sandbox, bundle, cgroup and mount this runner owns that is not
-    /// part of a live execution (done automatically at start-up).
-    Sweep,
-}
-
-/// What an [`Action`] produced.
-#[derive(Debug)]
-pub enum ActionOutput {
-    Executed(Box<ExecutionResult>),
-    Swept(SweepReport),
-}
 
 /// Milestones of one execution, reported while it runs (the runner service
 /// records them as `sandbox.provisioned` and `execution.started`).
@@ -59,19 +39,4 @@ pub trait SandboxBackend: Send + Sync {
     ) -> impl Future<Output = Result<ExecutionResult, SandboxError>> + Send;
 
     fn sweep(&self) -> impl Future<Output = Result<SweepReport, SandboxError>> + Send;
-
-    /// Dispatches an [`Action`].
-    fn handle(
-        &self,
-        action: Action,
-    ) -> impl Future<Output = Result<ActionOutput, SandboxError>> + Send {
-        async move {
-            match action {
-                Action::Execute { spec, cancel } => Ok(ActionOutput::Executed(Box::new(
-                    self.execute(*spec, cancel).await?,
-                ))),
-                Action::Sweep => Ok(ActionOutput::Swept(self.sweep().await?)),
-            }
-        }
-    }
 }

@@ -20,7 +20,7 @@ pub mod runtime;
 pub mod service;
 pub mod spec;
 
-pub use backend::{Action, ActionOutput, SandboxBackend};
+pub use backend::SandboxBackend;
 pub use error::SandboxError;
 pub use local::{LocalConfig, LocalRunsc};
 pub use result::ExecutionResult;

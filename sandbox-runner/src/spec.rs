@@ -1,6 +1,7 @@
 //! What to run: code, inputs and limits. Validated before anything touches the host.
 
 use crate::error::SandboxError;
+use glassbox_domain::request::{EnvName, PackageSpec, WorkspacePath};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -140,10 +141,7 @@ impl ExecutionSpec {
             check_relative_path(&f.path)?;
         }
         for (k, v) in &self.env {
-            let ok = !k.is_empty()
-                && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-                && !k.as_bytes()[0].is_ascii_digit();
-            if !ok {
+            if EnvName::parse(k).is_err() {
                 // Not echoed: names are the caller's data and errors can be recorded.
                 return Err(SandboxError::InvalidSpec(
                     "an environment variable name is invalid".into(),
@@ -163,17 +161,12 @@ impl ExecutionSpec {
                 )));
             }
             for r in &w.requirements {
-                let (name, version) = r.split_once("==").unwrap_or((r, "x"));
-                let ok = !name.is_empty()
-                    && !name.starts_with('-')
-                    && name
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-                    && !version.is_empty()
-                    && version.bytes().all(|b| {
-                        b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'+' | b'!')
-                    });
-                if !ok {
+                // The rules every entry point applies to a package.
+                let (name, version) = match r.split_once("==") {
+                    Some((n, v)) => (n, Some(v)),
+                    None => (r.as_str(), None),
+                };
+                if PackageSpec::parse("pypi", name, version).is_err() {
                     return Err(SandboxError::InvalidSpec(format!(
                         "requirement {r:?} is not name[==version]"
                     )));
@@ -199,22 +192,15 @@ impl ExecutionSpec {
     }
 }
 
-/// Accepts `a/b.txt`; refuses absolute paths, `..`, empty components and NUL.
+/// Accepts `a/b.txt`; refuses absolute paths, `..`, `.` and empty
+/// components, control characters and backslashes (the domain's
+/// [`WorkspacePath`] rule, which every entry point shares).
 pub fn check_relative_path(path: &str) -> Result<(), SandboxError> {
-    let bad = || {
-        Err(SandboxError::InvalidSpec(
+    WorkspacePath::parse(path).map(|_| ()).map_err(|_| {
+        SandboxError::InvalidSpec(
             "an input file path must be relative, without `..` or empty components".into(),
-        ))
-    };
-    if path.is_empty() || path.starts_with('/') || path.contains('\0') || path.len() > 1024 {
-        return bad();
-    }
-    for part in path.split('/') {
-        if part.is_empty() || part == "." || part == ".." {
-            return bad();
-        }
-    }
-    Ok(())
+        )
+    })
 }
 
 /// Parses `256M`, `1G`, `512k`, `1048576` (binary units).
@@ -275,7 +261,16 @@ mod tests {
 
     #[test]
     fn paths_and_env_are_checked() {
-        for bad in ["/etc/passwd", "../x", "a/../b", "a//b", "", "./a"] {
+        for bad in [
+            "/etc/passwd",
+            "../x",
+            "a/../b",
+            "a//b",
+            "",
+            "./a",
+            "a\nb",
+            "a\\b",
+        ] {
             assert!(check_relative_path(bad).is_err(), "{bad}");
         }
         assert!(check_relative_path("data/in.csv").is_ok());
@@ -285,5 +280,19 @@ mod tests {
         let mut s = ExecutionSpec::new("python", "print(1)");
         s.limits.memory_bytes = 1024;
         assert!(s.validate().is_err());
+        for (requirement, ok) in [
+            ("six", true),
+            ("six==1.16.0", true),
+            ("-e", false),
+            ("x==", false),
+            ("x==1 0", false),
+        ] {
+            let mut s = ExecutionSpec::new("python", "print(1)");
+            s.wheels = Some(WheelInstall {
+                mirror: std::env::temp_dir(),
+                requirements: vec![requirement.into()],
+            });
+            assert_eq!(s.validate().is_ok(), ok, "{requirement}");
+        }
     }
 }
