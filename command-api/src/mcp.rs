@@ -16,7 +16,7 @@
 
 use crate::AppState;
 use crate::command::{Command, JobId, Reply, Scope};
-use crate::core::{Caller, DependencyInput, Encoding, FileInput, JobRequest, SecretInput};
+use crate::core::{Caller, JobRequest};
 use crate::error::ApiError;
 use axum::Router;
 use axum::extract::State;
@@ -26,7 +26,6 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse as _, Response};
 use base64::Engine as _;
 use glassbox_domain::JobStatus;
-use glassbox_events::catalogue::Limits;
 use rmcp::handler::server::common::FromContextPart;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
@@ -42,7 +41,6 @@ use rmcp::{ErrorData, RoleServer, ServerHandler, tool, tool_handler, tool_router
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -289,115 +287,63 @@ async fn refusals_as_jsonrpc(req: axum::extract::Request, next: Next) -> Respons
 
 // ------------------------------------------------------------------ arguments
 
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+/// `run_code` / `submit_job` arguments: a `POST /v1/jobs` body — the same
+/// [`JobRequest`], with its schema and its rules — and two members of MCP's
+/// own. A member sent as `null` is absent (as agents often send them).
+#[derive(Debug, Clone)]
 pub struct RunCodeArgs {
-    /// The runtime: python, node or bash (the tenant's policy decides which are allowed).
-    pub language: String,
-    /// The program's source.
-    pub code: String,
-    /// Standard input for the program.
-    #[serde(default)]
-    pub stdin: Option<String>,
-    /// Program arguments.
-    #[serde(default)]
-    pub args: Option<Vec<String>>,
-    /// Environment variables (names: letters, digits, '_').
-    #[serde(default)]
-    pub env: Option<BTreeMap<String, String>>,
-    /// Files written under /workspace before the program starts.
-    #[serde(default)]
-    pub files: Option<Vec<FileArg>>,
-    /// Python packages to install from the vetted mirror (each checked against the tenant's allowlist).
-    #[serde(default)]
-    pub dependencies: Option<Vec<DependencyArg>>,
-    /// Names of secrets to inject as environment variables, if policy allows; their values never appear in output.
-    #[serde(default)]
-    pub secrets: Option<Vec<String>>,
-    /// Resource limits; omitted ones take the tenant's defaults, larger than the tenant's maximum is refused.
-    #[serde(default)]
-    pub limits: Option<Limits>,
+    pub request: JobRequest,
     /// Seconds to wait for the result (run_code only; default 60, at most 120).
-    #[serde(default)]
     pub wait_seconds: Option<u64>,
     /// Retrying with the same key returns the first call's job and never runs it twice.
-    #[serde(default)]
     pub idempotency_key: Option<String>,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct FileArg {
-    /// Relative path under /workspace (no '..').
-    pub path: String,
-    /// The content: text, or base64 when encoding is "base64".
-    pub content: String,
-    /// "utf8" (default) or "base64".
-    #[serde(default)]
-    pub encoding: Option<String>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct DependencyArg {
-    /// Package name, e.g. "six".
-    pub name: String,
-    /// Exact version, e.g. "1.16.0" (default: the newest allowed).
-    #[serde(default)]
-    pub version: Option<String>,
-}
-
-impl RunCodeArgs {
-    /// The REST request this call mirrors (`POST /v1/jobs` with the same body).
-    fn job_request(&self) -> Result<JobRequest, ApiError> {
-        let limits = self.limits.clone().unwrap_or_default();
-        let files = self
-            .files
-            .iter()
-            .flatten()
-            .map(|f| {
-                let encoding = match f.encoding.as_deref() {
-                    None | Some("utf8") => Encoding::Utf8,
-                    Some("base64") => Encoding::Base64,
-                    Some(other) => {
-                        return Err(ApiError::Invalid(format!(
-                            "files: encoding {other:?} is not utf8 or base64"
-                        )));
-                    }
-                };
-                Ok(FileInput {
-                    path: f.path.clone(),
-                    content: f.content.clone(),
-                    encoding,
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(JobRequest {
-            language: self.language.clone(),
-            code: self.code.clone(),
-            stdin: self.stdin.clone(),
-            args: self.args.clone().unwrap_or_default(),
-            env: self.env.clone().unwrap_or_default(),
-            files,
-            dependencies: self
-                .dependencies
-                .iter()
-                .flatten()
-                .map(|d| DependencyInput {
-                    ecosystem: "pypi".into(),
-                    name: d.name.clone(),
-                    version: d.version.clone(),
-                })
-                .collect(),
-            secrets: self
-                .secrets
-                .iter()
-                .flatten()
-                .cloned()
-                .map(SecretInput::Name)
-                .collect(),
-            limits,
+impl<'de> Deserialize<'de> for RunCodeArgs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let mut m = serde_json::Map::<String, Value>::deserialize(d)?;
+        m.retain(|_, v| !v.is_null());
+        let wait_seconds = m
+            .remove("wait_seconds")
+            .map(serde_json::from_value::<u64>)
+            .transpose()
+            .map_err(|e| D::Error::custom(format!("wait_seconds: {e}")))?;
+        let idempotency_key = m
+            .remove("idempotency_key")
+            .map(serde_json::from_value::<String>)
+            .transpose()
+            .map_err(|e| D::Error::custom(format!("idempotency_key: {e}")))?;
+        let request = serde_path_to_error::deserialize::<_, JobRequest>(Value::Object(m))
+            .map_err(D::Error::custom)?;
+        Ok(RunCodeArgs {
+            request,
+            wait_seconds,
+            idempotency_key,
         })
+    }
+}
+
+impl JsonSchema for RunCodeArgs {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "RunCodeArgs".into()
+    }
+
+    fn json_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let mut schema = JobRequest::json_schema(g);
+        if let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) {
+            props.insert(
+                "wait_seconds".into(),
+                json!({"type": "integer", "minimum": 0,
+                       "description": "Seconds to wait for the result (run_code only; default 60, at most 120)."}),
+            );
+            props.insert(
+                "idempotency_key".into(),
+                json!({"type": "string", "pattern": crate::command::IdempotencyKey::PATTERN,
+                       "description": "Retrying with the same key returns the first call's job and never runs it twice."}),
+            );
+        }
+        schema
     }
 }
 
@@ -686,7 +632,7 @@ impl GlassboxMcp {
         caller: &Caller,
         a: RunCodeArgs,
     ) -> Result<crate::core::Receipt, ApiError> {
-        let request = a.job_request()?;
+        let request = a.request;
         if let Some(k) = &a.idempotency_key {
             crate::command::IdempotencyKey::parse("idempotency_key", k)?;
         }
@@ -1176,24 +1122,48 @@ mod tests {
     }
 
     #[test]
-    fn limits_arguments_map_onto_the_ledger_limits() {
+    fn run_code_arguments_are_a_job_request_and_two_members() {
         let a: RunCodeArgs = serde_json::from_value(json!({
             "language": "python", "code": "print(1)",
             "limits": {"wall_time_ms": 5000, "output_files": 3},
             "files": [{"path": "in.txt", "content": "aGk=", "encoding": "base64"}],
-            "dependencies": [{"name": "six", "version": "1.16.0"}]
+            "dependencies": [{"name": "six", "version": "1.16.0"}],
+            "args": null, "wait_seconds": 5, "idempotency_key": "k1"
         }))
         .expect("args");
-        let r = a.job_request().expect("request");
+        let r = &a.request;
         assert_eq!(r.limits.wall_time_ms, Some(5000));
         assert_eq!(r.limits.output_files, Some(3));
         assert_eq!(r.limits.memory_bytes, None);
-        assert_eq!(r.files[0].encoding, Encoding::Base64);
+        assert_eq!(
+            r.files[0].encoding,
+            glassbox_domain::request::Encoding::Base64
+        );
         assert_eq!(r.dependencies[0].ecosystem, "pypi");
-        let bad: RunCodeArgs = serde_json::from_value(json!({
-            "language": "python", "code": "1", "files": [{"path": "a", "content": "", "encoding": "hex"}]
-        }))
-        .expect("args");
-        assert!(matches!(bad.job_request(), Err(ApiError::Invalid(_))));
+        assert!(r.args.is_empty());
+        assert_eq!(
+            (a.wait_seconds, a.idempotency_key.as_deref()),
+            (Some(5), Some("k1"))
+        );
+        for bad in [
+            json!({"language": "python", "code": "1", "files": [{"path": "a", "content": "", "encoding": "hex"}]}),
+            json!({"language": "python", "code": "1", "gpu": true}),
+            json!({"language": "python", "code": "1", "wait_seconds": "soon"}),
+            json!({"language": "python", "code": "1", "limits": [1]}),
+        ] {
+            assert!(
+                serde_json::from_value::<RunCodeArgs>(bad.clone()).is_err(),
+                "{bad}"
+            );
+        }
+        // The schema is the request's, plus the two members.
+        let schema = schemars::schema_for!(RunCodeArgs).to_value();
+        let props = schema["properties"].as_object().expect("properties");
+        let request = schemars::schema_for!(JobRequest).to_value();
+        for k in request["properties"].as_object().expect("request").keys() {
+            assert!(props.contains_key(k), "{k}");
+        }
+        assert!(props.contains_key("wait_seconds") && props.contains_key("idempotency_key"));
+        assert_eq!(schema["additionalProperties"], false);
     }
 }
