@@ -76,7 +76,10 @@ async fn concurrent_deciders_append_every_step_once_in_order() {
     }
     let folded: Counter = store.load("counter-1").await.expect("load");
     assert_eq!(folded.gaps, 0, "no step lost or repeated");
-    assert_eq!(folded.last, landed, "every decision that landed is one step");
+    assert_eq!(
+        folded.last, landed,
+        "every decision that landed is one step"
+    );
     assert!(landed >= 10, "most decisions land ({landed})");
 }
 
