@@ -119,6 +119,25 @@ pub struct ExportBody {
     pub until: Option<chrono::DateTime<chrono::Utc>>,
 }
 
+impl ExportBody {
+    /// The tenant asked for (`*`: all) and the filters, each member checked by
+    /// name (one parse for searches and exports).
+    fn parse(self) -> Result<(Option<String>, Filters), ApiError> {
+        let tenant = FilterText::parse_opt("tenant", self.tenant)?;
+        let filters = Filters {
+            tenant: tenant.clone(),
+            stream: FilterText::parse_opt("stream", self.stream)?,
+            event_type: FilterText::parse_opt("event_type", self.event_type)?,
+            actor: FilterText::parse_opt("actor", self.actor)?,
+            from_position: max_integer("from_position", self.from_position)?,
+            to_position: max_integer("to_position", self.to_position)?,
+            since: self.since,
+            until: self.until,
+        };
+        Ok((tenant, filters))
+    }
+}
+
 fn max_integer(name: &str, v: Option<u64>) -> Result<Option<u64>, ApiError> {
     match v {
         Some(p) if p > MAX_INTEGER => {
@@ -134,7 +153,6 @@ pub async fn events(
     Extension(caller): Extension<Caller>,
     ApiQuery(p): ApiQuery<SearchParams>,
 ) -> Result<Response, ApiError> {
-    let tenant = FilterText::parse_opt("tenant", p.tenant)?;
     let limit = p.limit.unwrap_or(100);
     if !(1..=500).contains(&limit) {
         return Err(ApiError::Invalid("limit: between 1 and 500".into()));
@@ -143,19 +161,22 @@ pub async fn events(
         None => None,
         Some(c) => Some(Cursor::parse(c).map_err(|e| ApiError::Invalid(format!("cursor: {e}")))?),
     };
+    let order = p.order.unwrap_or_default();
+    let (tenant, filters) = ExportBody {
+        tenant: p.tenant,
+        stream: p.stream,
+        event_type: p.event_type,
+        actor: p.actor,
+        from_position: p.from_position,
+        to_position: p.to_position,
+        since: p.since,
+        until: p.until,
+    }
+    .parse()?;
     let command = Command::SearchAudit {
         scope: Scope::parse(tenant.as_deref(), &caller),
-        filters: Filters {
-            tenant: None,
-            stream: FilterText::parse_opt("stream", p.stream)?,
-            event_type: FilterText::parse_opt("event_type", p.event_type)?,
-            actor: FilterText::parse_opt("actor", p.actor)?,
-            from_position: max_integer("from_position", p.from_position)?,
-            to_position: max_integer("to_position", p.to_position)?,
-            since: p.since,
-            until: p.until,
-        },
-        order: p.order.unwrap_or_default(),
+        filters,
+        order,
         limit,
         cursor,
     };
@@ -319,17 +340,7 @@ pub async fn export(
     Extension(caller): Extension<Caller>,
     crate::api::ApiJson(b): crate::api::ApiJson<ExportBody>,
 ) -> Result<Response, ApiError> {
-    let tenant = FilterText::parse_opt("tenant", b.tenant)?;
-    let filters = Filters {
-        tenant: tenant.clone(),
-        stream: FilterText::parse_opt("stream", b.stream)?,
-        event_type: FilterText::parse_opt("event_type", b.event_type)?,
-        actor: FilterText::parse_opt("actor", b.actor)?,
-        from_position: max_integer("from_position", b.from_position)?,
-        to_position: max_integer("to_position", b.to_position)?,
-        since: b.since,
-        until: b.until,
-    };
+    let (tenant, filters) = b.parse()?;
     let scope = Scope::parse(tenant.as_deref(), &caller);
     run(&state, &caller, Command::ExportAudit { scope, filters }).await
 }
