@@ -9,6 +9,7 @@
 mod capture;
 pub mod cgroup;
 pub mod oci;
+pub mod session;
 pub mod spawn;
 pub mod walk;
 pub mod workspace;
@@ -165,6 +166,15 @@ impl LocalRunsc {
 
     fn prefix(&self) -> String {
         format!("gb-{}-", self.inner.config.runner_id)
+    }
+
+    /// A fresh sandbox ID of this runner (`gb-<runner>-<12 hex>`).
+    fn new_sandbox_id(&self) -> String {
+        format!(
+            "{}{}",
+            self.prefix(),
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        )
     }
 
     fn owns(&self, id: &str) -> bool {
@@ -671,11 +681,7 @@ impl SandboxBackend for LocalRunsc {
     ) -> Result<ExecutionResult, SandboxError> {
         spec.validate()?;
         self.inner.config.registry.get(&spec.language)?;
-        let id = format!(
-            "{}{}",
-            self.prefix(),
-            &uuid::Uuid::new_v4().simple().to_string()[..12]
-        );
+        let id = self.new_sandbox_id();
         if let Ok(mut live) = self.inner.live.lock() {
             live.insert(id.clone());
         }

@@ -21,9 +21,60 @@ pub fn pids_backstop(processes: u64) -> u64 {
     (64 + 16 * processes).max(1024)
 }
 
+/// Where the session agent is bound read-only inside a session's sandbox.
+pub const AGENT_MOUNT: &str = "/glassbox-agent";
+
+/// The config of one execution: the runtime's command on the job's code.
 pub fn config(
     spec: &ExecutionSpec,
     runtime: &Runtime,
+    rootfs: &Path,
+    workspace: &Path,
+    cgroups_path: &str,
+) -> Value {
+    config_with(
+        spec,
+        runtime,
+        runtime.argv(&spec.args),
+        rootfs,
+        workspace,
+        cgroups_path,
+    )
+}
+
+/// The config of a session's sandbox: the same recipe, with the session agent
+/// (bound read-only from `agent`) as its one process.
+pub fn session_config(
+    spec: &ExecutionSpec,
+    runtime: &Runtime,
+    agent: &Path,
+    rootfs: &Path,
+    workspace: &Path,
+    cgroups_path: &str,
+) -> Value {
+    let mut argv = vec![
+        AGENT_MOUNT.to_owned(),
+        "--language".to_owned(),
+        spec.language.clone(),
+    ];
+    if let Some(interpreter) = runtime.command.first() {
+        argv.push("--interpreter".to_owned());
+        argv.push(interpreter.clone());
+    }
+    let mut config = config_with(spec, runtime, argv, rootfs, workspace, cgroups_path);
+    if let Some(mounts) = config["mounts"].as_array_mut() {
+        mounts.push(
+            json!({"destination": AGENT_MOUNT, "type": "bind", "source": agent,
+                           "options": ["bind", "ro", "nosuid", "nodev"]}),
+        );
+    }
+    config
+}
+
+fn config_with(
+    spec: &ExecutionSpec,
+    runtime: &Runtime,
+    argv: Vec<String>,
     rootfs: &Path,
     workspace: &Path,
     cgroups_path: &str,
@@ -52,7 +103,7 @@ pub fn config(
         json!({"destination": "/workspace", "type": "bind", "source": workspace,
                        "options": ["rbind", "rw", "nosuid", "nodev"]}),
     );
-    let mut args = runtime.argv(&spec.args);
+    let mut args = argv;
     if let Some(w) = &spec.wheels {
         mounts.push(
             json!({"destination": crate::spec::WHEEL_MOUNT, "type": "bind", "source": w.mirror,
@@ -153,6 +204,7 @@ pub fn ensure_rootfs(root: &Path, extra_binds: &[&Path]) -> std::io::Result<()> 
     }
     for (file, content) in [
         ("etc/ld.so.cache", ""),
+        (AGENT_MOUNT.trim_start_matches('/'), ""),
         (
             "etc/passwd",
             "root:x:0:0:root:/root:/usr/sbin/nologin\nnobody:x:65534:65534:nobody:/workspace:/usr/sbin/nologin\n",

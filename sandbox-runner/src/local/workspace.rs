@@ -67,6 +67,34 @@ pub fn mount(id: &str, dir: &Path, size: u64) -> Result<(), SandboxError> {
     ))
 }
 
+/// The requirements file and the install target of packages installed from
+/// the wheel mirror before the program (or a session's agent) starts.
+pub fn write_requirements(
+    id: &str,
+    root: &Path,
+    wheels: &crate::spec::WheelInstall,
+) -> Result<(), SandboxError> {
+    let mut req = wheels.requirements.join("\n");
+    req.push('\n');
+    write_file(
+        id,
+        root,
+        ".glassbox/requirements.txt",
+        req.as_bytes(),
+        0o644,
+    )?;
+    let deps = root.join(".deps");
+    if !deps.exists() {
+        std::fs::create_dir(&deps).map_err(io("write inputs", id, &deps))?;
+        std::os::unix::fs::chown(&deps, Some(SANDBOX_UID), Some(SANDBOX_UID)).map_err(io(
+            "write inputs",
+            id,
+            &deps,
+        ))?;
+    }
+    Ok(())
+}
+
 /// Is `dir` a mount point (per /proc/self/mountinfo)?
 pub fn is_mounted(dir: &Path) -> bool {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
@@ -139,24 +167,7 @@ pub fn write_inputs(
         )?;
     }
     if let Some(w) = &spec.wheels {
-        let mut req = w.requirements.join("\n");
-        req.push('\n');
-        write_file(
-            id,
-            root,
-            ".glassbox/requirements.txt",
-            req.as_bytes(),
-            0o644,
-        )?;
-        let deps = root.join(".deps");
-        if !deps.exists() {
-            std::fs::create_dir(&deps).map_err(io("write inputs", id, &deps))?;
-            std::os::unix::fs::chown(&deps, Some(SANDBOX_UID), Some(SANDBOX_UID)).map_err(io(
-                "write inputs",
-                id,
-                &deps,
-            ))?;
-        }
+        write_requirements(id, root, w)?;
     }
     let out = root.join("out");
     if !out.exists() {
