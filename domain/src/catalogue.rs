@@ -200,6 +200,68 @@ impl Limits {
     }
 }
 
+/// A session's limits: the sandbox's resources for its whole life, caps per
+/// exec, and how long it may sit idle or live at all. Integer units only.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SessionLimits {
+    /// CPU in thousandths of a core.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = Limits::MIN_CPU_MILLICORES, max = crate::request::MAX_INTEGER))]
+    pub cpu_millicores: Option<u64>,
+    /// Memory in bytes (the OOM killer ends the session beyond it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = Limits::MIN_MEMORY_BYTES, max = crate::request::MAX_INTEGER))]
+    pub memory_bytes: Option<u64>,
+    /// Processes and threads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = Limits::MAX_PROCESSES))]
+    pub processes: Option<u64>,
+    /// Bytes the session may keep under /workspace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = Limits::MIN_WORKSPACE_BYTES, max = crate::request::MAX_INTEGER))]
+    pub workspace_bytes: Option<u64>,
+    /// Bytes under /tmp.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = Limits::MIN_TMP_BYTES, max = crate::request::MAX_INTEGER))]
+    pub tmp_bytes: Option<u64>,
+    /// Standard output kept per exec, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = crate::request::MAX_INTEGER))]
+    pub stdout_bytes: Option<u64>,
+    /// Standard error kept per exec, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = crate::request::MAX_INTEGER))]
+    pub stderr_bytes: Option<u64>,
+    /// The longest one exec may run (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = crate::request::MAX_INTEGER))]
+    pub exec_timeout_ms: Option<u64>,
+    /// Closed after this long without a call (seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = crate::request::MAX_INTEGER))]
+    pub idle_timeout_secs: Option<u64>,
+    /// Closed this long after it opened, whatever happens (seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = crate::request::MAX_INTEGER))]
+    pub max_lifetime_secs: Option<u64>,
+}
+
+impl SessionLimits {
+    /// Refuses a requested limit no sandbox can honour, naming the member.
+    pub fn check_floor(&self) -> Result<(), String> {
+        Limits {
+            cpu_millicores: self.cpu_millicores,
+            memory_bytes: self.memory_bytes,
+            processes: self.processes,
+            workspace_bytes: self.workspace_bytes,
+            tmp_bytes: self.tmp_bytes,
+            ..Limits::default()
+        }
+        .check_floor()
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Decision {
@@ -381,8 +443,69 @@ catalogue! {
     JobCompleted = "job.completed" v 1 { job_id: String, outcome: Outcome }
     JobFailed = "job.failed" v 1 { job_id: String, reason: String }
     JobCancelled = "job.cancelled" v 1 { job_id: String, reason: Option<String> }
-    SessionOpened = "session.opened" v 1 { session_id: String, language: String, runner: Option<String>, expires_at: String }
-    SessionCommandExecuted = "session.command_executed" v 1 { session_id: String, sequence: u64, code: BlobRef, outcome: Outcome }
+    /// A client asked for a session. As with a job, the caller's data (the
+    /// environment) is an encrypted blob; the record keeps a count.
+    SessionRequested = "session.requested" v 1 {
+        session_id: String,
+        language: String,
+        /// JSON object name → value.
+        env: Option<BlobRef>,
+        env_count: u64,
+        dependencies: Vec<Dependency>,
+        secrets: Vec<String>,
+        /// As requested (policy fills in the rest).
+        limits: SessionLimits,
+        idempotency_key: Option<String>,
+    }
+    /// Every policy allowed the session; it is placed on `runner`. It ends at
+    /// `expires_at` at the latest (its maximum lifetime).
+    SessionOpened = "session.opened" v 2 {
+        session_id: String,
+        language: String,
+        runner: String,
+        effective_limits: SessionLimits,
+        expires_at: String,
+    }
+    SessionRejected = "session.rejected" v 1 { session_id: String, reasons: Vec<String> }
+    /// The session's sandbox is up (its packages installed): it takes calls.
+    SessionStarted = "session.started" v 1 { session_id: String, runner: String, sandbox_id: String, backend: String, runtime: String }
+    /// The sandbox could not be started; nothing ran.
+    SessionFailed = "session.failed" v 1 { session_id: String, reason: String }
+    /// Exec number `exec` began: `source` is the code or command (encrypted).
+    SessionExecStarted = "session.exec_started" v 1 {
+        session_id: String,
+        exec: u64,
+        /// `code` or `command`.
+        kind: String,
+        source: BlobRef,
+        stdin: Option<BlobRef>,
+        timeout_ms: u64,
+    }
+    SessionExecFinished = "session.exec_finished" v 1 {
+        session_id: String,
+        exec: u64,
+        outcome: Outcome,
+        exit_code: Option<i64>,
+        signal: Option<i64>,
+        wall_ms: u64,
+        stdout: OutputRef,
+        stderr: OutputRef,
+        /// The interpreter was restarted: earlier state is gone.
+        context_reset: bool,
+        /// Secret values replaced in the stored output.
+        redactions: u64,
+    }
+    /// A client wrote a file: its name is an encrypted blob, its content is
+    /// known by size and keyed digest (DESIGN §5: file names are user data).
+    SessionFileWritten = "session.file_written" v 1 { session_id: String, name: BlobRef, size_bytes: u64, content_hmac: Digest }
+    SessionFileRead = "session.file_read" v 1 { session_id: String, name: BlobRef, size_bytes: u64, content_hmac: Digest, truncated: bool }
+    SessionFileDeleted = "session.file_deleted" v 1 { session_id: String, name: BlobRef }
+    /// A directory of the workspace was listed (the entries are not recorded).
+    SessionFilesListed = "session.files_listed" v 1 { session_id: String, name: BlobRef, entries: u64 }
+    /// Past its idle timeout or its maximum lifetime.
+    SessionExpired = "session.expired" v 1 { session_id: String, reason: String }
+    /// Its runner is gone (or its sandbox ended on its own): the session cannot go on.
+    SessionLost = "session.lost" v 1 { session_id: String, reason: String }
     SessionClosed = "session.closed" v 1 { session_id: String, reason: String }
     AuthBypassEnabled = "auth.bypass_enabled" v 1 { plane: String, environment: String }
     /// A request was let through on an asserted identity without a token.
@@ -413,7 +536,12 @@ mod tests {
         for n in names {
             let (domain, verb) = n.split_once('.').expect("domain.verb");
             assert!(!domain.is_empty() && !verb.is_empty(), "{n}");
-            assert!(verb.ends_with("ed"), "{n} is not past tense");
+            // Past tense, regular or one of the catalogue's irregular verbs.
+            let last = verb.rsplit('_').next().unwrap_or(verb);
+            assert!(
+                verb.ends_with("ed") || ["read", "written", "lost"].contains(&last),
+                "{n} is not past tense"
+            );
         }
     }
 

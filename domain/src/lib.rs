@@ -14,6 +14,7 @@ pub mod catalogue;
 pub mod job;
 pub mod page;
 pub mod request;
+pub mod session;
 pub mod status;
 pub mod stream;
 
@@ -22,5 +23,6 @@ pub use catalogue::{Event, KnownEvent};
 pub use job::{Finish, Job, JobCommand, JobView, Refusal};
 pub use page::Cursor;
 pub use request::{JobRequest, JobSpec};
-pub use status::JobStatus;
+pub use session::{Session, SessionCommand, SessionRefusal, SessionView};
+pub use status::{JobStatus, SessionStatus};
 pub use stream::Stream;

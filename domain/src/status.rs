@@ -91,6 +91,64 @@ impl std::str::FromStr for JobStatus {
     }
 }
 
+/// Where a session is in its life.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionStatus {
+    /// Allowed and placed on a runner; its sandbox is starting.
+    #[default]
+    Opening,
+    /// Its sandbox is up and takes calls.
+    Active,
+    /// A policy refused it (terminal).
+    Rejected,
+    /// Its sandbox could not be started (terminal).
+    Failed,
+    /// Closed by a client (terminal).
+    Closed,
+    /// Past its idle timeout or maximum lifetime (terminal).
+    Expired,
+    /// Its runner went away, or its sandbox ended on its own (terminal).
+    Lost,
+}
+
+impl SessionStatus {
+    pub const ALL: [SessionStatus; 7] = [
+        SessionStatus::Opening,
+        SessionStatus::Active,
+        SessionStatus::Rejected,
+        SessionStatus::Failed,
+        SessionStatus::Closed,
+        SessionStatus::Expired,
+        SessionStatus::Lost,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionStatus::Opening => "opening",
+            SessionStatus::Active => "active",
+            SessionStatus::Rejected => "rejected",
+            SessionStatus::Failed => "failed",
+            SessionStatus::Closed => "closed",
+            SessionStatus::Expired => "expired",
+            SessionStatus::Lost => "lost",
+        }
+    }
+
+    /// Nothing but data deletion changes a session in a terminal status.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, SessionStatus::Opening | SessionStatus::Active)
+    }
+}
+
+impl std::fmt::Display for SessionStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Where a cancellation stands right after it is asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -116,6 +174,13 @@ mod tests {
             serde_json::to_value(CancelState::CancelRequested).expect("json"),
             "cancel_requested"
         );
+        for s in SessionStatus::ALL {
+            assert_eq!(serde_json::to_value(s).expect("json"), s.as_str());
+            assert_eq!(
+                s.is_terminal(),
+                !matches!(s, SessionStatus::Opening | SessionStatus::Active)
+            );
+        }
         let terminal: Vec<_> = JobStatus::ALL
             .into_iter()
             .filter(|s| s.is_terminal())

@@ -15,6 +15,8 @@ pub struct Stream(String);
 pub enum StreamKind<'a> {
     /// `job-<id>`: one job's life.
     Job(&'a str),
+    /// `session-<id>`: one session's life, every call in it.
+    Session(&'a str),
     /// `access-<tenant>`: refusals of a tenant's callers.
     Access(&'a str),
     /// `auth-<tenant>`: bypassed requests (and `auth-system`).
@@ -32,10 +34,14 @@ pub enum StreamKind<'a> {
 
 impl Stream {
     pub const JOB_PREFIX: &'static str = "job-";
+    pub const SESSION_PREFIX: &'static str = "session-";
     pub const POLICY_BUNDLES: &'static str = "policy-bundles";
 
     pub fn job(id: impl fmt::Display) -> Stream {
         Stream(format!("{}{id}", Self::JOB_PREFIX))
+    }
+    pub fn session(id: impl fmt::Display) -> Stream {
+        Stream(format!("{}{id}", Self::SESSION_PREFIX))
     }
     pub fn access(tenant: &str) -> Stream {
         Stream(format!("access-{tenant}"))
@@ -78,6 +84,9 @@ pub fn kind_of(name: &str) -> StreamKind<'_> {
     if let Some(id) = prefixed(Stream::JOB_PREFIX) {
         return StreamKind::Job(id);
     }
+    if let Some(id) = prefixed(Stream::SESSION_PREFIX) {
+        return StreamKind::Session(id);
+    }
     if let Some(rest) = prefixed("access-") {
         return StreamKind::Access(rest);
     }
@@ -94,6 +103,14 @@ pub fn kind_of(name: &str) -> StreamKind<'_> {
         return StreamKind::Runner(rest);
     }
     StreamKind::Other(name)
+}
+
+/// The session a stream name belongs to, if it is a session stream.
+pub fn session_of(name: &str) -> Option<&str> {
+    match kind_of(name) {
+        StreamKind::Session(id) => Some(id),
+        _ => None,
+    }
 }
 
 /// The job a stream name belongs to, if it is a job stream.
