@@ -552,23 +552,7 @@ impl JobRequest {
         if let Some(i) = self.args.iter().position(|a| a.contains('\0')) {
             return invalid(format!("args[{i}]"), "contains a NUL character");
         }
-        if self.env.len() > MAX_ENV {
-            return invalid("env", format!("at most {MAX_ENV} variables"));
-        }
-        let mut env = BTreeMap::new();
-        for (k, v) in &self.env {
-            let name = EnvName::parse(k).map_err(|r| Invalid {
-                member: "env".into(),
-                reason: format!("{k:?} is {r}"),
-            })?;
-            if k.starts_with("GLASSBOX_") {
-                return invalid("env", format!("{k} is reserved"));
-            }
-            if v.contains('\0') {
-                return invalid(format!("env.{k}"), "contains a NUL character");
-            }
-            env.insert(name, v.clone());
-        }
+        let env = parse_env(&self.env)?;
         if self.files.len() > MAX_FILES {
             return invalid("files", format!("at most {MAX_FILES}"));
         }
@@ -598,60 +582,10 @@ impl JobRequest {
                 );
             }
         }
-        if self.dependencies.len() > MAX_DEPENDENCIES {
-            return invalid("dependencies", format!("at most {MAX_DEPENDENCIES}"));
-        }
-        let mut dependencies = Vec::with_capacity(self.dependencies.len());
-        for (i, d) in self.dependencies.iter().enumerate() {
-            let p = PackageSpec::parse(&d.ecosystem, &d.name, d.version.as_deref()).map_err(
-                |(m, r)| Invalid {
-                    member: format!("dependencies[{i}].{m}"),
-                    reason: r.into(),
-                },
-            )?;
-            dependencies.push(p);
-        }
-        if self.secrets.len() > MAX_SECRETS {
-            return invalid("secrets", format!("at most {MAX_SECRETS}"));
-        }
-        let mut secrets = Vec::with_capacity(self.secrets.len());
-        let mut names = BTreeSet::new();
-        for (i, s) in self.secrets.iter().enumerate() {
-            let name = EnvName::parse(s.name()).map_err(|_| Invalid {
-                member: format!("secrets[{i}]"),
-                reason: "not a secret name (letters, digits, '_')".into(),
-            })?;
-            if !names.insert(s.name().to_owned()) {
-                return invalid(
-                    format!("secrets[{i}]"),
-                    format!("{} appears twice", s.name()),
-                );
-            }
-            secrets.push(SecretRequest {
-                name,
-                mode: s.mode(),
-            });
-        }
-        self.limits.check_floor().map_err(|e| {
-            let (member, reason) = e.split_once(": ").unwrap_or(("limits", e.as_str()));
-            Invalid {
-                member: member.to_owned(),
-                reason: reason.to_owned(),
-            }
-        })?;
-        if let serde_json::Value::Object(m) = serde_json::to_value(&self.limits).unwrap_or_default()
-        {
-            for (k, v) in m {
-                if let Some(n) = v.as_u64()
-                    && (n == 0 || n > MAX_INTEGER)
-                {
-                    return invalid(
-                        format!("limits.{k}"),
-                        format!("must be between 1 and {MAX_INTEGER}"),
-                    );
-                }
-            }
-        }
+        let dependencies = parse_dependencies(&self.dependencies)?;
+        let secrets = parse_secrets(&self.secrets)?;
+        self.limits.check_floor().map_err(floor)?;
+        check_integers(&self.limits)?;
         Ok(JobSpec {
             language,
             code: self.code.clone(),
@@ -663,6 +597,232 @@ impl JobRequest {
             secrets,
             limits: self.limits.clone(),
             request: self,
+        })
+    }
+}
+
+/// Environment variables: names by the env rule, not `GLASSBOX_*`, values
+/// without NUL.
+fn parse_env(env: &BTreeMap<String, String>) -> Result<BTreeMap<EnvName, String>, Invalid> {
+    if env.len() > MAX_ENV {
+        return invalid("env", format!("at most {MAX_ENV} variables"));
+    }
+    let mut out = BTreeMap::new();
+    for (k, v) in env {
+        let name = EnvName::parse(k).map_err(|r| Invalid {
+            member: "env".into(),
+            reason: format!("{k:?} is {r}"),
+        })?;
+        if k.starts_with("GLASSBOX_") {
+            return invalid("env", format!("{k} is reserved"));
+        }
+        if v.contains('\0') {
+            return invalid(format!("env.{k}"), "contains a NUL character");
+        }
+        out.insert(name, v.clone());
+    }
+    Ok(out)
+}
+
+fn parse_dependencies(deps: &[DependencyInput]) -> Result<Vec<PackageSpec>, Invalid> {
+    if deps.len() > MAX_DEPENDENCIES {
+        return invalid("dependencies", format!("at most {MAX_DEPENDENCIES}"));
+    }
+    deps.iter()
+        .enumerate()
+        .map(|(i, d)| {
+            PackageSpec::parse(&d.ecosystem, &d.name, d.version.as_deref()).map_err(|(m, r)| {
+                Invalid {
+                    member: format!("dependencies[{i}].{m}"),
+                    reason: r.into(),
+                }
+            })
+        })
+        .collect()
+}
+
+fn parse_secrets(secrets: &[SecretInput]) -> Result<Vec<SecretRequest>, Invalid> {
+    if secrets.len() > MAX_SECRETS {
+        return invalid("secrets", format!("at most {MAX_SECRETS}"));
+    }
+    let mut out = Vec::with_capacity(secrets.len());
+    let mut names = BTreeSet::new();
+    for (i, s) in secrets.iter().enumerate() {
+        let name = EnvName::parse(s.name()).map_err(|_| Invalid {
+            member: format!("secrets[{i}]"),
+            reason: "not a secret name (letters, digits, '_')".into(),
+        })?;
+        if !names.insert(s.name().to_owned()) {
+            return invalid(
+                format!("secrets[{i}]"),
+                format!("{} appears twice", s.name()),
+            );
+        }
+        out.push(SecretRequest {
+            name,
+            mode: s.mode(),
+        });
+    }
+    Ok(out)
+}
+
+/// A floor refusal (`limits.<member>: reason`) as the member it names.
+fn floor(e: String) -> Invalid {
+    let (member, reason) = e.split_once(": ").unwrap_or(("limits", e.as_str()));
+    Invalid {
+        member: member.to_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
+/// Every limit is 1 to 2^53 - 1 (what the ledger stores exactly).
+fn check_integers(limits: &impl Serialize) -> Result<(), Invalid> {
+    if let serde_json::Value::Object(m) = serde_json::to_value(limits).unwrap_or_default() {
+        for (k, v) in m {
+            if let Some(n) = v.as_u64()
+                && (n == 0 || n > MAX_INTEGER)
+            {
+                return invalid(
+                    format!("limits.{k}"),
+                    format!("must be between 1 and {MAX_INTEGER}"),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `POST /v1/sessions` body (and MCP's `create_session`).
+///
+/// A session is opened with the same rules as a job is submitted: the same
+/// environment, dependency and secret rules, and limits of its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SessionRequest {
+    /// The runtime: python, node or bash. Code execs in python and node keep
+    /// their interpreter state between calls.
+    #[schemars(length(min = 1, max = 32), regex(pattern = pattern::NAME), example = &"python")]
+    pub language: String,
+    /// Environment variables: names of letters, digits and `_`, not starting
+    /// with a digit or `GLASSBOX_`; values without NUL.
+    #[serde(default)]
+    #[schemars(transform = env_schema)]
+    pub env: BTreeMap<String, String>,
+    /// Packages installed once, when the session opens (checked against the
+    /// tenant's allowlist).
+    #[serde(default, deserialize_with = "object::many")]
+    #[schemars(length(max = MAX_DEPENDENCIES))]
+    pub dependencies: Vec<DependencyInput>,
+    /// Secrets to deliver (approved by policy): a name, or {name, mode}.
+    #[serde(default)]
+    #[schemars(length(max = MAX_SECRETS))]
+    pub secrets: Vec<SecretInput>,
+    /// Requested limits; the tenant's session defaults fill in the rest.
+    #[serde(default, deserialize_with = "object::one")]
+    pub limits: crate::catalogue::SessionLimits,
+}
+
+/// A session request that passed every rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionSpec {
+    pub language: Language,
+    pub env: BTreeMap<EnvName, String>,
+    pub dependencies: Vec<PackageSpec>,
+    pub secrets: Vec<SecretRequest>,
+    pub limits: crate::catalogue::SessionLimits,
+    /// The request as sent (what idempotency compares).
+    pub request: SessionRequest,
+}
+
+impl SessionRequest {
+    /// Parses the request; a refusal names the member.
+    pub fn parse(self) -> Result<SessionSpec, Invalid> {
+        let language = Language::parse(&self.language).map_err(|r| Invalid {
+            member: "language".into(),
+            reason: r,
+        })?;
+        let env = parse_env(&self.env)?;
+        let dependencies = parse_dependencies(&self.dependencies)?;
+        let secrets = parse_secrets(&self.secrets)?;
+        self.limits.check_floor().map_err(floor)?;
+        check_integers(&self.limits)?;
+        Ok(SessionSpec {
+            language,
+            env,
+            dependencies,
+            secrets,
+            limits: self.limits.clone(),
+            request: self,
+        })
+    }
+}
+
+/// `POST /v1/sessions/{id}/exec` body (and MCP's `session_exec`): code for
+/// the session's interpreter, or a shell command — exactly one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(transform = exec_schema)]
+pub struct ExecRequest {
+    /// Code for the session's interpreter (python and node keep their state
+    /// between execs; a final expression's value is printed).
+    #[serde(default)]
+    #[schemars(length(min = 1), example = &"x = 41\nx + 1")]
+    pub code: Option<String>,
+    /// A shell command (`/bin/sh -c`) run in `/workspace`.
+    #[serde(default)]
+    #[schemars(length(min = 1))]
+    pub command: Option<String>,
+    /// Standard input.
+    #[serde(default)]
+    pub stdin: Option<String>,
+    /// At most this long (the session's `exec_timeout_ms` caps it).
+    #[serde(default)]
+    #[schemars(range(min = 1, max = MAX_INTEGER))]
+    pub timeout_ms: Option<u64>,
+}
+
+fn exec_schema(schema: &mut schemars::Schema) {
+    schema.insert(
+        "oneOf".into(),
+        serde_json::json!([{"required": ["code"]}, {"required": ["command"]}]),
+    );
+}
+
+/// What an exec runs, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecSource {
+    Code(String),
+    Command(String),
+}
+
+impl ExecSource {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ExecSource::Code(_) => "code",
+            ExecSource::Command(_) => "command",
+        }
+    }
+    pub fn text(&self) -> &str {
+        match self {
+            ExecSource::Code(t) | ExecSource::Command(t) => t,
+        }
+    }
+}
+
+impl ExecRequest {
+    pub fn parse(&self) -> Result<ExecSource, Invalid> {
+        match (&self.code, &self.command) {
+            (Some(c), None) if !c.is_empty() => Ok(ExecSource::Code(c.clone())),
+            (None, Some(c)) if !c.is_empty() => Ok(ExecSource::Command(c.clone())),
+            (Some(_), None) => invalid("code", "must not be empty"),
+            (None, Some(_)) => invalid("command", "must not be empty"),
+            _ => invalid("code", "give code or a command (exactly one)"),
+        }
+        .and_then(|s| match self.timeout_ms {
+            Some(t) if t == 0 || t > MAX_INTEGER => {
+                invalid("timeout_ms", format!("must be between 1 and {MAX_INTEGER}"))
+            }
+            _ => Ok(s),
         })
     }
 }
@@ -761,6 +921,77 @@ mod tests {
             ),
         ] {
             assert_eq!(refused(body.clone()).member, member, "{body}");
+        }
+    }
+
+    #[test]
+    fn a_session_request_follows_the_job_rules_and_its_own_limits() {
+        let ok: SessionRequest = serde_json::from_value(json!({
+            "language": "python", "env": {"MODE": "x"},
+            "dependencies": [{"name": "six"}], "secrets": ["API_KEY"],
+            "limits": {"idle_timeout_secs": 300, "memory_bytes": 134217728}
+        }))
+        .expect("request");
+        let spec = ok.parse().expect("parses");
+        assert_eq!(spec.limits.idle_timeout_secs, Some(300));
+        assert_eq!(spec.dependencies[0].requirement(), "six");
+        for (body, member) in [
+            (json!({"language": "py thon"}), "language"),
+            (
+                json!({"language": "python", "env": {"GLASSBOX_X": "1"}}),
+                "env",
+            ),
+            (
+                json!({"language": "python", "secrets": ["A", "A"]}),
+                "secrets[1]",
+            ),
+            (
+                json!({"language": "python", "limits": {"memory_bytes": 1}}),
+                "limits.memory_bytes",
+            ),
+            (
+                json!({"language": "python", "limits": {"idle_timeout_secs": 0}}),
+                "limits.idle_timeout_secs",
+            ),
+        ] {
+            let r: SessionRequest = serde_json::from_value(body.clone()).expect("shape");
+            assert_eq!(r.parse().expect_err("refused").member, member, "{body}");
+        }
+        assert!(
+            serde_json::from_value::<SessionRequest>(
+                json!({"language": "python", "limits": {"wall_time_ms": 1}})
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn an_exec_is_code_or_a_command_exactly() {
+        let parse = |v: serde_json::Value| {
+            serde_json::from_value::<ExecRequest>(v)
+                .expect("shape")
+                .parse()
+        };
+        assert_eq!(
+            parse(json!({"code": "1"})),
+            Ok(ExecSource::Code("1".into()))
+        );
+        assert_eq!(
+            parse(json!({"command": "ls", "timeout_ms": 5})),
+            Ok(ExecSource::Command("ls".into()))
+        );
+        for (body, member) in [
+            (json!({}), "code"),
+            (json!({"code": "1", "command": "ls"}), "code"),
+            (json!({"code": ""}), "code"),
+            (json!({"command": ""}), "command"),
+            (json!({"code": "1", "timeout_ms": 0}), "timeout_ms"),
+        ] {
+            assert_eq!(
+                parse(body.clone()).expect_err("refused").member,
+                member,
+                "{body}"
+            );
         }
     }
 
