@@ -9,7 +9,9 @@ pub mod auth;
 pub mod blob;
 pub mod config;
 pub mod health;
+pub mod hot;
 pub mod problem;
+pub mod runner_token;
 pub mod telemetry;
 
 pub use auth::{AuthError, Identity, JwtVerifier};
