@@ -18,6 +18,7 @@ pub mod local;
 pub mod result;
 pub mod runtime;
 pub mod service;
+pub mod sessions;
 pub mod spec;
 
 pub use backend::SandboxBackend;

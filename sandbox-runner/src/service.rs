@@ -90,7 +90,8 @@ impl std::fmt::Debug for SecretProvider {
 }
 
 impl SecretProvider {
-    fn value(&self, name: &str) -> Option<String> {
+    /// The secret's value, if this runner has it.
+    pub fn value(&self, name: &str) -> Option<String> {
         match self {
             SecretProvider::None => None,
             SecretProvider::Env => std::env::var(format!("GLASSBOX_SECRET_{name}")).ok(),

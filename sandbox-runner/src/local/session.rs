@@ -37,13 +37,6 @@ const EXEC_GRACE: Duration = Duration::from_secs(10);
 /// Why a session operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
-    #[error("session sandbox {sandbox_id}: {step}: {source}")]
-    Sandbox {
-        step: &'static str,
-        sandbox_id: String,
-        #[source]
-        source: SandboxError,
-    },
     /// The sandbox is gone (closed, or it ended on its own).
     #[error("session sandbox {sandbox_id} has ended: {reason}")]
     Ended { sandbox_id: String, reason: String },
