@@ -14,7 +14,7 @@ ensure_redis
 ensure_runsc
 
 log "building glassbox (release)"
-cargo build --locked --release -p glassbox-cli
+cargo build --locked --release -p glassbox-cli -p glassbox-session-agent
 case "${CARGO_TARGET_DIR:-}" in
   /*) gb="$CARGO_TARGET_DIR/release/glassbox" ;;
   *) gb="$(pwd)/${CARGO_TARGET_DIR:-target}/release/glassbox" ;;
@@ -51,6 +51,18 @@ echo 'piped stdin' | "$gb" run "$work/shout.js" --stdin -
 log "glassbox run --json (a program that exits 3)"
 printf 'import sys\nprint("bye")\nsys.exit(3)\n' > "$work/exit3.py"
 "$gb" run --json "$work/exit3.py" || echo "(exit code $? — the program's own)"
+
+log "a session: state and files stay between calls (glassbox session …)"
+sid=$("$gb" session create --lang python)
+echo "session $sid"
+"$gb" session exec "$sid" 'import math; radius = 2'
+"$gb" session exec "$sid" 'print("area", round(math.pi * radius ** 2, 3))'
+printf 'a,b\n1,2\n3,4\n' > "$work/in.csv"
+"$gb" session cp "$work/in.csv" "$sid:data/in.csv"
+"$gb" session exec "$sid" --command 'wc -l data/in.csv && ls -l data'
+"$gb" session exec "$sid" 'open("out.txt", "w").write(str(sum(1 for _ in open("data/in.csv"))))'
+"$gb" session cp "$sid:out.txt" "$work/out.txt" && echo "copied out: $(cat "$work/out.txt") lines"
+"$gb" session close "$sid"
 
 log "the ledger records of the first job (glassbox token mints a development JWT)"
 token=$("$gb" token)

@@ -322,6 +322,7 @@ fn names_that_cross_crates_are_spelled_once() {
         ("glassbox_ledger", "events/src/store.rs"),
         ("glassbox_projection", "projector/src/lib.rs"),
         ("job-", "domain/src/stream.rs"),
+        ("session-", "domain/src/stream.rs"),
     ];
     let statuses = [
         "submitted",
@@ -331,6 +332,8 @@ fn names_that_cross_crates_are_spelled_once() {
         "running",
         "completed",
         "cancel_requested",
+        "opening",
+        "expired",
     ];
     let root = workspace_root();
     let mut offences = Vec::new();
@@ -353,7 +356,7 @@ fn names_that_cross_crates_are_spelled_once() {
             }
             if statuses.contains(&lit.as_str()) && package != "glassbox-domain" {
                 offences.push(format!(
-                    "{rel}: status {lit:?} (use JobStatus / CancelState)"
+                    "{rel}: status {lit:?} (use JobStatus / SessionStatus / CancelState)"
                 ));
             }
         }

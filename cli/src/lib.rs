@@ -16,6 +16,7 @@ pub mod ledger;
 pub mod mcp_stdio;
 pub mod sandbox;
 pub mod serve;
+pub mod session;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
@@ -77,6 +78,9 @@ pub enum Command {
     Runner,
     /// Submit a program, wait for it, print its output; exits with its exit code.
     Run(dev::RunArgs),
+    /// Sessions: a sandbox that keeps its state between calls (create, exec,
+    /// cp, ls, show, close, repl).
+    Session(session::SessionArgs),
     /// Evidence bundles: export (recorded in the ledger) and offline verification.
     Audit {
         #[command(flatten)]
@@ -291,6 +295,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => audit::replay(&db, &stream, at, reevaluate, json).await,
         Command::Runner => dev::runner().await,
         Command::Run(args) => dev::run(args).await,
+        Command::Session(args) => session::run(args).await,
         Command::Mcp(args) => mcp_stdio::run(args).await,
         Command::Token(args) => {
             println!("{}", mint_token(&args)?);

@@ -19,6 +19,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::time::Duration;
+use tokio_stream::StreamExt as _;
 
 /// A JSON object body whose rejections are problem+json (413, 415, 400
 /// naming the member). Only an object is a body (never an array of fields).
@@ -119,7 +120,7 @@ fn query_text(r: QueryRejection) -> String {
     r.body_text()
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(v) = headers.get("idempotency-key") else {
         return Ok(None);
     };
@@ -130,7 +131,11 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 }
 
 /// Runs a command for the caller and renders its reply.
-async fn run(state: &AppState, caller: &Caller, command: Command) -> Result<Response, ApiError> {
+pub(crate) async fn run(
+    state: &AppState,
+    caller: &Caller,
+    command: Command,
+) -> Result<Response, ApiError> {
     let reply = state.core.dispatch(caller, command).await?;
     Ok(render(reply))
 }
@@ -191,6 +196,88 @@ pub fn render(reply: Reply) -> Response {
         Reply::Replayed(v) => Json(v).into_response(),
         Reply::Status(v) => Json(v).into_response(),
         Reply::Exported(b) => crate::audit::stream_bundle(b),
+        Reply::SessionOpened(r) => {
+            if r.session.status.is_terminal() {
+                let (code, title) = if r.unauthorized {
+                    (codes::FORBIDDEN, "Forbidden")
+                } else {
+                    (codes::POLICY_DENIED, "Session refused")
+                };
+                let mut resp = Problem::new(StatusCode::FORBIDDEN, code, title)
+                    .detail(if r.reasons.is_empty() {
+                        format!("the session is {}", r.session.status)
+                    } else {
+                        r.reasons.join("; ")
+                    })
+                    .with("session_id", r.session.session_id.clone())
+                    .with("status", r.session.status.as_str())
+                    .with("position", r.position)
+                    .with("reasons", r.reasons.clone())
+                    .with(
+                        "decisions",
+                        serde_json::to_value(&r.decisions).unwrap_or(Value::Null),
+                    )
+                    .into_response();
+                if r.replayed {
+                    resp.headers_mut().insert(
+                        "idempotent-replayed",
+                        axum::http::HeaderValue::from_static("true"),
+                    );
+                }
+                return resp;
+            }
+            let mut resp = (StatusCode::CREATED, Json(&r)).into_response();
+            if let Ok(v) = format!("/v1/sessions/{}", r.session.session_id).parse() {
+                resp.headers_mut().insert(header::LOCATION, v);
+            }
+            if r.replayed {
+                resp.headers_mut().insert(
+                    "idempotent-replayed",
+                    axum::http::HeaderValue::from_static("true"),
+                );
+            }
+            resp
+        }
+        Reply::Session(v) => Json(v).into_response(),
+        Reply::Sessions(v) => Json(v).into_response(),
+        Reply::SessionEvents(v) => Json(v).into_response(),
+        Reply::ExecResult(v) => Json(v).into_response(),
+        Reply::ExecStream(rx) => {
+            use axum::response::sse::{Event, KeepAlive, Sse};
+            let events = tokio_stream::wrappers::ReceiverStream::new(rx).map(|e| {
+                let name = match &e {
+                    crate::sessions::ExecEvent::Started { .. } => "started",
+                    crate::sessions::ExecEvent::Stdout { .. } => "stdout",
+                    crate::sessions::ExecEvent::Stderr { .. } => "stderr",
+                    crate::sessions::ExecEvent::Finished(_) => "finished",
+                    crate::sessions::ExecEvent::Error { .. } => "error",
+                };
+                Event::default().event(name).json_data(&e)
+            });
+            Sse::new(events)
+                .keep_alive(KeepAlive::default())
+                .into_response()
+        }
+        Reply::ExecOutput(v) => Json(v).into_response(),
+        Reply::FileWritten(v) => (StatusCode::CREATED, Json(v)).into_response(),
+        Reply::FileBytes(f) => {
+            let mut resp =
+                ([(header::CONTENT_TYPE, "application/octet-stream")], f.data).into_response();
+            if f.truncated {
+                resp.headers_mut().insert(
+                    "x-glassbox-truncated",
+                    axum::http::HeaderValue::from_static("true"),
+                );
+            }
+            if let Ok(v) = f.size.to_string().parse() {
+                resp.headers_mut().insert("x-glassbox-file-size", v);
+            }
+            resp
+        }
+        Reply::Files(v) => Json(v).into_response(),
+        Reply::FileDeleted(v) => Json(v).into_response(),
+        Reply::SessionClosed(v) => Json(v).into_response(),
+        Reply::SessionDataDeleted(v) => Json(v).into_response(),
     }
 }
 

@@ -11,10 +11,15 @@
 
 use crate::core::{Artifact, Caller, CancelReply, Core, DeleteReply, SubmitReply};
 use crate::error::ApiError;
+use crate::sessions::{
+    ExecEvent, ExecOutput, ExecResult, FileBytes, FileDeleted, FileListing, FileWritten,
+    SessionClosed, SessionDataDeleted, SessionList, SessionReceipt,
+};
 use glassbox_audit_query::bundle::Filters;
 use glassbox_audit_query::replay::At;
 use glassbox_audit_query::search::Order;
-use glassbox_domain::{Cursor, JobRequest, JobStatus, JobView};
+use glassbox_domain::request::{ExecRequest, SessionRequest};
+use glassbox_domain::{Cursor, JobRequest, JobStatus, JobView, SessionStatus, SessionView};
 use glassbox_events::catalogue::{self, Outcome};
 use schemars::JsonSchema;
 use serde::Serialize;
@@ -25,17 +30,20 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobId(String);
 
+/// A UUID in its hyphenated form, or the `kind` named does not exist (404).
+fn parse_uuid(kind: &str, s: &str) -> Result<String, ApiError> {
+    match uuid::Uuid::parse_str(s) {
+        Ok(u) if u.hyphenated().to_string() == s.to_ascii_lowercase() => Ok(s.to_ascii_lowercase()),
+        _ => Err(ApiError::NotFound(format!(
+            "{kind} {}",
+            s.chars().take(64).collect::<String>()
+        ))),
+    }
+}
+
 impl JobId {
     pub fn parse(s: &str) -> Result<JobId, ApiError> {
-        match uuid::Uuid::parse_str(s) {
-            Ok(u) if u.hyphenated().to_string() == s.to_ascii_lowercase() => {
-                Ok(JobId(s.to_ascii_lowercase()))
-            }
-            _ => Err(ApiError::NotFound(format!(
-                "job {}",
-                s.chars().take(64).collect::<String>()
-            ))),
-        }
+        parse_uuid("job", s).map(JobId)
     }
 
     pub fn as_str(&self) -> &str {
@@ -46,6 +54,29 @@ impl JobId {
 impl JsonSchema for JobId {
     fn schema_name() -> std::borrow::Cow<'static, str> {
         "JobId".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "string", "format": "uuid"})
+    }
+}
+
+/// A session ID as it came in: a UUID, or the session does not exist (404).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionId(String);
+
+impl SessionId {
+    pub fn parse(s: &str) -> Result<SessionId, ApiError> {
+        parse_uuid("session", s).map(SessionId)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl JsonSchema for SessionId {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "SessionId".into()
     }
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         schemars::json_schema!({"type": "string", "format": "uuid"})
@@ -247,6 +278,57 @@ pub enum Command {
         filters: Filters,
     },
     Status,
+    OpenSession {
+        request: SessionRequest,
+        idempotency_key: Option<String>,
+    },
+    GetSession {
+        session: SessionId,
+        min_position: Option<u64>,
+    },
+    ListSessions {
+        status: Option<SessionStatus>,
+        limit: u64,
+        cursor: Option<Cursor>,
+        min_position: Option<u64>,
+    },
+    SessionEvents {
+        session: SessionId,
+    },
+    /// An exec, answered when it ends (`stream`: its events as they come).
+    Exec {
+        session: SessionId,
+        request: ExecRequest,
+        stream: bool,
+    },
+    ExecOutput {
+        session: SessionId,
+        exec: u64,
+    },
+    WriteFile {
+        session: SessionId,
+        path: String,
+        data: Vec<u8>,
+    },
+    ReadFile {
+        session: SessionId,
+        path: String,
+    },
+    ListFiles {
+        session: SessionId,
+        path: String,
+    },
+    DeleteFile {
+        session: SessionId,
+        path: String,
+    },
+    CloseSession {
+        session: SessionId,
+        reason: Option<String>,
+    },
+    DeleteSessionData {
+        session: SessionId,
+    },
 }
 
 impl Command {
@@ -254,7 +336,18 @@ impl Command {
     /// of the decisions recorded with it — a submission).
     pub fn action(&self) -> Option<&'static str> {
         Some(match self {
-            Command::SubmitJob { .. } => return None,
+            Command::SubmitJob { .. } | Command::OpenSession { .. } => return None,
+            Command::GetSession { .. }
+            | Command::ListSessions { .. }
+            | Command::SessionEvents { .. }
+            | Command::Exec { .. }
+            | Command::ExecOutput { .. }
+            | Command::WriteFile { .. }
+            | Command::ReadFile { .. }
+            | Command::ListFiles { .. }
+            | Command::DeleteFile { .. }
+            | Command::CloseSession { .. } => "session.use",
+            Command::DeleteSessionData { .. } => "job.delete_data",
             Command::GetJob { .. }
             | Command::JobNow { .. }
             | Command::ListJobs { .. }
@@ -487,6 +580,26 @@ pub enum Reply {
     Replayed(Value),
     Exported(Bundle),
     Status(StatusView),
+    SessionOpened(Box<SessionReceipt>),
+    Session(Box<SessionView>),
+    Sessions(SessionList),
+    SessionEvents(SessionEvents),
+    ExecResult(Box<ExecResult>),
+    /// The events of an exec as they come (rendered as server-sent events).
+    ExecStream(tokio::sync::mpsc::Receiver<ExecEvent>),
+    ExecOutput(Box<ExecOutput>),
+    FileWritten(FileWritten),
+    FileBytes(FileBytes),
+    Files(FileListing),
+    FileDeleted(FileDeleted),
+    SessionClosed(SessionClosed),
+    SessionDataDeleted(SessionDataDeleted),
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct SessionEvents {
+    pub session_id: String,
+    pub events: Vec<RecordView>,
 }
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
@@ -831,6 +944,116 @@ impl Core {
                 self.export(caller, filters).await
             }
             Command::Status => Ok(Reply::Status(self.status().await?)),
+            Command::OpenSession {
+                request,
+                idempotency_key,
+            } => Ok(Reply::SessionOpened(Box::new(
+                self.open_session(caller, request, idempotency_key).await?,
+            ))),
+            Command::GetSession {
+                session,
+                min_position,
+            } => {
+                if let Some(min) = min_position {
+                    self.await_projection(min, Duration::from_secs(10)).await?;
+                }
+                let view =
+                    glassbox_projector::queries::session(&self.pool, &tenant, session.as_str())
+                        .await
+                        .map_err(internal)?
+                        .and_then(|s| s.view())
+                        .ok_or_else(|| {
+                            ApiError::NotFound(format!("session {}", session.as_str()))
+                        })?;
+                Ok(Reply::Session(Box::new(view)))
+            }
+            Command::ListSessions {
+                status,
+                limit,
+                cursor,
+                min_position,
+            } => {
+                if let Some(min) = min_position {
+                    self.await_projection(min, Duration::from_secs(10)).await?;
+                }
+                let rows = glassbox_projector::queries::list_sessions(
+                    &self.pool,
+                    &tenant,
+                    status,
+                    cursor.map(|c| c.position() as i64),
+                    limit as i64 + 1,
+                )
+                .await
+                .map_err(internal)?;
+                let more = rows.len() as u64 > limit;
+                let page: Vec<_> = rows.into_iter().take(limit as usize).collect();
+                let next_cursor = if more {
+                    page.last().map(|(_, p)| Cursor::at(*p as u64))
+                } else {
+                    None
+                };
+                Ok(Reply::Sessions(SessionList {
+                    sessions: page.into_iter().filter_map(|(s, _)| s.view()).collect(),
+                    next_cursor,
+                }))
+            }
+            Command::SessionEvents { session } => {
+                self.session_now(&tenant, session.as_str()).await?;
+                let records = self
+                    .store
+                    .read_stream(
+                        glassbox_domain::Stream::session(session.as_str()).as_str(),
+                        1,
+                        1_000_000,
+                    )
+                    .await
+                    .map_err(ApiError::store("read the session"))?;
+                Ok(Reply::SessionEvents(SessionEvents {
+                    session_id: session.as_str().to_owned(),
+                    events: records.iter().map(RecordView::of).collect(),
+                }))
+            }
+            Command::Exec {
+                session,
+                request,
+                stream,
+            } => {
+                if stream {
+                    Ok(Reply::ExecStream(
+                        self.exec_stream(caller, session.as_str(), request).await?,
+                    ))
+                } else {
+                    Ok(Reply::ExecResult(Box::new(
+                        self.exec(caller, session.as_str(), request).await?,
+                    )))
+                }
+            }
+            Command::ExecOutput { session, exec } => Ok(Reply::ExecOutput(Box::new(
+                self.exec_output(&tenant, session.as_str(), exec).await?,
+            ))),
+            Command::WriteFile {
+                session,
+                path,
+                data,
+            } => Ok(Reply::FileWritten(
+                self.write_file(caller, session.as_str(), path, data)
+                    .await?,
+            )),
+            Command::ReadFile { session, path } => Ok(Reply::FileBytes(
+                self.read_file(caller, session.as_str(), path).await?,
+            )),
+            Command::ListFiles { session, path } => Ok(Reply::Files(
+                self.list_files(caller, session.as_str(), path).await?,
+            )),
+            Command::DeleteFile { session, path } => Ok(Reply::FileDeleted(
+                self.delete_file(caller, session.as_str(), path).await?,
+            )),
+            Command::CloseSession { session, reason } => Ok(Reply::SessionClosed(
+                self.close_session(caller, session.as_str(), reason).await?,
+            )),
+            Command::DeleteSessionData { session } => Ok(Reply::SessionDataDeleted(
+                self.delete_session_data(caller, session.as_str()).await?,
+            )),
         }
     }
 

@@ -182,9 +182,12 @@ pub struct Core {
     pub verifier_key: Option<Arc<glassbox_events::VerifierKey>>,
     /// The checkpoint key itself, used only to sign evidence bundle manifests.
     pub signing_key: Option<Arc<glassbox_events::SigningKey>>,
+    /// The runners' data-plane API and the hot session state (sessions are
+    /// refused without it).
+    pub data_plane: Option<Arc<crate::sessions::DataPlane>>,
 }
 
-fn evaluated(d: &Decision, input: &Value) -> catalogue::PolicyEvaluated {
+pub(crate) fn evaluated(d: &Decision, input: &Value) -> catalogue::PolicyEvaluated {
     catalogue::PolicyEvaluated {
         policy: d.policy.to_owned(),
         decision: if d.allow {
@@ -253,7 +256,7 @@ fn decided(job_id: &str, step: &'static str) -> impl FnOnce(DecideError<Refusal>
 }
 
 impl Core {
-    fn authz_input(caller: &Caller, action: &str, tenant: &str) -> Value {
+    pub(crate) fn authz_input(caller: &Caller, action: &str, tenant: &str) -> Value {
         json!({
             "identity": identity_input(&caller.identity),
             "action": action,

@@ -15,6 +15,7 @@
 #![recursion_limit = "512"]
 
 pub mod api;
+pub mod api_sessions;
 pub mod audit;
 pub mod auth;
 pub mod command;
@@ -23,6 +24,7 @@ pub mod error;
 pub mod mcp;
 pub mod openapi;
 pub mod ratelimit;
+pub mod sessions;
 pub mod testing;
 
 use axum::Router;
@@ -74,6 +76,8 @@ pub enum BuildError {
     RateLimit(#[from] ratelimit::RateLimitError),
     #[error("start-up: checkpoint key {0}")]
     Key(String),
+    #[error("start-up: Redis (hot session state): {0}")]
+    Hot(String),
     #[error("start-up: binding {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -150,6 +154,17 @@ impl Application {
             _ => None,
         };
         let verifier_key = signing_key.as_ref().map(|k| Arc::new(k.verifier()));
+        let runner_key = glassbox_platform::runner_token::RunnerTokenKey::load_or_generate(
+            &config.runner_token_key_file,
+        )
+        .map_err(|e| BuildError::Key(format!("runner token key: {e}")))?;
+        let hot = glassbox_platform::hot::HotState::connect(
+            &config.redis_url,
+            &glassbox_platform::hot::namespace(&url),
+        )
+        .await
+        .map_err(|e| BuildError::Hot(e.to_string()))?;
+        let data_plane = Some(Arc::new(sessions::DataPlane::new(hot, runner_key)));
         let core = Core {
             store,
             pool: pool.clone(),
@@ -158,6 +173,7 @@ impl Application {
             projected,
             verifier_key,
             signing_key,
+            data_plane,
         };
         let state = AppState {
             core,
@@ -177,6 +193,21 @@ impl Application {
                     }
                     if let Err(e) = core.enforce_retention(retention).await {
                         tracing::warn!(error = %e, "retention sweep failed");
+                    }
+                }
+            });
+        }
+        {
+            // The session reaper: expiry, lost runners, the hot state's rebuild.
+            let (core, token) = (state.core.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = token.cancelled() => return,
+                        _ = tokio::time::sleep(sessions::REAP_EVERY) => {}
+                    }
+                    if let Err(e) = core.reap().await {
+                        tracing::warn!(error = %e, "session reaper pass failed");
                     }
                 }
             });
@@ -273,6 +304,34 @@ pub fn router(state: AppState, pool: PgPool, shutdown: &CancellationToken) -> Ro
         )
         .route("/v1/jobs/{id}/artifacts", get(api::job_artifacts))
         .route("/v1/jobs/{id}/artifacts/{*path}", get(api::job_artifact))
+        .route(
+            "/v1/sessions",
+            post(api_sessions::open_session).get(api_sessions::list_sessions),
+        )
+        .route(
+            "/v1/sessions/{id}",
+            get(api_sessions::get_session).delete(api_sessions::close_session),
+        )
+        .route(
+            "/v1/sessions/{id}/events",
+            get(api_sessions::session_events),
+        )
+        .route("/v1/sessions/{id}/exec", post(api_sessions::exec))
+        .route(
+            "/v1/sessions/{id}/execs/{exec}/output",
+            get(api_sessions::exec_output),
+        )
+        .route("/v1/sessions/{id}/files", get(api_sessions::list_files))
+        .route(
+            "/v1/sessions/{id}/files/{*path}",
+            axum::routing::put(api_sessions::write_file)
+                .get(api_sessions::read_file)
+                .delete(api_sessions::delete_file),
+        )
+        .route(
+            "/v1/sessions/{id}/data",
+            axum::routing::delete(api_sessions::delete_session_data),
+        )
         .route("/v1/status", get(api::status))
         .route("/v1/audit/events", get(audit::events))
         .route(

@@ -15,7 +15,7 @@
 //! [`Core`]: crate::core::Core
 
 use crate::AppState;
-use crate::command::{Command, JobId, Reply, Scope};
+use crate::command::{Command, JobId, Reply, Scope, SessionId};
 use crate::core::{Caller, JobRequest};
 use crate::error::ApiError;
 use axum::Router;
@@ -26,6 +26,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse as _, Response};
 use base64::Engine as _;
 use glassbox_domain::JobStatus;
+use glassbox_domain::request::{ExecRequest, SessionRequest};
 use rmcp::handler::server::common::FromContextPart;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
@@ -387,6 +388,116 @@ pub struct SearchArgs {
     pub limit: Option<u64>,
 }
 
+/// `create_session` arguments: a `POST /v1/sessions` body (the same
+/// [`SessionRequest`], its schema and its rules) and an idempotency key.
+#[derive(Debug, Clone)]
+pub struct CreateSessionArgs {
+    pub request: SessionRequest,
+    pub idempotency_key: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for CreateSessionArgs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let mut m = serde_json::Map::<String, Value>::deserialize(d)?;
+        m.retain(|_, v| !v.is_null());
+        let idempotency_key = m
+            .remove("idempotency_key")
+            .map(serde_json::from_value::<String>)
+            .transpose()
+            .map_err(|e| D::Error::custom(format!("idempotency_key: {e}")))?;
+        let request = serde_path_to_error::deserialize::<_, SessionRequest>(Value::Object(m))
+            .map_err(D::Error::custom)?;
+        Ok(CreateSessionArgs {
+            request,
+            idempotency_key,
+        })
+    }
+}
+
+impl JsonSchema for CreateSessionArgs {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "CreateSessionArgs".into()
+    }
+
+    fn json_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let mut schema = SessionRequest::json_schema(g);
+        if let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) {
+            props.insert(
+                "idempotency_key".into(),
+                json!({"type": "string", "pattern": crate::command::IdempotencyKey::PATTERN,
+                       "description": "Retrying with the same key returns the first call's session and never opens two."}),
+            );
+        }
+        schema
+    }
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SessionArgs {
+    /// The session ID returned by create_session.
+    pub session_id: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SessionExecArgs {
+    /// The session ID returned by create_session.
+    pub session_id: String,
+    /// Code for the session's interpreter (python and node keep variables,
+    /// imports and functions between calls; a final expression's value is
+    /// printed). Exactly one of code and command.
+    #[serde(default)]
+    pub code: Option<String>,
+    /// A shell command run in /workspace. Exactly one of code and command.
+    #[serde(default)]
+    pub command: Option<String>,
+    #[serde(default)]
+    pub stdin: Option<String>,
+    /// At most this long (the session's exec_timeout_ms caps it).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SessionFileArgs {
+    pub session_id: String,
+    /// A path relative to /workspace.
+    pub path: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SessionWriteArgs {
+    pub session_id: String,
+    /// A path relative to /workspace (parent directories are created).
+    pub path: String,
+    pub content: String,
+    /// How `content` is encoded (default utf8).
+    #[serde(default)]
+    pub encoding: Option<glassbox_domain::request::Encoding>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SessionListArgs {
+    pub session_id: String,
+    /// A directory relative to /workspace (default: the workspace).
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CloseSessionArgs {
+    pub session_id: String,
+    /// Why (recorded with the closing).
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
 // ------------------------------------------------------------------ helpers
 
 /// The authenticated caller of an MCP request, taken from the HTTP request
@@ -442,6 +553,17 @@ fn ok_json(v: Value) -> CallToolResult {
     CallToolResult::success(vec![ContentBlock::text(v.to_string())])
 }
 
+/// A JSON result as text and as `structuredContent`.
+fn structured(v: Value) -> CallToolResult {
+    let mut r = CallToolResult::success(vec![ContentBlock::text(v.to_string())]);
+    r.structured_content = Some(v);
+    r
+}
+
+fn session_uri(session_id: &str) -> String {
+    format!("{SCHEME}sessions/{session_id}")
+}
+
 fn job_uri(job_id: &str) -> String {
     format!("{SCHEME}jobs/{job_id}")
 }
@@ -463,11 +585,18 @@ fn artifact_uri(job_id: &str, path: &str) -> String {
 /// What a `glassbox://` URI names.
 #[derive(Debug, PartialEq, Eq)]
 enum Target {
+    Session(String),
     Job(String),
     Artifact(String, String),
 }
 
 fn parse_uri(uri: &str) -> Option<Target> {
+    if let Some(id) = uri.strip_prefix(SCHEME)?.strip_prefix("sessions/") {
+        return (!id.is_empty() && !id.contains('/'))
+            .then(|| percent_decode(id))
+            .flatten()
+            .map(Target::Session);
+    }
     let rest = uri.strip_prefix(SCHEME)?.strip_prefix("jobs/")?;
     match rest.split_once('/') {
         None if !rest.is_empty() => Some(Target::Job(percent_decode(rest)?)),
@@ -686,6 +815,22 @@ impl GlassboxMcp {
         uri: &str,
     ) -> Result<ReadResourceResult, ApiError> {
         match parse_uri(uri) {
+            Some(Target::Session(id)) => {
+                let s = self
+                    .state
+                    .core
+                    .session_now(&caller.identity.tenant, SessionId::parse(&id)?.as_str())
+                    .await?;
+                self.state
+                    .core
+                    .authorize(caller, "session.use", &caller.identity.tenant)
+                    .await?;
+                let text = serde_json::to_string(&s.view())
+                    .map_err(|e| ApiError::Internal(e.to_string()))?;
+                Ok(ReadResourceResult::new(vec![
+                    ResourceContents::text(text, uri).with_mime_type("application/json"),
+                ]))
+            }
             Some(Target::Job(id)) => {
                 let Reply::Job(job) = self
                     .run(
@@ -715,8 +860,8 @@ impl GlassboxMcp {
                 )]))
             }
             None => Err(ApiError::NotFound(format!(
-                "resource {uri} (Glassbox's URIs are {SCHEME}jobs/{{job_id}} and \
-                 {SCHEME}jobs/{{job_id}}/artifacts/{{path}})"
+                "resource {uri} (Glassbox's URIs are {SCHEME}jobs/{{job_id}}, \
+                 {SCHEME}jobs/{{job_id}}/artifacts/{{path}} and {SCHEME}sessions/{{session_id}})"
             ))),
         }
     }
@@ -898,6 +1043,208 @@ impl GlassboxMcp {
     }
 
     #[tool(
+        description = "Open a session: a gVisor sandbox that stays up between calls, so variables, imports and files persist from one session_exec to the next (python and node keep an interpreter running). Same rules as run_code (language, env, dependencies installed once, secrets, limits incl. idle_timeout_secs and max_lifetime_secs). Returns the session (session_id, status, limits, expires_at) and the policy decisions; close it with close_session when done."
+    )]
+    async fn create_session(
+        &self,
+        McpCaller(caller): McpCaller,
+        Parameters(a): Parameters<CreateSessionArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        Ok(tool_result(
+            async {
+                let Reply::SessionOpened(r) = self
+                    .run(
+                        &caller,
+                        Command::OpenSession {
+                            request: a.request,
+                            idempotency_key: a.idempotency_key,
+                        },
+                    )
+                    .await?
+                else {
+                    return Err(ApiError::Internal("unexpected reply".into()));
+                };
+                if r.session.status.is_terminal() {
+                    return Err(ApiError::Forbidden(if r.reasons.is_empty() {
+                        vec![format!("the session is {}", r.session.status)]
+                    } else {
+                        r.reasons.clone()
+                    }));
+                }
+                let mut v = serde_json::to_value(&*r).unwrap_or(Value::Null);
+                v["uri"] = session_uri(&r.session.session_id).into();
+                Ok(structured(v))
+            }
+            .await,
+        ))
+    }
+
+    #[tool(
+        description = "Run code (in the session's interpreter: state persists between calls; a final expression's value is printed) or a shell command (in /workspace) in an open session. Returns outcome, exit_code, stdout, stderr, wall_ms and context_reset (true when a timeout or crash restarted the interpreter and earlier state is gone)."
+    )]
+    async fn session_exec(
+        &self,
+        McpCaller(caller): McpCaller,
+        Parameters(a): Parameters<SessionExecArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        Ok(tool_result(
+            async {
+                let request = ExecRequest {
+                    code: a.code,
+                    command: a.command,
+                    stdin: a.stdin,
+                    timeout_ms: a.timeout_ms,
+                };
+                let Reply::ExecResult(r) = self
+                    .run(
+                        &caller,
+                        Command::Exec {
+                            session: SessionId::parse(&a.session_id)?,
+                            request,
+                            stream: false,
+                        },
+                    )
+                    .await?
+                else {
+                    return Err(ApiError::Internal("unexpected reply".into()));
+                };
+                Ok(structured(serde_json::to_value(&*r).unwrap_or(Value::Null)))
+            }
+            .await,
+        ))
+    }
+
+    #[tool(
+        description = "Write a file into an open session's /workspace (content as UTF-8 text, or base64 with encoding: base64)."
+    )]
+    async fn session_write_file(
+        &self,
+        McpCaller(caller): McpCaller,
+        Parameters(a): Parameters<SessionWriteArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        Ok(tool_result(
+            async {
+                let data = match a
+                    .encoding
+                    .unwrap_or(glassbox_domain::request::Encoding::Utf8)
+                {
+                    glassbox_domain::request::Encoding::Utf8 => a.content.into_bytes(),
+                    glassbox_domain::request::Encoding::Base64 => {
+                        base64::engine::general_purpose::STANDARD
+                            .decode(a.content.as_bytes())
+                            .map_err(|_| ApiError::Invalid("content: not base64".into()))?
+                    }
+                };
+                let Reply::FileWritten(r) = self
+                    .run(
+                        &caller,
+                        Command::WriteFile {
+                            session: SessionId::parse(&a.session_id)?,
+                            path: a.path,
+                            data,
+                        },
+                    )
+                    .await?
+                else {
+                    return Err(ApiError::Internal("unexpected reply".into()));
+                };
+                Ok(structured(serde_json::to_value(&r).unwrap_or(Value::Null)))
+            }
+            .await,
+        ))
+    }
+
+    #[tool(
+        description = "Read a file from an open session's /workspace: UTF-8 text inline, anything else as an embedded resource (base64 blob)."
+    )]
+    async fn session_read_file(
+        &self,
+        McpCaller(caller): McpCaller,
+        Parameters(a): Parameters<SessionFileArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        Ok(tool_result(
+            async {
+                let Reply::FileBytes(f) = self
+                    .run(
+                        &caller,
+                        Command::ReadFile {
+                            session: SessionId::parse(&a.session_id)?,
+                            path: a.path.clone(),
+                        },
+                    )
+                    .await?
+                else {
+                    return Err(ApiError::Internal("unexpected reply".into()));
+                };
+                let uri = format!("{}/files/{}", session_uri(&a.session_id), a.path);
+                Ok(CallToolResult::success(vec![
+                    match artifact_contents(uri, &a.path, f.data) {
+                        ResourceContents::TextResourceContents { text, .. } => {
+                            ContentBlock::text(text)
+                        }
+                        blob => ContentBlock::resource(blob),
+                    },
+                ]))
+            }
+            .await,
+        ))
+    }
+
+    #[tool(description = "List a directory of an open session's /workspace: name, kind, size.")]
+    async fn session_list_files(
+        &self,
+        McpCaller(caller): McpCaller,
+        Parameters(a): Parameters<SessionListArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        Ok(tool_result(
+            async {
+                let Reply::Files(r) = self
+                    .run(
+                        &caller,
+                        Command::ListFiles {
+                            session: SessionId::parse(&a.session_id)?,
+                            path: a.path.unwrap_or_default(),
+                        },
+                    )
+                    .await?
+                else {
+                    return Err(ApiError::Internal("unexpected reply".into()));
+                };
+                Ok(structured(serde_json::to_value(&r).unwrap_or(Value::Null)))
+            }
+            .await,
+        ))
+    }
+
+    #[tool(
+        description = "Close a session: its sandbox and workspace are destroyed (scrubbed) and the closing is recorded."
+    )]
+    async fn close_session(
+        &self,
+        McpCaller(caller): McpCaller,
+        Parameters(a): Parameters<CloseSessionArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        Ok(tool_result(
+            async {
+                let Reply::SessionClosed(r) = self
+                    .run(
+                        &caller,
+                        Command::CloseSession {
+                            session: SessionId::parse(&a.session_id)?,
+                            reason: a.reason,
+                        },
+                    )
+                    .await?
+                else {
+                    return Err(ApiError::Internal("unexpected reply".into()));
+                };
+                Ok(structured(serde_json::to_value(&r).unwrap_or(Value::Null)))
+            }
+            .await,
+        ))
+    }
+
+    #[tool(
         description = "Verify the whole ledger against its signed checkpoints; returns the first failure if any. Needs an audit role."
     )]
     async fn verify_ledger(
@@ -1008,7 +1355,10 @@ impl ServerHandler for GlassboxMcp {
              submit_job + get_job for long ones. Files the program writes to /workspace/out \
              come back as artifacts (list_artifacts, read_artifact, or the resource \
              glassbox://jobs/{job_id}/artifacts/{path}). Pass an idempotency_key when you may \
-             retry: a retry never runs the job twice.",
+             retry: a retry never runs the job twice. For interactive work, create_session \
+             opens a sandbox that keeps its state: session_exec runs code or commands in it, \
+             session_write_file / session_read_file / session_list_files move files, and \
+             close_session ends it.",
         )
     }
 
@@ -1045,6 +1395,11 @@ impl ServerHandler for GlassboxMcp {
                 "artifact",
             )
             .with_description("A file the job wrote to /workspace/out: text, or a base64 blob"),
+            ResourceTemplate::new(format!("{SCHEME}sessions/{{session_id}}"), "session")
+                .with_description(
+                    "A session: status, runner, limits, deadlines, exec and file-operation counts (JSON)",
+                )
+                .with_mime_type("application/json"),
         ]))
     }
 

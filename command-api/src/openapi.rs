@@ -19,6 +19,7 @@
 //! position beyond the head) are 409.
 
 use crate::api::{CancelBody, GetJobParams, ListParams};
+use crate::api_sessions::{CloseBody, GetSessionParams, ListFilesParams, ListSessionsParams};
 use crate::audit::{
     ConsistencyParams, ExportBody, InclusionParams, ReplayParams, SearchParams, VerifyBody,
 };
@@ -26,7 +27,14 @@ use crate::command::{
     ArtifactList, AuditPage, CheckpointView, ConsistencyView, FilterText, IdempotencyKey,
     InclusionView, JobEvents, JobId, JobList, JobOutput, StatusView, VerifierKeyView, VerifyView,
 };
+use crate::command::{SessionEvents, SessionId};
 use crate::core::{CancelReply, DeleteReply, Receipt};
+use crate::sessions::{
+    ExecOutput, ExecResult, FileDeleted, FileListing, FileWritten, SessionClosed,
+    SessionDataDeleted, SessionList, SessionReceipt,
+};
+use glassbox_domain::SessionView;
+use glassbox_domain::request::{ExecRequest, SessionRequest};
 use glassbox_domain::{JobRequest, JobView};
 use glassbox_platform::problem::Problem;
 use schemars::generate::SchemaSettings;
@@ -44,6 +52,7 @@ struct Operation {
     description: Option<&'static str>,
     parameters: Vec<Value>,
     body: Option<(Value, bool)>,
+    raw_body: bool,
     responses: Vec<(&'static str, Value)>,
 }
 
@@ -62,6 +71,7 @@ impl Operation {
             description: None,
             parameters: Vec::new(),
             body: None,
+            raw_body: false,
             responses: Vec::new(),
         }
     }
@@ -83,6 +93,12 @@ impl Operation {
 
     fn json_body(mut self, schema: Value, required: bool) -> Self {
         self.body = Some((schema, required));
+        self
+    }
+
+    /// A body of raw bytes (a file's content).
+    fn bytes_body(mut self) -> Self {
+        self.raw_body = true;
         self
     }
 
@@ -131,6 +147,14 @@ impl Operation {
             op["requestBody"] = json!({
                 "required": required,
                 "content": {"application/json": {"schema": schema}},
+            });
+        }
+        if self.raw_body {
+            op["requestBody"] = json!({
+                "required": false,
+                "content": {"application/octet-stream": {
+                    "schema": {"type": "string", "contentMediaType": "application/octet-stream"}
+                }},
             });
         }
         op
@@ -264,6 +288,24 @@ fn job_links(pointer: &str, position: Option<&str>) -> Value {
     Value::Object(links)
 }
 
+/// Follow-up operations on the session an opening created.
+fn session_links() -> Value {
+    let mut links = Map::new();
+    for (name, op) in [
+        ("GetSession", "getSession"),
+        ("GetSessionEvents", "getSessionEvents"),
+        ("Exec", "execInSession"),
+        ("ListSessionFiles", "listSessionFiles"),
+        ("CloseSession", "closeSession"),
+    ] {
+        links.insert(
+            name.into(),
+            json!({"operationId": op, "parameters": {"id": "$response.body#/session/session_id"}}),
+        );
+    }
+    Value::Object(links)
+}
+
 fn with_links(mut response: Value, links: Value) -> Value {
     response["links"] = links;
     response
@@ -371,6 +413,75 @@ pub fn document(max_wait: u64) -> Value {
             .problem("413", "Body too large (code `payload_too_large`)"),
         Operation::new("get", "/v1/status", "status", "Ledger head, latest signed checkpoint and projection lag")
             .answers("200", json_reply("Status", schema::<StatusView>(g))),
+        Operation::new("post", "/v1/sessions", "openSession", "Open a session: a sandbox that keeps its state between calls; every policy decision is recorded first")
+            .describe("Refused with 400 besides what the schema states: a secret named twice. Refused with 403 (code `policy_denied`) when a policy denies it or the tenant has its maximum of open sessions; the refusal is recorded. 503 (code `unavailable`) when no runner has room: nothing is recorded, try again.")
+            .param(json!({
+                "name": "Idempotency-Key", "in": "header", "required": false,
+                "description": "Retries with the same key and body answer the first opening",
+                "schema": g.subschema_for::<IdempotencyKey>(),
+            }))
+            .json_body(schema::<SessionRequest>(g), true)
+            .answers("201", with_links(json_reply("Opened (its sandbox is up)", schema::<SessionReceipt>(g)), session_links()))
+            .problem("409", "Idempotency-Key reused with a different body (code `idempotency_key_reused`)")
+            .problem("413", "Body too large (code `payload_too_large`)")
+            .problem("415", "Not JSON (code `unsupported_media_type`)"),
+        Operation::new("get", "/v1/sessions", "listSessions", "The caller's tenant's sessions, newest first")
+            .params(query_params::<ListSessionsParams>(g))
+            .answers("200", json_reply("A page of sessions", schema::<SessionList>(g)))
+            .problem("409", "min_position is beyond the ledger head (code `conflict`)"),
+        Operation::new("get", "/v1/sessions/{id}", "getSession", "A session from the read models")
+            .param(path_param::<SessionId>(g, "id", "The session's ID"))
+            .params(query_params::<GetSessionParams>(g))
+            .answers("200", json_reply("The session", schema::<SessionView>(g)))
+            .problem("409", "min_position is beyond the ledger head (code `conflict`)"),
+        Operation::new("delete", "/v1/sessions/{id}", "closeSession", "Close a session: recorded, then its sandbox and workspace are destroyed")
+            .param(path_param::<SessionId>(g, "id", "The session's ID"))
+            .json_body(schema::<CloseBody>(g), false)
+            .answers("200", json_reply("Closed", schema::<SessionClosed>(g)))
+            .problem("409", "The session has already ended (code `conflict`)")
+            .problem("413", "Body too large (code `payload_too_large`)"),
+        Operation::new("get", "/v1/sessions/{id}/events", "getSessionEvents", "The session's ledger records")
+            .param(path_param::<SessionId>(g, "id", "The session's ID"))
+            .answers("200", json_reply("The records", schema::<SessionEvents>(g))),
+        Operation::new("post", "/v1/sessions/{id}/exec", "execInSession", "Run code (the interpreter keeps its state) or a shell command in an active session")
+            .describe("Exactly one of code and command (400 otherwise). With `Accept: text/event-stream` the reply is server-sent events (`started`, `stdout`, `stderr`, then `finished` with the result, or `error`); otherwise the result as JSON when the exec ends.")
+            .param(path_param::<SessionId>(g, "id", "The session's ID"))
+            .json_body(schema::<ExecRequest>(g), true)
+            .answers("200", json_reply("The exec's result", schema::<ExecResult>(g)))
+            .problem("409", "The session is not active, or another exec is running (code `conflict`)")
+            .problem("413", "Body too large (code `payload_too_large`)")
+            .problem("415", "Not JSON (code `unsupported_media_type`)"),
+        Operation::new("get", "/v1/sessions/{id}/execs/{exec}/output", "getExecOutput", "The stored output of one exec (decrypted)")
+            .param(path_param::<SessionId>(g, "id", "The session's ID"))
+            .param(json!({"name": "exec", "in": "path", "required": true, "description": "The exec's number (1, 2, …)", "schema": {"type": "integer", "minimum": 1, "maximum": glassbox_domain::request::MAX_INTEGER}}))
+            .answers("200", json_reply("The output", schema::<ExecOutput>(g)))
+            .problem("410", "The session's data was destroyed (code `gone`)"),
+        Operation::new("get", "/v1/sessions/{id}/files", "listSessionFiles", "A directory of an active session's workspace")
+            .param(path_param::<SessionId>(g, "id", "The session's ID"))
+            .params(query_params::<ListFilesParams>(g))
+            .answers("200", json_reply("The entries", schema::<FileListing>(g)))
+            .problem("409", "The session is not active (code `conflict`)"),
+        Operation::new("put", "/v1/sessions/{id}/files/{path}", "writeSessionFile", "Write a file into an active session's workspace (parents are created)")
+            .param(path_param::<SessionId>(g, "id", "The session's ID"))
+            .param(json!({"name": "path", "in": "path", "required": true, "description": "Relative to /workspace", "schema": {"type": "string", "minLength": 1}}))
+            .bytes_body()
+            .answers("201", json_reply("Written", schema::<FileWritten>(g)))
+            .problem("409", "The session is not active (code `conflict`)")
+            .problem("413", "Body too large (code `payload_too_large`)"),
+        Operation::new("get", "/v1/sessions/{id}/files/{path}", "readSessionFile", "A file of an active session's workspace (secret values redacted)")
+            .param(path_param::<SessionId>(g, "id", "The session's ID"))
+            .param(json!({"name": "path", "in": "path", "required": true, "description": "Relative to /workspace", "schema": {"type": "string", "minLength": 1}}))
+            .answers("200", binary_reply("The bytes", "application/octet-stream"))
+            .problem("409", "The session is not active (code `conflict`)"),
+        Operation::new("delete", "/v1/sessions/{id}/files/{path}", "deleteSessionFile", "Delete a file (or an empty directory) of an active session's workspace")
+            .param(path_param::<SessionId>(g, "id", "The session's ID"))
+            .param(json!({"name": "path", "in": "path", "required": true, "description": "Relative to /workspace", "schema": {"type": "string", "minLength": 1}}))
+            .answers("200", json_reply("Deleted", schema::<FileDeleted>(g)))
+            .problem("409", "The session is not active (code `conflict`)"),
+        Operation::new("delete", "/v1/sessions/{id}/data", "deleteSessionData", "Crypto-shred an ended session's data (key.destroyed)")
+            .param(path_param::<SessionId>(g, "id", "The session's ID"))
+            .answers("200", json_reply("Destroyed", schema::<SessionDataDeleted>(g)))
+            .problem("409", "The session has not ended (code `conflict`)"),
     ];
     g.subschema_for::<Problem>();
 
@@ -437,7 +548,7 @@ mod tests {
                 .values()
                 .map(|p| p.as_object().map_or(0, Map::len))
                 .sum::<usize>(),
-            18
+            30
         );
     }
 

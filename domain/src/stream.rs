@@ -61,6 +61,10 @@ impl Stream {
     pub fn policy_bundles() -> Stream {
         Stream(Self::POLICY_BUNDLES.into())
     }
+    /// Where a session's blobs live (under its own data key, the session ID).
+    pub fn session_blob_prefix(session_id: &str) -> String {
+        format!("sessions/{session_id}")
+    }
     /// A stream name as recorded (any text).
     pub fn named(name: impl Into<String>) -> Stream {
         Stream(name.into())

@@ -38,6 +38,21 @@ const MAX_GROUP: usize = 256;
 
 /// Runs the embedded migrations (all schemas, not only the ledger's).
 pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
+    // The service role is cluster-wide: on a fresh cluster, databases migrated
+    // at the same moment would race to create it (each migration run locks
+    // only its own database). Created here first, tolerating the race; the
+    // migration then finds it.
+    sqlx::query(
+        "DO $$ BEGIN \
+           IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'glassbox_service') THEN \
+             CREATE ROLE glassbox_service NOLOGIN; \
+           END IF; \
+         EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; \
+         END $$",
+    )
+    .execute(pool)
+    .await
+    .map_err(|e| StoreError::Migrate(format!("create the service role: {e}")))?;
     sqlx::migrate!("../migrations")
         .run(pool)
         .await

@@ -118,6 +118,11 @@ pub struct Config {
     /// Requests with a bad or missing token one client address may make per
     /// second before it gets 429 instead of 401.
     pub auth_failures_per_sec: u64,
+    /// The Ed25519 key the control plane signs runner tokens with (PKCS#8,
+    /// base64); default `<data dir>/runner-token.key`, created if missing.
+    /// A runner without `GLASSBOX_RUNNER_TOKEN_VERIFIER` takes its verifier
+    /// from the same file.
+    pub runner_token_key_file: PathBuf,
 }
 
 const PREFIX: &str = "GLASSBOX_";
@@ -156,6 +161,7 @@ const KNOWN: &[&str] = &[
     "metrics_addr",
     "metrics_token",
     "auth_failures_per_sec",
+    "runner_token_key_file",
 ];
 const SECRETS: &[&str] = &[
     "auth_hs256_secret",
@@ -363,6 +369,9 @@ impl Config {
         }
         let retention_secs = number("retention_secs", 0, 0)?;
         let ledger_key_file = get("ledger_key_file").map(PathBuf::from);
+        let runner_token_key_file = get("runner_token_key_file")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| data_dir.join("runner-token.key"));
         let policy_dir = get("policy_dir").map(PathBuf::from);
         let blob = match get("blob_s3_bucket") {
             None => crate::blob::Backend::Local(data_dir.join("blobs")),
@@ -432,6 +441,7 @@ impl Config {
             metrics_addr,
             metrics_token,
             auth_failures_per_sec,
+            runner_token_key_file,
         })
     }
 }

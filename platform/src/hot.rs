@@ -280,10 +280,21 @@ impl HotState {
         Ok(n > 0)
     }
 
-    pub async fn mark_built(&self) -> Result<(), HotError> {
+    /// Marks the state rebuilt at `now_ms` (Unix milliseconds).
+    pub async fn mark_built(&self, now_ms: u64) -> Result<(), HotError> {
         let mut cmd = redis::cmd("SET");
-        cmd.arg(self.key(&["built"])).arg("1");
+        cmd.arg(self.key(&["built"])).arg(now_ms);
         self.run::<()>("set the rebuild marker", &cmd).await
+    }
+
+    /// When the state was last rebuilt (Unix milliseconds), if it was: the
+    /// runners' heartbeats were lost with it, so no runner is judged gone
+    /// until a beat has had time to come back.
+    pub async fn built_at(&self) -> Result<Option<u64>, HotError> {
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(self.key(&["built"]));
+        let v: Option<String> = self.run("read the rebuild marker", &cmd).await?;
+        Ok(v.map(|s| s.parse().unwrap_or(0)))
     }
 
     /// Deletes every key of this namespace (what a flushed Redis looks like to

@@ -83,7 +83,8 @@ async fn sessions_are_found_by_runner_and_deadline_and_forgotten() {
     let other = hot().await;
     assert!(other.sessions().await.expect("sessions").is_empty());
     assert!(!other.built().await.expect("built"));
-    h.mark_built().await.expect("mark");
+    h.mark_built(1234).await.expect("mark");
+    assert_eq!(h.built_at().await.expect("built at"), Some(1234));
     assert!(h.built().await.expect("built"));
     assert!(h.forget_everything().await.expect("forget") >= 4);
     assert!(!h.built().await.expect("built"));

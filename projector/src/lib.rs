@@ -26,8 +26,8 @@
 pub mod queries;
 
 use chrono::{DateTime, Utc};
-use glassbox_domain::Job;
-use glassbox_domain::stream::job_of;
+use glassbox_domain::stream::{job_of, session_of};
+use glassbox_domain::{Aggregate, Job, Session};
 use glassbox_events::catalogue::KnownEvent;
 use glassbox_events::store::{EventStore, StoreError, StoredRecord};
 use glassbox_events::{Digest, SigningKey};
@@ -144,6 +144,7 @@ impl Projector {
             fold_decision(tx, r).await?;
         }
         fold_jobs(&self.store, tx, &records).await?;
+        fold_sessions(&self.store, tx, &records).await?;
         let last_pos = last.record.position;
         sqlx::query(
             "UPDATE projections.checkpoints SET position = $2, occurred_at = $3 WHERE projector = $1",
@@ -183,6 +184,7 @@ impl Projector {
         lock_checkpoint(&mut tx).await?;
         for table in [
             "projections.jobs",
+            "projections.sessions",
             "projections.policy_decisions",
             "projections.audit_index",
         ] {
@@ -476,20 +478,71 @@ async fn fold_decision(
 /// are skipped. `Err` when the stored state cannot be read (the caller refolds
 /// the whole stream). Pure, so "the read model equals the fold of the stream"
 /// is tested without a database.
-pub fn refold(
+pub fn refold<A: Aggregate + serde::de::DeserializeOwned>(
     stored: Option<&Value>,
     records: &[&glassbox_events::Record],
-) -> Result<Job, serde_json::Error> {
-    let mut job: Job = match stored {
+) -> Result<A, serde_json::Error> {
+    let mut state: A = match stored {
         Some(v) => serde_json::from_value(v.clone())?,
-        None => Job::default(),
+        None => A::default(),
     };
     for r in records {
-        if r.stream_version > job.version {
-            job.apply(r);
+        if r.stream_version > state.version() {
+            state.apply(r);
         }
     }
-    Ok(job)
+    Ok(state)
+}
+
+/// Folds the batch's records of each touched stream of one kind onto the
+/// state its row holds (`read`: the stored states by id), refolding a stream
+/// from the start when its stored state cannot be read.
+async fn fold_touched<'r, A: Aggregate + serde::de::DeserializeOwned>(
+    store: &EventStore,
+    touched: BTreeMap<&'r str, Vec<&'r StoredRecord>>,
+    mut stored: BTreeMap<String, Value>,
+    stream_of: impl Fn(&str) -> String,
+) -> Result<Vec<(&'r str, A)>, ProjectorError> {
+    let mut out = Vec::with_capacity(touched.len());
+    for (id, recs) in touched {
+        let recs: Vec<&glassbox_events::Record> = recs.iter().map(|s| &s.record).collect();
+        let state = match refold::<A>(stored.remove(id).as_ref(), &recs) {
+            Ok(a) => a,
+            Err(e) => {
+                // A state this build cannot read: fold the stream from the start.
+                tracing::warn!(id, error = %e, "projector: refolding a stream");
+                let upto = recs.last().map_or(0, |r| r.position);
+                let all = store.read_stream(&stream_of(id), 1, 1_000_000).await?;
+                let mut a = A::default();
+                for r in all.iter().map(|s| &s.record).filter(|r| r.position <= upto) {
+                    a.apply(r);
+                }
+                a
+            }
+        };
+        out.push((id, state));
+    }
+    Ok(out)
+}
+
+/// The stored states of `ids` in `table` (its key column is `key`).
+async fn stored_states(
+    tx: &mut Transaction<'static, Postgres>,
+    sql: &'static str,
+    ids: &[&str],
+) -> Result<BTreeMap<String, Value>, ProjectorError> {
+    let rows = sqlx::query(sql)
+        .bind(ids)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(db("read stored states"))?;
+    let mut stored = BTreeMap::new();
+    for r in rows {
+        let id: String = r.try_get(0).map_err(db("read stored states"))?;
+        let v: Value = r.try_get(1).map_err(db("read stored states"))?;
+        stored.insert(id, v);
+    }
+    Ok(stored)
 }
 
 /// `projections.jobs`: each job's state is the domain's [`Job`], folded by
@@ -510,31 +563,17 @@ async fn fold_jobs(
         return Ok(());
     }
     let ids: Vec<&str> = touched.keys().copied().collect();
-    let rows = sqlx::query("SELECT job_id, state FROM projections.jobs WHERE job_id = ANY($1)")
-        .bind(&ids)
-        .fetch_all(&mut **tx)
-        .await
-        .map_err(db("read job states"))?;
-    let mut stored: BTreeMap<String, Value> = BTreeMap::new();
-    for r in rows {
-        let id: String = r.try_get("job_id").map_err(db("read job states"))?;
-        let v: Value = r.try_get("state").map_err(db("read job states"))?;
-        stored.insert(id, v);
-    }
-    for (id, recs) in touched {
-        let recs: Vec<&glassbox_events::Record> = recs.iter().map(|s| &s.record).collect();
-        let job = match refold(stored.remove(id).as_ref(), &recs) {
-            Ok(j) => j,
-            Err(e) => {
-                // A state this build cannot read: fold the stream from the start.
-                tracing::warn!(job = id, error = %e, "projector: refolding a job's stream");
-                let upto = recs.last().map_or(0, |r| r.position);
-                let all = store
-                    .read_stream(glassbox_domain::Stream::job(id).as_str(), 1, 1_000_000)
-                    .await?;
-                Job::fold(all.iter().map(|s| &s.record).filter(|r| r.position <= upto))
-            }
-        };
+    let stored = stored_states(
+        tx,
+        "SELECT job_id, state FROM projections.jobs WHERE job_id = ANY($1)",
+        &ids,
+    )
+    .await?;
+    let folded: Vec<(&str, Job)> = fold_touched(store, touched, stored, |id| {
+        glassbox_domain::Stream::job(id).as_str().to_owned()
+    })
+    .await?;
+    for (id, job) in folded {
         let job = &job;
         let Some(view) = job.view() else {
             // No `job.submitted` (a refusal before anything was stored): no row.
@@ -563,12 +602,87 @@ async fn fold_jobs(
     Ok(())
 }
 
+/// `projections.sessions`: each session's state is the domain's [`Session`],
+/// folded by `Session::apply` like jobs are.
+async fn fold_sessions(
+    store: &EventStore,
+    tx: &mut Transaction<'static, Postgres>,
+    records: &[StoredRecord],
+) -> Result<(), ProjectorError> {
+    let mut touched: BTreeMap<&str, Vec<&StoredRecord>> = BTreeMap::new();
+    for s in records {
+        if let Some(id) = session_of(&s.record.stream) {
+            touched.entry(id).or_default().push(s);
+        }
+    }
+    if touched.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<&str> = touched.keys().copied().collect();
+    let stored = stored_states(
+        tx,
+        "SELECT session_id, state FROM projections.sessions WHERE session_id = ANY($1)",
+        &ids,
+    )
+    .await?;
+    let folded: Vec<(&str, Session)> = fold_touched(store, touched, stored, |id| {
+        glassbox_domain::Stream::session(id).as_str().to_owned()
+    })
+    .await?;
+    for (id, session) in folded {
+        let Some(view) = session.view() else {
+            continue;
+        };
+        sqlx::query(
+            "INSERT INTO projections.sessions (session_id, tenant, status, language, runner, \
+             opened_position, last_position, updated_at, next_deadline, data_destroyed, state) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+             ON CONFLICT (session_id) DO UPDATE SET tenant = $2, status = $3, language = $4, \
+             runner = $5, opened_position = $6, last_position = $7, updated_at = $8, \
+             next_deadline = $9, data_destroyed = $10, state = $11",
+        )
+        .bind(id)
+        .bind(&view.tenant)
+        .bind(view.status.as_str())
+        .bind(&view.language)
+        .bind(&session.runner)
+        .bind(view.opened_position as i64)
+        .bind(view.last_position as i64)
+        .bind(session.updated_at.unwrap_or_default())
+        .bind(session.deadline().map(|(t, _)| t))
+        .bind(view.data_destroyed)
+        .bind(to_json(&session))
+        .execute(&mut **tx)
+        .await
+        .map_err(db("write a session"))?;
+    }
+    Ok(())
+}
+
+/// A session as the read model held it right after `at` (replay).
+pub async fn session_as_of(
+    store: &EventStore,
+    session_id: &str,
+    at: u64,
+) -> Result<Option<Value>, ProjectorError> {
+    let stream = glassbox_domain::Stream::session(session_id);
+    let records = store.read_stream(stream.as_str(), 1, 1_000_000).await?;
+    let session = Session::fold(
+        records
+            .iter()
+            .map(|r| &r.record)
+            .filter(|r| r.position <= at),
+    );
+    Ok(session.view().and_then(|v| serde_json::to_value(v).ok()))
+}
+
 /// The read models as one deterministic JSON value (every table, every column,
 /// rows in key order) — equal for equal projections.
 pub async fn snapshot(pool: &PgPool) -> Result<Value, ProjectorError> {
     let mut out = serde_json::Map::new();
     for (table, key) in [
         ("projections.jobs", "job_id"),
+        ("projections.sessions", "session_id"),
         ("projections.policy_decisions", "position"),
         ("projections.audit_index", "position"),
         ("projections.checkpoints", "projector"),

@@ -2,7 +2,7 @@
 //! (an architecture test checks it): the API, MCP, the runner and audit-query
 //! call these functions, so a change of the read models' shape is a change here.
 
-use glassbox_domain::{Job, JobStatus};
+use glassbox_domain::{Job, JobStatus, Session, SessionStatus};
 use glassbox_verify::bundle::Filters;
 use sqlx::{PgPool, Row as _};
 
@@ -18,7 +18,10 @@ fn q(step: &'static str) -> impl FnOnce(sqlx::Error) -> QueryError {
     move |source| QueryError { step, source }
 }
 
-fn state(step: &'static str, v: serde_json::Value) -> Result<Job, QueryError> {
+fn state<A: serde::de::DeserializeOwned>(
+    step: &'static str,
+    v: serde_json::Value,
+) -> Result<A, QueryError> {
     serde_json::from_value(v).map_err(|e| QueryError {
         step,
         source: sqlx::Error::Decode(Box::new(e)),
@@ -86,6 +89,129 @@ pub async fn list_jobs(
             Ok((state("list jobs", v)?, p))
         })
         .collect()
+}
+
+fn live_statuses() -> Vec<&'static str> {
+    SessionStatus::ALL
+        .iter()
+        .filter(|s| !s.is_terminal())
+        .map(|s| s.as_str())
+        .collect()
+}
+
+/// One session of `tenant` (another tenant's session is `None`, like a
+/// missing one).
+pub async fn session(
+    pool: &PgPool,
+    tenant: &str,
+    session_id: &str,
+) -> Result<Option<Session>, QueryError> {
+    let v: Option<serde_json::Value> = sqlx::query_scalar(
+        "SELECT state FROM projections.sessions WHERE session_id = $1 AND tenant = $2",
+    )
+    .bind(session_id)
+    .bind(tenant)
+    .fetch_optional(pool)
+    .await
+    .map_err(q("read a session"))?;
+    v.map(|v| state("read a session", v)).transpose()
+}
+
+/// A page of `tenant`'s sessions, newest first, with the position each was
+/// opened at (the cursor).
+pub async fn list_sessions(
+    pool: &PgPool,
+    tenant: &str,
+    status: Option<SessionStatus>,
+    before_position: Option<i64>,
+    limit: i64,
+) -> Result<Vec<(Session, i64)>, QueryError> {
+    let rows = sqlx::query(
+        "SELECT state, opened_position FROM projections.sessions \
+         WHERE tenant = $1 AND ($2::text IS NULL OR status = $2) \
+         AND ($3::bigint IS NULL OR opened_position < $3) \
+         ORDER BY opened_position DESC LIMIT $4",
+    )
+    .bind(tenant)
+    .bind(status.map(SessionStatus::as_str))
+    .bind(before_position)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .map_err(q("list sessions"))?;
+    rows.into_iter()
+        .map(|r| {
+            let v: serde_json::Value = r.try_get("state").map_err(q("list sessions"))?;
+            let p: i64 = r.try_get("opened_position").map_err(q("list sessions"))?;
+            Ok((state("list sessions", v)?, p))
+        })
+        .collect()
+}
+
+/// How many of `tenant`'s sessions are opening or active (the quota).
+pub async fn open_sessions(pool: &PgPool, tenant: &str) -> Result<i64, QueryError> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM projections.sessions WHERE tenant = $1 AND status = ANY($2)",
+    )
+    .bind(tenant)
+    .bind(live_statuses())
+    .fetch_one(pool)
+    .await
+    .map_err(q("count open sessions"))
+}
+
+/// Every session that is opening or active (all tenants), oldest first: what
+/// the hot state is rebuilt from, and what the reaper watches.
+pub async fn live_sessions(pool: &PgPool, limit: i64) -> Result<Vec<Session>, QueryError> {
+    let rows: Vec<serde_json::Value> = sqlx::query_scalar(
+        "SELECT state FROM projections.sessions WHERE status = ANY($1) \
+         ORDER BY opened_position LIMIT $2",
+    )
+    .bind(live_statuses())
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .map_err(q("list live sessions"))?;
+    rows.into_iter()
+        .map(|v| state("list live sessions", v))
+        .collect()
+}
+
+/// The live sessions placed on `runner`: (session, tenant).
+pub async fn sessions_on_runner(
+    pool: &PgPool,
+    runner: &str,
+) -> Result<Vec<(String, String)>, QueryError> {
+    sqlx::query_as(
+        "SELECT session_id, tenant FROM projections.sessions \
+         WHERE runner = $1 AND status = ANY($2) ORDER BY opened_position",
+    )
+    .bind(runner)
+    .bind(live_statuses())
+    .fetch_all(pool)
+    .await
+    .map_err(q("list a runner's sessions"))
+}
+
+/// Ended sessions whose data is still there and whose last record is older
+/// than `secs` seconds: (session, tenant), oldest first.
+pub async fn sessions_past_retention(
+    pool: &PgPool,
+    secs: u64,
+    limit: i64,
+) -> Result<Vec<(String, String)>, QueryError> {
+    let live = live_statuses();
+    sqlx::query_as(
+        "SELECT session_id, tenant FROM projections.sessions \
+         WHERE NOT (status = ANY($1)) AND NOT data_destroyed \
+         AND updated_at < now() - make_interval(secs => $2) ORDER BY updated_at LIMIT $3",
+    )
+    .bind(&live)
+    .bind(secs as f64)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .map_err(q("find sessions past retention"))
 }
 
 /// Finished jobs whose data is still there and whose last record is older

@@ -225,7 +225,7 @@ fn projected(records: &[Record], cuts: &[usize]) -> Job {
             continue;
         }
         let batch: Vec<&Record> = records[start..end].iter().collect();
-        let job = refold(stored.as_ref(), &batch).expect("readable state");
+        let job: Job = refold(stored.as_ref(), &batch).expect("readable state");
         stored = Some(serde_json::to_value(&job).expect("serializes"));
         start = end;
     }
@@ -253,7 +253,7 @@ proptest! {
             prop_assert_eq!(folded.view(), row.view());
             // The same state a second time through: applying a record twice
             // (a replayed batch) changes nothing.
-            let again = refold(
+            let again: Job = refold(
                 Some(&serde_json::to_value(&row).expect("json")),
                 &prefix.iter().collect::<Vec<_>>(),
             )

@@ -1058,6 +1058,29 @@ mod tests {
 pub struct RunnerSettings {
     pub runner: RunnerConfig,
     pub local: crate::local::LocalConfig,
+    pub sessions: SessionSettings,
+}
+
+/// How the runner serves sessions (the data-plane gRPC API).
+#[derive(Debug, Clone)]
+pub struct SessionSettings {
+    /// Off: the runner runs jobs only.
+    pub enabled: bool,
+    /// Where the gRPC API listens (`GLASSBOX_RUNNER_GRPC_ADDR`, default
+    /// `127.0.0.1:0`: a free port on loopback).
+    pub grpc_addr: std::net::SocketAddr,
+    /// Where the control plane reaches it (`GLASSBOX_RUNNER_ADVERTISE`,
+    /// default `http://<the bound address>`).
+    pub advertise: Option<String>,
+    /// Sessions held at most (`GLASSBOX_RUNNER_SESSION_CAPACITY`, default 100).
+    pub capacity: u32,
+    /// The control plane's public token key (`GLASSBOX_RUNNER_TOKEN_VERIFIER`);
+    /// without it, the key file's (`GLASSBOX_RUNNER_TOKEN_KEY_FILE`, default
+    /// `<data dir>/runner-token.key`).
+    pub verifier: Option<glassbox_platform::runner_token::RunnerTokenVerifier>,
+    /// Development and test only (`GLASSBOX_RUNNER_AUTH_BYPASS=true`): calls
+    /// without a token are let through and each is recorded.
+    pub bypass: bool,
 }
 
 /// A bad runner setting, naming its variable.
@@ -1137,7 +1160,58 @@ impl RunnerSettings {
                     reason: e.to_string(),
                 })?;
         }
+        let sessions = SessionSettings {
+            enabled: !matches!(get("GLASSBOX_RUNNER_SESSIONS"), Some("false" | "0" | "off")),
+            grpc_addr: match get("GLASSBOX_RUNNER_GRPC_ADDR") {
+                None => std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+                Some(a) => a.parse().map_err(|_| SettingError {
+                    var: "GLASSBOX_RUNNER_GRPC_ADDR",
+                    reason: format!("{a:?} is not host:port"),
+                })?,
+            },
+            advertise: match get("GLASSBOX_RUNNER_ADVERTISE") {
+                None => None,
+                Some(a) if a.starts_with("http://") || a.starts_with("https://") => {
+                    Some(a.trim_end_matches('/').to_owned())
+                }
+                Some(a) => {
+                    return Err(SettingError {
+                        var: "GLASSBOX_RUNNER_ADVERTISE",
+                        reason: format!("{a:?} is not an http:// or https:// URL"),
+                    });
+                }
+            },
+            capacity: match number("GLASSBOX_RUNNER_SESSION_CAPACITY", 100)? {
+                n @ 1..=10_000 => n as u32,
+                _ => {
+                    return Err(SettingError {
+                        var: "GLASSBOX_RUNNER_SESSION_CAPACITY",
+                        reason: "must be 1 to 10000".into(),
+                    });
+                }
+            },
+            verifier: match get("GLASSBOX_RUNNER_TOKEN_VERIFIER") {
+                None => None,
+                Some(v) => Some(v.parse().map_err(
+                    |e: glassbox_platform::runner_token::RunnerTokenError| SettingError {
+                        var: "GLASSBOX_RUNNER_TOKEN_VERIFIER",
+                        reason: e.to_string(),
+                    },
+                )?),
+            },
+            bypass: match get("GLASSBOX_RUNNER_AUTH_BYPASS") {
+                None | Some("false" | "0") => false,
+                Some("true" | "1") => true,
+                Some(v) => {
+                    return Err(SettingError {
+                        var: "GLASSBOX_RUNNER_AUTH_BYPASS",
+                        reason: format!("{v:?} is not true or false"),
+                    });
+                }
+            },
+        };
         Ok(RunnerSettings {
+            sessions,
             runner: RunnerConfig {
                 runner_id,
                 slots: slots as usize,
@@ -1223,6 +1297,20 @@ pub enum StartError {
     Policy(#[from] glassbox_policies::PolicyError),
     #[error("runner start-up: {0}")]
     Sandbox(#[from] crate::error::SandboxError),
+    #[error(
+        "runner start-up: GLASSBOX_RUNNER_AUTH_BYPASS is refused in the {0} environment (development and test only)"
+    )]
+    BypassRefused(String),
+    #[error("runner start-up: runner token key: {0}")]
+    TokenKey(#[from] glassbox_platform::runner_token::RunnerTokenError),
+    #[error("runner start-up: Redis (hot session state): {0}")]
+    Hot(#[from] glassbox_platform::hot::HotError),
+    #[error("runner start-up: the data-plane API on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Connects to the database and blob store, loads the policy bundle, starts the
@@ -1251,11 +1339,131 @@ pub async fn run_service(
         None => glassbox_policies::Bundle::builtin(),
     };
     let engine = Arc::new(PolicyEngine::new(&bundle)?);
-    let (backend, swept) = crate::local::LocalRunsc::start(settings.local).await?;
+    let s = &settings.sessions;
+    if s.enabled && s.bypass && !config.environment.is_permissive() {
+        return Err(StartError::BypassRefused(format!(
+            "{:?}",
+            config.environment
+        )));
+    }
+    let (backend, swept) = crate::local::LocalRunsc::start(settings.local.clone()).await?;
     record_sweep(&store, &settings.runner.runner_id, &swept).await;
-    tracing::info!(runner = %settings.runner.runner_id, slots = settings.runner.slots, "runner started");
+    let host = if s.enabled {
+        start_sessions(config, &settings, &store, &blobs, &backend, &shutdown).await?
+    } else {
+        None
+    };
+    tracing::info!(runner = %settings.runner.runner_id, slots = settings.runner.slots, sessions = host.is_some(), "runner started");
     Runner::new(store, blobs, engine, backend, settings.runner)
         .run(shutdown)
         .await;
+    if let Some(h) = host {
+        let _ = h.await;
+    }
+    Ok(())
+}
+
+/// Starts the data-plane API: records the bypass when it is on, records the
+/// sessions an earlier run of this runner held as lost, and serves until
+/// `shutdown`. `None` when the session agent is missing (jobs still run).
+async fn start_sessions(
+    config: &glassbox_platform::Config,
+    settings: &RunnerSettings,
+    store: &EventStore,
+    blobs: &BlobStore,
+    backend: &crate::local::LocalRunsc,
+    shutdown: &CancellationToken,
+) -> Result<Option<tokio::task::JoinHandle<()>>, StartError> {
+    let s = &settings.sessions;
+    let runner_id = settings.runner.runner_id.clone();
+    let agent = match crate::local::session::find_agent() {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(error = %e, "sessions are off: the session agent was not found");
+            return Ok(None);
+        }
+    };
+    let verifier = match &s.verifier {
+        Some(v) => Some(v.clone()),
+        None => Some(
+            glassbox_platform::runner_token::RunnerTokenKey::load_or_generate(
+                &config.runner_token_key_file,
+            )?
+            .verifier(),
+        ),
+    };
+    let ns = glassbox_platform::hot::namespace(config.database_url.as_deref().unwrap_or(""));
+    let hot = glassbox_platform::hot::HotState::connect(&config.redis_url, &ns).await?;
+    let listener = tokio::net::TcpListener::bind(s.grpc_addr)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: s.grpc_addr,
+            source,
+        })?;
+    let bound = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: s.grpc_addr,
+        source,
+    })?;
+    let advertise = s
+        .advertise
+        .clone()
+        .unwrap_or_else(|| format!("http://{bound}"));
+    if s.bypass {
+        let env = config.environment.as_str().to_owned();
+        record_data_plane_bypass(store, &runner_id, &env).await?;
+    }
+    let host = crate::sessions::SessionHost::new(
+        store.clone(),
+        blobs.clone(),
+        backend.clone(),
+        Some(hot),
+        crate::sessions::HostConfig {
+            runner_id: runner_id.clone(),
+            capacity: s.capacity,
+            advertise: advertise.clone(),
+            verifier,
+            bypass: s.bypass,
+            agent,
+            secrets: settings.runner.secrets.clone(),
+            wheel_mirror: settings.runner.wheel_mirror.clone(),
+        },
+    );
+    let orphans = glassbox_projector::queries::sessions_on_runner(store.pool(), &runner_id)
+        .await
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "could not list this runner's earlier sessions");
+            Vec::new()
+        });
+    host.lose_orphans(orphans.into_iter().map(|(id, t)| (t, id)).collect())
+        .await;
+    tracing::info!(%bound, %advertise, capacity = s.capacity, bypass = s.bypass, "runner: data-plane API listening");
+    let stop = shutdown.clone();
+    Ok(Some(tokio::spawn(async move {
+        if let Err(e) = host.serve(listener, stop).await {
+            tracing::error!(error = %e, "runner: the data-plane API stopped");
+        }
+    })))
+}
+
+/// `auth.bypass_enabled` (plane `data`) on the runner's start.
+async fn record_data_plane_bypass(
+    store: &EventStore,
+    runner_id: &str,
+    environment: &str,
+) -> Result<(), StartError> {
+    tracing::warn!("runner: the data-plane auth bypass is on (development/test only)");
+    let e = catalogue::AuthBypassEnabled {
+        plane: "data".into(),
+        environment: environment.to_owned(),
+    };
+    let ev = NewEvent::typed(glassbox_domain::Stream::auth("system").as_str(), &e)
+        .map_err(|e| StoreError::InvalidRequest(e.to_string()))?;
+    store
+        .append(AppendRequest::new(
+            "system",
+            Actor::system(format!("runner:{runner_id}")),
+            vec![ev],
+        ))
+        .await?;
     Ok(())
 }

@@ -514,7 +514,7 @@ impl SessionHost {
             timeout_ms.min(limit)
         };
         let blobs = &self.inner.blobs;
-        let prefix = format!("sessions/{session_id}/exec");
+        let prefix = format!("{}/exec", Stream::session_blob_prefix(session_id));
         let source_blob = blobs
             .put_new(session_id, &prefix, text.as_bytes())
             .await
@@ -601,7 +601,13 @@ impl SessionHost {
             } else {
                 (&mut err, &mut kept_err)
             };
-            kept.extend_from_slice(&r.push(&chunk.data));
+            let ready = r.push(&chunk.data);
+            if !ready.is_empty() {
+                kept.extend_from_slice(&ready);
+                if !client_gone && events.send(Ok(output(chunk.stream, ready))).await.is_err() {
+                    client_gone = true;
+                }
+            }
         }
         let (done, error) = match result {
             Some(Ok(done)) => (Some(done), None),
@@ -645,7 +651,11 @@ impl SessionHost {
                 Some(
                     self.inner
                         .blobs
-                        .put_new(session_id, &format!("sessions/{session_id}/output"), &bytes)
+                        .put_new(
+                            session_id,
+                            &format!("{}/output", Stream::session_blob_prefix(session_id)),
+                            &bytes,
+                        )
                         .await
                         .map_err(|e| internal("store the exec's output", e))?,
                 )
@@ -741,7 +751,7 @@ impl SessionHost {
             .blobs
             .put_new(
                 session_id,
-                &format!("sessions/{session_id}/names"),
+                &format!("{}/names", Stream::session_blob_prefix(session_id)),
                 path.as_bytes(),
             )
             .await
@@ -1233,10 +1243,16 @@ impl glassbox_runner_api::Runner for SessionHost {
         let host = self.clone();
         let gone = CancellationToken::new();
         let watch = gone.clone();
+        // The client going away cancels the exec. The watcher holds a sender
+        // only until the exec ends, so the stream closes after its result.
         let closed = tx.clone();
+        let done = CancellationToken::new();
+        let finished = done.clone();
         tokio::spawn(async move {
-            closed.closed().await;
-            watch.cancel();
+            tokio::select! {
+                _ = closed.closed() => watch.cancel(),
+                _ = finished.cancelled() => {}
+            }
         });
         tokio::spawn(async move {
             if let Err(status) = host
@@ -1245,6 +1261,7 @@ impl glassbox_runner_api::Runner for SessionHost {
             {
                 let _ = tx.send(Err(status)).await;
             }
+            done.cancel();
         });
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
