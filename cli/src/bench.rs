@@ -23,6 +23,9 @@ pub enum BenchCommand {
     Submit(crate::bench_submit::SubmitBench),
     /// POST to completed result through API, runner and runsc, against raw runsc (root).
     E2e(crate::bench_e2e::E2eBench),
+    /// Session open and exec latency against raw `runsc run` and one-shot
+    /// jobs; memory per idle session; idle sessions one runner holds.
+    Session(crate::bench_session::SessionBench),
     /// Evidence bundle export throughput and peak memory; offline verification
     /// against plain SHA-256 of the same bytes.
     Audit(crate::bench_audit::AuditBench),
@@ -58,6 +61,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Sandbox(args) => crate::bench_sandbox::run(args).await,
         BenchCommand::Submit(args) => crate::bench_submit::run(args).await,
         BenchCommand::E2e(args) => crate::bench_e2e::run(args).await,
+        BenchCommand::Session(args) => crate::bench_session::run(args).await,
         BenchCommand::Audit(args) => crate::bench_audit::run(args).await,
         BenchCommand::Mcp(args) => crate::bench_mcp::run(args).await,
     }

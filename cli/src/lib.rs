@@ -10,6 +10,7 @@ mod bench_audit;
 mod bench_e2e;
 mod bench_mcp;
 mod bench_sandbox;
+mod bench_session;
 mod bench_submit;
 pub mod dev;
 pub mod ledger;

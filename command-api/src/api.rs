@@ -210,7 +210,7 @@ pub fn render(reply: Reply) -> Response {
                         r.reasons.join("; ")
                     })
                     .with("session_id", r.session.session_id.clone())
-                    .with("status", r.session.status.as_str())
+                    .with("session_status", r.session.status.as_str())
                     .with("position", r.position)
                     .with("reasons", r.reasons.clone())
                     .with(

@@ -784,7 +784,11 @@ pub struct ExecRequest {
 fn exec_schema(schema: &mut schemars::Schema) {
     schema.insert(
         "oneOf".into(),
-        serde_json::json!([{"required": ["code"]}, {"required": ["command"]}]),
+        // Exactly one of the two, and it a string (a member sent as null is absent).
+        serde_json::json!([
+            {"required": ["code"], "properties": {"code": {"type": "string"}}},
+            {"required": ["command"], "properties": {"command": {"type": "string"}}},
+        ]),
     );
 }
 

@@ -1099,3 +1099,45 @@ async fn a_result_that_cannot_be_stored_ends_the_attempt_with_the_reason_once() 
     );
     e.close().await;
 }
+
+#[tokio::test]
+async fn the_data_plane_bypass_is_refused_in_production_before_anything_starts() {
+    use glassbox_sandbox_runner::service::{RunnerSettings, StartError, run_service};
+    let db = TestDb::new().await.expect("db");
+    let dir = std::env::temp_dir().join(format!("glassbox-bypass-{}", db.name));
+    let base = |env: &str| {
+        vec![
+            ("GLASSBOX_ENV".to_owned(), env.to_owned()),
+            ("GLASSBOX_DATABASE_URL".to_owned(), db.url.clone()),
+            ("GLASSBOX_DATA_DIR".to_owned(), dir.display().to_string()),
+            (
+                "GLASSBOX_AUTH_JWKS_FILE".to_owned(),
+                dir.join("jwks.json").display().to_string(),
+            ),
+        ]
+    };
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("jwks.json"), r#"{"keys": []}"#).expect("jwks");
+    let vars: std::collections::BTreeMap<String, String> = [
+        ("GLASSBOX_RUNNER_AUTH_BYPASS", "true"),
+        ("GLASSBOX_RUNNER_ID", "bypass_check"),
+    ]
+    .iter()
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect();
+    let settings = RunnerSettings::from_vars(&vars).expect("settings");
+    assert!(settings.sessions.bypass);
+    let config = glassbox_platform::Config::from_vars(base("production")).expect("config");
+    let r = run_service(&config, settings, CancellationToken::new()).await;
+    assert!(matches!(r, Err(StartError::BypassRefused(_))), "{r:?}");
+    // Nothing was recorded: the runner never came up.
+    let store = db.store().await.expect("store");
+    assert_eq!(store.head().await.expect("head").0, 0);
+    // A value that is not a boolean is refused by name.
+    let bad: std::collections::BTreeMap<String, String> =
+        [("GLASSBOX_RUNNER_AUTH_BYPASS".to_owned(), "yes".to_owned())].into();
+    let e = RunnerSettings::from_vars(&bad).expect_err("refused");
+    assert_eq!(e.var, "GLASSBOX_RUNNER_AUTH_BYPASS");
+    let _ = std::fs::remove_dir_all(&dir);
+    db.drop_db().await;
+}

@@ -151,3 +151,39 @@ async fn an_agent_on_the_official_python_sdk_uses_glassbox_over_http_and_stdio()
     }
     s.stop().await;
 }
+
+#[tokio::test]
+async fn an_agent_on_the_official_python_sdk_drives_a_session() {
+    let s = stack(SecretProvider::None).await;
+    let h = super::sessions::host(&s, false).await;
+    let (ok, report) = agent(
+        "session",
+        "http",
+        &format!("{}/mcp", s.addr),
+        &token("acme"),
+        "auto",
+    )
+    .await;
+    assert!(ok, "{report}");
+    let id = report["session"].as_str().expect("session");
+    let t = types(
+        &s.store
+            .read_stream(&format!("session-{id}"), 1, 1000)
+            .await
+            .expect("stream"),
+    );
+    for e in [
+        "session.opened",
+        "session.started",
+        "session.exec_finished",
+        "session.file_written",
+        "session.file_read",
+        "session.files_listed",
+        "session.closed",
+    ] {
+        assert!(t.iter().any(|x| x == e), "{e} missing from {t:?}");
+    }
+    h.stop.cancel();
+    let _ = h.task.await;
+    s.stop().await;
+}

@@ -8,15 +8,15 @@ use glassbox_platform::hot::HotState;
 use glassbox_platform::runner_token::{RunnerTokenKey, Subject};
 use glassbox_sandbox_runner::sessions::{HostConfig, SessionHost};
 
-struct Host {
-    runner_id: String,
-    addr: String,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
+pub(crate) struct Host {
+    pub(crate) runner_id: String,
+    pub(crate) addr: String,
+    pub(crate) stop: CancellationToken,
+    pub(crate) task: tokio::task::JoinHandle<()>,
 }
 
 /// A runner serving sessions for the stack (its own runsc backend and ID).
-async fn host(s: &Stack, bypass: bool) -> Host {
+pub(crate) async fn host(s: &Stack, bypass: bool) -> Host {
     let runner_id = format!("ses{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
     let (backend, _) = LocalRunsc::start(LocalConfig {
         runner_id: runner_id.clone(),
@@ -245,13 +245,42 @@ async fn a_session_keeps_state_and_files_between_calls_and_every_call_is_on_the_
         "escaping the workspace: {status}"
     );
 
-    // Another tenant sees nothing and can do nothing.
+    // Another tenant sees nothing and can do nothing, on every endpoint.
     let (status, _) = s
         .call("globex", "GET", &format!("/v1/sessions/{id}"), None)
         .await;
     assert_eq!(status, 404);
     let (status, _) = s.exec("globex", &id, json!({"code": "print(1)"})).await;
     assert_eq!(status, 404);
+    for (method, path) in [
+        ("GET", format!("/v1/sessions/{id}/events")),
+        ("GET", format!("/v1/sessions/{id}/files")),
+        ("GET", format!("/v1/sessions/{id}/files/out.txt")),
+        ("GET", format!("/v1/sessions/{id}/execs/1/output")),
+        ("DELETE", format!("/v1/sessions/{id}/files/out.txt")),
+        ("DELETE", format!("/v1/sessions/{id}/data")),
+        ("DELETE", format!("/v1/sessions/{id}")),
+    ] {
+        let (status, body) = s.call("globex", method, &path, None).await;
+        assert_eq!(status, 404, "{method} {path}: {body}");
+    }
+    let put = s
+        .client
+        .put(format!("{}/v1/sessions/{id}/files/x.txt", s.addr))
+        .bearer_auth(token("globex"))
+        .body("intruder")
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(put.status().as_u16(), 404);
+    let (_, r) = s
+        .exec(
+            "acme",
+            &id,
+            json!({"code": "import os\nprint(os.path.exists('x.txt'))"}),
+        )
+        .await;
+    assert_eq!(r["stdout"]["content"], "False\n", "{r}");
 
     // A timeout kills the exec, not the session; the interpreter restarts.
     let (_, r) = s
@@ -327,7 +356,7 @@ async fn a_session_keeps_state_and_files_between_calls_and_every_call_is_on_the_
     assert_eq!(status, 200, "{view}");
     assert_eq!(view["status"], "closed");
     assert_eq!(view["workspace_destroyed"], true);
-    assert_eq!(view["execs"], 8, "{view}");
+    assert_eq!(view["execs"], 9, "{view}");
     let (_, list) = s
         .call("acme", "GET", "/v1/sessions?status=closed", None)
         .await;
@@ -387,6 +416,48 @@ async fn sessions_expire_are_lost_with_their_runner_and_the_hot_state_is_rebuilt
         "{:?}",
         destroyed.record.data
     );
+
+    // Past its maximum lifetime, however busy: expired too, nothing left.
+    let (status, opened) = s
+        .open(
+            "acme",
+            json!({"language": "python", "limits": {"max_lifetime_secs": 3}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{opened}");
+    let short = opened["session"]["session_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let (_, r) = s
+        .exec(
+            "acme",
+            &short,
+            json!({"code": "import time\ntime.sleep(1)"}),
+        )
+        .await;
+    assert_eq!(r["outcome"], "succeeded", "{r}");
+    let records = s.wait_for(&short, "workspace.destroyed").await;
+    let expired = records
+        .iter()
+        .find(|r| r.record.event_type == "session.expired")
+        .expect("expired");
+    assert!(
+        expired.record.data["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("lifetime"),
+        "{:?}",
+        expired.record.data
+    );
+    // No sandbox process, bundle or workspace of this runner is left.
+    let prefix = format!("gb-{}-", h.runner_id);
+    assert!(
+        processes_with(&prefix).is_empty(),
+        "{:?}",
+        processes_with(&prefix)
+    );
+    assert!(owned(&prefix).is_empty(), "{:?}", owned(&prefix));
 
     // Redis forgets everything: the reaper rebuilds the hot state from the
     // read model.
@@ -591,5 +662,207 @@ async fn the_data_plane_bypass_lets_calls_through_and_records_each() {
     assert_eq!(bypassed.len(), 1, "{:?}", types(&auth));
     h.stop.cancel();
     let _ = h.task.await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_memory_bomb_ends_its_own_session_and_no_other() {
+    let s = stack(SecretProvider::None).await;
+    let h = host(&s, false).await;
+    let (_, a) = s
+        .open(
+            "acme",
+            json!({"language": "python", "limits": {"memory_bytes": 134217728}}),
+        )
+        .await;
+    let bomb = a["session"]["session_id"].as_str().expect("id").to_owned();
+    let (_, b) = s.open("acme", json!({"language": "python"})).await;
+    let calm = b["session"]["session_id"].as_str().expect("id").to_owned();
+    let (_, r) = s
+        .exec("acme", &calm, json!({"code": "kept = 'still here'"}))
+        .await;
+    assert_eq!(r["outcome"], "succeeded", "{r}");
+    let (_, r) = s
+        .exec(
+            "acme",
+            &bomb,
+            json!({"code": "hog = []\nwhile True:\n    hog.append(bytearray(16 << 20))", "timeout_ms": 20000}),
+        )
+        .await;
+    assert_ne!(r["outcome"], "succeeded", "{r}");
+    let t = types(&s.wait_for(&bomb, "session.lost").await);
+    assert!(t.contains(&"session.exec_finished".to_owned()), "{t:?}");
+    let (status, _) = s.exec("acme", &bomb, json!({"code": "print(1)"})).await;
+    assert_eq!(status, 409);
+    // The other session kept its sandbox and its state.
+    let (_, r) = s.exec("acme", &calm, json!({"code": "print(kept)"})).await;
+    assert_eq!(r["stdout"]["content"], "still here\n", "{r}");
+    h.stop.cancel();
+    let _ = h.task.await;
+    s.stop().await;
+}
+
+/// Command lines of the processes whose command line contains `needle`.
+fn processes_with(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        if let Ok(cmd) = std::fs::read(p.path().join("cmdline"))
+            && String::from_utf8_lossy(&cmd).contains(needle)
+        {
+            found.push(String::from_utf8_lossy(&cmd).replace('\0', " "));
+        }
+    }
+    found
+}
+
+/// The bundles and workspaces under the test sandbox directory whose
+/// sandbox ID starts with `prefix`.
+fn owned(prefix: &str) -> Vec<String> {
+    ["bundles", "ws"]
+        .iter()
+        .flat_map(|d| {
+            std::fs::read_dir(std::path::Path::new("/run/glassbox-test").join(d))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(prefix))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// `glassbox runner` as its own process, on the stack's database and data
+/// directory (its token key, key-encryption key and blobs).
+fn runner_process(s: &Stack, id: &str) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_glassbox-e2e-cli"))
+        .arg("runner")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("GLASSBOX_ENV", "test")
+        .env("GLASSBOX_DATABASE_URL", &s.db.url)
+        .env("GLASSBOX_DATA_DIR", &s.data_dir)
+        .env("GLASSBOX_RUNNER_ID", id)
+        .env("GLASSBOX_RUNNER_SLOTS", "1")
+        .env("GLASSBOX_SANDBOX_DIR", "/run/glassbox-test")
+        .stdout(std::process::Stdio::null())
+        .stderr(
+            std::fs::File::create(s.data_dir.join(format!("{id}.log")))
+                .map(std::process::Stdio::from)
+                .unwrap_or_else(|_| std::process::Stdio::null()),
+        )
+        .spawn()
+        .expect("glassbox runner")
+}
+
+#[tokio::test]
+async fn a_runner_killed_with_sigkill_loses_its_sessions_and_its_restart_leaves_no_orphan() {
+    let s = stack(SecretProvider::None).await;
+    let hot = HotState::connect(
+        "redis://127.0.0.1:6379",
+        &glassbox_platform::hot::namespace(&s.db.url),
+    )
+    .await
+    .expect("redis");
+    let id = format!("kill{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let mut runner = runner_process(&s, &id);
+    let mut up = false;
+    for _ in 0..300 {
+        if hot.runner(&id).await.expect("redis").is_some() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = || std::fs::read_to_string(s.data_dir.join(format!("{id}.log"))).unwrap_or_default();
+    assert!(up, "the runner never beat: {}", log());
+
+    let (status, opened) = s.open("acme", json!({"language": "python"})).await;
+    assert_eq!(status, 201, "{opened} {}", log());
+    assert_eq!(opened["session"]["runner"], id.as_str());
+    let sid = opened["session"]["session_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let (_, r) = s.exec("acme", &sid, json!({"code": "x = 1"})).await;
+    assert_eq!(r["outcome"], "succeeded", "{r}");
+    let prefix = format!("gb-{id}-");
+    assert!(!processes_with(&prefix).is_empty(), "no sandbox process");
+    assert!(
+        !owned(&prefix).is_empty(),
+        "no bundle or workspace of the session"
+    );
+
+    runner.kill().expect("SIGKILL");
+    let _ = runner.wait();
+    // The sandbox dies with its runner.
+    let mut gone = false;
+    for _ in 0..50 {
+        if processes_with(&prefix).is_empty() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        gone,
+        "sandbox outlived its runner: {:?}",
+        processes_with(&prefix)
+    );
+    // A call meanwhile gets a clear error, not a hang.
+    let (status, r) = s.exec("acme", &sid, json!({"code": "x"})).await;
+    assert!(status == 503 || status == 409, "{status} {r}");
+    assert!(r["detail"].as_str().is_some_and(|d| !d.is_empty()), "{r}");
+    // Its heartbeat lapses: the reaper records the session lost.
+    let records = s.wait_for(&sid, "session.lost").await;
+    let lost = records
+        .iter()
+        .find(|r| r.record.event_type == "session.lost")
+        .expect("lost");
+    assert!(
+        lost.record.data["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains(&id),
+        "{:?}",
+        lost.record.data
+    );
+    let (status, r) = s.exec("acme", &sid, json!({"code": "x"})).await;
+    assert_eq!(status, 409, "{r}");
+    assert!(r["detail"].as_str().unwrap_or("").contains("lost"), "{r}");
+
+    // Restarted, the runner sweeps what the killed one left; nothing of the
+    // session remains.
+    let mut again = runner_process(&s, &id);
+    let runner_stream = format!("runner-{id}");
+    let mut swept = Vec::new();
+    for _ in 0..300 {
+        swept = s
+            .store
+            .read_stream(&runner_stream, 1, 100)
+            .await
+            .unwrap_or_default();
+        if swept
+            .iter()
+            .any(|r| r.record.event_type == "runner.sweep_finished")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let sweep = swept
+        .iter()
+        .find(|r| r.record.event_type == "runner.sweep_finished")
+        .unwrap_or_else(|| panic!("no sweep recorded: {}", log()));
+    assert!(
+        sweep.record.data["workspaces"].as_u64().unwrap_or(0) >= 1,
+        "{:?}",
+        sweep.record.data
+    );
+    assert_eq!(sweep.record.data["failures"], json!([]));
+    assert!(processes_with(&prefix).is_empty());
+    assert!(owned(&prefix).is_empty(), "{:?}", owned(&prefix));
+    let _ = again.kill();
+    let _ = again.wait();
     s.stop().await;
 }

@@ -36,6 +36,12 @@ EXPECTED_TOOLS = {
     "search_audit",
     "verify_ledger",
     "replay",
+    "create_session",
+    "session_exec",
+    "session_write_file",
+    "session_read_file",
+    "session_list_files",
+    "close_session",
 }
 
 # Writes a text and a binary artifact; prints its stdin back.
@@ -148,7 +154,11 @@ async def scenario(args):
         templates = (await client.list_resource_templates()).resource_templates
         check(
             {t.uri_template for t in templates}
-            == {"glassbox://jobs/{job_id}", "glassbox://jobs/{job_id}/artifacts/{+path}"},
+            == {
+                "glassbox://jobs/{job_id}",
+                "glassbox://jobs/{job_id}/artifacts/{+path}",
+                "glassbox://sessions/{session_id}",
+            },
             f"templates: {templates}",
         )
         listed_jobs = {r.uri for r in (await client.list_resources()).resources}
@@ -201,6 +211,59 @@ async def scenario(args):
     print(json.dumps(report), flush=True)
 
 
+async def session(args):
+    """An agent's interactive loop: open a session, keep state across calls,
+    move files in and out, close it."""
+    report = {"transport": args.transport}
+    async with connect(args, args.mode, args.token) as client:
+        tools = {t.name: t for t in (await client.list_tools()).tools}
+        props = tools["create_session"].input_schema.get("properties", {})
+        for member in ["language", "env", "dependencies", "secrets", "limits", "idempotency_key"]:
+            check(member in props, f"create_session schema lacks {member}: {sorted(props)}")
+
+        step("create_session")
+        result, text = await call(client, "create_session", {"language": "python", "limits": {"idle_timeout_secs": 120}})
+        check(not result.is_error, f"create_session failed: {text}")
+        opened = result.structured_content or json.loads(text)
+        sid = opened["session"]["session_id"]
+        check(opened["session"]["status"] == "active", f"session: {opened}")
+        report["session"] = sid
+
+        step("state between execs")
+        result, text = await call(client, "session_exec", {"session_id": sid, "code": "import math\nr = 2"})
+        check(not result.is_error, f"exec 1: {text}")
+        result, text = await call(client, "session_exec", {"session_id": sid, "code": "round(math.pi * r * r, 2)"})
+        out = result.structured_content or json.loads(text)
+        check(out["outcome"] == "succeeded" and out["stdout"]["content"] == "12.57\n", f"exec 2: {out}")
+        check(out["exec"] == 2, f"exec number: {out}")
+
+        step("files")
+        result, text = await call(
+            client, "session_write_file", {"session_id": sid, "path": "in/data.txt", "content": "a\nb\nc\n"}
+        )
+        check(not result.is_error, f"write: {text}")
+        result, text = await call(
+            client, "session_exec", {"session_id": sid, "command": "wc -l < in/data.txt > count.txt"}
+        )
+        check(not result.is_error, f"command: {text}")
+        result, text = await call(client, "session_read_file", {"session_id": sid, "path": "count.txt"})
+        check(not result.is_error and text.strip() == "3", f"read: {text!r}")
+        result, text = await call(client, "session_list_files", {"session_id": sid, "path": "in"})
+        listing = result.structured_content or json.loads(text)
+        check([e["name"] for e in listing["entries"]] == ["data.txt"], f"list: {listing}")
+
+        step("the session as a resource")
+        res = (await client.read_resource(f"glassbox://sessions/{sid}")).contents[0]
+        check(json.loads(res.text)["execs"] == 3, f"session resource: {res}")
+
+        step("close")
+        result, text = await call(client, "close_session", {"session_id": sid})
+        check(not result.is_error, f"close: {text}")
+        result, text = await call(client, "session_exec", {"session_id": sid, "code": "print(1)"})
+        check(result.is_error and "conflict" in text, f"exec after close: {text}")
+    print(json.dumps(report), flush=True)
+
+
 def leaves(e):
     """The exceptions inside (nested) exception groups."""
     inner = getattr(e, "exceptions", None)
@@ -225,7 +288,7 @@ def main():
         print(PYTHON, end="")
         return
     p = argparse.ArgumentParser()
-    p.add_argument("what", choices=["scenario", "refused"])
+    p.add_argument("what", choices=["scenario", "refused", "session"])
     p.add_argument("--transport", choices=["http", "stdio"], required=True)
     p.add_argument("--url", required=True, help="/mcp URL (http) or API URL (stdio)")
     p.add_argument("--token", default="")
@@ -234,7 +297,8 @@ def main():
     p.add_argument("--oversize", type=int, default=9 << 20)
     args = p.parse_args()
     try:
-        asyncio.run(scenario(args) if args.what == "scenario" else refused(args))
+        run = {"scenario": scenario, "refused": refused, "session": session}[args.what]
+        asyncio.run(run(args))
     except Failure as f:
         print(json.dumps({"failure": str(f)}), flush=True)
         sys.exit(1)

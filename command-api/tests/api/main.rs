@@ -2,6 +2,7 @@
 
 mod audit;
 mod contract;
+mod fake_runner;
 mod hardening;
 mod helpers;
 mod jobs;

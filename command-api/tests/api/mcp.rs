@@ -319,7 +319,8 @@ async fn jobs_are_resources_read_by_uri_within_the_callers_tenant() {
         uris,
         [
             "glassbox://jobs/{job_id}",
-            "glassbox://jobs/{job_id}/artifacts/{+path}"
+            "glassbox://jobs/{job_id}/artifacts/{+path}",
+            "glassbox://sessions/{session_id}"
         ]
     );
 

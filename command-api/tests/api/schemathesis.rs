@@ -22,6 +22,10 @@ async fn schemathesis_finds_nothing_with_every_check_and_phase() {
     ])
     .await;
     let projector = app.run_projector();
+    // Openings need a runner with room: one that beats and accepts, without
+    // sandboxes (sessions stay `opening`; the real runner has its own tests).
+    let runner_stop = tokio_util::sync::CancellationToken::new();
+    crate::fake_runner::start(&app.db.url, runner_stop.clone()).await;
     // Some data so reads have something to find.
     app.submit(&token("acme"), &hello("python"), None).await;
     let bin = std::env::var("GLASSBOX_SCHEMATHESIS").unwrap_or_else(|_| "schemathesis".into());
@@ -81,7 +85,7 @@ async fn schemathesis_finds_nothing_with_every_check_and_phase() {
         .values()
         .map(|p| p.as_object().map_or(0, |m| m.len()))
         .sum();
-    assert_eq!(operations, 18);
+    assert_eq!(operations, 30);
     assert!(
         stdout.contains(&format!("Tested: {operations}")),
         "{stdout}"
@@ -91,5 +95,6 @@ async fn schemathesis_finds_nothing_with_every_check_and_phase() {
     }
     assert!(!stdout.contains("❌"), "{stdout}");
     projector.cancel();
+    runner_stop.cancel();
     app.stop().await;
 }

@@ -45,6 +45,16 @@ def _breaks_submit_rules(body):
     return len(set(map(str, names))) != len(names)
 
 
+def _breaks_session_rules(body):
+    """POST /v1/sessions: secrets named once."""
+    if not isinstance(body, dict):
+        return False
+    names = []
+    for s in body.get("secrets") or []:
+        names.append(s.get("name") if isinstance(s, dict) else s)
+    return len(set(map(str, names))) != len(names)
+
+
 def _ordered(low, high):
     """`low <= high` when both are given."""
     low, high = _int(low), _int(high)
@@ -61,6 +71,8 @@ def cross_member_rules(context, case):
     body = case.body if isinstance(case.body, dict) else {}
     if (method, path) == ("POST", "/v1/jobs"):
         return not _breaks_submit_rules(case.body)
+    if (method, path) == ("POST", "/v1/sessions"):
+        return not _breaks_session_rules(case.body)
     if (method, path) == ("GET", "/v1/audit/proofs/consistency"):
         return _ordered(query.get("from"), query.get("to"))
     if (method, path) == ("GET", "/v1/audit/proofs/inclusion"):
