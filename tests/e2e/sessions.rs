@@ -295,6 +295,53 @@ async fn a_session_keeps_state_and_files_between_calls_and_every_call_is_on_the_
     let (_, r) = s.exec("acme", &id, json!({"code": "print('alive')"})).await;
     assert_eq!(r["stdout"]["content"], "alive\n", "{r}");
 
+    // Streamed: server-sent events as the output comes, then the result.
+    let sse = s
+        .client
+        .post(format!("{}/v1/sessions/{id}/exec", s.addr))
+        .bearer_auth(token("acme"))
+        .header("accept", "text/event-stream")
+        .json(&json!({"code": "import sys, time\nprint('one', flush=True)\ntime.sleep(0.3)\nprint('two', file=sys.stderr)"}))
+        .send()
+        .await
+        .expect("sse");
+    assert_eq!(sse.status().as_u16(), 200);
+    assert!(
+        sse.headers()["content-type"]
+            .to_str()
+            .unwrap_or("")
+            .starts_with("text/event-stream")
+    );
+    let body = sse.text().await.expect("events");
+    let events: Vec<(String, Value)> = body
+        .split("\n\n")
+        .filter_map(|block| {
+            let name = block.lines().find_map(|l| l.strip_prefix("event: "))?;
+            let data = block.lines().find_map(|l| l.strip_prefix("data: "))?;
+            Some((name.to_owned(), serde_json::from_str(data).ok()?))
+        })
+        .collect();
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names.first(), Some(&"started"), "{body}");
+    assert_eq!(names.last(), Some(&"finished"), "{body}");
+    assert!(
+        events
+            .iter()
+            .any(|(n, d)| n == "stdout" && d["data"] == "one\n"),
+        "{body}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|(n, d)| n == "stderr" && d["data"] == "two\n"),
+        "{body}"
+    );
+    assert_eq!(
+        events.last().expect("finished").1["outcome"],
+        "succeeded",
+        "{body}"
+    );
+
     // The stored output of an earlier exec.
     let (status, out) = s
         .call(
@@ -356,7 +403,7 @@ async fn a_session_keeps_state_and_files_between_calls_and_every_call_is_on_the_
     assert_eq!(status, 200, "{view}");
     assert_eq!(view["status"], "closed");
     assert_eq!(view["workspace_destroyed"], true);
-    assert_eq!(view["execs"], 9, "{view}");
+    assert_eq!(view["execs"], 10, "{view}");
     let (_, list) = s
         .call("acme", "GET", "/v1/sessions?status=closed", None)
         .await;
