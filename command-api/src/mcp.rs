@@ -480,6 +480,132 @@ pub struct SessionWriteArgs {
     pub encoding: Option<glassbox_domain::request::Encoding>,
 }
 
+// ------------------------------------------------------------------ results
+// What the tools answer, typed: each is the tool's `outputSchema` and its
+// `structuredContent` (and, as JSON, its text).
+
+/// `run_code` and `get_job`.
+#[derive(Debug, serde::Serialize, JsonSchema)]
+pub struct JobRun {
+    pub job_id: String,
+    /// `glassbox://jobs/{job_id}`.
+    pub uri: String,
+    pub status: JobStatus,
+    /// The job stream's last record.
+    pub ledger_position: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<glassbox_domain::catalogue::Outcome>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_destroyed: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stdout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stderr: Option<String>,
+    /// Why the output is not shown (the caller may not read it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    /// Paths of the files the job left in /workspace/out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub artifacts: Option<Vec<String>>,
+}
+
+impl JobRun {
+    fn new(job_id: &str, status: JobStatus, ledger_position: u64) -> JobRun {
+        JobRun {
+            job_id: job_id.to_owned(),
+            uri: job_uri(job_id),
+            status,
+            ledger_position,
+            note: None,
+            outcome: None,
+            exit_code: None,
+            data_destroyed: None,
+            stdout: None,
+            stderr: None,
+            output: None,
+            artifacts: None,
+        }
+    }
+}
+
+#[derive(Debug, serde::Serialize, JsonSchema)]
+pub struct ArtifactLink {
+    pub path: String,
+    pub size_bytes: u64,
+    pub truncated: bool,
+    /// `glassbox://jobs/{job_id}/artifacts/{path}`.
+    pub uri: String,
+}
+
+/// `list_artifacts`.
+#[derive(Debug, serde::Serialize, JsonSchema)]
+pub struct ArtifactLinks {
+    pub job_id: String,
+    pub artifacts: Vec<ArtifactLink>,
+}
+
+/// A file's content (`read_artifact`, `session_read_file`); it also comes as
+/// text or as an embedded blob.
+#[derive(Debug, serde::Serialize, JsonSchema)]
+pub struct FileContent {
+    pub uri: String,
+    pub path: String,
+    /// The file's whole size.
+    pub size_bytes: u64,
+    /// Only the first part was read.
+    pub truncated: bool,
+    pub encoding: crate::command::ContentEncoding,
+    pub content: String,
+}
+
+impl FileContent {
+    fn of(uri: &str, path: &str, bytes: &[u8], size: u64, truncated: bool) -> FileContent {
+        let (content, encoding) = match std::str::from_utf8(bytes) {
+            Ok(t) => (t.to_owned(), crate::command::ContentEncoding::Utf8),
+            Err(_) => (
+                base64::engine::general_purpose::STANDARD.encode(bytes),
+                crate::command::ContentEncoding::Base64,
+            ),
+        };
+        FileContent {
+            uri: uri.to_owned(),
+            path: path.to_owned(),
+            size_bytes: size,
+            truncated,
+            encoding,
+            content,
+        }
+    }
+}
+
+/// `verify_ledger`.
+#[derive(Debug, Default, serde::Serialize, JsonSchema)]
+pub struct LedgerVerdict {
+    pub verifies: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub records: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub root: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoints_checked: Option<u64>,
+    /// The first record that does not verify.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub position: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `search_audit`.
+#[derive(Debug, serde::Serialize, JsonSchema)]
+pub struct AuditEvents {
+    /// Ledger records, newest first.
+    pub events: Vec<Value>,
+}
+
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SessionListArgs {
@@ -549,8 +675,10 @@ fn rpc_error(e: ApiError) -> ErrorData {
     }
 }
 
+/// A JSON result: as text (for clients that read text) and as
+/// `structuredContent` (described by the tool's `outputSchema`).
 fn ok_json(v: Value) -> CallToolResult {
-    CallToolResult::success(vec![ContentBlock::text(v.to_string())])
+    structured(v)
 }
 
 /// A JSON result as text and as `structuredContent`.
@@ -564,13 +692,17 @@ fn session_uri(session_id: &str) -> String {
     format!("{SCHEME}sessions/{session_id}")
 }
 
+fn session_file_uri(session_id: &str, path: &str) -> String {
+    format!("{}/files/{}", session_uri(session_id), escape_path(path))
+}
+
 fn job_uri(job_id: &str) -> String {
     format!("{SCHEME}jobs/{job_id}")
 }
 
-fn artifact_uri(job_id: &str, path: &str) -> String {
-    // Unreserved characters and '/' as they are, the rest %-escaped, so any
-    // file name round-trips through `parse_uri`.
+/// Unreserved characters and '/' as they are, the rest %-escaped, so any
+/// file name round-trips through `parse_uri`.
+fn escape_path(path: &str) -> String {
     let mut p = String::with_capacity(path.len());
     for b in path.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/') {
@@ -579,23 +711,34 @@ fn artifact_uri(job_id: &str, path: &str) -> String {
             p.push_str(&format!("%{b:02X}"));
         }
     }
-    format!("{SCHEME}jobs/{job_id}/artifacts/{p}")
+    p
+}
+
+fn artifact_uri(job_id: &str, path: &str) -> String {
+    format!("{SCHEME}jobs/{job_id}/artifacts/{}", escape_path(path))
 }
 
 /// What a `glassbox://` URI names.
 #[derive(Debug, PartialEq, Eq)]
 enum Target {
     Session(String),
+    SessionFile(String, String),
     Job(String),
     Artifact(String, String),
 }
 
 fn parse_uri(uri: &str) -> Option<Target> {
-    if let Some(id) = uri.strip_prefix(SCHEME)?.strip_prefix("sessions/") {
-        return (!id.is_empty() && !id.contains('/'))
-            .then(|| percent_decode(id))
-            .flatten()
-            .map(Target::Session);
+    if let Some(rest) = uri.strip_prefix(SCHEME)?.strip_prefix("sessions/") {
+        return match rest.split_once('/') {
+            None if !rest.is_empty() => Some(Target::Session(percent_decode(rest)?)),
+            Some((id, path)) if !id.is_empty() => match path.strip_prefix("files/") {
+                Some(p) if !p.is_empty() => {
+                    Some(Target::SessionFile(percent_decode(id)?, percent_decode(p)?))
+                }
+                _ => None,
+            },
+            _ => None,
+        };
     }
     let rest = uri.strip_prefix(SCHEME)?.strip_prefix("jobs/")?;
     match rest.split_once('/') {
@@ -684,6 +827,16 @@ impl GlassboxMcp {
         job_id: &str,
         wait: Duration,
     ) -> Result<Value, ApiError> {
+        let run = self.collect(caller, job_id, wait).await?;
+        serde_json::to_value(&run).map_err(|e| ApiError::Internal(e.to_string()))
+    }
+
+    async fn collect(
+        &self,
+        caller: &Caller,
+        job_id: &str,
+        wait: Duration,
+    ) -> Result<JobRun, ApiError> {
         let deadline = Instant::now() + wait;
         let job = loop {
             let Reply::Job(v) = self
@@ -701,22 +854,21 @@ impl GlassboxMcp {
                 break v;
             }
             if Instant::now() >= deadline {
-                return Ok(
-                    json!({"job_id": job_id, "uri": job_uri(job_id), "status": JobStatus::Running,
-                    "ledger_position": v.last_position, "note": "still running: call get_job later"}),
-                );
+                return Ok(JobRun {
+                    note: Some("still running: call get_job later".into()),
+                    ..JobRun::new(job_id, JobStatus::Running, v.last_position)
+                });
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
-        let mut out = json!({"job_id": job_id, "uri": job_uri(job_id), "status": job.status,
-                             "ledger_position": job.last_position});
+        let mut out = JobRun::new(job_id, job.status, job.last_position);
         let Some(outcome) = job.outcome else {
             return Ok(out);
         };
-        out["outcome"] = serde_json::to_value(outcome).unwrap_or(Value::Null);
-        out["exit_code"] = job.exit_code.into();
+        out.outcome = Some(outcome);
+        out.exit_code = job.exit_code;
         if job.data_destroyed {
-            out["data_destroyed"] = true.into();
+            out.data_destroyed = Some(true);
             return Ok(out);
         }
         // The output is what REST serves under artifact.read: the same check
@@ -732,12 +884,12 @@ impl GlassboxMcp {
             .await
         {
             Ok(Reply::Output(o)) => {
-                out["stdout"] = o.stdout.content.into();
-                out["stderr"] = o.stderr.content.into();
+                out.stdout = Some(o.stdout.content);
+                out.stderr = Some(o.stderr.content);
             }
             Ok(_) => return Err(ApiError::Internal("unexpected reply".into())),
             Err(e @ ApiError::Forbidden(_)) => {
-                out["output"] = problem_text(&e).into();
+                out.output = Some(problem_text(&e));
                 return Ok(out);
             }
             Err(e) => return Err(e),
@@ -746,12 +898,7 @@ impl GlassboxMcp {
             .run(caller, Command::ListArtifacts { job: job_ref })
             .await?
         {
-            out["artifacts"] = a
-                .artifacts
-                .into_iter()
-                .map(|a| a.path)
-                .collect::<Vec<_>>()
-                .into();
+            out.artifacts = Some(a.artifacts.into_iter().map(|a| a.path).collect());
         }
         Ok(out)
     }
@@ -831,6 +978,25 @@ impl GlassboxMcp {
                     ResourceContents::text(text, uri).with_mime_type("application/json"),
                 ]))
             }
+            Some(Target::SessionFile(id, path)) => {
+                let Reply::FileBytes(f) = self
+                    .run(
+                        caller,
+                        Command::ReadFile {
+                            session: SessionId::parse(&id)?,
+                            path: path.clone(),
+                        },
+                    )
+                    .await?
+                else {
+                    return Err(ApiError::Internal("unexpected reply".into()));
+                };
+                Ok(ReadResourceResult::new(vec![artifact_contents(
+                    uri.to_owned(),
+                    &path,
+                    f.data,
+                )]))
+            }
             Some(Target::Job(id)) => {
                 let Reply::Job(job) = self
                     .run(
@@ -897,7 +1063,8 @@ impl GlassboxMcp {
 #[tool_router]
 impl GlassboxMcp {
     #[tool(
-        description = "Run a program in a gVisor sandbox and return its output. Every step (policy decisions, execution, result) is recorded in Glassbox's tamper-evident ledger. Returns JSON with job_id, uri, status, outcome, exit_code, stdout, stderr, artifacts (files the program wrote to /workspace/out) and ledger_position. Refused (as a tool error) when the caller's policy denies the language, limits, dependencies or secrets. If it is still running after wait_seconds, poll get_job."
+        description = "Run a program in a gVisor sandbox and return its output. Every step (policy decisions, execution, result) is recorded in Glassbox's tamper-evident ledger. Returns JSON with job_id, uri, status, outcome, exit_code, stdout, stderr, artifacts (files the program wrote to /workspace/out) and ledger_position. Refused (as a tool error) when the caller's policy denies the language, limits, dependencies or secrets. If it is still running after wait_seconds, poll get_job.",
+        output_schema = rmcp::handler::server::common::schema_for_output::<JobRun>()
     )]
     async fn run_code(
         &self,
@@ -917,7 +1084,8 @@ impl GlassboxMcp {
     }
 
     #[tool(
-        description = "The status of a job and, once it has finished, its output (stdout, stderr, exit_code, artifacts)."
+        description = "The status of a job and, once it has finished, its output (stdout, stderr, exit_code, artifacts).",
+        output_schema = rmcp::handler::server::common::schema_for_output::<JobRun>()
     )]
     async fn get_job(
         &self,
@@ -936,7 +1104,8 @@ impl GlassboxMcp {
     }
 
     #[tool(
-        description = "Submit a program to run in a gVisor sandbox without waiting (same arguments as run_code); returns job_id, the policy decisions and the ledger position. Poll with get_job."
+        description = "Submit a program to run in a gVisor sandbox without waiting (same arguments as run_code); returns job_id, the policy decisions and the ledger position. Poll with get_job.",
+        output_schema = rmcp::handler::server::common::schema_for_output::<crate::core::Receipt>()
     )]
     async fn submit_job(
         &self,
@@ -954,7 +1123,10 @@ impl GlassboxMcp {
         ))
     }
 
-    #[tool(description = "Cancel a job (at once if it has not started, else its runner stops it).")]
+    #[tool(
+        description = "Cancel a job (at once if it has not started, else its runner stops it).",
+        output_schema = rmcp::handler::server::common::schema_for_output::<crate::core::CancelReply>()
+    )]
     async fn cancel_job(
         &self,
         McpCaller(caller): McpCaller,
@@ -983,7 +1155,8 @@ impl GlassboxMcp {
     }
 
     #[tool(
-        description = "The files a finished job left in /workspace/out: path, size, whether it was truncated, and a glassbox:// URI to read it by."
+        description = "The files a finished job left in /workspace/out: path, size, whether it was truncated, and a glassbox:// URI to read it by.",
+        output_schema = rmcp::handler::server::common::schema_for_output::<ArtifactLinks>()
     )]
     async fn list_artifacts(
         &self,
@@ -1003,22 +1176,28 @@ impl GlassboxMcp {
                 else {
                     return Err(ApiError::Internal("unexpected reply".into()));
                 };
-                let items: Vec<Value> = list
-                    .artifacts
-                    .iter()
-                    .map(|x| {
-                        json!({"path": x.path, "size_bytes": x.size_bytes,
-                               "truncated": x.truncated, "uri": artifact_uri(&a.job_id, &x.path)})
-                    })
-                    .collect();
-                Ok(ok_json(json!({"job_id": a.job_id, "artifacts": items})))
+                let links = ArtifactLinks {
+                    artifacts: list
+                        .artifacts
+                        .iter()
+                        .map(|x| ArtifactLink {
+                            path: x.path.clone(),
+                            size_bytes: x.size_bytes,
+                            truncated: x.truncated,
+                            uri: artifact_uri(&a.job_id, &x.path),
+                        })
+                        .collect(),
+                    job_id: a.job_id.clone(),
+                };
+                Ok(ok_json(serde_json::to_value(&links).unwrap_or(Value::Null)))
             }
             .await,
         ))
     }
 
     #[tool(
-        description = "One artifact of a finished job: UTF-8 text inline, anything else as an embedded resource (base64 blob with its MIME type)."
+        description = "One artifact of a finished job: UTF-8 text inline, anything else as an embedded resource (base64 blob with its MIME type).",
+        output_schema = rmcp::handler::server::common::schema_for_output::<FileContent>()
     )]
     async fn read_artifact(
         &self,
@@ -1029,21 +1208,24 @@ impl GlassboxMcp {
             async {
                 let bytes = self.artifact(&caller, &a.job_id, &a.path).await?;
                 let uri = artifact_uri(&a.job_id, &a.path);
-                Ok(CallToolResult::success(vec![
-                    match artifact_contents(uri, &a.path, bytes) {
+                let structured = FileContent::of(&uri, &a.path, &bytes, bytes.len() as u64, false);
+                let mut r =
+                    CallToolResult::success(vec![match artifact_contents(uri, &a.path, bytes) {
                         ResourceContents::TextResourceContents { text, .. } => {
                             ContentBlock::text(text)
                         }
                         blob => ContentBlock::resource(blob),
-                    },
-                ]))
+                    }]);
+                r.structured_content = serde_json::to_value(&structured).ok();
+                Ok(r)
             }
             .await,
         ))
     }
 
     #[tool(
-        description = "Open a session: a gVisor sandbox that stays up between calls, so variables, imports and files persist from one session_exec to the next (python and node keep an interpreter running). Same rules as run_code (language, env, dependencies installed once, secrets, limits incl. idle_timeout_secs and max_lifetime_secs). Returns the session (session_id, status, limits, expires_at) and the policy decisions; close it with close_session when done."
+        description = "Open a session: a gVisor sandbox that stays up between calls, so variables, imports and files persist from one session_exec to the next (python and node keep an interpreter running). Same rules as run_code (language, env, dependencies installed once, secrets, limits incl. idle_timeout_secs and max_lifetime_secs). Returns the session (session_id, status, limits, expires_at) and the policy decisions; close it with close_session when done.",
+        output_schema = rmcp::handler::server::common::schema_for_output::<crate::sessions::SessionReceipt>()
     )]
     async fn create_session(
         &self,
@@ -1080,7 +1262,8 @@ impl GlassboxMcp {
     }
 
     #[tool(
-        description = "Run code (in the session's interpreter: state persists between calls; a final expression's value is printed) or a shell command (in /workspace) in an open session. Returns outcome, exit_code, stdout, stderr, wall_ms and context_reset (true when a timeout or crash restarted the interpreter and earlier state is gone)."
+        description = "Run code (in the session's interpreter: state persists between calls; a final expression's value is printed) or a shell command (in /workspace) in an open session. Returns outcome, exit_code, stdout, stderr, wall_ms and context_reset (true when a timeout or crash restarted the interpreter and earlier state is gone).",
+        output_schema = rmcp::handler::server::common::schema_for_output::<crate::sessions::ExecResult>()
     )]
     async fn session_exec(
         &self,
@@ -1115,7 +1298,8 @@ impl GlassboxMcp {
     }
 
     #[tool(
-        description = "Write a file into an open session's /workspace (content as UTF-8 text, or base64 with encoding: base64)."
+        description = "Write a file into an open session's /workspace (content as UTF-8 text, or base64 with encoding: base64).",
+        output_schema = rmcp::handler::server::common::schema_for_output::<crate::sessions::FileWritten>()
     )]
     async fn session_write_file(
         &self,
@@ -1155,7 +1339,8 @@ impl GlassboxMcp {
     }
 
     #[tool(
-        description = "Read a file from an open session's /workspace: UTF-8 text inline, anything else as an embedded resource (base64 blob)."
+        description = "Read a file from an open session's /workspace: UTF-8 text inline, anything else as an embedded resource (base64 blob).",
+        output_schema = rmcp::handler::server::common::schema_for_output::<FileContent>()
     )]
     async fn session_read_file(
         &self,
@@ -1176,21 +1361,26 @@ impl GlassboxMcp {
                 else {
                     return Err(ApiError::Internal("unexpected reply".into()));
                 };
-                let uri = format!("{}/files/{}", session_uri(&a.session_id), a.path);
-                Ok(CallToolResult::success(vec![
-                    match artifact_contents(uri, &a.path, f.data) {
+                let uri = session_file_uri(&a.session_id, &a.path);
+                let structured = FileContent::of(&uri, &a.path, &f.data, f.size, f.truncated);
+                let mut r =
+                    CallToolResult::success(vec![match artifact_contents(uri, &a.path, f.data) {
                         ResourceContents::TextResourceContents { text, .. } => {
                             ContentBlock::text(text)
                         }
                         blob => ContentBlock::resource(blob),
-                    },
-                ]))
+                    }]);
+                r.structured_content = serde_json::to_value(&structured).ok();
+                Ok(r)
             }
             .await,
         ))
     }
 
-    #[tool(description = "List a directory of an open session's /workspace: name, kind, size.")]
+    #[tool(
+        description = "List a directory of an open session's /workspace: name, kind, size.",
+        output_schema = rmcp::handler::server::common::schema_for_output::<crate::sessions::FileListing>()
+    )]
     async fn session_list_files(
         &self,
         McpCaller(caller): McpCaller,
@@ -1217,7 +1407,8 @@ impl GlassboxMcp {
     }
 
     #[tool(
-        description = "Close a session: its sandbox and workspace are destroyed (scrubbed) and the closing is recorded."
+        description = "Close a session: its sandbox and workspace are destroyed (scrubbed) and the closing is recorded.",
+        output_schema = rmcp::handler::server::common::schema_for_output::<crate::sessions::SessionClosed>()
     )]
     async fn close_session(
         &self,
@@ -1245,7 +1436,8 @@ impl GlassboxMcp {
     }
 
     #[tool(
-        description = "Verify the whole ledger against its signed checkpoints; returns the first failure if any. Needs an audit role."
+        description = "Verify the whole ledger against its signed checkpoints; returns the first failure if any. Needs an audit role.",
+        output_schema = rmcp::handler::server::common::schema_for_output::<LedgerVerdict>()
     )]
     async fn verify_ledger(
         &self,
@@ -1263,14 +1455,30 @@ impl GlassboxMcp {
                     )
                     .await?
                 {
-                    Reply::Verified(v) => Ok(ok_json(match (v.report, v.failure) {
-                        (Some(r), _) => json!({"verifies": true, "records": r["records"],
-                               "root": r["root"], "checkpoints_checked": r["checkpoints_checked"]}),
-                        (_, Some(f)) => {
-                            json!({"verifies": false, "position": f.position, "reason": f.reason})
-                        }
-                        _ => json!({"verifies": v.verifies}),
-                    })),
+                    Reply::Verified(v) => {
+                        let verdict = match (v.report, v.failure) {
+                            (Some(r), _) => LedgerVerdict {
+                                verifies: true,
+                                records: r["records"].as_u64(),
+                                root: r["root"].as_str().map(str::to_owned),
+                                checkpoints_checked: r["checkpoints_checked"].as_u64(),
+                                ..LedgerVerdict::default()
+                            },
+                            (_, Some(f)) => LedgerVerdict {
+                                verifies: false,
+                                position: Some(f.position),
+                                reason: Some(f.reason),
+                                ..LedgerVerdict::default()
+                            },
+                            _ => LedgerVerdict {
+                                verifies: v.verifies,
+                                ..LedgerVerdict::default()
+                            },
+                        };
+                        Ok(ok_json(
+                            serde_json::to_value(&verdict).unwrap_or(Value::Null),
+                        ))
+                    }
                     _ => Err(ApiError::Internal("unexpected reply".into())),
                 }
             }
@@ -1279,7 +1487,8 @@ impl GlassboxMcp {
     }
 
     #[tool(
-        description = "A stream's state and timeline at a ledger position (e.g. job-<id>), for incident review. Needs an audit role."
+        description = "A stream's state and timeline at a ledger position (e.g. job-<id>), for incident review. Needs an audit role.",
+        output_schema = rmcp::handler::server::common::schema_for_output::<serde_json::Map<String, Value>>()
     )]
     async fn replay(
         &self,
@@ -1309,7 +1518,8 @@ impl GlassboxMcp {
     }
 
     #[tool(
-        description = "Search the caller's tenant's audit trail (the ledger records), newest first. Needs an audit role."
+        description = "Search the caller's tenant's audit trail (the ledger records), newest first. Needs an audit role.",
+        output_schema = rmcp::handler::server::common::schema_for_output::<AuditEvents>()
     )]
     async fn search_audit(
         &self,
@@ -1330,7 +1540,12 @@ impl GlassboxMcp {
                     cursor: None,
                 };
                 match self.run(&caller, command).await? {
-                    Reply::Audit(page) => Ok(ok_json(json!({"events": page.events}))),
+                    Reply::Audit(page) => Ok(ok_json(
+                        serde_json::to_value(AuditEvents {
+                            events: page.events,
+                        })
+                        .unwrap_or(Value::Null),
+                    )),
                     _ => Err(ApiError::Internal("unexpected reply".into())),
                 }
             }
@@ -1395,6 +1610,11 @@ impl ServerHandler for GlassboxMcp {
                 "artifact",
             )
             .with_description("A file the job wrote to /workspace/out: text, or a base64 blob"),
+            ResourceTemplate::new(
+                format!("{SCHEME}sessions/{{session_id}}/files/{{+path}}"),
+                "session file",
+            )
+            .with_description("A file of an open session's /workspace: text, or a base64 blob"),
             ResourceTemplate::new(format!("{SCHEME}sessions/{{session_id}}"), "session")
                 .with_description(
                     "A session: status, runner, limits, deadlines, exec and file-operation counts (JSON)",
@@ -1439,6 +1659,24 @@ mod tests {
         );
         for name in ["dir/my x.bin", "100%.txt", "ü/a+b?.csv"] {
             assert_eq!(parse_uri(&artifact_uri("j", name)), artifact("j", name));
+        }
+        assert_eq!(
+            parse_uri("glassbox://sessions/s1"),
+            Some(Target::Session("s1".into()))
+        );
+        for name in ["a.txt", "dir/my x.bin", "100%.txt"] {
+            assert_eq!(
+                parse_uri(&session_file_uri("s1", name)),
+                Some(Target::SessionFile("s1".into(), name.into()))
+            );
+        }
+        for bad in [
+            "glassbox://sessions/",
+            "glassbox://sessions/s1/",
+            "glassbox://sessions/s1/files/",
+            "glassbox://sessions/s1/other/x",
+        ] {
+            assert_eq!(parse_uri(bad), None, "{bad}");
         }
         assert_eq!(parse_uri("glassbox://jobs/abc/artifacts/bad%zz"), None);
         assert_eq!(parse_uri("glassbox://jobs/abc/artifacts/cut%4"), None);

@@ -106,6 +106,7 @@ async def scenario(args):
         for member in ["language", "code", "stdin", "files", "dependencies", "secrets", "limits", "idempotency_key"]:
             check(member in props, f"run_code schema lacks {member}: {sorted(props)}")
         check(all(t.description for t in tools), "a tool without a description")
+        check(all(t.output_schema for t in tools), f"tools without an outputSchema: {[t.name for t in tools if not t.output_schema]}")
         report["tools"] = sorted(names)
 
         step("Python")
@@ -115,6 +116,7 @@ async def scenario(args):
         result, text = await call(client, "run_code", py_args)
         check(not result.is_error, f"run_code python failed: {text}")
         py = json.loads(text)
+        check(result.structured_content == py, f"structuredContent differs from the text: {result}")
         check(py["status"] == "completed" and py["exit_code"] == 0, f"python job: {py}")
         check(py["stdout"].strip() == "py-ok hello", f"python stdout: {py['stdout']!r}")
         check(sorted(py["artifacts"]) == ["blob.bin", "report.txt"], f"artifacts: {py['artifacts']}")
@@ -158,6 +160,7 @@ async def scenario(args):
                 "glassbox://jobs/{job_id}",
                 "glassbox://jobs/{job_id}/artifacts/{+path}",
                 "glassbox://sessions/{session_id}",
+                "glassbox://sessions/{session_id}/files/{+path}",
             },
             f"templates: {templates}",
         )
@@ -248,13 +251,19 @@ async def session(args):
         check(not result.is_error, f"command: {text}")
         result, text = await call(client, "session_read_file", {"session_id": sid, "path": "count.txt"})
         check(not result.is_error and text.strip() == "3", f"read: {text!r}")
+        check(result.structured_content["content"].strip() == "3", f"structured read: {result}")
         result, text = await call(client, "session_list_files", {"session_id": sid, "path": "in"})
         listing = result.structured_content or json.loads(text)
         check([e["name"] for e in listing["entries"]] == ["data.txt"], f"list: {listing}")
 
-        step("the session as a resource")
+        step("the session and its files as resources")
         res = (await client.read_resource(f"glassbox://sessions/{sid}")).contents[0]
         check(json.loads(res.text)["execs"] == 3, f"session resource: {res}")
+        res = (await client.read_resource(f"glassbox://sessions/{sid}/files/in/data.txt")).contents[0]
+        check(res.text == "a\nb\nc\n", f"file resource: {res}")
+        for name in ["create_session", "session_exec", "session_write_file", "session_read_file",
+                     "session_list_files", "close_session"]:
+            check(tools[name].output_schema, f"{name} declares no outputSchema")
 
         step("close")
         result, text = await call(client, "close_session", {"session_id": sid})

@@ -320,7 +320,8 @@ async fn jobs_are_resources_read_by_uri_within_the_callers_tenant() {
         [
             "glassbox://jobs/{job_id}",
             "glassbox://jobs/{job_id}/artifacts/{+path}",
-            "glassbox://sessions/{session_id}"
+            "glassbox://sessions/{session_id}",
+            "glassbox://sessions/{session_id}/files/{+path}"
         ]
     );
 
