@@ -69,6 +69,51 @@ fn is_root() -> bool {
 
 /// A private PostgreSQL cluster from the system's binaries, for `glassbox dev`
 /// without a database URL. Returns its URL and the pg_ctl command that stops it.
+/// The local Redis `url` names, started (`redis-server`, in memory only) when
+/// nothing answers there and it is on this machine. `Some(description)` when
+/// it was started; `None` when it was already up. A remote Redis that does not
+/// answer is an error.
+pub async fn ensure_redis(url: &str) -> anyhow::Result<Option<String>> {
+    let rest = url
+        .strip_prefix("redis://")
+        .with_context(|| format!("{url}: only a redis:// URL can be started locally"))?;
+    let hostport = rest.rsplit('@').next().unwrap_or(rest);
+    let hostport = hostport.split('/').next().unwrap_or(hostport);
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse::<u16>().context("the Redis port")?),
+        None => (hostport, 6379),
+    };
+    let answers = || async {
+        tokio::time::timeout(
+            std::time::Duration::from_millis(500),
+            tokio::net::TcpStream::connect((host, port)),
+        )
+        .await
+        .is_ok_and(|c| c.is_ok())
+    };
+    if answers().await {
+        return Ok(None);
+    }
+    anyhow::ensure!(
+        matches!(host, "127.0.0.1" | "localhost" | "::1" | "[::1]"),
+        "Redis at {host}:{port} does not answer (start it, or point GLASSBOX_REDIS_URL at one)"
+    );
+    let status = std::process::Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--daemonize", "yes", "--save", "", "--appendonly", "no"])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("Redis does not answer and redis-server could not be run (apt-get install redis-server)")?;
+    anyhow::ensure!(status.success(), "redis-server failed to start ({status})");
+    for _ in 0..50 {
+        if answers().await {
+            return Ok(Some(format!("redis-server on 127.0.0.1:{port}")));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("redis-server on 127.0.0.1:{port} did not come up within 5 s")
+}
+
 async fn private_postgres() -> anyhow::Result<(String, Vec<String>)> {
     let mut bins: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
         .context("no PostgreSQL binaries in /usr/lib/postgresql (apt-get install postgresql, or set DATABASE_URL)")?
@@ -251,6 +296,9 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<ExitCode> {
             .or_insert_with(|| args.signing.key_file.to_string_lossy().into_owned());
     }
     let config = glassbox_platform::Config::from_vars(vars.clone()).context("configuration")?;
+    if let Some(started) = ensure_redis(&config.redis_url).await? {
+        eprintln!("glassbox dev: started {started}");
+    }
     let token = CancellationToken::new();
     tokio::spawn(crate::serve::shutdown_signal(token.clone()));
     let result = dev_inner(&args, &config, &vars, token).await;

@@ -925,3 +925,35 @@ fn dev_on_a_private_cluster_and_run_exits_with_the_programs_code() {
     let _ = std::fs::remove_dir_all(format!("/var/lib/glassbox/postgres-{tag}"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn glassbox_dev_starts_a_local_redis_that_does_not_answer_and_refuses_a_remote_one() {
+    // A free port on loopback: nothing answers there yet.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let started = glassbox_cli::dev::ensure_redis(&url)
+        .await
+        .expect("started");
+    assert_eq!(started, Some(format!("redis-server on 127.0.0.1:{port}")));
+    // It answers now; asking again starts nothing.
+    let ping = Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "ping"])
+        .output()
+        .expect("redis-cli");
+    assert_eq!(String::from_utf8_lossy(&ping.stdout).trim(), "PONG");
+    assert_eq!(
+        glassbox_cli::dev::ensure_redis(&url).await.expect("up"),
+        None
+    );
+    let _ = Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "shutdown", "nosave"])
+        .output();
+    // A Redis elsewhere that does not answer is an error naming it, not started.
+    let e = glassbox_cli::dev::ensure_redis("redis://192.0.2.1:6379")
+        .await
+        .expect_err("remote");
+    assert!(e.to_string().contains("192.0.2.1:6379"), "{e}");
+}

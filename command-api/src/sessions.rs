@@ -841,7 +841,12 @@ impl Core {
             let mut stdout = Vec::new();
             let mut stderr = Vec::new();
             loop {
-                let next = stream.message().await;
+                // A client that goes away (its receiver dropped) cancels the
+                // exec: dropping the gRPC stream tells the runner.
+                let next = tokio::select! {
+                    m = stream.message() => m,
+                    _ = tx.closed() => break,
+                };
                 let event = match next {
                     Ok(Some(e)) => e,
                     Ok(None) => break,

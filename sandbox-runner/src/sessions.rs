@@ -1013,7 +1013,17 @@ impl SessionHost {
         shutdown: CancellationToken,
     ) -> Result<(), tonic::transport::Error> {
         tokio::spawn(self.clone().heartbeat(shutdown.clone()));
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        // Small frames (an exec's output, its result) go out at once: without
+        // TCP_NODELAY each waits for the peer's delayed ACK (~40 ms).
+        let incoming = tokio_stream::StreamExt::map(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            |conn| {
+                if let Ok(c) = &conn {
+                    let _ = c.set_nodelay(true);
+                }
+                conn
+            },
+        );
         let svc =
             glassbox_runner_api::RunnerServer::new(self.clone()).max_decoding_message_size(8 << 20);
         let stop = shutdown.clone();

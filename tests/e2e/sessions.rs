@@ -342,6 +342,32 @@ async fn a_session_keeps_state_and_files_between_calls_and_every_call_is_on_the_
         "{body}"
     );
 
+    // A client that gives up cancels its exec; the session goes on.
+    let gave_up = s
+        .client
+        .post(format!("{}/v1/sessions/{id}/exec", s.addr))
+        .bearer_auth(token("acme"))
+        .timeout(Duration::from_millis(1500))
+        .json(&json!({"code": "import time\ntime.sleep(30)"}))
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the exec should still be running");
+    let mut cancelled = false;
+    for _ in 0..100 {
+        let records = s.session_stream(&id).await;
+        if records.iter().any(|r| {
+            r.record.event_type == "session.exec_finished"
+                && r.record.data["outcome"] == "cancelled"
+        }) {
+            cancelled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(cancelled, "{:?}", types(&s.session_stream(&id).await));
+    let (_, r) = s.exec("acme", &id, json!({"code": "print('after')"})).await;
+    assert_eq!(r["stdout"]["content"], "after\n", "{r}");
+
     // The stored output of an earlier exec.
     let (status, out) = s
         .call(
@@ -403,7 +429,7 @@ async fn a_session_keeps_state_and_files_between_calls_and_every_call_is_on_the_
     assert_eq!(status, 200, "{view}");
     assert_eq!(view["status"], "closed");
     assert_eq!(view["workspace_destroyed"], true);
-    assert_eq!(view["execs"], 10, "{view}");
+    assert_eq!(view["execs"], 12, "{view}");
     let (_, list) = s
         .call("acme", "GET", "/v1/sessions?status=closed", None)
         .await;
