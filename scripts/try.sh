@@ -59,7 +59,8 @@ echo "session $sid"
 "$gb" session exec "$sid" 'print("area", round(math.pi * radius ** 2, 3))'
 printf 'a,b\n1,2\n3,4\n' > "$work/in.csv"
 "$gb" session cp "$work/in.csv" "$sid:data/in.csv"
-"$gb" session exec "$sid" --command 'wc -l data/in.csv && ls -l data'
+"$gb" session exec "$sid" --command 'wc -l data/in.csv'
+"$gb" session ls "$sid" data
 "$gb" session exec "$sid" 'open("out.txt", "w").write(str(sum(1 for _ in open("data/in.csv"))))'
 "$gb" session cp "$sid:out.txt" "$work/out.txt" && echo "copied out: $(cat "$work/out.txt") lines"
 "$gb" session close "$sid"
