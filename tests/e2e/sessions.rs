@@ -17,6 +17,10 @@ pub(crate) struct Host {
 
 /// A runner serving sessions for the stack (its own runsc backend and ID).
 pub(crate) async fn host(s: &Stack, bypass: bool) -> Host {
+    host_with(s, bypass, SecretProvider::None).await
+}
+
+async fn host_with(s: &Stack, bypass: bool, secrets: SecretProvider) -> Host {
     let runner_id = format!("ses{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
     let (backend, _) = LocalRunsc::start(LocalConfig {
         runner_id: runner_id.clone(),
@@ -55,7 +59,7 @@ pub(crate) async fn host(s: &Stack, bypass: bool) -> Host {
             bypass,
             agent: glassbox_sandbox_runner::local::session::find_agent()
                 .expect("the session agent (cargo build -p glassbox-session-agent)"),
-            secrets: SecretProvider::None,
+            secrets,
             wheel_mirror: None,
         },
     );
@@ -937,5 +941,117 @@ async fn a_runner_killed_with_sigkill_loses_its_sessions_and_its_restart_leaves_
     assert!(owned(&prefix).is_empty(), "{:?}", owned(&prefix));
     let _ = again.kill();
     let _ = again.wait();
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn approved_secrets_reach_a_session_redacted_and_counted_and_file_deletes_are_events() {
+    let dir = std::env::temp_dir().join(format!(
+        "glassbox-e2e-session-secrets-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("secrets.json");
+    let value = "sk-session-5e8d2c1a9f";
+    std::fs::write(
+        &file,
+        json!({"OPENAI_API_KEY": value, "DATABASE_PASSWORD": "pw-session-0077"}).to_string(),
+    )
+    .expect("secrets file");
+    let s = stack(SecretProvider::None).await;
+    let h = host_with(&s, false, SecretProvider::File(file)).await;
+    // A secret the tenant may not have: refused, recorded, nothing opened.
+    let (status, refused) = s
+        .open(
+            "acme",
+            json!({"language": "python", "secrets": ["AWS_SECRET"]}),
+        )
+        .await;
+    assert_eq!(status, 403, "{refused}");
+    let (status, opened) = s
+        .open(
+            "acme",
+            json!({"language": "python",
+                   "secrets": ["OPENAI_API_KEY", {"name": "DATABASE_PASSWORD", "mode": "file"}]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{opened}");
+    let id = opened["session"]["session_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let (_, r) = s
+        .exec(
+            "acme",
+            &id,
+            json!({"code": "import os\nk = os.environ['OPENAI_API_KEY']\nprint('key', k, k)\nprint(open('.secrets/DATABASE_PASSWORD').read())\nopen('leak.txt', 'w').write(k)"}),
+        )
+        .await;
+    assert_eq!(r["outcome"], "succeeded", "{r}");
+    let out = r["stdout"]["content"].as_str().unwrap_or("");
+    assert!(
+        !out.contains(value) && !out.contains("pw-session-0077"),
+        "{out}"
+    );
+    assert!(out.contains("[REDACTED"), "{out}");
+    assert!(r["redactions"].as_u64().unwrap_or(0) >= 3, "{r}");
+    // Read back through the API: redacted too.
+    let got = s
+        .client
+        .get(format!("{}/v1/sessions/{id}/files/leak.txt", s.addr))
+        .bearer_auth(token("acme"))
+        .send()
+        .await
+        .expect("get")
+        .text()
+        .await
+        .expect("body");
+    assert!(!got.contains(value), "{got}");
+    // A file deleted through the API is gone, and the deletion is an event.
+    let (status, _) = s
+        .call(
+            "acme",
+            "DELETE",
+            &format!("/v1/sessions/{id}/files/leak.txt"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, r) = s
+        .exec(
+            "acme",
+            &id,
+            json!({"code": "import os\nprint(os.path.exists('leak.txt'))"}),
+        )
+        .await;
+    assert_eq!(r["stdout"]["content"], "False\n", "{r}");
+    let (status, _) = s
+        .call("acme", "DELETE", &format!("/v1/sessions/{id}"), None)
+        .await;
+    assert_eq!(status, 200);
+    let records = s.wait_for(&id, "workspace.destroyed").await;
+    let t = types(&records);
+    for e in [
+        "secret.injection_approved",
+        "secret.materialized",
+        "session.file_deleted",
+    ] {
+        assert!(t.iter().any(|x| x == e), "{e} missing from {t:?}");
+    }
+    // No secret value anywhere in the session's records or the read model.
+    for r in &records {
+        let text = Value::Object(r.record.data.clone()).to_string();
+        assert!(
+            !text.contains(value) && !text.contains("pw-session-0077"),
+            "{text}"
+        );
+    }
+    let (_, view) = s
+        .call("acme", "GET", &format!("/v1/sessions/{id}"), None)
+        .await;
+    assert!(!view.to_string().contains(value));
+    h.stop.cancel();
+    let _ = h.task.await;
+    let _ = std::fs::remove_dir_all(&dir);
     s.stop().await;
 }
