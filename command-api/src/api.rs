@@ -430,13 +430,7 @@ pub async fn cancel_job(
     Path(id): Path<String>,
     OptionalJson(body): OptionalJson<CancelBody>,
 ) -> Result<Response, ApiError> {
-    if let Some(r) = &body.reason
-        && (r.chars().count() > 1024 || r.contains('\0'))
-    {
-        return Err(ApiError::Invalid(
-            "reason: at most 1024 characters, no NUL".into(),
-        ));
-    }
+    check_reason(body.reason.as_deref())?;
     run(
         &state,
         &caller,
@@ -446,6 +440,16 @@ pub async fn cancel_job(
         },
     )
     .await
+}
+
+/// A recorded reason (cancel, close): at most 1024 characters, no NUL.
+pub(crate) fn check_reason(reason: Option<&str>) -> Result<(), ApiError> {
+    match reason {
+        Some(r) if r.chars().count() > 1024 || r.contains('\0') => Err(ApiError::Invalid(
+            "reason: at most 1024 characters, no NUL".into(),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// `DELETE /v1/jobs/{id}/data`: crypto-shred a finished job's data.

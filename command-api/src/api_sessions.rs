@@ -279,13 +279,7 @@ pub async fn close_session(
     Path(id): Path<String>,
     OptionalJson(body): OptionalJson<CloseBody>,
 ) -> Result<Response, ApiError> {
-    if let Some(r) = &body.reason
-        && (r.chars().count() > 1024 || r.contains('\0'))
-    {
-        return Err(ApiError::Invalid(
-            "reason: at most 1024 characters, no NUL".into(),
-        ));
-    }
+    crate::api::check_reason(body.reason.as_deref())?;
     run(
         &state,
         &caller,

@@ -255,7 +255,49 @@ fn decided(job_id: &str, step: &'static str) -> impl FnOnce(DecideError<Refusal>
     }
 }
 
+/// Requested limits as admission's input: the members that were given.
+pub(crate) fn requested_limits<T: Serialize>(limits: &T) -> Map<String, Value> {
+    match serde_json::to_value(limits) {
+        Ok(Value::Object(m)) => m.into_iter().filter(|(_, v)| !v.is_null()).collect(),
+        _ => Map::new(),
+    }
+}
+
 impl Core {
+    /// `glassbox.secrets` for each named secret (a job's or a session's):
+    /// each decision and its approval or denial go into `events`, a denial's
+    /// reasons into `reasons`.
+    pub(crate) fn decide_secrets(
+        &self,
+        tenant: &str,
+        language: &str,
+        secrets: &[glassbox_domain::request::SecretRequest],
+        events: &mut Vec<KnownEvent>,
+        reasons: &mut Vec<String>,
+    ) {
+        for s in secrets {
+            let input = json!({"tenant": tenant, "secret": s.name.as_str(), "language": language});
+            let d = self.engine.evaluate(Policy::Secrets, &input);
+            events.push(KnownEvent::PolicyEvaluated(Box::new(evaluated(&d, &input))));
+            if d.allow {
+                events.push(KnownEvent::SecretInjectionApproved(Box::new(
+                    catalogue::SecretInjectionApproved {
+                        name: s.name.to_string(),
+                        mode: s.mode.as_str().into(),
+                    },
+                )));
+            } else {
+                reasons.extend(d.reasons.iter().cloned());
+                events.push(KnownEvent::SecretInjectionDenied(Box::new(
+                    catalogue::SecretInjectionDenied {
+                        name: s.name.to_string(),
+                        reasons: d.reasons.clone(),
+                    },
+                )));
+            }
+        }
+    }
+
     pub(crate) fn authz_input(caller: &Caller, action: &str, tenant: &str) -> Value {
         json!({
             "identity": identity_input(&caller.identity),
@@ -358,10 +400,7 @@ impl Core {
                 idempotency_key: idempotency_key.clone(),
                 ..submitted
             };
-            let limits_in: Map<String, Value> = match serde_json::to_value(&spec.limits) {
-                Ok(Value::Object(m)) => m.into_iter().filter(|(_, v)| !v.is_null()).collect(),
-                _ => Map::new(),
-            };
+            let limits_in = requested_limits(&spec.limits);
             let admission_input = json!({
                 "tenant": tenant,
                 "language": spec.language.as_str(),
@@ -377,29 +416,13 @@ impl Core {
             if !admission.allow {
                 reasons.extend(admission.reasons.iter().cloned());
             }
-            for s in &spec.secrets {
-                let input = json!({
-                    "tenant": tenant, "secret": s.name.as_str(), "language": spec.language.as_str(),
-                });
-                let d = self.engine.evaluate(Policy::Secrets, &input);
-                events.push(evaluated_event(&d, &input));
-                if d.allow {
-                    events.push(KnownEvent::SecretInjectionApproved(Box::new(
-                        catalogue::SecretInjectionApproved {
-                            name: s.name.to_string(),
-                            mode: s.mode.as_str().into(),
-                        },
-                    )));
-                } else {
-                    reasons.extend(d.reasons.iter().cloned());
-                    events.push(KnownEvent::SecretInjectionDenied(Box::new(
-                        catalogue::SecretInjectionDenied {
-                            name: s.name.to_string(),
-                            reasons: d.reasons.clone(),
-                        },
-                    )));
-                }
-            }
+            self.decide_secrets(
+                &tenant,
+                spec.language.as_str(),
+                &spec.secrets,
+                &mut events,
+                &mut reasons,
+            );
             let effective: Option<Limits> = admission
                 .effective_limits
                 .clone()

@@ -26,7 +26,7 @@ use glassbox_policies::Policy;
 use glassbox_runner_api::RunnerClient;
 use glassbox_runner_api::v1 as api;
 use serde::Serialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -488,10 +488,7 @@ impl Core {
             let open = glassbox_projector::queries::open_sessions(&self.pool, &tenant)
                 .await
                 .map_err(|e| ApiError::Internal(e.to_string()))?;
-            let limits_in: Map<String, Value> = match serde_json::to_value(&spec.limits) {
-                Ok(Value::Object(m)) => m.into_iter().filter(|(_, v)| !v.is_null()).collect(),
-                _ => Map::new(),
-            };
+            let limits_in = crate::core::requested_limits(&spec.limits);
             let admission_input = json!({
                 "tenant": tenant,
                 "kind": "session",
@@ -509,29 +506,13 @@ impl Core {
             if !admission.allow {
                 reasons.extend(admission.reasons.iter().cloned());
             }
-            for s in &spec.secrets {
-                let input = json!({
-                    "tenant": tenant, "secret": s.name.as_str(), "language": spec.language.as_str(),
-                });
-                let d = self.engine.evaluate(Policy::Secrets, &input);
-                events.push(ev(&d, &input));
-                if d.allow {
-                    events.push(KnownEvent::SecretInjectionApproved(Box::new(
-                        catalogue::SecretInjectionApproved {
-                            name: s.name.to_string(),
-                            mode: s.mode.as_str().into(),
-                        },
-                    )));
-                } else {
-                    reasons.extend(d.reasons.iter().cloned());
-                    events.push(KnownEvent::SecretInjectionDenied(Box::new(
-                        catalogue::SecretInjectionDenied {
-                            name: s.name.to_string(),
-                            reasons: d.reasons.clone(),
-                        },
-                    )));
-                }
-            }
+            self.decide_secrets(
+                &tenant,
+                spec.language.as_str(),
+                &spec.secrets,
+                &mut events,
+                &mut reasons,
+            );
             let effective: Option<SessionLimits> = admission
                 .effective_limits
                 .clone()
