@@ -246,9 +246,16 @@ pub fn default_key_file() -> PathBuf {
     data.join("keys/ledger.key")
 }
 
-/// JSON logs to stderr, filtered by `RUST_LOG` (default: warnings).
-pub fn init_tracing() {
-    glassbox_platform::telemetry::init("warn");
+/// The service name a command reports its telemetry under (unless
+/// `OTEL_SERVICE_NAME` says otherwise): one per plane, so a trace shows which
+/// process did what.
+fn service_name(command: &Command) -> &'static str {
+    match command {
+        Command::Serve(_) | Command::Projector { .. } => "glassbox-control-plane",
+        Command::Runner => "glassbox-runner",
+        Command::Dev(_) => "glassbox-dev",
+        _ => "glassbox-cli",
+    }
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -309,7 +316,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// The `glassbox` command's entry point: parse the arguments, run, exit.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -320,11 +326,29 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(run(cli)) {
+    // JSON logs to stderr (RUST_LOG, default warnings); spans and metrics over
+    // OTLP when the OTEL_* variables ask for it. Inside the runtime: the gRPC
+    // exporter needs one.
+    let telemetry = {
+        let _in_runtime = runtime.enter();
+        match glassbox_platform::telemetry::init(service_name(&cli.command), "warn") {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    };
+    let code = match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
         }
+    };
+    {
+        let _in_runtime = runtime.enter();
+        telemetry.shutdown();
     }
+    code
 }

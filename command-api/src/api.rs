@@ -526,7 +526,8 @@ pub async fn status(
     run(&state, &caller, Command::Status).await
 }
 
-/// Prometheus text format: ledger head, projection position and lag. With
+/// Every instrument of this process in Prometheus text format (see
+/// docs/operations.md), with the status gauges read afresh. With
 /// `GLASSBOX_METRICS_TOKEN` set it needs `Authorization: Bearer <token>`.
 pub async fn metrics(
     State(state): State<AppState>,
@@ -549,21 +550,8 @@ pub async fn metrics(
             ));
         }
     }
-    let s = state.core.status().await?;
-    let body = format!(
-        "# TYPE glassbox_ledger_head gauge\nglassbox_ledger_head {}\n\
-         # TYPE glassbox_ledger_checkpoint_size gauge\nglassbox_ledger_checkpoint_size {}\n\
-         # TYPE glassbox_projection_position gauge\nglassbox_projection_position {}\n\
-         # TYPE glassbox_projection_lag_events gauge\nglassbox_projection_lag_events {}\n\
-         # TYPE glassbox_projection_lag_ms gauge\nglassbox_projection_lag_ms {}\n\
-         # TYPE glassbox_jobs_queued gauge\nglassbox_jobs_queued {}\n",
-        s.ledger.head,
-        s.ledger.latest_checkpoint_size,
-        s.projection.position,
-        s.projection.lag_events,
-        s.projection.lag_ms,
-        s.queue.accepted_not_claimed,
-    );
+    crate::telemetry::refresh_status(&state).await?;
+    let body = glassbox_platform::telemetry::metrics::render();
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response())
 }
 

@@ -38,12 +38,14 @@ pub async fn authenticate(State(state): State<AppState>, req: Request, next: Nex
     let mut req = Request::from_parts(parts, body);
     match identified {
         Ok(caller) => {
+            tracing::Span::current().record("tenant", caller.identity.tenant.as_str());
             match state.limiter.check(&caller.identity.tenant).await {
                 Ok(Verdict::Allowed) => {}
                 Ok(Verdict::Limited {
                     first,
                     window_start,
                 }) => {
+                    crate::telemetry::count_rate_limited("tenant");
                     if first {
                         record_rate_limit(&state, &caller, window_start).await;
                     }
@@ -70,10 +72,13 @@ pub async fn authenticate(State(state): State<AppState>, req: Request, next: Nex
                 .await
             {
                 Ok(Verdict::Allowed) => e.into_response(),
-                Ok(Verdict::Limited { .. }) => ApiError::TooManyAuthFailures {
-                    retry_after_secs: 1,
+                Ok(Verdict::Limited { .. }) => {
+                    crate::telemetry::count_rate_limited("auth_failures");
+                    ApiError::TooManyAuthFailures {
+                        retry_after_secs: 1,
+                    }
+                    .into_response()
                 }
-                .into_response(),
                 Err(err) => {
                     tracing::error!(error = %err, "rate limiter unavailable; refusing");
                     ApiError::Unavailable("the rate limiter is unavailable".into()).into_response()

@@ -25,6 +25,7 @@ use schemars::JsonSchema;
 use serde::Serialize;
 use serde_json::Value;
 use std::time::{Duration, Instant};
+use tracing::Instrument as _;
 
 /// A job ID as it came in: a UUID, or the job does not exist (404).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -332,6 +333,43 @@ pub enum Command {
 }
 
 impl Command {
+    /// The command's name, for spans (`submit_job`, `exec`, …).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::SubmitJob { .. } => "submit_job",
+            Command::GetJob { .. } => "get_job",
+            Command::ListJobs { .. } => "list_jobs",
+            Command::JobNow { .. } => "job_now",
+            Command::JobEvents { .. } => "job_events",
+            Command::CancelJob { .. } => "cancel_job",
+            Command::JobOutput { .. } => "job_output",
+            Command::ListArtifacts { .. } => "list_artifacts",
+            Command::ReadArtifact { .. } => "read_artifact",
+            Command::DeleteJobData { .. } => "delete_job_data",
+            Command::SearchAudit { .. } => "search_audit",
+            Command::LatestCheckpoint { .. } => "latest_checkpoint",
+            Command::VerifierKey { .. } => "verifier_key",
+            Command::InclusionProof { .. } => "inclusion_proof",
+            Command::ConsistencyProof { .. } => "consistency_proof",
+            Command::VerifyLedger { .. } => "verify_ledger",
+            Command::Replay { .. } => "replay",
+            Command::ExportAudit { .. } => "export_audit",
+            Command::Status { .. } => "status",
+            Command::OpenSession { .. } => "open_session",
+            Command::GetSession { .. } => "get_session",
+            Command::ListSessions { .. } => "list_sessions",
+            Command::SessionEvents { .. } => "session_events",
+            Command::Exec { .. } => "exec",
+            Command::ExecOutput { .. } => "exec_output",
+            Command::WriteFile { .. } => "write_file",
+            Command::ReadFile { .. } => "read_file",
+            Command::ListFiles { .. } => "list_files",
+            Command::DeleteFile { .. } => "delete_file",
+            Command::CloseSession { .. } => "close_session",
+            Command::DeleteSessionData { .. } => "delete_session_data",
+        }
+    }
+
     /// The authz action this command needs (`None`: its authorization is one
     /// of the decisions recorded with it — a submission).
     pub fn action(&self) -> Option<&'static str> {
@@ -624,11 +662,27 @@ impl Core {
     /// Authorizes `command` for `caller` (a refusal is recorded and is a 403),
     /// then runs it.
     pub async fn dispatch(&self, caller: &Caller, command: Command) -> Result<Reply, ApiError> {
-        if let Some(action) = command.action() {
-            self.authorize(caller, action, &command.resource_tenant(caller))
-                .await?;
+        let span = tracing::info_span!(
+            "command",
+            command = command.name(),
+            tenant = %caller.identity.tenant,
+            outcome = tracing::field::Empty,
+        );
+        async {
+            if let Some(action) = command.action() {
+                self.authorize(caller, action, &command.resource_tenant(caller))
+                    .await?;
+            }
+            self.execute(caller, command).await
         }
-        self.execute(caller, command).await
+        .instrument(span.clone())
+        .await
+        .inspect(|_| {
+            span.record("outcome", "ok");
+        })
+        .inspect_err(|_| {
+            span.record("outcome", "error");
+        })
     }
 
     async fn execute(&self, caller: &Caller, command: Command) -> Result<Reply, ApiError> {

@@ -25,13 +25,12 @@ pub mod mcp;
 pub mod openapi;
 pub mod ratelimit;
 pub mod sessions;
+pub mod telemetry;
 pub mod testing;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request};
-use axum::http::HeaderValue;
-use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::extract::DefaultBodyLimit;
+use axum::middleware;
 use axum::routing::{get, post};
 use glassbox_events::Digest;
 use glassbox_events::store::EventStore;
@@ -44,7 +43,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument as _;
 
 pub use crate::core::{Caller, Core};
 pub use crate::error::ApiError;
@@ -193,6 +191,23 @@ impl Application {
                     }
                     if let Err(e) = core.enforce_retention(retention).await {
                         tracing::warn!(error = %e, "retention sweep failed");
+                    }
+                }
+            });
+        }
+        {
+            // The status gauges (ledger head, checkpoint age, projection lag,
+            // queue depth, open sessions), refreshed for OTLP push.
+            glassbox_platform::telemetry::metrics::ensure();
+            let (st, token) = (state.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                loop {
+                    if let Err(e) = telemetry::refresh_status(&st).await {
+                        tracing::debug!(error = %e, "status gauges: refresh failed");
+                    }
+                    tokio::select! {
+                        _ = token.cancelled() => return,
+                        _ = tokio::time::sleep(telemetry::STATUS_EVERY) => {}
                     }
                 }
             });
@@ -347,7 +362,8 @@ pub fn router(state: AppState, pool: PgPool, shutdown: &CancellationToken) -> Ro
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,
-        ));
+        ))
+        .route_layer(middleware::from_fn(telemetry::record_route));
     // MCP (streamable HTTP) behind the same authentication as REST.
     let mcp = mcp::router(state.clone(), shutdown.child_token());
     let v1 = v1.merge(mcp);
@@ -377,7 +393,7 @@ pub fn router(state: AppState, pool: PgPool, shutdown: &CancellationToken) -> Ro
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(middleware::from_fn(request_id))
+        .layer(middleware::from_fn(telemetry::request))
 }
 
 /// `/metrics` alone, for its own listener (`GLASSBOX_METRICS_ADDR`).
@@ -386,38 +402,6 @@ pub fn metrics_router(state: AppState) -> Router {
         .route("/metrics", get(api::metrics))
         .with_state(state)
         .fallback(api::not_found)
-}
-
-/// Gives every request a correlation ID (the caller's `X-Request-Id` when it is
-/// sane, else a new UUID), logs the request in a span carrying it, and echoes it.
-async fn request_id(mut req: Request, next: Next) -> Response {
-    let id = req
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|s| !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic()))
-        .map(str::to_owned)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    req.extensions_mut().insert(auth::RequestId(id.clone()));
-    let span = tracing::info_span!(
-        "request",
-        request_id = %id,
-        method = %req.method(),
-        path = %auth::loggable_path(req.uri().path()),
-    );
-    let started = std::time::Instant::now();
-    let mut resp = next.run(req).instrument(span.clone()).await;
-    span.in_scope(|| {
-        tracing::info!(
-            status = resp.status().as_u16(),
-            ms = started.elapsed().as_millis() as u64,
-            "request finished"
-        );
-    });
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        resp.headers_mut().insert("x-request-id", v);
-    }
-    resp
 }
 
 /// The projector's position as a watch channel: updated on its NOTIFY, and

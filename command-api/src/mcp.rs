@@ -45,6 +45,7 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 /// Longest a `run_code` call waits for the job to finish.
 pub const MAX_RUN_WAIT: Duration = Duration::from_secs(120);
@@ -815,7 +816,12 @@ impl GlassboxMcp {
 
     /// Runs a command through the core's one door (authorization included).
     async fn run(&self, caller: &Caller, command: Command) -> Result<Reply, ApiError> {
-        self.state.core.dispatch(caller, command).await
+        let span = tracing::info_span!("mcp.call", command = command.name());
+        self.state
+            .core
+            .dispatch(caller, command)
+            .instrument(span)
+            .await
     }
 
     /// The job now (from the ledger, not the read models: the answer does not

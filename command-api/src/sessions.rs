@@ -114,6 +114,12 @@ impl DataPlane {
             .parse()
             .map_err(|_| ApiError::Internal("a runner token is not a header value".into()))?;
         r.metadata_mut().insert("authorization", v);
+        // The caller's trace continues in the runner (W3C traceparent).
+        for (k, v) in glassbox_platform::telemetry::current_trace_headers() {
+            if let Ok(v) = v.parse() {
+                r.metadata_mut().insert(k, v);
+            }
+        }
         Ok(r)
     }
 

@@ -280,6 +280,20 @@ pub enum Outcome {
     Cancelled,
 }
 
+impl Outcome {
+    /// The recorded (snake_case) name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Failed => "failed",
+            Outcome::TimedOut => "timed_out",
+            Outcome::OomKilled => "oom_killed",
+            Outcome::Crashed => "crashed",
+            Outcome::Cancelled => "cancelled",
+        }
+    }
+}
+
 /// Captured output of one stream (stdout or stderr).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutputRef {
@@ -525,6 +539,23 @@ catalogue! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn outcome_names_are_the_recorded_ones() {
+        for o in [
+            Outcome::Succeeded,
+            Outcome::Failed,
+            Outcome::TimedOut,
+            Outcome::OomKilled,
+            Outcome::Crashed,
+            Outcome::Cancelled,
+        ] {
+            assert_eq!(
+                serde_json::to_value(o).expect("json"),
+                serde_json::Value::from(o.as_str())
+            );
+        }
+    }
 
     #[test]
     fn type_names_are_unique_and_past_tense_dotted() {

@@ -43,6 +43,10 @@ pub struct Job {
     /// Stream version of the last record applied (0: no record).
     pub version: u64,
     pub tenant: String,
+    /// The correlation ID of the stream's first record (the request that
+    /// created it): what the work done for it later is traced under.
+    #[serde(default)]
+    pub correlation_id: Option<String>,
     pub status: JobStatus,
     pub job_id: Option<String>,
     pub submitted: Option<c::JobSubmitted>,
@@ -178,6 +182,9 @@ impl Job {
         self.version = r.stream_version;
         if self.tenant.is_empty() {
             self.tenant.clone_from(&r.tenant);
+        }
+        if self.correlation_id.is_none() {
+            self.correlation_id = Some(r.correlation_id.clone());
         }
         self.last_position = r.position;
         self.updated_at = Some(r.occurred_at);

@@ -22,6 +22,10 @@ use serde::{Deserialize, Serialize};
 pub struct Session {
     pub version: u64,
     pub tenant: String,
+    /// The correlation ID of the stream's first record (the request that
+    /// created it): what the work done for it later is traced under.
+    #[serde(default)]
+    pub correlation_id: Option<String>,
     pub status: SessionStatus,
     pub session_id: Option<String>,
     pub requested: Option<c::SessionRequested>,
@@ -162,6 +166,9 @@ impl Session {
         self.version = r.stream_version;
         if self.tenant.is_empty() {
             self.tenant.clone_from(&r.tenant);
+        }
+        if self.correlation_id.is_none() {
+            self.correlation_id = Some(r.correlation_id.clone());
         }
         self.last_position = r.position;
         self.updated_at = Some(r.occurred_at);

@@ -27,6 +27,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 /// NOTIFY channel carrying the new head position after each commit.
@@ -324,6 +325,52 @@ type Reply = oneshot::Sender<Result<AppendOutcome, StoreError>>;
 struct Job {
     request: AppendRequest,
     reply: Reply,
+    /// The caller's `ledger.append` span: the commit that carries the request
+    /// links to it, and it records which commit that was.
+    span: tracing::Span,
+}
+
+/// The ledger's instruments (see `glassbox_platform::telemetry::metrics`).
+struct LedgerMetrics {
+    append: opentelemetry::metrics::Histogram<f64>,
+    group: opentelemetry::metrics::Histogram<u64>,
+    verification_failures: opentelemetry::metrics::Counter<u64>,
+}
+
+fn ledger_metrics() -> &'static LedgerMetrics {
+    static M: std::sync::OnceLock<LedgerMetrics> = std::sync::OnceLock::new();
+    M.get_or_init(|| {
+        let m = opentelemetry::global::meter("glassbox");
+        LedgerMetrics {
+            append: m
+                .f64_histogram("glassbox.ledger.append.duration")
+                .with_unit("s")
+                .with_description("Time from an append request to its commit (or refusal)")
+                .with_boundaries(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                ])
+                .build(),
+            group: m
+                .u64_histogram("glassbox.ledger.commit.requests")
+                .with_description("Append requests committed together in one group commit")
+                .with_boundaries(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0])
+                .build(),
+            verification_failures: m
+                .u64_counter("glassbox.ledger.verification.failures")
+                .with_description(
+                    "Ledger verifications that found the chain, the tree or a checkpoint inconsistent",
+                )
+                .build(),
+        }
+    })
+}
+
+/// Counts a verification that found the ledger inconsistent (the checkpoint
+/// signer's own check and the audit API's `verify`).
+pub fn count_verification_failure(stage: &'static str) {
+    ledger_metrics()
+        .verification_failures
+        .add(1, &[opentelemetry::KeyValue::new("stage", stage)]);
 }
 
 /// Handle to the ledger. Cheap to clone; all clones share one writer task.
@@ -381,12 +428,41 @@ impl EventStore {
     /// Appends one request atomically (see the module docs for group commit).
     pub async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, StoreError> {
         request.validate()?;
+        let span = tracing::info_span!(
+            "ledger.append",
+            events = request.events.len(),
+            ledger.commit = tracing::field::Empty,
+            ledger.group_size = tracing::field::Empty,
+            ledger.first_position = tracing::field::Empty,
+            ledger.last_position = tracing::field::Empty,
+        );
+        let started = std::time::Instant::now();
         let (reply, rx) = oneshot::channel();
-        self.writer
-            .send(Job { request, reply })
-            .await
-            .map_err(|_| StoreError::WriterGone)?;
-        rx.await.map_err(|_| StoreError::WriterGone)?
+        let out = async {
+            self.writer
+                .send(Job {
+                    request,
+                    reply,
+                    span: tracing::Span::current(),
+                })
+                .await
+                .map_err(|_| StoreError::WriterGone)?;
+            rx.await.map_err(|_| StoreError::WriterGone)?
+        }
+        .instrument(span.clone())
+        .await;
+        if let Ok(o) = &out {
+            span.record("ledger.first_position", o.first_position());
+            span.record("ledger.last_position", o.last_position());
+        }
+        ledger_metrics().append.record(
+            started.elapsed().as_secs_f64(),
+            &[opentelemetry::KeyValue::new(
+                "outcome",
+                if out.is_ok() { "committed" } else { "refused" },
+            )],
+        );
+        out
     }
 
     /// The head: (number of records, entry hash of the last one).
@@ -421,6 +497,17 @@ impl EventStore {
             .await
             .map_err(db("read checkpoints"))?;
         Ok(n.unwrap_or(0) as u64)
+    }
+
+    /// Seconds since the latest checkpoint was signed (`None`: none yet).
+    pub async fn latest_checkpoint_age(&self) -> Result<Option<f64>, StoreError> {
+        let age: Option<f64> = sqlx::query_scalar(
+            "SELECT extract(epoch FROM now() - max(created_at))::float8 FROM ledger.checkpoints",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("read checkpoints"))?;
+        Ok(age.map(|a| a.max(0.0)))
     }
 
     /// One record by position.
@@ -760,6 +847,39 @@ impl EventStore {
     /// latest checkpoint (by anyone) is younger than `min_interval` — so several
     /// publishers together still sign at most once per interval.
     pub async fn publish_checkpoint_every(
+        &self,
+        key: &SigningKey,
+        origin: &str,
+        min_interval: Duration,
+    ) -> Result<Option<StoredCheckpoint>, StoreError> {
+        let span = tracing::info_span!(
+            "ledger.checkpoint.sign",
+            ledger.checkpoint.size = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        );
+        let out = self
+            .sign_checkpoint(key, origin, min_interval)
+            .instrument(span.clone())
+            .await;
+        match &out {
+            Ok(Some(c)) => {
+                span.record("ledger.checkpoint.size", c.checkpoint.size);
+                span.record("outcome", "signed");
+            }
+            Ok(None) => {
+                span.record("outcome", "skipped");
+            }
+            Err(e) => {
+                if matches!(e, StoreError::Inconsistent(_)) {
+                    count_verification_failure("checkpoint");
+                }
+                span.record("outcome", "failed");
+            }
+        }
+        out
+    }
+
+    async fn sign_checkpoint(
         &self,
         key: &SigningKey,
         origin: &str,
@@ -1171,6 +1291,7 @@ async fn subscription_loop(
 // The group-commit writer.
 
 async fn writer_loop(pool: PgPool, mut rx: mpsc::Receiver<Job>) {
+    let mut commits: u64 = 0;
     while let Some(first) = rx.recv().await {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -1179,8 +1300,19 @@ async fn writer_loop(pool: PgPool, mut rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
+        commits += 1;
+        // One span per commit, linked to every request it carried; each
+        // request's span names the commit — which requests shared a commit
+        // is visible from both sides.
+        let commit = tracing::info_span!(parent: None, "ledger.commit", ledger.commit = commits, ledger.group_size = group.len());
+        for j in &group {
+            commit.follows_from(&j.span);
+            j.span.record("ledger.commit", commits);
+            j.span.record("ledger.group_size", group.len());
+        }
+        ledger_metrics().group.record(group.len() as u64, &[]);
         let requests: Vec<&AppendRequest> = group.iter().map(|j| &j.request).collect();
-        match commit_group(&pool, &requests).await {
+        match commit_group(&pool, &requests).instrument(commit).await {
             Ok(results) => {
                 for (job, result) in group.into_iter().zip(results) {
                     let _ = job.reply.send(result);

@@ -364,6 +364,7 @@ impl BlobStore {
     }
 
     /// Encrypts `plaintext` under data key `key_id` and stores it at `path`.
+    #[tracing::instrument(name = "blob.put", skip_all, fields(bytes = plaintext.len()))]
     pub async fn put(
         &self,
         key_id: &str,
@@ -408,6 +409,7 @@ impl BlobStore {
         self.get_inner(key_id, path, Some(hmac)).await
     }
 
+    #[tracing::instrument(name = "blob.get", skip_all, fields(bytes = tracing::field::Empty))]
     async fn get_inner(
         &self,
         key_id: &str,
@@ -447,6 +449,7 @@ impl BlobStore {
                 path: path.to_owned(),
             });
         }
+        tracing::Span::current().record("bytes", plain.len());
         Ok(plain)
     }
 

@@ -54,6 +54,30 @@ impl Policy {
     }
 }
 
+struct PolicyMetrics {
+    decisions: opentelemetry::metrics::Counter<u64>,
+    egress_denials: opentelemetry::metrics::Counter<u64>,
+}
+
+fn policy_metrics() -> &'static PolicyMetrics {
+    static M: std::sync::OnceLock<PolicyMetrics> = std::sync::OnceLock::new();
+    M.get_or_init(|| {
+        let m = opentelemetry::global::meter("glassbox");
+        PolicyMetrics {
+            decisions: m
+                .u64_counter("glassbox.policy.decisions")
+                .with_description("Policy decisions by policy, decision and reason class")
+                .build(),
+            egress_denials: m
+                .u64_counter("glassbox.egress.denials")
+                .with_description(
+                    "Egress refused, by stage (submission: glassbox.egress at submission)",
+                )
+                .build(),
+        }
+    })
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
     #[error("policy bundle {path}: {reason}")]
@@ -165,6 +189,42 @@ pub struct Decision {
     pub error: Option<String>,
 }
 
+impl Decision {
+    /// What kind of refusal this is, as a short fixed label — for metrics and
+    /// spans, where the reasons themselves (which name tenants, packages,
+    /// hosts and secrets) do not belong. `allowed` for an allow.
+    pub fn reason_class(&self) -> &'static str {
+        if self.allow {
+            return "allowed";
+        }
+        if self.error.is_some() {
+            return "evaluation_error";
+        }
+        let has = |needle: &str| self.reasons.iter().any(|r| r.contains(needle));
+        if has("is not configured") {
+            "tenant_not_configured"
+        } else if has("exceeds the tenant maximum") {
+            "limit_exceeded"
+        } else if has("unknown limit") {
+            "unknown_limit"
+        } else if has("too many dependencies") {
+            "too_many_dependencies"
+        } else if has("open sessions") {
+            "session_quota"
+        } else if has("belongs to another tenant") {
+            "other_tenant"
+        } else if has("no role of") {
+            "no_role"
+        } else if has("unknown kind") {
+            "unknown_kind"
+        } else if has("not on the allowlist") || has("is not allowed") {
+            "not_allowed"
+        } else {
+            "other"
+        }
+    }
+}
+
 /// A compiled bundle, ready to evaluate. Cheap to share across threads.
 #[derive(Clone)]
 pub struct PolicyEngine {
@@ -225,7 +285,46 @@ impl PolicyEngine {
     }
 
     /// Evaluates one policy. Never fails: any error is a deny carrying the error.
+    /// Each evaluation is a `policy.evaluate` span (policy, decision, reason
+    /// class, bundle digest — never the input) and counts in
+    /// `glassbox.policy.decisions`.
     pub fn evaluate(&self, policy: Policy, input: &Value) -> Decision {
+        let span = tracing::info_span!(
+            "policy.evaluate",
+            policy = policy.name(),
+            decision = tracing::field::Empty,
+            reason = tracing::field::Empty,
+            policy.bundle_digest = %self.digest.to_hex(),
+        );
+        let d = span.in_scope(|| self.evaluate_inner(policy, input));
+        let (decision, reason) = if d.allow {
+            ("allow", "allowed")
+        } else {
+            ("deny", d.reason_class())
+        };
+        span.record("decision", decision);
+        span.record("reason", reason);
+        policy_metrics().decisions.add(
+            1,
+            &[
+                opentelemetry::KeyValue::new("policy", policy.name()),
+                opentelemetry::KeyValue::new("decision", decision),
+                opentelemetry::KeyValue::new("reason", reason),
+            ],
+        );
+        if !d.allow && policy == Policy::Egress {
+            policy_metrics().egress_denials.add(
+                1,
+                &[
+                    opentelemetry::KeyValue::new("stage", "submission"),
+                    opentelemetry::KeyValue::new("reason", reason),
+                ],
+            );
+        }
+        d
+    }
+
+    fn evaluate_inner(&self, policy: Policy, input: &Value) -> Decision {
         let input_digest = Digest::of(&canonical::to_canonical_bytes(input).unwrap_or_default());
         let deny = |error: String| Decision {
             policy: policy.name(),

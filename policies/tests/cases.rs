@@ -53,6 +53,12 @@ fn every_decision_case_holds() {
                 );
             }
             assert_eq!(d.bundle_digest, engine.bundle_digest());
+            // Every refusal the bundle can give has a metrics label of its own.
+            if !d.allow {
+                assert_ne!(d.reason_class(), "other", "{name}: {:?}", d.reasons);
+            } else {
+                assert_eq!(d.reason_class(), "allowed", "{name}");
+            }
             count += 1;
         }
     }

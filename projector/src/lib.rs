@@ -37,6 +37,7 @@ use sqlx::{Postgres, Row as _, Transaction};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 /// The projector's name in `projections.checkpoints`.
 pub const NAME: &str = "read_models";
@@ -111,12 +112,43 @@ impl Projector {
     }
 
     /// Folds one batch in one transaction; returns how many records it folded.
+    ///
+    /// Traced as a `projector.batch` span; after the commit, each request whose
+    /// records were in the batch gets a `projector.projected` span in its own
+    /// trace (parented by its correlation ID, linked to the batch), marking
+    /// when its records became readable.
     pub async fn step(&self) -> Result<usize, ProjectorError> {
-        let mut tx = self.pool().begin().await.map_err(db("begin"))?;
-        let at = lock_checkpoint(&mut tx).await?;
-        let n = self.fold_batch(&mut tx, at).await?;
-        if n > 0 {
-            tx.commit().await.map_err(db("commit"))?;
+        let batch = tracing::info_span!(
+            "projector.batch",
+            from = tracing::field::Empty,
+            records = tracing::field::Empty,
+        );
+        let mut correlations: Vec<(String, u64, u64)> = Vec::new();
+        let n = async {
+            let mut tx = self.pool().begin().await.map_err(db("begin"))?;
+            let at = lock_checkpoint(&mut tx).await?;
+            tracing::Span::current().record("from", at + 1);
+            let n = self.fold_batch(&mut tx, at, &mut correlations).await?;
+            if n > 0 {
+                tx.commit().await.map_err(db("commit"))?;
+            }
+            tracing::Span::current().record("records", n);
+            Ok::<usize, ProjectorError>(n)
+        }
+        .instrument(batch.clone())
+        .await?;
+        if glassbox_platform::telemetry::tracing_enabled() {
+            for (correlation, first, last) in correlations {
+                let s = tracing::info_span!(
+                    "projector.projected",
+                    correlation_id = %correlation,
+                    ledger.first_position = first,
+                    ledger.last_position = last,
+                );
+                glassbox_platform::telemetry::continue_trace(&s, &correlation);
+                s.follows_from(&batch);
+                s.in_scope(|| {});
+            }
         }
         Ok(n)
     }
@@ -125,11 +157,27 @@ impl Projector {
         &self,
         tx: &mut Transaction<'static, Postgres>,
         at: u64,
+        correlations: &mut Vec<(String, u64, u64)>,
     ) -> Result<usize, ProjectorError> {
         let records = self.store.read_all(at + 1, self.batch).await?;
         let Some(last) = records.last() else {
             return Ok(0);
         };
+        // The requests this batch makes readable (at most 64 traced per batch).
+        for r in &records {
+            let p = r.record.position;
+            let seen = correlations.len();
+            match correlations
+                .iter_mut()
+                .find(|(c, _, _)| *c == r.record.correlation_id)
+            {
+                Some(entry) => entry.2 = p,
+                None if seen < 64 => {
+                    correlations.push((r.record.correlation_id.clone(), p, p));
+                }
+                None => {}
+            }
+        }
         for (i, r) in records.iter().enumerate() {
             let expected = at + 1 + i as u64;
             if r.record.position != expected {
@@ -195,7 +243,7 @@ impl Projector {
         }
         let mut at = 0;
         loop {
-            let n = self.fold_batch(&mut tx, at).await?;
+            let n = self.fold_batch(&mut tx, at, &mut Vec::new()).await?;
             if n == 0 {
                 break;
             }

@@ -162,6 +162,15 @@ pub async fn open_sessions(pool: &PgPool, tenant: &str) -> Result<i64, QueryErro
 
 /// Every session that is opening or active (all tenants), oldest first: what
 /// the hot state is rebuilt from, and what the reaper watches.
+/// Sessions open across all tenants (for the `glassbox.sessions.active` gauge).
+pub async fn open_sessions_total(pool: &PgPool) -> Result<i64, QueryError> {
+    sqlx::query_scalar("SELECT count(*) FROM projections.sessions WHERE status = ANY($1)")
+        .bind(live_statuses())
+        .fetch_one(pool)
+        .await
+        .map_err(q("count open sessions"))
+}
+
 pub async fn live_sessions(pool: &PgPool, limit: i64) -> Result<Vec<Session>, QueryError> {
     let rows: Vec<serde_json::Value> = sqlx::query_scalar(
         "SELECT state FROM projections.sessions WHERE status = ANY($1) \

@@ -15,6 +15,7 @@
 pub mod backend;
 pub mod error;
 pub mod local;
+pub mod metrics;
 pub mod result;
 pub mod runtime;
 pub mod service;

@@ -46,6 +46,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunnerError {
@@ -196,8 +197,12 @@ impl<B: SandboxBackend + 'static> Runner<B> {
         Actor::system(format!("runner:{}", self.config.runner_id))
     }
 
-    fn envelope(&self, tenant: &str) -> Envelope {
-        Envelope::new(tenant, self.actor())
+    /// What the runner appends for a job: under the job's correlation ID, so
+    /// its records sit in the submission's trace and correlation.
+    fn envelope(&self, state: &Job) -> Envelope {
+        let mut e = Envelope::new(state.tenant.clone(), self.actor());
+        e.correlation_id.clone_from(&state.correlation_id);
+        e
     }
 
     /// Claims and runs jobs until `shutdown`; then stops claiming, cancels the
@@ -352,7 +357,7 @@ impl<B: SandboxBackend + 'static> Runner<B> {
         command: impl Fn(&Job) -> JobCommand,
     ) -> Result<Decided<Job>, Halt> {
         let stream = Stream::job(job);
-        let env = self.envelope(&state.tenant);
+        let env = self.envelope(&state);
         let decided = self
             .store
             .decide_from(stream.as_str(), state, &env, |j: &Job| {
@@ -397,6 +402,14 @@ impl<B: SandboxBackend + 'static> Runner<B> {
         if !state.claimable(Utc::now()) {
             return Ok(None);
         }
+        let span = tracing::info_span!("job.claim", job_id = %job, tenant = %state.tenant, attempt = tracing::field::Empty, claimed = tracing::field::Empty);
+        if let Some(c) = &state.correlation_id {
+            glassbox_platform::telemetry::continue_trace(&span, c);
+        }
+        self.claim(job, state).instrument(span).await
+    }
+
+    async fn claim(&self, job: &str, state: Job) -> Result<Option<Job>, RunnerError> {
         let before = state.attempt;
         let (runner, grace, max) = (
             self.config.runner_id.clone(),
@@ -413,6 +426,8 @@ impl<B: SandboxBackend + 'static> Runner<B> {
             .await
         {
             Ok(d) if d.state.attempt > before && d.state.runner.as_deref() == Some(&runner) => {
+                tracing::Span::current().record("attempt", d.state.attempt);
+                tracing::Span::current().record("claimed", true);
                 Ok(Some(d.state))
             }
             Ok(_) | Err(Halt::Lost) => Ok(None),
@@ -501,7 +516,22 @@ impl<B: SandboxBackend + 'static> Runner<B> {
         cancel: CancellationToken,
         shutdown: CancellationToken,
     ) -> Result<(), RunnerError> {
-        match self.attempt(job, state, cancel, shutdown).await {
+        let span = tracing::info_span!(
+            "job.attempt",
+            job_id = %job,
+            tenant = %state.tenant,
+            attempt = state.attempt,
+            runtime = state.submitted.as_ref().map(|s| s.language.as_str()).unwrap_or(""),
+            outcome = tracing::field::Empty,
+        );
+        if let Some(c) = &state.correlation_id {
+            glassbox_platform::telemetry::continue_trace(&span, c);
+        }
+        match self
+            .attempt(job, state, cancel, shutdown)
+            .instrument(span)
+            .await
+        {
             Ok(()) | Err(Halt::Lost) => Ok(()),
             Err(Halt::Err(e)) => Err(e),
         }

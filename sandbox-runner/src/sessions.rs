@@ -44,6 +44,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
 
 /// How often a runner says it is alive, and how long a beat lasts.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
@@ -296,8 +297,14 @@ impl SessionHost {
             }));
         }
         let tenant = state.tenant.clone();
+        let starting = std::time::Instant::now();
         match self.start(session_id, &state).await {
             Ok((sandbox, secrets, materialized, files)) => {
+                crate::metrics::sandbox_started(
+                    "session",
+                    runtime_language(&sandbox.runtime),
+                    starting.elapsed(),
+                );
                 for (name, value) in &files {
                     if let Err(e) = sandbox
                         .write_file(&format!(".secrets/{name}"), value.as_bytes())
@@ -691,6 +698,12 @@ impl SessionHost {
             context_reset: d_ref.context_reset,
             redactions,
         };
+        crate::metrics::execution_finished(
+            "session",
+            runtime_language(&live.sandbox.runtime),
+            outcome.as_str(),
+            std::time::Duration::from_millis(d_ref.wall_ms),
+        );
         let f = finished.clone();
         let d = self
             .decide(&live.tenant, session_id, state.clone(), |_| {
@@ -1223,6 +1236,30 @@ impl Redactor {
     }
 }
 
+/// The language part of a runtime label (`python-3.11` → `python`), for
+/// metric labels.
+fn runtime_language(runtime: &str) -> &str {
+    runtime.split('-').next().unwrap_or(runtime)
+}
+
+/// The span of one data-plane call, continuing the caller's trace from the
+/// call's `traceparent` metadata.
+fn rpc_span<T>(request: &Request<T>, method: &'static str, session_id: &str) -> tracing::Span {
+    let span = tracing::info_span!(
+        "runner.rpc",
+        otel.name = %format!("glassbox.runner.v1.Runner/{method}"),
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.method = method,
+        session_id = %session_id,
+    );
+    let meta = request.metadata();
+    glassbox_platform::telemetry::continue_from_headers(&span, |k| {
+        meta.get(k).and_then(|v| v.to_str().ok())
+    });
+    span
+}
+
 type ExecStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<ExecEvent, Status>> + Send>>;
 type FileStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<FileChunk, Status>> + Send>>;
 
@@ -1233,16 +1270,23 @@ impl glassbox_runner_api::Runner for SessionHost {
         request: Request<OpenSessionRequest>,
     ) -> Result<Response<OpenSessionReply>, Status> {
         let id = request.get_ref().session_id.clone();
-        self.authorize(&request, "open_session", &Subject::Session(id.clone()))
-            .await?;
-        self.open(&id).await.map(Response::new)
+        let span = rpc_span(&request, "open_session", &id);
+        async {
+            self.authorize(&request, "open_session", &Subject::Session(id.clone()))
+                .await?;
+            self.open(&id).await.map(Response::new)
+        }
+        .instrument(span)
+        .await
     }
 
     type ExecStream = ExecStream;
 
     async fn exec(&self, request: Request<ExecRequest>) -> Result<Response<ExecStream>, Status> {
         let id = request.get_ref().session_id.clone();
+        let span = rpc_span(&request, "exec", &id);
         self.authorize(&request, "exec", &Subject::Session(id.clone()))
+            .instrument(span.clone())
             .await?;
         let r = request.into_inner();
         let Some(source) = r.source else {
@@ -1264,15 +1308,18 @@ impl glassbox_runner_api::Runner for SessionHost {
                 _ = finished.cancelled() => {}
             }
         });
-        tokio::spawn(async move {
-            if let Err(status) = host
-                .exec(&id, source, r.stdin, r.timeout_ms, tx.clone(), gone)
-                .await
-            {
-                let _ = tx.send(Err(status)).await;
+        tokio::spawn(
+            async move {
+                if let Err(status) = host
+                    .exec(&id, source, r.stdin, r.timeout_ms, tx.clone(), gone)
+                    .await
+                {
+                    let _ = tx.send(Err(status)).await;
+                }
+                done.cancel();
             }
-            done.cancel();
-        });
+            .instrument(span),
+        );
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
@@ -1284,30 +1331,35 @@ impl glassbox_runner_api::Runner for SessionHost {
     ) -> Result<Response<WriteFileReply>, Status> {
         // The session is named by the first message; the token is checked
         // against it before any data is taken.
-        let (meta, ext, mut stream) = request.into_parts();
-        let first = stream
-            .message()
-            .await?
-            .ok_or_else(|| Status::invalid_argument("no file"))?;
-        let probe = Request::from_parts(meta, ext, ());
-        self.authorize(
-            &probe,
-            "write_file",
-            &Subject::Session(first.session_id.clone()),
-        )
-        .await?;
-        let mut data = first.data;
-        while let Some(chunk) = stream.message().await? {
-            data.extend_from_slice(&chunk.data);
-            if data.len() as u64 > MAX_READ {
-                return Err(Status::resource_exhausted(format!(
-                    "a file is at most {MAX_READ} bytes"
-                )));
+        let span = rpc_span(&request, "write_file", "");
+        async {
+            let (meta, ext, mut stream) = request.into_parts();
+            let first = stream
+                .message()
+                .await?
+                .ok_or_else(|| Status::invalid_argument("no file"))?;
+            let probe = Request::from_parts(meta, ext, ());
+            self.authorize(
+                &probe,
+                "write_file",
+                &Subject::Session(first.session_id.clone()),
+            )
+            .await?;
+            let mut data = first.data;
+            while let Some(chunk) = stream.message().await? {
+                data.extend_from_slice(&chunk.data);
+                if data.len() as u64 > MAX_READ {
+                    return Err(Status::resource_exhausted(format!(
+                        "a file is at most {MAX_READ} bytes"
+                    )));
+                }
             }
+            self.write_file(&first.session_id, &first.path, data)
+                .await
+                .map(Response::new)
         }
-        self.write_file(&first.session_id, &first.path, data)
-            .await
-            .map(Response::new)
+        .instrument(span)
+        .await
     }
 
     type ReadFileStream = FileStream;
@@ -1317,33 +1369,40 @@ impl glassbox_runner_api::Runner for SessionHost {
         request: Request<ReadFileRequest>,
     ) -> Result<Response<FileStream>, Status> {
         let id = request.get_ref().session_id.clone();
-        self.authorize(&request, "read_file", &Subject::Session(id.clone()))
-            .await?;
-        let r = request.into_inner();
-        let (data, size, truncated, position) = self.read_file(&id, &r.path, r.max_bytes).await?;
-        let mut chunks: Vec<Result<FileChunk, Status>> = data
-            .chunks(1 << 20)
-            .map(|c| {
-                Ok(FileChunk {
-                    data: c.to_vec(),
+        let span = rpc_span(&request, "read_file", &id);
+        async {
+            self.authorize(&request, "read_file", &Subject::Session(id.clone()))
+                .await?;
+            let r = request.into_inner();
+            let (data, size, truncated, position) =
+                self.read_file(&id, &r.path, r.max_bytes).await?;
+            let mut chunks: Vec<Result<FileChunk, Status>> = data
+                .chunks(1 << 20)
+                .map(|c| {
+                    Ok(FileChunk {
+                        data: c.to_vec(),
+                        size,
+                        last: false,
+                        truncated,
+                        position,
+                    })
+                })
+                .collect();
+            match chunks.last_mut() {
+                Some(Ok(last)) => last.last = true,
+                _ => chunks.push(Ok(FileChunk {
+                    data: Vec::new(),
                     size,
-                    last: false,
+                    last: true,
                     truncated,
                     position,
-                })
-            })
-            .collect();
-        match chunks.last_mut() {
-            Some(Ok(last)) => last.last = true,
-            _ => chunks.push(Ok(FileChunk {
-                data: Vec::new(),
-                size,
-                last: true,
-                truncated,
-                position,
-            })),
+                })),
+            }
+            let stream: FileStream = Box::pin(tokio_stream::iter(chunks));
+            Ok(Response::new(stream))
         }
-        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+        .instrument(span)
+        .await
     }
 
     async fn list_files(
@@ -1351,10 +1410,15 @@ impl glassbox_runner_api::Runner for SessionHost {
         request: Request<ListFilesRequest>,
     ) -> Result<Response<ListFilesReply>, Status> {
         let id = request.get_ref().session_id.clone();
-        self.authorize(&request, "list_files", &Subject::Session(id.clone()))
-            .await?;
-        let path = request.into_inner().path;
-        self.list(&id, &path).await.map(Response::new)
+        let span = rpc_span(&request, "list_files", &id);
+        async {
+            self.authorize(&request, "list_files", &Subject::Session(id.clone()))
+                .await?;
+            let path = request.into_inner().path;
+            self.list(&id, &path).await.map(Response::new)
+        }
+        .instrument(span)
+        .await
     }
 
     async fn delete_file(
@@ -1362,10 +1426,15 @@ impl glassbox_runner_api::Runner for SessionHost {
         request: Request<DeleteFileRequest>,
     ) -> Result<Response<DeleteFileReply>, Status> {
         let id = request.get_ref().session_id.clone();
-        self.authorize(&request, "delete_file", &Subject::Session(id.clone()))
-            .await?;
-        let path = request.into_inner().path;
-        self.delete(&id, &path).await.map(Response::new)
+        let span = rpc_span(&request, "delete_file", &id);
+        async {
+            self.authorize(&request, "delete_file", &Subject::Session(id.clone()))
+                .await?;
+            let path = request.into_inner().path;
+            self.delete(&id, &path).await.map(Response::new)
+        }
+        .instrument(span)
+        .await
     }
 
     async fn close_session(
@@ -1373,9 +1442,14 @@ impl glassbox_runner_api::Runner for SessionHost {
         request: Request<CloseSessionRequest>,
     ) -> Result<Response<CloseSessionReply>, Status> {
         let id = request.get_ref().session_id.clone();
-        self.authorize(&request, "close_session", &Subject::Session(id.clone()))
-            .await?;
-        self.destroy(&id).await.map(Response::new)
+        let span = rpc_span(&request, "close_session", &id);
+        async {
+            self.authorize(&request, "close_session", &Subject::Session(id.clone()))
+                .await?;
+            self.destroy(&id).await.map(Response::new)
+        }
+        .instrument(span)
+        .await
     }
 
     async fn health(

@@ -398,7 +398,7 @@ async fn reads_wait_for_positions_and_terminal_states_and_cancel_is_recorded() {
         .await
         .expect("text");
     assert!(
-        metrics.contains("glassbox_projection_lag_events"),
+        metrics.contains("glassbox_projection_lag ") && metrics.contains("glassbox_jobs_queued "),
         "{metrics}"
     );
     projector.cancel();

@@ -7,7 +7,8 @@ use anyhow::Context as _;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     glassbox_platform::install_crypto_provider();
-    glassbox_platform::telemetry::init("info");
+    let telemetry = glassbox_platform::telemetry::init("glassbox-runner", "info")
+        .context("telemetry configuration")?;
     let config = glassbox_platform::Config::from_env().context("configuration")?;
     let vars = std::env::vars().collect();
     let settings = glassbox_sandbox_runner::service::RunnerSettings::from_vars(&vars)
@@ -23,6 +24,8 @@ async fn main() -> anyhow::Result<()> {
         }
         t.cancel();
     });
-    glassbox_sandbox_runner::service::run_service(&config, settings, token).await?;
+    let result = glassbox_sandbox_runner::service::run_service(&config, settings, token).await;
+    telemetry.shutdown();
+    result?;
     Ok(())
 }

@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt as _;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 /// Configuration of the local backend.
 #[derive(Debug, Clone)]
@@ -379,6 +380,11 @@ impl LocalRunsc {
         };
         let registry = &self.inner.config.registry;
         let runtime = registry.get(&spec.language)?.clone();
+        // Phase spans: each lives from its phase's start to its end (the
+        // exporter takes creation and close as the span's times).
+        let provisioning = Instant::now();
+        let provision =
+            tracing::info_span!("sandbox.provision", sandbox_id = %id, runtime = %spec.language);
         let bundle = self.bundle_dir(&id);
         let ws = self.workspace_dir(&id);
         let cg = self.cgroups(&id);
@@ -421,7 +427,14 @@ impl LocalRunsc {
             sandbox_id: id.clone(),
             runtime: format!("{}-{}", spec.language, runtime.version),
         });
+        drop(provision);
 
+        let execute = tracing::info_span!(
+            "sandbox.execute",
+            sandbox_id = %id,
+            outcome = tracing::field::Empty,
+            exit_code = tracing::field::Empty,
+        );
         let started = Instant::now();
         let mut cmd = spawn::guarded(
             &self.inner.config.runsc,
@@ -446,6 +459,7 @@ impl LocalRunsc {
                 path: self.inner.config.runsc.clone(),
                 detail: e.to_string(),
             })?;
+        crate::metrics::sandbox_started("job", &spec.language, provisioning.elapsed());
         tell(crate::backend::Progress::Started {
             sandbox_id: id.clone(),
         });
@@ -497,6 +511,7 @@ impl LocalRunsc {
             source,
         })?;
         let wall = started.elapsed();
+        let collect_span = tracing::info_span!(parent: &execute, "sandbox.collect", sandbox_id = %id, files = tracing::field::Empty);
         writer.abort();
         let collect = |t: Option<tokio::task::JoinHandle<crate::result::Captured>>| async move {
             match t {
@@ -530,6 +545,14 @@ impl LocalRunsc {
                 .await
                 .unwrap_or_default()
         };
+        collect_span.record("files", collected.files.len());
+        drop(collect_span);
+        execute.record("outcome", outcome.as_str());
+        if let Some(c) = exit_code {
+            execute.record("exit_code", c);
+        }
+        drop(execute);
+        crate::metrics::execution_finished("job", &spec.language, outcome.as_str(), wall);
         Ok(ExecutionResult {
             sandbox_id: id.clone(),
             backend: "runsc",
@@ -694,8 +717,10 @@ impl SandboxBackend for LocalRunsc {
         guard.armed = false;
         let backend = self.clone();
         let cleanup_id = id.clone();
+        let teardown_span = tracing::info_span!("sandbox.teardown", sandbox_id = %id);
         let teardown =
             tokio::task::spawn_blocking(move || Cleanup::blocking(&backend, &cleanup_id))
+                .instrument(teardown_span)
                 .await
                 .unwrap_or_else(|_| Teardown {
                     method: workspace::SCRUB_METHOD.into(),

@@ -1,0 +1,59 @@
+//! The data plane's instruments: sandbox start and execution latency, and
+//! each runner's capacity and work in flight (registered by the service).
+
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::Histogram;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+struct SandboxMetrics {
+    start: Histogram<f64>,
+    execution: Histogram<f64>,
+}
+
+fn metrics() -> &'static SandboxMetrics {
+    static M: OnceLock<SandboxMetrics> = OnceLock::new();
+    M.get_or_init(|| {
+        let m = opentelemetry::global::meter(glassbox_platform::telemetry::metrics::METER);
+        SandboxMetrics {
+            start: m
+                .f64_histogram("glassbox.sandbox.start.duration")
+                .with_unit("s")
+                .with_description(
+                    "Time to start a sandbox: for a job, provisioning until runsc is running; for a session, until its agent answers (start: cold — there is no warm pool)",
+                )
+                .with_boundaries(glassbox_platform::telemetry::metrics::SECONDS_BUCKETS.to_vec())
+                .build(),
+            execution: m
+                .f64_histogram("glassbox.execution.duration")
+                .with_unit("s")
+                .with_description("Wall time of an execution (a job's run or a session's exec) by runtime and outcome")
+                .with_boundaries(glassbox_platform::telemetry::metrics::SECONDS_BUCKETS.to_vec())
+                .build(),
+        }
+    })
+}
+
+/// A sandbox of `kind` (`job`, `session`) for `runtime` started after `took`.
+pub fn sandbox_started(kind: &'static str, runtime: &str, took: Duration) {
+    metrics().start.record(
+        took.as_secs_f64(),
+        &[
+            KeyValue::new("kind", kind),
+            KeyValue::new("runtime", runtime.to_owned()),
+            KeyValue::new("start", "cold"),
+        ],
+    );
+}
+
+/// An execution of `kind` for `runtime` ended with `outcome` after `wall`.
+pub fn execution_finished(kind: &'static str, runtime: &str, outcome: &str, wall: Duration) {
+    metrics().execution.record(
+        wall.as_secs_f64(),
+        &[
+            KeyValue::new("kind", kind),
+            KeyValue::new("runtime", runtime.to_owned()),
+            KeyValue::new("outcome", outcome.to_owned()),
+        ],
+    );
+}
