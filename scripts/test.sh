@@ -9,6 +9,7 @@ ensure_rust
 ensure_postgres
 ensure_redis
 ensure_runsc
+ensure_prometheus
 ensure_s3
 ensure_schemathesis
 ensure_mcp_sdk

@@ -70,7 +70,7 @@ pub async fn record_route(req: Request, next: Next) -> Response {
     if let Some(r) = &route {
         let span = tracing::Span::current();
         span.record("http.route", r.as_str());
-        span.record("otel.name", format!("{} {r}", req.method()).as_str());
+        telemetry::rename(&span, format!("{} {r}", req.method()));
     }
     let mut resp = next.run(req).await;
     if let Some(r) = route {

@@ -57,3 +57,48 @@ pub fn execution_finished(kind: &'static str, runtime: &str, outcome: &str, wall
         ],
     );
 }
+
+/// Gauges kept alive for the process (an observable gauge reports through
+/// its callback for as long as its handle lives).
+static GAUGES: std::sync::Mutex<Vec<opentelemetry::metrics::ObservableGauge<u64>>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Reports `runner`'s capacity for `kind` (`job` slots, `session` places) and
+/// how much of it is in use, for as long as `in_use` answers (it returns
+/// `None` once the runner is gone).
+pub fn register_capacity(
+    runner: &str,
+    kind: &'static str,
+    capacity: u64,
+    in_use: impl Fn() -> Option<u64> + Send + Sync + 'static,
+) {
+    let m = opentelemetry::global::meter(glassbox_platform::telemetry::metrics::METER);
+    let attrs = [
+        KeyValue::new("runner", runner.to_owned()),
+        KeyValue::new("kind", kind),
+    ];
+    let live = std::sync::Arc::new(in_use);
+    let (a1, l1) = (attrs.clone(), live.clone());
+    let cap = m
+        .u64_observable_gauge("glassbox.runner.capacity")
+        .with_description("Jobs (slots) or sessions a runner can hold at once")
+        .with_callback(move |o| {
+            if l1().is_some() {
+                o.observe(capacity, &a1);
+            }
+        })
+        .build();
+    let used = m
+        .u64_observable_gauge("glassbox.runner.in_flight")
+        .with_description("Jobs running or sessions open on a runner")
+        .with_callback(move |o| {
+            if let Some(n) = live() {
+                o.observe(n, &attrs);
+            }
+        })
+        .build();
+    if let Ok(mut g) = GAUGES.lock() {
+        g.push(cap);
+        g.push(used);
+    }
+}

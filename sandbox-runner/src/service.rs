@@ -209,6 +209,19 @@ impl<B: SandboxBackend + 'static> Runner<B> {
     /// jobs it holds and waits until each has recorded its end and cleaned up,
     /// so nothing is left half-done.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        {
+            let (slots, capacity) = (Arc::downgrade(&self.slots), self.config.slots.max(1));
+            crate::metrics::register_capacity(
+                &self.config.runner_id,
+                "job",
+                capacity as u64,
+                move || {
+                    slots
+                        .upgrade()
+                        .map(|s| capacity.saturating_sub(s.available_permits()) as u64)
+                },
+            );
+        }
         let pool = self.store.pool().clone();
         let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
             Ok(mut l) => l
@@ -1089,6 +1102,10 @@ pub struct RunnerSettings {
     pub runner: RunnerConfig,
     pub local: crate::local::LocalConfig,
     pub sessions: SessionSettings,
+    /// Where `/metrics` (Prometheus text) is served
+    /// (`GLASSBOX_RUNNER_METRICS_ADDR`; unset: not served — in `glassbox dev`
+    /// the control plane's `/metrics` includes the runner's instruments).
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// How the runner serves sessions (the data-plane gRPC API).
@@ -1240,8 +1257,16 @@ impl RunnerSettings {
                 }
             },
         };
+        let metrics_addr = match get("GLASSBOX_RUNNER_METRICS_ADDR") {
+            None => None,
+            Some(a) => Some(a.parse().map_err(|_| SettingError {
+                var: "GLASSBOX_RUNNER_METRICS_ADDR",
+                reason: format!("{a:?} is not host:port"),
+            })?),
+        };
         Ok(RunnerSettings {
             sessions,
+            metrics_addr,
             runner: RunnerConfig {
                 runner_id,
                 slots: slots as usize,
@@ -1383,6 +1408,9 @@ pub async fn run_service(
     } else {
         None
     };
+    if let Some(addr) = settings.metrics_addr {
+        serve_metrics(addr, shutdown.clone()).await?;
+    }
     tracing::info!(runner = %settings.runner.runner_id, slots = settings.runner.slots, sessions = host.is_some(), "runner started");
     Runner::new(store, blobs, engine, backend, settings.runner)
         .run(shutdown)
@@ -1390,6 +1418,41 @@ pub async fn run_service(
     if let Some(h) = host {
         let _ = h.await;
     }
+    Ok(())
+}
+
+/// Serves `/metrics` (every instrument of this process, Prometheus text) and
+/// `/healthz` on `addr` until `shutdown`.
+async fn serve_metrics(
+    addr: std::net::SocketAddr,
+    shutdown: CancellationToken,
+) -> Result<(), StartError> {
+    glassbox_platform::telemetry::metrics::ensure();
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Listen { addr, source })?;
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(|| async {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4",
+                    )],
+                    glassbox_platform::telemetry::metrics::render(),
+                )
+            }),
+        )
+        .route("/healthz", axum::routing::get(|| async { "ok" }));
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "runner: the metrics listener stopped");
+        }
+    });
     Ok(())
 }
 
@@ -1466,6 +1529,7 @@ async fn start_sessions(
         });
     host.lose_orphans(orphans.into_iter().map(|(id, t)| (t, id)).collect())
         .await;
+    host.register_metrics();
     tracing::info!(%bound, %advertise, capacity = s.capacity, bypass = s.bypass, "runner: data-plane API listening");
     let stop = shutdown.clone();
     Ok(Some(tokio::spawn(async move {

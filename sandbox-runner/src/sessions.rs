@@ -144,6 +144,21 @@ impl SessionHost {
         Actor::system(format!("runner:{}", self.runner()))
     }
 
+    /// Reports this host's session capacity and open sessions as gauges.
+    pub fn register_metrics(&self) {
+        let inner = Arc::downgrade(&self.inner);
+        crate::metrics::register_capacity(
+            self.runner(),
+            "session",
+            u64::from(self.inner.config.capacity),
+            move || {
+                inner
+                    .upgrade()
+                    .map(|i| i.live.lock().map(|l| l.len() as u64).unwrap_or(0))
+            },
+        );
+    }
+
     fn live_count(&self) -> usize {
         self.inner.live.lock().map(|l| l.len()).unwrap_or(0)
     }

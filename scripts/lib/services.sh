@@ -81,6 +81,15 @@ ensure_runsc() {
   fi
 }
 
+# Prometheus (server and promtool) from Debian: the telemetry tests scrape the
+# services with a real server and check the alert rules with promtool.
+ensure_prometheus() {
+  if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
+    log "installing prometheus (server and promtool)"
+    apt_install prometheus
+  fi
+}
+
 # An S3-compatible server for the blob store's S3 path (moto_server from PyPI).
 # Exports GLASSBOX_TEST_S3_ENDPOINT.
 ensure_s3() {

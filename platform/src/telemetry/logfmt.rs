@@ -8,7 +8,7 @@ use tracing::field::{Field, Visit};
 use tracing::{Event, Metadata, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
-use tracing_subscriber::layer::{Context, Filter};
+use tracing_subscriber::layer::{Context, Layer};
 use tracing_subscriber::registry::LookupSpan;
 
 pub(crate) struct JsonLines;
@@ -93,29 +93,39 @@ impl Visit for Fields<'_> {
     }
 }
 
-/// The log layer's filter: Glassbox's own spans at INFO and above always (so
-/// every line carries its request's fields), events as `RUST_LOG` says.
+/// The process-wide filter: Glassbox's own spans at INFO and above always
+/// (so every log line carries its request's fields and traces keep their
+/// spans), events and everything else as `RUST_LOG` says.
+///
+/// Why one global filter and no per-layer filters: with a per-layer filter
+/// on both the log and the trace layer, some request spans ended up disabled
+/// for both (lines without their fields, policy spans without a parent) —
+/// seen in the end-to-end telemetry test; a single global decision has no
+/// such state to get wrong.
 pub(crate) struct SpansAndEnv(pub tracing_subscriber::EnvFilter);
 
 fn own_span(meta: &Metadata<'_>) -> bool {
     meta.is_span() && meta.target().starts_with("glassbox") && *meta.level() <= tracing::Level::INFO
 }
 
-impl<S> Filter<S> for SpansAndEnv {
-    fn enabled(&self, meta: &Metadata<'_>, ctx: &Context<'_, S>) -> bool {
-        own_span(meta) || Filter::enabled(&self.0, meta, ctx)
-    }
-
-    fn callsite_enabled(&self, meta: &'static Metadata<'static>) -> tracing::subscriber::Interest {
+impl<S> Layer<S> for SpansAndEnv
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn register_callsite(&self, meta: &'static Metadata<'static>) -> tracing::subscriber::Interest {
         if own_span(meta) {
             tracing::subscriber::Interest::always()
         } else {
-            Filter::<S>::callsite_enabled(&self.0, meta)
+            Layer::<S>::register_callsite(&self.0, meta)
         }
     }
 
+    fn enabled(&self, meta: &Metadata<'_>, ctx: Context<'_, S>) -> bool {
+        own_span(meta) || Layer::enabled(&self.0, meta, ctx)
+    }
+
     fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
-        let env = Filter::<S>::max_level_hint(&self.0)?;
+        let env = Layer::<S>::max_level_hint(&self.0)?;
         Some(env.max(tracing::level_filters::LevelFilter::INFO))
     }
 
@@ -125,7 +135,7 @@ impl<S> Filter<S> for SpansAndEnv {
         id: &tracing::span::Id,
         ctx: Context<'_, S>,
     ) {
-        Filter::on_new_span(&self.0, attrs, id, ctx)
+        Layer::on_new_span(&self.0, attrs, id, ctx)
     }
 
     fn on_record(
@@ -134,18 +144,18 @@ impl<S> Filter<S> for SpansAndEnv {
         values: &tracing::span::Record<'_>,
         ctx: Context<'_, S>,
     ) {
-        Filter::on_record(&self.0, id, values, ctx)
+        Layer::on_record(&self.0, id, values, ctx)
     }
 
     fn on_enter(&self, id: &tracing::span::Id, ctx: Context<'_, S>) {
-        Filter::on_enter(&self.0, id, ctx)
+        Layer::on_enter(&self.0, id, ctx)
     }
 
     fn on_exit(&self, id: &tracing::span::Id, ctx: Context<'_, S>) {
-        Filter::on_exit(&self.0, id, ctx)
+        Layer::on_exit(&self.0, id, ctx)
     }
 
     fn on_close(&self, id: tracing::span::Id, ctx: Context<'_, S>) {
-        Filter::on_close(&self.0, id, ctx)
+        Layer::on_close(&self.0, id, ctx)
     }
 }

@@ -12,10 +12,11 @@
 //! - **Metrics**: OpenTelemetry instruments, always readable in Prometheus text
 //!   format ([`metrics::render`]), and pushed over OTLP when configured.
 //!
-//! Why spans are filtered per layer: `RUST_LOG=warn` must not switch off the
-//! request and job spans, or warnings would lose their correlation fields and
-//! traces would lose their spans. Spans of Glassbox's own crates at INFO and
-//! above always exist; `RUST_LOG` filters events only.
+//! Why Glassbox's spans ignore `RUST_LOG`: `RUST_LOG=warn` must not switch off
+//! the request and job spans, or warnings would lose their correlation fields
+//! and traces their spans. Spans of Glassbox's own crates at INFO and above
+//! always exist; `RUST_LOG` filters events (and other crates' spans). Events
+//! that pass it are also recorded as span events in the trace.
 //!
 //! What never goes into a span, attribute or log line: code, stdin, outputs,
 //! secret values, tokens — span fields are IDs, names chosen by Glassbox, sizes
@@ -33,9 +34,7 @@ use std::collections::BTreeMap;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use tracing::Level;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
@@ -314,24 +313,16 @@ pub fn init_with(
     let fmt = tracing_subscriber::fmt::layer()
         .event_format(logfmt::JsonLines)
         .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
-        .with_writer(std::io::stderr)
-        .with_filter(logfmt::SpansAndEnv(env));
+        .with_writer(std::io::stderr);
     let otel = tracer.as_ref().map(|p| {
         use opentelemetry::trace::TracerProvider as _;
         tracing_opentelemetry::layer()
             .with_tracer(p.tracer("glassbox"))
             .with_level(false)
             .with_target(false)
-            .with_filter(tracing_subscriber::filter::filter_fn(|m| {
-                m.target().starts_with("glassbox")
-                    && if m.is_span() {
-                        *m.level() <= Level::INFO
-                    } else {
-                        *m.level() <= Level::WARN
-                    }
-            }))
     });
     let installed = tracing_subscriber::registry()
+        .with(logfmt::SpansAndEnv(env))
         .with(fmt)
         .with(otel)
         .try_init()
@@ -414,6 +405,15 @@ pub fn current_trace_headers() -> Vec<(&'static str, String)> {
     let mut put = Put(Vec::new());
     opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut put));
     put.0
+}
+
+/// Renames `span` in its trace (the name a span was created with is fixed in
+/// `tracing`; an HTTP span learns its route only after routing).
+pub fn rename(span: &tracing::Span, name: String) {
+    if !tracing_enabled() {
+        return;
+    }
+    span.context().span().update_name(name);
 }
 
 /// The trace and span ID of the current span (hex), when tracing is on.

@@ -1,0 +1,852 @@
+//! Telemetry across the planes, with real receivers: the control plane
+//! (`glassbox serve`) and a runner (`glassbox runner`) as separate processes,
+//! exporting to an OTLP receiver in this test — the control plane over gRPC,
+//! the runner over HTTP/protobuf — and scraped by a real Prometheus server.
+//!
+//! One job's trace must run from `POST /v1/jobs` through the command, its
+//! policy evaluations and ledger appends, the projector, the runner's claim
+//! and attempt and the sandbox's phases, with the trace ID derived from the
+//! records' correlation ID; and markers planted in the code, stdin, a secret
+//! and the token must be in no span, attribute or log line.
+
+use glassbox_command_api::testing::{claims, jwks_file, sign};
+use glassbox_events::testing::TestDb;
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+use prost::Message as _;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const GLASSBOX: &str = env!("CARGO_BIN_EXE_glassbox-e2e-cli");
+
+// ---------------------------------------------------------------- the receiver
+
+/// What the OTLP receiver got, over either transport.
+#[derive(Clone, Default)]
+struct Received {
+    traces: Arc<Mutex<Vec<ExportTraceServiceRequest>>>,
+    metrics: Arc<Mutex<Vec<ExportMetricsServiceRequest>>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Received {
+    async fn export(
+        &self,
+        r: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        if let Ok(mut t) = self.traces.lock() {
+            t.push(r.into_inner());
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl MetricsService for Received {
+    async fn export(
+        &self,
+        r: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        if let Ok(mut m) = self.metrics.lock() {
+            m.push(r.into_inner());
+        }
+        Ok(tonic::Response::new(ExportMetricsServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+/// Starts the receiver: OTLP/gRPC on one port, OTLP/HTTP (protobuf bodies on
+/// `/v1/traces` and `/v1/metrics`) on another.
+async fn receiver() -> (Received, u16, u16) {
+    let got = Received::default();
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let grpc_port = grpc.local_addr().expect("addr").port();
+    let g = got.clone();
+    tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(g.clone()))
+            .add_service(MetricsServiceServer::new(g))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(grpc))
+            .await;
+    });
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let http_port = http.local_addr().expect("addr").port();
+    let (t, m) = (got.clone(), got.clone());
+    let app = axum::Router::new()
+        .route(
+            "/v1/traces",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let t = t.clone();
+                async move {
+                    match ExportTraceServiceRequest::decode(body) {
+                        Ok(r) => {
+                            if let Ok(mut v) = t.traces.lock() {
+                                v.push(r);
+                            }
+                            axum::http::StatusCode::OK
+                        }
+                        Err(_) => axum::http::StatusCode::BAD_REQUEST,
+                    }
+                }
+            }),
+        )
+        .route(
+            "/v1/metrics",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let m = m.clone();
+                async move {
+                    match ExportMetricsServiceRequest::decode(body) {
+                        Ok(r) => {
+                            if let Ok(mut v) = m.metrics.lock() {
+                                v.push(r);
+                            }
+                            axum::http::StatusCode::OK
+                        }
+                        Err(_) => axum::http::StatusCode::BAD_REQUEST,
+                    }
+                }
+            }),
+        );
+    tokio::spawn(async move {
+        let _ = axum::serve(http, app).await;
+    });
+    (got, grpc_port, http_port)
+}
+
+/// One exported span, flattened.
+#[derive(Debug, Clone)]
+struct Span {
+    service: String,
+    name: String,
+    trace_id: String,
+    span_id: String,
+    parent: String,
+    attributes: Vec<(String, String)>,
+    links: Vec<(String, String)>,
+}
+
+impl Span {
+    fn attr(&self, key: &str) -> Option<&str> {
+        self.attributes
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn any_to_string(v: &Option<opentelemetry_proto::tonic::common::v1::AnyValue>) -> String {
+    match v.as_ref().and_then(|v| v.value.as_ref()) {
+        Some(AnyValue::StringValue(s)) => s.clone(),
+        Some(AnyValue::IntValue(i)) => i.to_string(),
+        Some(AnyValue::BoolValue(b)) => b.to_string(),
+        Some(AnyValue::DoubleValue(d)) => d.to_string(),
+        Some(other) => format!("{other:?}"),
+        None => String::new(),
+    }
+}
+
+impl Received {
+    fn spans(&self) -> Vec<Span> {
+        let mut out = Vec::new();
+        let Ok(traces) = self.traces.lock() else {
+            return out;
+        };
+        for req in traces.iter() {
+            for rs in &req.resource_spans {
+                let service = rs
+                    .resource
+                    .as_ref()
+                    .and_then(|r| r.attributes.iter().find(|a| a.key == "service.name"))
+                    .map(|a| any_to_string(&a.value))
+                    .unwrap_or_default();
+                for ss in &rs.scope_spans {
+                    for s in &ss.spans {
+                        out.push(Span {
+                            service: service.clone(),
+                            name: s.name.clone(),
+                            trace_id: hex::encode(&s.trace_id),
+                            span_id: hex::encode(&s.span_id),
+                            parent: hex::encode(&s.parent_span_id),
+                            attributes: s
+                                .attributes
+                                .iter()
+                                .map(|a| (a.key.clone(), any_to_string(&a.value)))
+                                .collect(),
+                            links: s
+                                .links
+                                .iter()
+                                .map(|l| (hex::encode(&l.trace_id), hex::encode(&l.span_id)))
+                                .collect(),
+                        });
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Everything received, as text (for the marker search).
+    fn dump(&self) -> String {
+        let t = self
+            .traces
+            .lock()
+            .map(|t| format!("{t:?}"))
+            .unwrap_or_default();
+        let m = self
+            .metrics
+            .lock()
+            .map(|m| format!("{m:?}"))
+            .unwrap_or_default();
+        format!("{t}\n{m}")
+    }
+
+    fn metric_names(&self) -> std::collections::BTreeSet<String> {
+        let mut names = std::collections::BTreeSet::new();
+        if let Ok(ms) = self.metrics.lock() {
+            for req in ms.iter() {
+                for rm in &req.resource_metrics {
+                    for sm in &rm.scope_metrics {
+                        for m in &sm.metrics {
+                            names.insert(m.name.clone());
+                        }
+                    }
+                }
+            }
+        }
+        names
+    }
+}
+
+// ---------------------------------------------------------------- the planes
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+struct Planes {
+    db: Option<TestDb>,
+    dir: PathBuf,
+    api: String,
+    runner_metrics: u16,
+    control: Child,
+    runner: Child,
+    client: reqwest::Client,
+}
+
+impl Drop for Planes {
+    fn drop(&mut self) {
+        for c in [&mut self.control, &mut self.runner] {
+            // SIGTERM first: each process flushes its telemetry on the way out.
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+        }
+        for c in [&mut self.control, &mut self.runner] {
+            for _ in 0..50 {
+                if matches!(c.try_wait(), Ok(Some(_))) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn base_env(cmd: &mut Command, db: &TestDb, dir: &Path) {
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("GLASSBOX_ENV", "test")
+        .env("GLASSBOX_DATABASE_URL", &db.url)
+        .env("GLASSBOX_DATA_DIR", dir)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null());
+}
+
+/// Both planes as processes on a fresh database; `otel` adds the exporter
+/// settings of (control plane, runner).
+async fn planes(
+    otel: Option<(Vec<(&str, String)>, Vec<(&str, String)>)>,
+    secret_value: &str,
+) -> Planes {
+    glassbox_platform::install_crypto_provider();
+    let db = TestDb::new().await.expect("database");
+    let dir = std::env::temp_dir().join(format!("glassbox-telemetry-{}", db.name));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let jwks = jwks_file(&dir).expect("jwks");
+    let secrets = dir.join("secrets.json");
+    std::fs::write(
+        &secrets,
+        json!({"OPENAI_API_KEY": secret_value}).to_string(),
+    )
+    .expect("secrets");
+    let (control_otel, runner_otel) = otel.unwrap_or_default();
+    // Migrations and keys first, so the two processes do not race for them.
+    let pool = glassbox_command_api::connect(&db.url)
+        .await
+        .expect("migrate");
+    drop(pool);
+
+    let port = free_port();
+    let mut cmd = Command::new(GLASSBOX);
+    cmd.arg("serve");
+    base_env(&mut cmd, &db, &dir);
+    cmd.env("GLASSBOX_HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("GLASSBOX_AUTH_JWKS_FILE", &jwks)
+        .env("GLASSBOX_RATE_LIMIT_PER_SEC", "100000")
+        .env("GLASSBOX_LEDGER_KEY_FILE", dir.join("ledger.key"))
+        .env("GLASSBOX_CHECKPOINT_INTERVAL_MS", "200")
+        .stderr(Stdio::from(
+            std::fs::File::create(dir.join("control.log")).expect("log"),
+        ));
+    for (k, v) in &control_otel {
+        cmd.env(k, v);
+    }
+    let control = cmd.spawn().expect("glassbox serve");
+    let client = reqwest::Client::new();
+    let api = format!("http://127.0.0.1:{port}");
+    let mut ready = false;
+    for _ in 0..300 {
+        if let Ok(r) = client.get(format!("{api}/readyz")).send().await
+            && r.status().is_success()
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        ready,
+        "the control plane never became ready: {}",
+        std::fs::read_to_string(dir.join("control.log")).unwrap_or_default()
+    );
+
+    let runner_metrics = free_port();
+    let mut cmd = Command::new(GLASSBOX);
+    cmd.arg("runner");
+    base_env(&mut cmd, &db, &dir);
+    cmd.env(
+        "GLASSBOX_RUNNER_ID",
+        format!("otel{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+    )
+    .env("GLASSBOX_RUNNER_SLOTS", "2")
+    .env("GLASSBOX_RUNNER_SESSIONS", "false")
+    .env("GLASSBOX_SANDBOX_DIR", "/run/glassbox-test")
+    .env("GLASSBOX_SECRETS_FILE", &secrets)
+    .env(
+        "GLASSBOX_RUNNER_METRICS_ADDR",
+        format!("127.0.0.1:{runner_metrics}"),
+    )
+    .stderr(Stdio::from(
+        std::fs::File::create(dir.join("runner.log")).expect("log"),
+    ));
+    for (k, v) in &runner_otel {
+        cmd.env(k, v);
+    }
+    let runner = cmd.spawn().expect("glassbox runner");
+    Planes {
+        db: Some(db),
+        dir,
+        api,
+        runner_metrics,
+        control,
+        runner,
+        client,
+    }
+}
+
+impl Planes {
+    fn logs(&self) -> String {
+        ["control.log", "runner.log"]
+            .iter()
+            .map(|f| std::fs::read_to_string(self.dir.join(f)).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Submits `body` with `token`; returns (correlation ID, job ID and the
+    /// position to read it at).
+    async fn submit(&self, token: &str, body: Value) -> (String, String) {
+        let r = self
+            .client
+            .post(format!("{}/v1/jobs", self.api))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .expect("submit");
+        let correlation = r
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .expect("x-request-id")
+            .to_owned();
+        let status = r.status().as_u16();
+        let receipt: Value = r.json().await.expect("json");
+        assert_eq!(status, 201, "{receipt}");
+        let id = receipt["job_id"].as_str().expect("job id");
+        let pos = receipt["position"].as_u64().expect("position");
+        (correlation, format!("{id}?min_position={pos}"))
+    }
+
+    /// Waits until the job is terminal; returns it.
+    async fn wait(&mut self, token: &str, id: &str) -> Value {
+        for _ in 0..12 {
+            if let Ok(Some(status)) = self.runner.try_wait() {
+                panic!("the runner exited ({status}): {}", self.logs());
+            }
+            let job: Value = self
+                .client
+                .get(format!("{}/v1/jobs/{id}&wait=10", self.api))
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("get")
+                .json()
+                .await
+                .expect("json");
+            if ["completed", "failed", "cancelled", "rejected"]
+                .contains(&job["status"].as_str().unwrap_or(""))
+            {
+                return job;
+            }
+        }
+        panic!("job {id} did not finish: {}", self.logs());
+    }
+
+    async fn finish(mut self) {
+        let (db, dir) = (self.db.take(), self.dir.clone());
+        drop(self);
+        let _ = std::fs::remove_dir_all(dir);
+        if let Some(db) = db {
+            db.drop_db().await;
+        }
+    }
+}
+
+fn marker() -> String {
+    format!("mk{}", uuid::Uuid::new_v4().simple())
+}
+
+#[tokio::test]
+async fn one_trace_follows_a_job_across_both_planes_and_nothing_secret_is_exported() {
+    let (got, grpc, http) = receiver().await;
+    let common = |endpoint: String, protocol: &str| {
+        vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol.to_owned()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "500".to_owned()),
+        ]
+    };
+    let (m_code, m_stdin, m_secret, m_token) = (marker(), marker(), marker(), marker());
+    let mut p = planes(
+        Some((
+            common(format!("http://127.0.0.1:{grpc}"), "grpc"),
+            common(format!("http://127.0.0.1:{http}"), "http/protobuf"),
+        )),
+        &m_secret,
+    )
+    .await;
+    let mut c = claims("acme", "user@acme", &["submitter"]);
+    c["note"] = json!(m_token);
+    let token = sign(&c);
+    let code = format!(
+        "import os, sys\ndata = sys.stdin.read()\nprint('{m_code}', data, os.environ['OPENAI_API_KEY'])\n"
+    );
+    let (correlation, job) = p
+        .submit(
+            &token,
+            json!({"language": "python", "code": code, "stdin": m_stdin,
+                   "secrets": ["OPENAI_API_KEY"]}),
+        )
+        .await;
+    let done = p.wait(&token, &job).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let job = done["job_id"].as_str().expect("job id").to_owned();
+    let out: Value = p
+        .client
+        .get(format!("{}/v1/jobs/{job}/output", p.api))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("output")
+        .json()
+        .await
+        .expect("json");
+    let stdout = out["stdout"]["content"].as_str().unwrap_or_default();
+    assert!(
+        stdout.contains(&m_code) && stdout.contains(&m_stdin),
+        "the job really ran with the markers: {out}"
+    );
+
+    let trace = glassbox_platform::telemetry::trace_id_for(&correlation).to_string();
+    let root_id = glassbox_platform::telemetry::root_span_id_for(&correlation).to_string();
+    // The correlation ID is the ledger's: the job's records carry it.
+    let events: Value = p
+        .client
+        .get(format!("{}/v1/jobs/{job}/events", p.api))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("events")
+        .json()
+        .await
+        .expect("json");
+    let records = events["events"].as_array().cloned().unwrap_or_default();
+    assert!(!records.is_empty(), "{events}");
+    for r in &records {
+        assert_eq!(
+            r["record"]["correlation_id"].as_str(),
+            Some(correlation.as_str()),
+            "every record of the job, the runner's too, carries the submission's correlation: {r}"
+        );
+    }
+
+    // Spans arrive in batches; wait until the runner's last phase is in.
+    let wanted = [
+        "POST /v1/jobs",
+        "command",
+        "policy.evaluate",
+        "ledger.append",
+        "projector.projected",
+        "job.claim",
+        "job.attempt",
+        "blob.get",
+        "sandbox.provision",
+        "sandbox.execute",
+        "sandbox.collect",
+        "sandbox.teardown",
+    ];
+    let mut spans = Vec::new();
+    for _ in 0..200 {
+        spans = got
+            .spans()
+            .into_iter()
+            .filter(|s| s.trace_id == trace)
+            .collect::<Vec<_>>();
+        if wanted.iter().all(|w| spans.iter().any(|s| s.name == *w)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+    for w in wanted {
+        assert!(
+            names.contains(&w),
+            "no {w} span in the trace {trace}: {names:?}\nall spans: {:?}\nlogs: {}",
+            got.spans()
+                .iter()
+                .map(|s| format!("{}/{}/{}/{}", s.service, s.name, s.trace_id, s.parent))
+                .collect::<Vec<_>>(),
+            p.logs()
+        );
+    }
+    let find = |name: &str| {
+        spans
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("{name}"))
+    };
+    let by_id = |id: &str| spans.iter().find(|s| s.span_id == id);
+    let descends = |s: &Span, ancestor: &str| {
+        let mut cur = Some(s);
+        for _ in 0..32 {
+            match cur {
+                Some(c) if c.parent == ancestor => return true,
+                Some(c) => cur = by_id(&c.parent),
+                None => return false,
+            }
+        }
+        false
+    };
+    // The request is the root, with the derived span ID.
+    let root = find("POST /v1/jobs");
+    assert_eq!(root.span_id, root_id);
+    assert_eq!(root.parent, "", "the request span is the trace's root");
+    assert_eq!(root.service, "glassbox-control-plane");
+    assert_eq!(root.attr("http.route"), Some("/v1/jobs"));
+    assert_eq!(root.attr("http.response.status_code"), Some("201"));
+    assert_eq!(root.attr("correlation_id"), Some(correlation.as_str()));
+    assert_eq!(root.attr("tenant"), Some("acme"));
+    // The command, its policies and its append happen inside the request.
+    let command = find("command");
+    assert_eq!(command.attr("command"), Some("submit_job"));
+    assert_eq!(command.parent, root.span_id);
+    let policies: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.name == "policy.evaluate" && s.service == "glassbox-control-plane")
+        .collect();
+    assert!(
+        policies
+            .iter()
+            .any(|s| s.attr("policy") == Some("glassbox.admission")),
+        "{policies:?}"
+    );
+    assert!(
+        policies
+            .iter()
+            .any(|s| s.attr("policy") == Some("glassbox.secrets")
+                && s.attr("decision") == Some("allow")),
+        "{policies:?}"
+    );
+    for s in &policies {
+        assert!(descends(s, &root.span_id), "{s:?}");
+    }
+    let append = spans
+        .iter()
+        .find(|s| s.name == "ledger.append" && s.service == "glassbox-control-plane")
+        .expect("the submission's append");
+    assert!(descends(append, &root.span_id));
+    assert!(append.attr("ledger.commit").is_some(), "{append:?}");
+    // The group commit that carried it links to it (in its own trace).
+    let all = got.spans();
+    assert!(
+        all.iter().any(|s| s.name == "ledger.commit"
+            && s.links
+                .contains(&(append.trace_id.clone(), append.span_id.clone()))),
+        "no ledger.commit links to the append"
+    );
+    // The projector's marker joins the request's trace.
+    assert_eq!(find("projector.projected").parent, root.span_id);
+    // The runner — another process, reached only through the ledger —
+    // continues the same trace under the request's root.
+    let claim = find("job.claim");
+    let attempt = find("job.attempt");
+    for s in [claim, attempt] {
+        assert_eq!(s.service, "glassbox-runner", "{s:?}");
+        assert_eq!(s.parent, root.span_id, "{s:?}");
+        assert_eq!(s.attr("job_id"), Some(job.as_str()));
+    }
+    assert_eq!(attempt.attr("runtime"), Some("python"));
+    for phase in [
+        "sandbox.provision",
+        "sandbox.execute",
+        "sandbox.collect",
+        "sandbox.teardown",
+    ] {
+        let s = find(phase);
+        assert_eq!(s.service, "glassbox-runner");
+        assert!(
+            descends(s, &attempt.span_id),
+            "{phase} not under the attempt"
+        );
+    }
+    assert_eq!(find("sandbox.execute").attr("outcome"), Some("succeeded"));
+    assert!(
+        spans.iter().any(|s| s.name == "ledger.append"
+            && s.service == "glassbox-runner"
+            && descends(s, &attempt.span_id)),
+        "the runner's appends are in the trace"
+    );
+
+    // Logs carry the correlation, trace and span IDs.
+    let logs = p.logs();
+    let line = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| {
+            l["correlation_id"] == json!(correlation) && l["message"] == json!("request finished")
+        })
+        .unwrap_or_else(|| panic!("no log line of the request: {logs}"));
+    assert_eq!(line["trace_id"], json!(trace), "{line}");
+    assert_eq!(line["span_id"], json!(root_id), "{line}");
+    assert_eq!(line["tenant"], json!("acme"), "{line}");
+
+    // Metrics arrived over OTLP from both planes.
+    let mut metric_names = Default::default();
+    for _ in 0..100 {
+        metric_names = got.metric_names();
+        if metric_names.contains("glassbox.execution.duration")
+            && metric_names.contains("http.server.request.duration")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for m in [
+        "http.server.request.duration",
+        "glassbox.policy.decisions",
+        "glassbox.ledger.append.duration",
+        "glassbox.execution.duration",
+        "glassbox.sandbox.start.duration",
+        "glassbox.runner.capacity",
+    ] {
+        assert!(
+            metric_names.contains(m),
+            "{m} not exported: {metric_names:?}"
+        );
+    }
+
+    // Nothing secret anywhere: not the code, stdin, secret value or token.
+    let logs = p.logs();
+    let dump = got.dump();
+    for (what, m) in [
+        ("code", &m_code),
+        ("stdin", &m_stdin),
+        ("secret", &m_secret),
+        ("token claim", &m_token),
+        ("token", &token),
+    ] {
+        assert!(
+            !dump.contains(m.as_str()),
+            "the {what} is in an exported span or metric"
+        );
+        assert!(!logs.contains(m.as_str()), "the {what} is in a log line");
+    }
+    p.finish().await;
+}
+
+// ---------------------------------------------------------------- Prometheus
+
+/// A child process killed when the test ends, however it ends.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn prometheus_scrapes_both_planes_and_the_expected_series_are_queryable() {
+    let mut p = planes(None, "sk-prometheus-test").await;
+    let token = sign(&claims("acme", "user@acme", &["submitter"]));
+    // Prometheus from Debian, on loopback, scraping both planes every second.
+    let prom_port = free_port();
+    let prom_dir = p.dir.join("prometheus");
+    std::fs::create_dir_all(&prom_dir).expect("dir");
+    let api_target = p.api.trim_start_matches("http://").to_owned();
+    std::fs::write(
+        prom_dir.join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+             scrape_configs:\n\
+             - job_name: control-plane\n  static_configs:\n  - targets: ['{api_target}']\n\
+             - job_name: runner\n  static_configs:\n  - targets: ['127.0.0.1:{}']\n",
+            p.runner_metrics
+        ),
+    )
+    .expect("config");
+    let prom = Command::new("prometheus")
+        .arg(format!(
+            "--config.file={}",
+            prom_dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            prom_dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(
+            std::fs::File::create(prom_dir.join("prometheus.log")).expect("log"),
+        ))
+        .spawn()
+        .expect("prometheus (Debian package prometheus; scripts/test.sh installs it)");
+    let prom = KillOnDrop(prom);
+    for _ in 0..3 {
+        let (_, job) = p
+            .submit(&token, json!({"language": "python", "code": "print(1)"}))
+            .await;
+        let done = p.wait(&token, &job).await;
+        assert_eq!(done["status"], "completed", "{done}");
+    }
+    let query = |q: &str| {
+        let encoded: String = q
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        let url = format!("http://127.0.0.1:{prom_port}/api/v1/query?query={encoded}");
+        let client = p.client.clone();
+        async move {
+            let r: Value = client.get(url).send().await.ok()?.json().await.ok()?;
+            r["data"]["result"].as_array().cloned()
+        }
+    };
+    let series = [
+        "http_server_request_duration_seconds_count{http_route=\"/v1/jobs\",http_request_method=\"POST\"}",
+        "glassbox_policy_decisions_total{policy=\"glassbox.admission\",decision=\"allow\"}",
+        "glassbox_ledger_append_duration_seconds_count",
+        "glassbox_ledger_commit_requests_count",
+        "glassbox_ledger_head",
+        "glassbox_ledger_checkpoint_age_seconds",
+        "glassbox_projection_lag",
+        "glassbox_jobs_queued",
+        "glassbox_sessions_active",
+        "glassbox_execution_duration_seconds_count{runtime=\"python\",outcome=\"succeeded\",job=\"runner\"}",
+        "glassbox_sandbox_start_duration_seconds_count{job=\"runner\"}",
+        "glassbox_runner_capacity{kind=\"job\",job=\"runner\"}",
+        "glassbox_runner_in_flight{kind=\"job\",job=\"runner\"}",
+    ];
+    let mut missing = Vec::new();
+    for _ in 0..60 {
+        missing.clear();
+        for s in series {
+            if query(s).await.is_none_or(|r| r.is_empty()) {
+                missing.push(s);
+            }
+        }
+        if missing.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let prom_log = std::fs::read_to_string(prom_dir.join("prometheus.log")).unwrap_or_default();
+    assert!(
+        missing.is_empty(),
+        "not queryable in Prometheus: {missing:?}\n{}",
+        prom_log
+            .lines()
+            .rev()
+            .take(20)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // Three jobs ran: the counter says so.
+    let ran = query(
+        "sum(glassbox_execution_duration_seconds_count{outcome=\"succeeded\",job=\"runner\"})",
+    )
+    .await
+    .unwrap_or_default();
+    let n: f64 = ran
+        .first()
+        .and_then(|r| r["value"][1].as_str())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    drop(prom);
+    assert!(n >= 3.0, "{ran:?}");
+    p.finish().await;
+}
