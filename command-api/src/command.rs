@@ -972,6 +972,9 @@ impl Core {
                     .verify(Some(key), &[], from.filter(|f| *f > 0), to)
                     .await
                     .map_err(proof_error)?;
+                if result.is_err() {
+                    glassbox_events::store::count_verification_failure("audit");
+                }
                 Ok(Reply::Verified(match result {
                     Ok(r) => VerifyView {
                         verifies: true,

@@ -199,6 +199,7 @@ impl Application {
             // The status gauges (ledger head, checkpoint age, projection lag,
             // queue depth, open sessions), refreshed for OTLP push.
             glassbox_platform::telemetry::metrics::ensure();
+            telemetry::init_metrics();
             let (st, token) = (state.clone(), shutdown.clone());
             tokio::spawn(async move {
                 loop {

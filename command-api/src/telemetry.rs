@@ -48,6 +48,18 @@ fn metrics() -> &'static ApiMetrics {
     })
 }
 
+/// Creates the control plane's counters at zero, so their series exist (and
+/// alert rules over them evaluate) before the first increment.
+pub fn init_metrics() {
+    for limit in ["tenant", "auth_failures"] {
+        metrics()
+            .rate_limited
+            .add(0, &[KeyValue::new("limit", limit)]);
+    }
+    glassbox_events::store::count_verification_failures_init();
+    glassbox_policies::init_metrics();
+}
+
 /// Counts a refusal by a rate limit.
 pub fn count_rate_limited(limit: &'static str) {
     metrics()

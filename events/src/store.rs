@@ -365,6 +365,15 @@ fn ledger_metrics() -> &'static LedgerMetrics {
     })
 }
 
+/// Creates the verification-failure counter at zero for each stage.
+pub fn count_verification_failures_init() {
+    for stage in ["checkpoint", "audit"] {
+        ledger_metrics()
+            .verification_failures
+            .add(0, &[opentelemetry::KeyValue::new("stage", stage)]);
+    }
+}
+
 /// Counts a verification that found the ledger inconsistent (the checkpoint
 /// signer's own check and the audit API's `verify`).
 pub fn count_verification_failure(stage: &'static str) {

@@ -59,6 +59,29 @@ struct PolicyMetrics {
     egress_denials: opentelemetry::metrics::Counter<u64>,
 }
 
+/// Creates the denial counters at zero, so their series exist before the
+/// first denial.
+pub fn init_metrics() {
+    let m = policy_metrics();
+    m.egress_denials.add(
+        0,
+        &[
+            opentelemetry::KeyValue::new("stage", "submission"),
+            opentelemetry::KeyValue::new("reason", "not_allowed"),
+        ],
+    );
+    for p in Policy::ALL {
+        m.decisions.add(
+            0,
+            &[
+                opentelemetry::KeyValue::new("policy", p.name()),
+                opentelemetry::KeyValue::new("decision", "deny"),
+                opentelemetry::KeyValue::new("reason", "not_allowed"),
+            ],
+        );
+    }
+}
+
 fn policy_metrics() -> &'static PolicyMetrics {
     static M: std::sync::OnceLock<PolicyMetrics> = std::sync::OnceLock::new();
     M.get_or_init(|| {

@@ -39,6 +39,32 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
+/// Reports the checkpoint interval (`glassbox.ledger.checkpoint.interval`),
+/// so an alert can say "no checkpoint for N intervals" without knowing the
+/// configuration.
+fn checkpoint_interval_gauge(interval: std::time::Duration) {
+    static G: std::sync::OnceLock<opentelemetry::metrics::ObservableGauge<f64>> =
+        std::sync::OnceLock::new();
+    static SECS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    SECS.store(
+        interval.as_secs_f64().to_bits(),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    G.get_or_init(|| {
+        opentelemetry::global::meter(glassbox_platform::telemetry::metrics::METER)
+            .f64_observable_gauge("glassbox.ledger.checkpoint.interval")
+            .with_unit("s")
+            .with_description("How often checkpoints are signed while records arrive")
+            .with_callback(|o| {
+                o.observe(
+                    f64::from_bits(SECS.load(std::sync::atomic::Ordering::Relaxed)),
+                    &[],
+                )
+            })
+            .build()
+    });
+}
+
 /// The projector's name in `projections.checkpoints`.
 pub const NAME: &str = "read_models";
 /// NOTIFY channel carrying this projector's new position after each commit.
@@ -286,6 +312,9 @@ impl Projector {
     /// checkpoints while new events arrive when `publisher` is set. Errors are
     /// logged and retried; the loop only ends on shutdown.
     pub async fn run(self, publisher: Option<Publisher>, shutdown: CancellationToken) {
+        if let Some(p) = &publisher {
+            checkpoint_interval_gauge(p.interval);
+        }
         let mut listener = match PgListener::connect_with(self.pool()).await {
             Ok(mut l) => match l.listen(glassbox_events::store::NOTIFY_CHANNEL).await {
                 Ok(()) => Some(l),

@@ -9,6 +9,9 @@
 //! records' correlation ID; and markers planted in the code, stdin, a secret
 //! and the token must be in no span, attribute or log line.
 
+#[path = "../metric_names.rs"]
+mod metric_names;
+
 use glassbox_command_api::testing::{claims, jwks_file, sign};
 use glassbox_events::testing::TestDb;
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
@@ -835,6 +838,28 @@ async fn prometheus_scrapes_both_planes_and_the_expected_series_are_queryable() 
             .collect::<Vec<_>>()
             .join("\n")
     );
+    // Every series the alert rules and the dashboard use is exported.
+    let names: Value = p
+        .client
+        .get(format!(
+            "http://127.0.0.1:{prom_port}/api/v1/label/__name__/values"
+        ))
+        .send()
+        .await
+        .expect("names")
+        .json()
+        .await
+        .expect("json");
+    let have: std::collections::BTreeSet<&str> = names["data"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    for name in metric_names::monitoring() {
+        assert!(
+            have.contains(name.as_str()),
+            "{name} (used by deploy/monitoring) is not exported: {have:?}"
+        );
+    }
     // Three jobs ran: the counter says so.
     let ran = query(
         "sum(glassbox_execution_duration_seconds_count{outcome=\"succeeded\",job=\"runner\"})",
