@@ -29,11 +29,37 @@ pub struct E2eBench {
     pub jobs: usize,
     #[arg(long, default_value = "/run/glassbox-bench")]
     pub base_dir: PathBuf,
+    /// Run twice as child processes — telemetry off, and spans and metrics
+    /// exported over OTLP to a receiver in this process — and compare.
+    #[arg(long)]
+    pub otlp: bool,
+    /// With --otlp: runs per side (alternating off/on).
+    #[arg(long, default_value_t = 2)]
+    pub otlp_rounds: usize,
 }
 
 const CODE: &str = "print('hello')";
 
 pub async fn run(args: E2eBench) -> anyhow::Result<ExitCode> {
+    if args.otlp {
+        return crate::bench_otlp::compare(
+            "e2e",
+            args.otlp_rounds,
+            &[
+                crate::bench_otlp::Measure {
+                    name: "post_to_completed_p50_ms",
+                    pointer: "/post_to_completed_ms/p50",
+                    higher_is_better: false,
+                },
+                crate::bench_otlp::Measure {
+                    name: "jobs_per_min_8_slots",
+                    pointer: "/throughput/8/jobs_per_min",
+                    higher_is_better: true,
+                },
+            ],
+        )
+        .await;
+    }
     let args = &args;
     crate::bench::on_fresh_db(&args.service.database_url, "data", |url, dir| async move {
         inner(args, &url, &dir).await

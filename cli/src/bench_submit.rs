@@ -27,9 +27,35 @@ pub struct SubmitBench {
     /// Run without a projector (no lag figures): the API and ledger alone.
     #[arg(long)]
     pub without_projector: bool,
+    /// Run twice as child processes — telemetry off, and spans and metrics
+    /// exported over OTLP to a receiver in this process — and compare.
+    #[arg(long)]
+    pub otlp: bool,
+    /// With --otlp: runs per side (alternating off/on).
+    #[arg(long, default_value_t = 2)]
+    pub otlp_rounds: usize,
 }
 
 pub async fn run(args: SubmitBench) -> anyhow::Result<ExitCode> {
+    if args.otlp {
+        return crate::bench_otlp::compare(
+            "submit",
+            args.otlp_rounds,
+            &[
+                crate::bench_otlp::Measure {
+                    name: "submissions_per_s",
+                    pointer: "/api/submissions_per_s",
+                    higher_is_better: true,
+                },
+                crate::bench_otlp::Measure {
+                    name: "submit_p50_ms",
+                    pointer: "/api/p50_ms",
+                    higher_is_better: false,
+                },
+            ],
+        )
+        .await;
+    }
     anyhow::ensure!(
         args.concurrency > 0 && args.submissions >= args.concurrency,
         "--submissions must be >= --concurrency > 0"

@@ -9,6 +9,7 @@ pub mod bench;
 mod bench_audit;
 mod bench_e2e;
 mod bench_mcp;
+mod bench_otlp;
 mod bench_sandbox;
 mod bench_session;
 mod bench_submit;
