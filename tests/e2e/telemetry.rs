@@ -291,10 +291,13 @@ fn base_env(cmd: &mut Command, db: &TestDb, dir: &Path) {
         .stdout(Stdio::null());
 }
 
+/// Environment variables for one process.
+type Settings = Vec<(&'static str, String)>;
+
 /// Both planes as processes on a fresh database; `otel` adds the exporter
 /// settings of (control plane, runner).
 async fn planes(
-    otel: Option<(Vec<(&str, String)>, Vec<(&str, String)>)>,
+    otel: Option<(Settings, Settings)>,
     secret_value: &str,
 ) -> Planes {
     glassbox_platform::install_crypto_provider();
