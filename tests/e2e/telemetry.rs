@@ -296,10 +296,7 @@ type Settings = Vec<(&'static str, String)>;
 
 /// Both planes as processes on a fresh database; `otel` adds the exporter
 /// settings of (control plane, runner).
-async fn planes(
-    otel: Option<(Settings, Settings)>,
-    secret_value: &str,
-) -> Planes {
+async fn planes(otel: Option<(Settings, Settings)>, secret_value: &str) -> Planes {
     glassbox_platform::install_crypto_provider();
     let db = TestDb::new().await.expect("database");
     let dir = std::env::temp_dir().join(format!("glassbox-telemetry-{}", db.name));
