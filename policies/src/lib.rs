@@ -223,6 +223,11 @@ impl Decision {
         if self.error.is_some() {
             return "evaluation_error";
         }
+        if self.reasons.is_empty() {
+            // A deny the bundle gave no reason for (e.g. an input that does
+            // not match the policy's expectations).
+            return "unspecified";
+        }
         let has = |needle: &str| self.reasons.iter().any(|r| r.contains(needle));
         if has("is not configured") {
             "tenant_not_configured"

@@ -54,8 +54,10 @@ fn every_decision_case_holds() {
             }
             assert_eq!(d.bundle_digest, engine.bundle_digest());
             // Every refusal the bundle can give has a metrics label of its own.
-            if !d.allow {
+            if !d.allow && !d.reasons.is_empty() {
                 assert_ne!(d.reason_class(), "other", "{name}: {:?}", d.reasons);
+            } else if !d.allow {
+                assert_eq!(d.reason_class(), "unspecified", "{name}");
             } else {
                 assert_eq!(d.reason_class(), "allowed", "{name}");
             }

@@ -296,7 +296,11 @@ type Settings = Vec<(&'static str, String)>;
 
 /// Both planes as processes on a fresh database; `otel` adds the exporter
 /// settings of (control plane, runner).
-async fn planes(otel: Option<(Settings, Settings)>, secret_value: &str) -> Planes {
+async fn planes(
+    otel: Option<(Settings, Settings)>,
+    secret_value: &str,
+    with_sessions: bool,
+) -> Planes {
     glassbox_platform::install_crypto_provider();
     let db = TestDb::new().await.expect("database");
     let dir = std::env::temp_dir().join(format!("glassbox-telemetry-{}", db.name));
@@ -358,7 +362,10 @@ async fn planes(otel: Option<(Settings, Settings)>, secret_value: &str) -> Plane
         format!("otel{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
     )
     .env("GLASSBOX_RUNNER_SLOTS", "2")
-    .env("GLASSBOX_RUNNER_SESSIONS", "false")
+    .env(
+        "GLASSBOX_RUNNER_SESSIONS",
+        if with_sessions { "true" } else { "false" },
+    )
     .env("GLASSBOX_SANDBOX_DIR", "/run/glassbox-test")
     .env("GLASSBOX_SECRETS_FILE", &secrets)
     .env(
@@ -474,6 +481,7 @@ async fn one_trace_follows_a_job_across_both_planes_and_nothing_secret_is_export
             common(format!("http://127.0.0.1:{http}"), "http/protobuf"),
         )),
         &m_secret,
+        true,
     )
     .await;
     let mut c = claims("acme", "user@acme", &["submitter"]);
@@ -706,11 +714,89 @@ async fn one_trace_follows_a_job_across_both_planes_and_nothing_secret_is_export
         );
     }
 
+    // A session's exec: the control plane calls the runner's gRPC API with
+    // the request's traceparent, and the runner's span continues that trace.
+    let m_exec = marker();
+    let mut opened = None;
+    for _ in 0..100 {
+        let r = p
+            .client
+            .post(format!("{}/v1/sessions", p.api))
+            .bearer_auth(&token)
+            .json(&json!({"language": "python"}))
+            .send()
+            .await
+            .expect("open");
+        if r.status().as_u16() == 201 {
+            opened = Some(r.json::<Value>().await.expect("json"));
+            break;
+        }
+        // 503 until the runner's first heartbeat.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let opened = opened.unwrap_or_else(|| panic!("no session opened: {}", p.logs()));
+    let sid = opened["session"]["session_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let r = p
+        .client
+        .post(format!("{}/v1/sessions/{sid}/exec", p.api))
+        .bearer_auth(&token)
+        .json(&json!({"code": format!("x = '{m_exec}'\nprint(len(x))")}))
+        .send()
+        .await
+        .expect("exec");
+    let exec_correlation = r
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("x-request-id")
+        .to_owned();
+    let exec: Value = r.json().await.expect("json");
+    assert_eq!(exec["outcome"], "succeeded", "{exec}");
+    let exec_trace = glassbox_platform::telemetry::trace_id_for(&exec_correlation).to_string();
+    let mut rpc = None;
+    for _ in 0..100 {
+        let spans = got.spans();
+        rpc = spans
+            .iter()
+            .find(|s| s.name == "runner.rpc" && s.attr("rpc.method") == Some("exec"))
+            .cloned();
+        if let Some(r) = &rpc
+            && spans.iter().any(|s| s.span_id == r.parent)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rpc = rpc.expect("a runner.rpc exec span");
+    assert_eq!(rpc.service, "glassbox-runner");
+    assert_eq!(
+        rpc.trace_id, exec_trace,
+        "the exec continues the request's trace"
+    );
+    assert_eq!(rpc.attr("session_id"), Some(sid.as_str()));
+    let all = got.spans();
+    let parent = all
+        .iter()
+        .find(|s| s.span_id == rpc.parent)
+        .expect("the rpc's parent was exported");
+    assert_eq!(parent.service, "glassbox-control-plane", "{parent:?}");
+    assert_eq!(parent.trace_id, exec_trace);
+    let _ = p
+        .client
+        .delete(format!("{}/v1/sessions/{sid}", p.api))
+        .bearer_auth(&token)
+        .send()
+        .await;
+
     // Nothing secret anywhere: not the code, stdin, secret value or token.
     let logs = p.logs();
     let dump = got.dump();
     for (what, m) in [
         ("code", &m_code),
+        ("session code", &m_exec),
         ("stdin", &m_stdin),
         ("secret", &m_secret),
         ("token claim", &m_token),
@@ -739,7 +825,7 @@ impl Drop for KillOnDrop {
 
 #[tokio::test]
 async fn prometheus_scrapes_both_planes_and_the_expected_series_are_queryable() {
-    let mut p = planes(None, "sk-prometheus-test").await;
+    let mut p = planes(None, "sk-prometheus-test", false).await;
     let token = sign(&claims("acme", "user@acme", &["submitter"]));
     // Prometheus from Debian, on loopback, scraping both planes every second.
     let prom_port = free_port();
