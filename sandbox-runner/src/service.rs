@@ -415,7 +415,7 @@ impl<B: SandboxBackend + 'static> Runner<B> {
         if !state.claimable(Utc::now()) {
             return Ok(None);
         }
-        let span = tracing::info_span!("job.claim", job_id = %job, tenant = %state.tenant, attempt = tracing::field::Empty, claimed = tracing::field::Empty);
+        let span = tracing::info_span!("job.claim", job_id = %job, tenant = %state.tenant, attempt = tracing::field::Empty, won = tracing::field::Empty);
         if let Some(c) = &state.correlation_id {
             glassbox_platform::telemetry::continue_trace(&span, c);
         }
@@ -440,7 +440,7 @@ impl<B: SandboxBackend + 'static> Runner<B> {
         {
             Ok(d) if d.state.attempt > before && d.state.runner.as_deref() == Some(&runner) => {
                 tracing::Span::current().record("attempt", d.state.attempt);
-                tracing::Span::current().record("claimed", true);
+                tracing::Span::current().record("won", true);
                 Ok(Some(d.state))
             }
             Ok(_) | Err(Halt::Lost) => Ok(None),

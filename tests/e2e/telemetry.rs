@@ -761,7 +761,7 @@ async fn one_trace_follows_a_job_across_both_planes_and_nothing_secret_is_export
         let spans = got.spans();
         rpc = spans
             .iter()
-            .find(|s| s.name == "runner.rpc" && s.attr("rpc.method") == Some("exec"))
+            .find(|s| s.attr("rpc.method") == Some("exec") && s.service == "glassbox-runner")
             .cloned();
         if let Some(r) = &rpc
             && spans.iter().any(|s| s.span_id == r.parent)
@@ -771,7 +771,7 @@ async fn one_trace_follows_a_job_across_both_planes_and_nothing_secret_is_export
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let rpc = rpc.expect("a runner.rpc exec span");
-    assert_eq!(rpc.service, "glassbox-runner");
+    assert_eq!(rpc.name, "glassbox.runner.v1.Runner/exec");
     assert_eq!(
         rpc.trace_id, exec_trace,
         "the exec continues the request's trace"
