@@ -252,6 +252,8 @@ fn free_port() -> u16 {
 
 struct Planes {
     db: Option<TestDb>,
+    /// Whether the processes export traces.
+    traced: bool,
     dir: PathBuf,
     api: String,
     runner_metrics: u16,
@@ -312,6 +314,7 @@ async fn planes(
         json!({"OPENAI_API_KEY": secret_value}).to_string(),
     )
     .expect("secrets");
+    let traced = otel.is_some();
     let (control_otel, runner_otel) = otel.unwrap_or_default();
     // Migrations and keys first, so the two processes do not race for them.
     let pool = glassbox_command_api::connect(&db.url)
@@ -381,6 +384,7 @@ async fn planes(
     let runner = cmd.spawn().expect("glassbox runner");
     Planes {
         db: Some(db),
+        traced,
         dir,
         api,
         runner_metrics,
@@ -416,6 +420,16 @@ impl Planes {
             .and_then(|v| v.to_str().ok())
             .expect("x-request-id")
             .to_owned();
+        // With tracing on, the answer names the trace (the correlation ID's);
+        // off, there is no trace to name.
+        let tp = r.headers().get("traceparent").and_then(|v| v.to_str().ok());
+        if self.traced {
+            let trace = glassbox_platform::telemetry::trace_id_for(&correlation).to_string();
+            let tp = tp.expect("a traceparent answer header");
+            assert!(tp.starts_with(&format!("00-{trace}-")), "{tp}");
+        } else {
+            assert_eq!(tp, None);
+        }
         let status = r.status().as_u16();
         let receipt: Value = r.json().await.expect("json");
         assert_eq!(status, 201, "{receipt}");
@@ -678,6 +692,10 @@ async fn one_trace_follows_a_job_across_both_planes_and_nothing_secret_is_export
 
     // Logs carry the correlation, trace and span IDs.
     let logs = p.logs();
+    assert!(
+        !logs.contains("\"otel."),
+        "exporter-steering fields leak into log lines"
+    );
     let line = logs
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())

@@ -39,7 +39,9 @@ where
                 if let Some(f) = ext.get::<FormattedFields<N>>()
                     && let Ok(Value::Object(m)) = serde_json::from_str::<Value>(f.as_str())
                 {
-                    obj.extend(m);
+                    // `otel.*` fields steer the trace exporter (span name,
+                    // kind, status); they say nothing a log reader needs.
+                    obj.extend(m.into_iter().filter(|(k, _)| !k.starts_with("otel.")));
                 }
                 span_name = Some(span.name());
             }
