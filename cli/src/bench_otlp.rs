@@ -7,63 +7,10 @@
 //! sides' medians and their ratio.
 
 use crate::bench::round;
+use crate::otlp_sink::OtlpSink;
 use anyhow::Context as _;
-use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
-    MetricsService, MetricsServiceServer,
-};
-use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
 use serde_json::{Value, json};
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-
-/// Counts what it receives.
-#[derive(Clone, Default)]
-struct Sink {
-    spans: Arc<AtomicU64>,
-    metric_exports: Arc<AtomicU64>,
-}
-
-#[tonic::async_trait]
-impl TraceService for Sink {
-    async fn export(
-        &self,
-        r: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let n: usize = r
-            .get_ref()
-            .resource_spans
-            .iter()
-            .flat_map(|rs| &rs.scope_spans)
-            .map(|ss| ss.spans.len())
-            .sum();
-        self.spans.fetch_add(n as u64, Ordering::Relaxed);
-        Ok(tonic::Response::new(ExportTraceServiceResponse {
-            partial_success: None,
-        }))
-    }
-}
-
-#[tonic::async_trait]
-impl MetricsService for Sink {
-    async fn export(
-        &self,
-        _r: tonic::Request<ExportMetricsServiceRequest>,
-    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
-        self.metric_exports.fetch_add(1, Ordering::Relaxed);
-        Ok(tonic::Response::new(ExportMetricsServiceResponse {
-            partial_success: None,
-        }))
-    }
-}
 
 /// What one side of the comparison reads from a child's JSON line.
 pub struct Measure {
@@ -85,21 +32,12 @@ fn median(v: &mut [f64]) -> f64 {
 /// Runs this very command without `--otlp` as children, `rounds` times per
 /// side, alternating; reports `measures` for both sides.
 pub async fn compare(bench: &str, rounds: usize, measures: &[Measure]) -> anyhow::Result<ExitCode> {
-    let sink = Sink::default();
+    let sink = OtlpSink::counting();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .context("binding the OTLP receiver")?;
     let port = listener.local_addr()?.port();
-    {
-        let s = sink.clone();
-        tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder()
-                .add_service(TraceServiceServer::new(s.clone()))
-                .add_service(MetricsServiceServer::new(s))
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-                .await;
-        });
-    }
+    let _receiver = sink.serve_grpc(listener);
     let exe = std::env::current_exe().context("finding this executable")?;
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--otlp").collect();
     let mut sides: [Vec<Value>; 2] = [Vec::new(), Vec::new()];
@@ -174,8 +112,8 @@ pub async fn compare(bench: &str, rounds: usize, measures: &[Measure]) -> anyhow
             "bench": format!("{bench}-otlp"),
             "build": if cfg!(debug_assertions) { "debug" } else { "release" },
             "rounds": rounds.max(1),
-            "spans_received": sink.spans.load(Ordering::Relaxed),
-            "metric_exports_received": sink.metric_exports.load(Ordering::Relaxed),
+            "spans_received": sink.spans(),
+            "metric_exports_received": sink.metric_exports(),
             "measures": report,
             "target_ratio": 0.95,
         })

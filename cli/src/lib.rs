@@ -16,6 +16,7 @@ mod bench_submit;
 pub mod dev;
 pub mod ledger;
 pub mod mcp_stdio;
+pub mod otlp_sink;
 pub mod sandbox;
 pub mod serve;
 pub mod session;

@@ -161,13 +161,11 @@ pub async fn request(mut req: Request, next: Next) -> Response {
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);
     }
-    let _in = span.enter();
-    for (k, v) in telemetry::current_trace_headers() {
+    for (k, v) in span.in_scope(telemetry::current_trace_headers) {
         if let Ok(v) = HeaderValue::from_str(&v) {
             resp.headers_mut().insert(k, v);
         }
     }
-    drop(_in);
     resp
 }
 

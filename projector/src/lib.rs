@@ -149,12 +149,17 @@ impl Projector {
             from = tracing::field::Empty,
             records = tracing::field::Empty,
         );
+        // Which requests the batch makes readable: only looked for when spans
+        // are exported.
+        let traced = glassbox_platform::telemetry::tracing_enabled();
         let mut correlations: Vec<(String, u64, u64)> = Vec::new();
         let n = async {
             let mut tx = self.pool().begin().await.map_err(db("begin"))?;
             let at = lock_checkpoint(&mut tx).await?;
             tracing::Span::current().record("from", at + 1);
-            let n = self.fold_batch(&mut tx, at, &mut correlations).await?;
+            let n = self
+                .fold_batch(&mut tx, at, traced.then_some(&mut correlations))
+                .await?;
             if n > 0 {
                 tx.commit().await.map_err(db("commit"))?;
             }
@@ -163,18 +168,16 @@ impl Projector {
         }
         .instrument(batch.clone())
         .await?;
-        if glassbox_platform::telemetry::tracing_enabled() {
-            for (correlation, first, last) in correlations {
-                let s = tracing::info_span!(
-                    "projector.projected",
-                    correlation_id = %correlation,
-                    ledger.first_position = first,
-                    ledger.last_position = last,
-                );
-                glassbox_platform::telemetry::continue_trace(&s, &correlation);
-                s.follows_from(&batch);
-                s.in_scope(|| {});
-            }
+        for (correlation, first, last) in correlations {
+            let s = tracing::info_span!(
+                "projector.projected",
+                correlation_id = %correlation,
+                ledger.first_position = first,
+                ledger.last_position = last,
+            );
+            glassbox_platform::telemetry::continue_trace(&s, &correlation);
+            s.follows_from(&batch);
+            s.in_scope(|| {});
         }
         Ok(n)
     }
@@ -183,25 +186,27 @@ impl Projector {
         &self,
         tx: &mut Transaction<'static, Postgres>,
         at: u64,
-        correlations: &mut Vec<(String, u64, u64)>,
+        correlations: Option<&mut Vec<(String, u64, u64)>>,
     ) -> Result<usize, ProjectorError> {
         let records = self.store.read_all(at + 1, self.batch).await?;
         let Some(last) = records.last() else {
             return Ok(0);
         };
-        // The requests this batch makes readable (at most 64 traced per batch).
-        for r in &records {
-            let p = r.record.position;
-            let seen = correlations.len();
-            match correlations
-                .iter_mut()
-                .find(|(c, _, _)| *c == r.record.correlation_id)
-            {
-                Some(entry) => entry.2 = p,
-                None if seen < 64 => {
-                    correlations.push((r.record.correlation_id.clone(), p, p));
+        // The requests this batch makes readable (at most 64 per batch).
+        if let Some(correlations) = correlations {
+            for r in &records {
+                let p = r.record.position;
+                let seen = correlations.len();
+                match correlations
+                    .iter_mut()
+                    .find(|(c, _, _)| *c == r.record.correlation_id)
+                {
+                    Some(entry) => entry.2 = p,
+                    None if seen < 64 => {
+                        correlations.push((r.record.correlation_id.clone(), p, p));
+                    }
+                    None => {}
                 }
-                None => {}
             }
         }
         for (i, r) in records.iter().enumerate() {
@@ -269,7 +274,7 @@ impl Projector {
         }
         let mut at = 0;
         loop {
-            let n = self.fold_batch(&mut tx, at, &mut Vec::new()).await?;
+            let n = self.fold_batch(&mut tx, at, None).await?;
             if n == 0 {
                 break;
             }

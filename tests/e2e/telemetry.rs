@@ -12,85 +12,31 @@
 #[path = "../metric_names.rs"]
 mod metric_names;
 
+use glassbox_cli::otlp_sink::OtlpSink;
 use glassbox_command_api::testing::{claims, jwks_file, sign};
 use glassbox_events::testing::TestDb;
-use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
-    MetricsService, MetricsServiceServer,
-};
-use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use prost::Message as _;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const GLASSBOX: &str = env!("CARGO_BIN_EXE_glassbox-e2e-cli");
 
 // ---------------------------------------------------------------- the receiver
 
-/// What the OTLP receiver got, over either transport.
-#[derive(Clone, Default)]
-struct Received {
-    traces: Arc<Mutex<Vec<ExportTraceServiceRequest>>>,
-    metrics: Arc<Mutex<Vec<ExportMetricsServiceRequest>>>,
-}
-
-#[tonic::async_trait]
-impl TraceService for Received {
-    async fn export(
-        &self,
-        r: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        if let Ok(mut t) = self.traces.lock() {
-            t.push(r.into_inner());
-        }
-        Ok(tonic::Response::new(ExportTraceServiceResponse {
-            partial_success: None,
-        }))
-    }
-}
-
-#[tonic::async_trait]
-impl MetricsService for Received {
-    async fn export(
-        &self,
-        r: tonic::Request<ExportMetricsServiceRequest>,
-    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
-        if let Ok(mut m) = self.metrics.lock() {
-            m.push(r.into_inner());
-        }
-        Ok(tonic::Response::new(ExportMetricsServiceResponse {
-            partial_success: None,
-        }))
-    }
-}
-
 /// Starts the receiver: OTLP/gRPC on one port, OTLP/HTTP (protobuf bodies on
-/// `/v1/traces` and `/v1/metrics`) on another.
-async fn receiver() -> (Received, u16, u16) {
-    let got = Received::default();
+/// `/v1/traces` and `/v1/metrics`) on another, both into one keeping sink.
+async fn receiver() -> (OtlpSink, u16, u16) {
+    let got = OtlpSink::keeping();
     let grpc = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let grpc_port = grpc.local_addr().expect("addr").port();
-    let g = got.clone();
-    tokio::spawn(async move {
-        let _ = tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(g.clone()))
-            .add_service(MetricsServiceServer::new(g))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(grpc))
-            .await;
-    });
+    got.serve_grpc(grpc);
     let http = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -104,9 +50,7 @@ async fn receiver() -> (Received, u16, u16) {
                 async move {
                     match ExportTraceServiceRequest::decode(body) {
                         Ok(r) => {
-                            if let Ok(mut v) = t.traces.lock() {
-                                v.push(r);
-                            }
+                            t.record_traces(r);
                             axum::http::StatusCode::OK
                         }
                         Err(_) => axum::http::StatusCode::BAD_REQUEST,
@@ -121,9 +65,7 @@ async fn receiver() -> (Received, u16, u16) {
                 async move {
                     match ExportMetricsServiceRequest::decode(body) {
                         Ok(r) => {
-                            if let Ok(mut v) = m.metrics.lock() {
-                                v.push(r);
-                            }
+                            m.record_metrics(r);
                             axum::http::StatusCode::OK
                         }
                         Err(_) => axum::http::StatusCode::BAD_REQUEST,
@@ -169,76 +111,57 @@ fn any_to_string(v: &Option<opentelemetry_proto::tonic::common::v1::AnyValue>) -
     }
 }
 
-impl Received {
-    fn spans(&self) -> Vec<Span> {
-        let mut out = Vec::new();
-        let Ok(traces) = self.traces.lock() else {
-            return out;
-        };
-        for req in traces.iter() {
-            for rs in &req.resource_spans {
-                let service = rs
-                    .resource
-                    .as_ref()
-                    .and_then(|r| r.attributes.iter().find(|a| a.key == "service.name"))
-                    .map(|a| any_to_string(&a.value))
-                    .unwrap_or_default();
-                for ss in &rs.scope_spans {
-                    for s in &ss.spans {
-                        out.push(Span {
-                            service: service.clone(),
-                            name: s.name.clone(),
-                            trace_id: hex::encode(&s.trace_id),
-                            span_id: hex::encode(&s.span_id),
-                            parent: hex::encode(&s.parent_span_id),
-                            attributes: s
-                                .attributes
-                                .iter()
-                                .map(|a| (a.key.clone(), any_to_string(&a.value)))
-                                .collect(),
-                            links: s
-                                .links
-                                .iter()
-                                .map(|l| (hex::encode(&l.trace_id), hex::encode(&l.span_id)))
-                                .collect(),
-                        });
-                    }
+/// Every span the sink kept, flattened.
+fn all_spans(got: &OtlpSink) -> Vec<Span> {
+    let mut out = Vec::new();
+    for req in got.traces() {
+        for rs in &req.resource_spans {
+            let service = rs
+                .resource
+                .as_ref()
+                .and_then(|r| r.attributes.iter().find(|a| a.key == "service.name"))
+                .map(|a| any_to_string(&a.value))
+                .unwrap_or_default();
+            for ss in &rs.scope_spans {
+                for s in &ss.spans {
+                    out.push(Span {
+                        service: service.clone(),
+                        name: s.name.clone(),
+                        trace_id: hex::encode(&s.trace_id),
+                        span_id: hex::encode(&s.span_id),
+                        parent: hex::encode(&s.parent_span_id),
+                        attributes: s
+                            .attributes
+                            .iter()
+                            .map(|a| (a.key.clone(), any_to_string(&a.value)))
+                            .collect(),
+                        links: s
+                            .links
+                            .iter()
+                            .map(|l| (hex::encode(&l.trace_id), hex::encode(&l.span_id)))
+                            .collect(),
+                    });
                 }
             }
         }
-        out
     }
+    out
+}
 
-    /// Everything received, as text (for the marker search).
-    fn dump(&self) -> String {
-        let t = self
-            .traces
-            .lock()
-            .map(|t| format!("{t:?}"))
-            .unwrap_or_default();
-        let m = self
-            .metrics
-            .lock()
-            .map(|m| format!("{m:?}"))
-            .unwrap_or_default();
-        format!("{t}\n{m}")
-    }
+/// Everything the sink kept, as text (for the marker search).
+fn dump(got: &OtlpSink) -> String {
+    format!("{:?}\n{:?}", got.traces(), got.metrics())
+}
 
-    fn metric_names(&self) -> std::collections::BTreeSet<String> {
-        let mut names = std::collections::BTreeSet::new();
-        if let Ok(ms) = self.metrics.lock() {
-            for req in ms.iter() {
-                for rm in &req.resource_metrics {
-                    for sm in &rm.scope_metrics {
-                        for m in &sm.metrics {
-                            names.insert(m.name.clone());
-                        }
-                    }
-                }
-            }
-        }
-        names
-    }
+/// The names of the metrics the sink kept.
+fn exported_metric_names(got: &OtlpSink) -> std::collections::BTreeSet<String> {
+    got.metrics()
+        .iter()
+        .flat_map(|req| &req.resource_metrics)
+        .flat_map(|rm| &rm.scope_metrics)
+        .flat_map(|sm| &sm.metrics)
+        .map(|m| m.name.clone())
+        .collect()
 }
 
 // ---------------------------------------------------------------- the planes
@@ -570,8 +493,7 @@ async fn one_trace_follows_a_job_across_both_planes_and_nothing_secret_is_export
     ];
     let mut spans = Vec::new();
     for _ in 0..200 {
-        spans = got
-            .spans()
+        spans = all_spans(&got)
             .into_iter()
             .filter(|s| s.trace_id == trace)
             .collect::<Vec<_>>();
@@ -585,7 +507,7 @@ async fn one_trace_follows_a_job_across_both_planes_and_nothing_secret_is_export
         assert!(
             names.contains(&w),
             "no {w} span in the trace {trace}: {names:?}\nall spans: {:?}\nlogs: {}",
-            got.spans()
+            all_spans(&got)
                 .iter()
                 .map(|s| format!("{}/{}/{}/{}", s.service, s.name, s.trace_id, s.parent))
                 .collect::<Vec<_>>(),
@@ -650,7 +572,7 @@ async fn one_trace_follows_a_job_across_both_planes_and_nothing_secret_is_export
     assert!(descends(append, &root.span_id));
     assert!(append.attr("ledger.commit").is_some(), "{append:?}");
     // The group commit that carried it links to it (in its own trace).
-    let all = got.spans();
+    let all = all_spans(&got);
     assert!(
         all.iter().any(|s| s.name == "ledger.commit"
             && s.links
@@ -710,7 +632,7 @@ async fn one_trace_follows_a_job_across_both_planes_and_nothing_secret_is_export
     // Metrics arrived over OTLP from both planes.
     let mut metric_names = Default::default();
     for _ in 0..100 {
-        metric_names = got.metric_names();
+        metric_names = exported_metric_names(&got);
         if metric_names.contains("glassbox.execution.duration")
             && metric_names.contains("http.server.request.duration")
         {
@@ -776,7 +698,7 @@ async fn one_trace_follows_a_job_across_both_planes_and_nothing_secret_is_export
     let exec_trace = glassbox_platform::telemetry::trace_id_for(&exec_correlation).to_string();
     let mut rpc = None;
     for _ in 0..100 {
-        let spans = got.spans();
+        let spans = all_spans(&got);
         rpc = spans
             .iter()
             .find(|s| s.attr("rpc.method") == Some("exec") && s.service == "glassbox-runner")
@@ -795,7 +717,7 @@ async fn one_trace_follows_a_job_across_both_planes_and_nothing_secret_is_export
         "the exec continues the request's trace"
     );
     assert_eq!(rpc.attr("session_id"), Some(sid.as_str()));
-    let all = got.spans();
+    let all = all_spans(&got);
     let parent = all
         .iter()
         .find(|s| s.span_id == rpc.parent)
@@ -811,7 +733,7 @@ async fn one_trace_follows_a_job_across_both_planes_and_nothing_secret_is_export
 
     // Nothing secret anywhere: not the code, stdin, secret value or token.
     let logs = p.logs();
-    let dump = got.dump();
+    let dump = dump(&got);
     for (what, m) in [
         ("code", &m_code),
         ("session code", &m_exec),

@@ -105,12 +105,6 @@ pub fn render() -> String {
         .unwrap_or_default()
 }
 
-pub(crate) fn flush() {
-    if let Some(m) = METERS.get() {
-        let _ = m.provider.force_flush();
-    }
-}
-
 pub(crate) fn shutdown() {
     if let Some(m) = METERS.get() {
         let _ = m.provider.shutdown();

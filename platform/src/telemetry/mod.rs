@@ -241,14 +241,6 @@ impl Telemetry {
         }
         metrics::shutdown();
     }
-
-    /// Exports the spans finished so far.
-    pub fn flush(&self) {
-        if let Some(t) = &self.tracer {
-            let _ = t.force_flush();
-        }
-        metrics::flush();
-    }
 }
 
 /// Installs logging, tracing and metrics from the process environment.
@@ -261,8 +253,7 @@ pub fn init(service: &str, default_filter: &str) -> Result<Telemetry, TelemetryE
     init_with(service, default_filter, &settings)
 }
 
-/// [`init`] with explicit settings.
-pub fn init_with(
+fn init_with(
     service: &str,
     default_filter: &str,
     settings: &TelemetrySettings,
