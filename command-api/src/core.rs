@@ -203,6 +203,11 @@ pub(crate) fn evaluated(d: &Decision, input: &Value) -> catalogue::PolicyEvaluat
     }
 }
 
+/// The `policy.evaluated` event of a decision.
+pub(crate) fn evaluated_event(d: &Decision, input: &Value) -> KnownEvent {
+    KnownEvent::PolicyEvaluated(Box::new(evaluated(d, input)))
+}
+
 fn identity_input(id: &Identity) -> Value {
     json!({
         "tenant": id.tenant, "subject": id.subject, "roles": id.roles,
@@ -264,6 +269,34 @@ pub(crate) fn requested_limits<T: Serialize>(limits: &T) -> Map<String, Value> {
 }
 
 impl Core {
+    /// Admission of a job or a session: `glassbox.admission` on `input`, then
+    /// `glassbox.secrets` for each named secret, every decision into `events`.
+    /// Returns the reasons it is refused (none: admitted) and the effective
+    /// limits the policy granted.
+    pub(crate) fn admit<L: serde::de::DeserializeOwned>(
+        &self,
+        tenant: &str,
+        language: &str,
+        input: &Value,
+        secrets: &[glassbox_domain::request::SecretRequest],
+        events: &mut Vec<KnownEvent>,
+    ) -> (Vec<String>, Option<L>) {
+        let admission = self.engine.evaluate(Policy::Admission, input);
+        events.push(evaluated_event(&admission, input));
+        let mut reasons: Vec<String> = Vec::new();
+        if !admission.allow {
+            reasons.extend(admission.reasons.iter().cloned());
+        }
+        self.decide_secrets(tenant, language, secrets, events, &mut reasons);
+        let effective: Option<L> = admission
+            .effective_limits
+            .and_then(|m| serde_json::from_value(Value::Object(m)).ok());
+        if admission.allow && effective.is_none() {
+            reasons.push("the admission policy returned limits this service does not know".into());
+        }
+        (reasons, effective)
+    }
+
     /// `glassbox.secrets` for each named secret (a job's or a session's):
     /// each decision and its approval or denial go into `events`, a denial's
     /// reasons into `reasons`.
@@ -278,7 +311,7 @@ impl Core {
         for s in secrets {
             let input = json!({"tenant": tenant, "secret": s.name.as_str(), "language": language});
             let d = self.engine.evaluate(Policy::Secrets, &input);
-            events.push(KnownEvent::PolicyEvaluated(Box::new(evaluated(&d, &input))));
+            events.push(evaluated_event(&d, &input));
             if d.allow {
                 events.push(KnownEvent::SecretInjectionApproved(Box::new(
                     catalogue::SecretInjectionApproved {
@@ -377,9 +410,6 @@ impl Core {
         let authz = self.engine.evaluate(Policy::Authz, &authz_input);
         let mut events: Vec<KnownEvent> = Vec::new();
         let mut created_key = false;
-        let evaluated_event = |d: &Decision, input: &Value| {
-            KnownEvent::PolicyEvaluated(Box::new(evaluated(d, input)))
-        };
         if !authz.allow {
             // Refused before anything of the caller's is stored.
             events.push(evaluated_event(&authz, &authz_input));
@@ -410,27 +440,13 @@ impl Core {
             });
             events.push(KnownEvent::JobSubmitted(Box::new(submitted)));
             events.push(evaluated_event(&authz, &authz_input));
-            let admission = self.engine.evaluate(Policy::Admission, &admission_input);
-            events.push(evaluated_event(&admission, &admission_input));
-            let mut reasons: Vec<String> = Vec::new();
-            if !admission.allow {
-                reasons.extend(admission.reasons.iter().cloned());
-            }
-            self.decide_secrets(
+            let (reasons, effective) = self.admit::<Limits>(
                 &tenant,
                 spec.language.as_str(),
+                &admission_input,
                 &spec.secrets,
                 &mut events,
-                &mut reasons,
             );
-            let effective: Option<Limits> = admission
-                .effective_limits
-                .clone()
-                .and_then(|m| serde_json::from_value(Value::Object(m)).ok());
-            if admission.allow && effective.is_none() {
-                reasons
-                    .push("the admission policy returned limits this service does not know".into());
-            }
             events.push(match (reasons.is_empty(), effective) {
                 (true, Some(effective_limits)) => {
                     KnownEvent::JobAccepted(Box::new(catalogue::JobAccepted {

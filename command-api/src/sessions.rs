@@ -12,7 +12,7 @@
 //! which runner holds a session and when it is next due — and is rebuilt
 //! from the read model when it has been lost.
 
-use crate::core::{Caller, Core, DecisionView, evaluated};
+use crate::core::{Caller, Core, DecisionView, evaluated_event};
 use crate::error::ApiError;
 use glassbox_domain::catalogue::{self, Decision as Verdict, KnownEvent, SessionLimits};
 use glassbox_domain::request::{ExecRequest, ExecSource, SessionRequest};
@@ -26,7 +26,7 @@ use glassbox_policies::Policy;
 use glassbox_runner_api::RunnerClient;
 use glassbox_runner_api::v1 as api;
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -439,13 +439,10 @@ impl Core {
         let authz_input = Core::authz_input(caller, "session.open", &tenant);
         let authz = self.engine.evaluate(Policy::Authz, &authz_input);
         let mut events: Vec<KnownEvent> = Vec::new();
-        let ev = |d: &glassbox_policies::Decision, input: &Value| {
-            KnownEvent::PolicyEvaluated(Box::new(evaluated(d, input)))
-        };
         let mut created_key = false;
         let mut placed: Option<RunnerBeat> = None;
         if !authz.allow {
-            events.push(ev(&authz, &authz_input));
+            events.push(evaluated_event(&authz, &authz_input));
             events.push(KnownEvent::SessionRejected(Box::new(
                 catalogue::SessionRejected {
                     session_id: session_id.clone(),
@@ -505,28 +502,14 @@ impl Core {
                 "open_sessions": open,
             });
             events.push(KnownEvent::SessionRequested(Box::new(requested)));
-            events.push(ev(&authz, &authz_input));
-            let admission = self.engine.evaluate(Policy::Admission, &admission_input);
-            events.push(ev(&admission, &admission_input));
-            let mut reasons: Vec<String> = Vec::new();
-            if !admission.allow {
-                reasons.extend(admission.reasons.iter().cloned());
-            }
-            self.decide_secrets(
+            events.push(evaluated_event(&authz, &authz_input));
+            let (reasons, effective) = self.admit::<SessionLimits>(
                 &tenant,
                 spec.language.as_str(),
+                &admission_input,
                 &spec.secrets,
                 &mut events,
-                &mut reasons,
             );
-            let effective: Option<SessionLimits> = admission
-                .effective_limits
-                .clone()
-                .and_then(|m| serde_json::from_value(Value::Object(m)).ok());
-            if admission.allow && effective.is_none() {
-                reasons
-                    .push("the admission policy returned limits this service does not know".into());
-            }
             if reasons.is_empty() {
                 // Every policy allowed it; a session needs a runner with room.
                 // None is a state of the service, not a decision about the
