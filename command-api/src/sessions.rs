@@ -909,7 +909,7 @@ impl Core {
         path: String,
         data: Vec<u8>,
     ) -> Result<FileWritten, ApiError> {
-        let (_, runner, mut c) = self.live_session(caller, session_id).await?;
+        let (s, runner, mut c) = self.live_session(caller, session_id).await?;
         let dp = self.data_plane()?;
         let mut chunks = Vec::new();
         let size = data.len() as u64;
@@ -940,7 +940,7 @@ impl Core {
             CALL_TIMEOUT,
         )?;
         let r = c.write_file(req).await.map_err(from_status)?.into_inner();
-        self.touch_by_id(session_id).await;
+        self.touch_after(s, session_id).await;
         Ok(FileWritten {
             session_id: session_id.to_owned(),
             path,
@@ -955,7 +955,7 @@ impl Core {
         session_id: &str,
         path: String,
     ) -> Result<FileBytes, ApiError> {
-        let (_, runner, mut c) = self.live_session(caller, session_id).await?;
+        let (s, runner, mut c) = self.live_session(caller, session_id).await?;
         let dp = self.data_plane()?;
         let req = dp.request(
             &runner,
@@ -981,7 +981,7 @@ impl Core {
                 break;
             }
         }
-        self.touch_by_id(session_id).await;
+        self.touch_after(s, session_id).await;
         Ok(out)
     }
 
@@ -991,7 +991,7 @@ impl Core {
         session_id: &str,
         path: String,
     ) -> Result<FileListing, ApiError> {
-        let (_, runner, mut c) = self.live_session(caller, session_id).await?;
+        let (s, runner, mut c) = self.live_session(caller, session_id).await?;
         let dp = self.data_plane()?;
         let req = dp.request(
             &runner,
@@ -1003,7 +1003,7 @@ impl Core {
             CALL_TIMEOUT,
         )?;
         let r = c.list_files(req).await.map_err(from_status)?.into_inner();
-        self.touch_by_id(session_id).await;
+        self.touch_after(s, session_id).await;
         Ok(FileListing {
             session_id: session_id.to_owned(),
             path,
@@ -1027,7 +1027,7 @@ impl Core {
         session_id: &str,
         path: String,
     ) -> Result<FileDeleted, ApiError> {
-        let (_, runner, mut c) = self.live_session(caller, session_id).await?;
+        let (s, runner, mut c) = self.live_session(caller, session_id).await?;
         let dp = self.data_plane()?;
         let req = dp.request(
             &runner,
@@ -1039,7 +1039,7 @@ impl Core {
             CALL_TIMEOUT,
         )?;
         let r = c.delete_file(req).await.map_err(from_status)?.into_inner();
-        self.touch_by_id(session_id).await;
+        self.touch_after(s, session_id).await;
         Ok(FileDeleted {
             session_id: session_id.to_owned(),
             path,
@@ -1047,11 +1047,14 @@ impl Core {
         })
     }
 
-    async fn touch_by_id(&self, session_id: &str) {
-        if let Ok(s) = self
+    /// Refreshes the hot state after a call the runner recorded (its idle
+    /// deadline moved): folds only the records appended since `s`.
+    async fn touch_after(&self, mut s: Session, session_id: &str) {
+        if self
             .store
-            .load::<Session>(Stream::session(session_id).as_str())
+            .catch_up(Stream::session(session_id).as_str(), &mut s)
             .await
+            .is_ok()
         {
             self.touch(&s).await;
         }
