@@ -640,6 +640,19 @@ pub struct SessionEvents {
     pub events: Vec<RecordView>,
 }
 
+/// One page of a keyset listing read with `limit + 1` rows: the first
+/// `limit` items, and the cursor after the last of them when there are more.
+fn keyset_page<T>(rows: Vec<(T, i64)>, limit: u64) -> (Vec<T>, Option<Cursor>) {
+    let more = rows.len() as u64 > limit;
+    let page: Vec<(T, i64)> = rows.into_iter().take(limit as usize).collect();
+    let next = if more {
+        page.last().map(|(_, p)| Cursor::at(*p as u64))
+    } else {
+        None
+    };
+    (page.into_iter().map(|(t, _)| t).collect(), next)
+}
+
 fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::Internal(e.to_string())
 }
@@ -746,15 +759,9 @@ impl Core {
                 )
                 .await
                 .map_err(internal)?;
-                let more = rows.len() as u64 > limit;
-                let page: Vec<_> = rows.into_iter().take(limit as usize).collect();
-                let next_cursor = if more {
-                    page.last().map(|(_, p)| Cursor::at(*p as u64))
-                } else {
-                    None
-                };
+                let (page, next_cursor) = keyset_page(rows, limit);
                 Ok(Reply::Jobs(JobList {
-                    jobs: page.into_iter().filter_map(|(j, _)| j.view()).collect(),
+                    jobs: page.into_iter().filter_map(|j| j.view()).collect(),
                     next_cursor,
                 }))
             }
@@ -1042,15 +1049,9 @@ impl Core {
                 )
                 .await
                 .map_err(internal)?;
-                let more = rows.len() as u64 > limit;
-                let page: Vec<_> = rows.into_iter().take(limit as usize).collect();
-                let next_cursor = if more {
-                    page.last().map(|(_, p)| Cursor::at(*p as u64))
-                } else {
-                    None
-                };
+                let (page, next_cursor) = keyset_page(rows, limit);
                 Ok(Reply::Sessions(SessionList {
-                    sessions: page.into_iter().filter_map(|(s, _)| s.view()).collect(),
+                    sessions: page.into_iter().filter_map(|s| s.view()).collect(),
                     next_cursor,
                 }))
             }

@@ -69,28 +69,36 @@ fn build(
     Ok(Meters { registry, provider })
 }
 
+/// Serialises installation: two callers racing (services built in parallel in
+/// one process) must not both build a provider — the second would become the
+/// global one while `/metrics` renders the first's registry.
+static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn install_once(
+    resource: impl FnOnce() -> opentelemetry_sdk::Resource,
+    settings: Option<&TelemetrySettings>,
+) -> Result<(), TelemetryError> {
+    let _one_at_a_time = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
+    if METERS.get().is_none() {
+        let _ = METERS.set(build(resource(), settings)?);
+    }
+    Ok(())
+}
+
 /// Installs the provider from `settings` (the first installation wins).
 pub(crate) fn install(
     resource: opentelemetry_sdk::Resource,
     settings: &TelemetrySettings,
 ) -> Result<(), TelemetryError> {
-    if METERS.get().is_some() {
-        return Ok(());
-    }
-    let m = build(resource, Some(settings))?;
-    let _ = METERS.set(m);
-    Ok(())
+    install_once(|| resource, Some(settings))
 }
 
 /// Installs a Prometheus-only provider unless one is installed — for
 /// processes (tests, embedded uses) that never called `telemetry::init`.
 /// Instruments made before any provider was installed record nothing.
 pub fn ensure() {
-    if METERS.get().is_some() {
-        return;
-    }
-    if let Ok(m) = build(opentelemetry_sdk::Resource::builder().build(), None) {
-        let _ = METERS.set(m);
+    if METERS.get().is_none() {
+        let _ = install_once(|| opentelemetry_sdk::Resource::builder().build(), None);
     }
 }
 
