@@ -162,7 +162,7 @@ async fn inner(args: &E2eBench, url: &str, dir: &std::path::Path) -> anyhow::Res
         "warm-up job: {job}"
     );
     let reads_before = runner_store.records_read();
-    let bundle = raw_bundle(&args.base_dir, "python", CODE)?;
+    let bundle = raw_bundle(&backend, &args.base_dir, "python", CODE)?;
     let state = args.base_dir.join("raw-state");
     let (mut ours, mut raw) = (Vec::new(), Vec::new());
     for i in 0..args.runs {

@@ -1,11 +1,14 @@
-//! `glassbox bench sandbox`: hello-world latency through the sandbox core, next to
-//! raw `runsc run` of an equivalent bundle and a native process, all in one run.
+//! `glassbox bench sandbox`: hello-world latency through the sandbox core on the
+//! runtimes' images, next to the same core on the old host-`/usr` template, raw
+//! `runsc run` of an equivalent bundle and a native process, all in one run; and
+//! the images' sizes.
 
 use crate::bench::{percentile, round};
 use clap::Args;
 use glassbox_sandbox_runner::local::oci;
 use glassbox_sandbox_runner::{
-    CancellationToken, ExecutionSpec, LocalConfig, LocalRunsc, RuntimeRegistry, SandboxBackend,
+    CancellationToken, ExecutionSpec, LocalConfig, LocalRunsc, Roots, RuntimeRegistry,
+    SandboxBackend,
 };
 use serde_json::{Map, json};
 use std::path::PathBuf;
@@ -33,9 +36,10 @@ fn stats(mut v: Vec<Duration>) -> serde_json::Value {
     json!({"p50_ms": round(percentile(&v, 0.5)), "p95_ms": round(percentile(&v, 0.95))})
 }
 
-/// A bundle equivalent to what the backend builds for `code` (same root template,
-/// same runtime), for timing raw `runsc run` against it.
+/// A bundle equivalent to what `backend` builds for `code` (same root, same
+/// runtime), for timing raw `runsc run` against it.
 pub(crate) fn raw_bundle(
+    backend: &LocalRunsc,
     base_dir: &std::path::Path,
     lang: &str,
     code: &str,
@@ -50,7 +54,7 @@ pub(crate) fn raw_bundle(
     let mut config = oci::config(
         &ExecutionSpec::new(lang, code),
         rt,
-        &base_dir.join("rootfs"),
+        backend.root(lang)?,
         &ws,
         "/glassbox/bench-raw",
     );
@@ -82,28 +86,67 @@ pub(crate) async fn raw_run(
 }
 
 pub async fn run(args: SandboxBench) -> anyhow::Result<ExitCode> {
-    let (backend, _) = LocalRunsc::start(LocalConfig {
+    let config = LocalConfig {
         runner_id: "bench".into(),
         base_dir: args.base_dir.clone(),
+        ..LocalConfig::default()
+    };
+    let store = match &config.roots {
+        Roots::Images(store) => store.clone(),
+        Roots::HostUsrTemplate => anyhow::bail!("the default roots are images"),
+    };
+    let (backend, _) = LocalRunsc::start(config).await?;
+    // The baseline: the same core on the host-/usr template images replace.
+    let (host_template, _) = LocalRunsc::start(LocalConfig {
+        runner_id: "benchhost".into(),
+        base_dir: args.base_dir.clone(),
+        roots: Roots::HostUsrTemplate,
         ..LocalConfig::default()
     })
     .await?;
     let registry = RuntimeRegistry::builtin();
     let mut through = Map::new();
+    let mut templated = Map::new();
     let mut raw = Map::new();
     let mut native = Map::new();
     let mut ratio = Map::new();
+    let mut image_ratio = Map::new();
+    let mut sizes = Map::new();
+    for lang in registry.names() {
+        let (image, recipe) = registry.image_of(&lang)?;
+        if let Some(m) = store.lookup(image, recipe)? {
+            sizes.insert(
+                lang.clone(),
+                json!({"image": image, "digest": m.digest, "tar_bytes": m.tar_bytes, "packages": m.packages.len()}),
+            );
+        }
+    }
     for (lang, code) in HELLO {
         // Warm-up, then interleave backend and raw runs so load affects both alike.
         let _ = backend
             .execute(ExecutionSpec::new(lang, code), CancellationToken::new())
             .await?;
+        let _ = host_template
+            .execute(ExecutionSpec::new(lang, code), CancellationToken::new())
+            .await?;
         let rt = registry.get(lang)?;
-        let bundle = raw_bundle(&args.base_dir, lang, code)?;
+        let bundle = raw_bundle(&backend, &args.base_dir, lang, code)?;
         let ws = bundle.join("ws");
         let state = args.base_dir.join("raw-state");
         let (mut ours, mut theirs, mut host) = (Vec::new(), Vec::new(), Vec::new());
+        let mut on_template = Vec::new();
         for i in 0..args.runs {
+            let t = Instant::now();
+            let r = host_template
+                .execute(ExecutionSpec::new(lang, code), CancellationToken::new())
+                .await?;
+            on_template.push(t.elapsed());
+            anyhow::ensure!(
+                r.stdout.text() == "hello\n",
+                "{lang} on the host template printed {:?}",
+                r.stdout.text()
+            );
+
             let t = Instant::now();
             let r = backend
                 .execute(ExecutionSpec::new(lang, code), CancellationToken::new())
@@ -142,6 +185,8 @@ pub async fn run(args: SandboxBench) -> anyhow::Result<ExitCode> {
             percentile(&v, 0.5)
         };
         ratio.insert(lang.into(), json!(round(p50(&ours) / p50(&theirs))));
+        image_ratio.insert(lang.into(), json!(round(p50(&ours) / p50(&on_template))));
+        templated.insert(lang.into(), stats(on_template));
         through.insert(lang.into(), stats(ours));
         raw.insert(lang.into(), stats(theirs));
         native.insert(lang.into(), stats(host));
@@ -217,6 +262,11 @@ pub async fn run(args: SandboxBench) -> anyhow::Result<ExitCode> {
             "bench": "sandbox",
             "runs": args.runs,
             "backend": through,
+            "roots": "images",
+            "baseline_host_usr_template": templated,
+            "start_ratio_images_to_host_template_p50": image_ratio,
+            "target_ratio": 1.05,
+            "image_sizes": sizes,
             "baseline_raw_runsc": raw,
             "baseline_native": native,
             "ratio_to_raw_runsc_p50": ratio,

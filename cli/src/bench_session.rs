@@ -176,7 +176,7 @@ async fn inner(args: &SessionBench, url: &str, dir: &std::path::Path) -> anyhow:
     // Open latency, interleaved with raw runsc of hello-world.
     let warm = client.open().await?;
     client.close(&warm).await?;
-    let bundle = raw_bundle(&args.base_dir, "python", CODE)?;
+    let bundle = raw_bundle(&backend, &args.base_dir, "python", CODE)?;
     let state = args.base_dir.join("raw-state");
     let (mut opens, mut raw) = (Vec::new(), Vec::new());
     for i in 0..args.opens {

@@ -328,6 +328,12 @@ async fn dev_inner(
     } else {
         let settings = glassbox_sandbox_runner::service::RunnerSettings::from_vars(vars)
             .context("runner configuration")?;
+        // First start: build the runtime images the runner will verify and use.
+        if let glassbox_sandbox_runner::Roots::Images(store) = &settings.local.roots {
+            crate::images::ensure_runtime_images(store.clone(), settings.local.registry.clone())
+                .await
+                .context("building the runtime images")?;
+        }
         let (c, t) = (config.clone(), token.clone());
         Some(tokio::spawn(async move {
             glassbox_sandbox_runner::service::run_service(&c, settings, t).await

@@ -14,6 +14,7 @@ mod bench_sandbox;
 mod bench_session;
 mod bench_submit;
 pub mod dev;
+pub mod images;
 pub mod ledger;
 pub mod mcp_stdio;
 pub mod otlp_sink;
@@ -64,6 +65,13 @@ pub enum Command {
         #[command(subcommand)]
         command: sandbox::SandboxCommand,
     },
+    /// Runtime images (and plane image bases): build, list, verify, export.
+    Images {
+        #[command(subcommand)]
+        command: images::ImagesCommand,
+    },
+    /// Exit 0 when URL answers 2xx within 3 s (for container HEALTHCHECKs).
+    Healthcheck { url: String },
     /// Run the command API (and, unless --no-projector, a projector signing checkpoints).
     /// Configured by GLASSBOX_* variables (see README).
     Serve(serve::ServeArgs),
@@ -292,6 +300,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         },
         Command::Sandbox { command } => sandbox::run(command).await,
+        Command::Images { command } => images::run(command).await,
+        Command::Healthcheck { url } => images::healthcheck(&url).await,
         Command::Bench { command } => bench::run(command).await,
         Command::Serve(args) => serve::serve(args).await,
         Command::Dev(args) => dev::dev(args).await,

@@ -42,6 +42,9 @@ pub struct ExecArgs {
     /// Runtime registry file (default: built-in python, node, bash).
     #[arg(long, env = "GLASSBOX_RUNTIMES_FILE")]
     pub runtimes: Option<PathBuf>,
+    /// The image store the runtimes' roots come from.
+    #[arg(long, env = "GLASSBOX_IMAGES_DIR", default_value = glassbox_images::DEFAULT_STORE)]
+    pub images: PathBuf,
     /// Base directory for runsc state, bundles and workspaces.
     #[arg(long, env = "GLASSBOX_SANDBOX_DIR", default_value = "/run/glassbox")]
     pub base_dir: PathBuf,
@@ -75,6 +78,7 @@ pub async fn run(command: SandboxCommand) -> anyhow::Result<ExitCode> {
         runner_id: a.runner_id,
         base_dir: a.base_dir,
         registry,
+        roots: glassbox_sandbox_runner::Roots::Images(glassbox_images::ImageStore::open(a.images)),
         ..LocalConfig::default()
     })
     .await?;

@@ -482,7 +482,9 @@ catalogue! {
     }
     SessionRejected = "session.rejected" v 1 { session_id: String, reasons: Vec<String> }
     /// The session's sandbox is up (its packages installed): it takes calls.
-    SessionStarted = "session.started" v 1 { session_id: String, runner: String, sandbox_id: String, backend: String, runtime: String }
+    /// `image_digest` names the root filesystem (absent in records written before
+    /// runtime images existed).
+    SessionStarted = "session.started" v 1 { session_id: String, runner: String, sandbox_id: String, backend: String, runtime: String, image_digest: Option<String> }
     /// The sandbox could not be started; nothing ran.
     SessionFailed = "session.failed" v 1 { session_id: String, reason: String }
     /// Exec number `exec` began: `source` is the code or command (encrypted).

@@ -70,6 +70,7 @@ pub enum SessionCommand {
         sandbox_id: String,
         backend: String,
         runtime: String,
+        image_digest: Option<String>,
         materialized: Vec<c::SecretMaterialized>,
     },
     /// Its sandbox could not be started.
@@ -274,6 +275,7 @@ impl Session {
                 sandbox_id,
                 backend,
                 runtime,
+                image_digest,
                 materialized,
             } => {
                 self.on_runner(&runner)?;
@@ -290,6 +292,7 @@ impl Session {
                     sandbox_id,
                     backend,
                     runtime,
+                    image_digest,
                 })));
                 Ok(out)
             }

@@ -14,7 +14,12 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Progress {
     /// Bundle, workspace and cgroups exist; the sandbox is about to start.
-    Provisioned { sandbox_id: String, runtime: String },
+    Provisioned {
+        sandbox_id: String,
+        runtime: String,
+        /// The digest of the image the sandbox's root is.
+        image_digest: Option<String>,
+    },
     /// The sandboxed process was started.
     Started { sandbox_id: String },
 }

@@ -46,6 +46,12 @@ pub enum SandboxError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{step}: {source}")]
+    Image {
+        step: &'static str,
+        #[source]
+        source: glassbox_images::ImageError,
+    },
     #[error("{step}: this host is not supported: {detail}")]
     Unsupported { step: &'static str, detail: String },
 }

@@ -24,7 +24,7 @@ pub mod spec;
 
 pub use backend::SandboxBackend;
 pub use error::SandboxError;
-pub use local::{LocalConfig, LocalRunsc};
+pub use local::{LocalConfig, LocalRunsc, Roots, SandboxRoot};
 pub use result::ExecutionResult;
 pub use runtime::RuntimeRegistry;
 pub use spec::{ExecutionSpec, InputFile, Limits};

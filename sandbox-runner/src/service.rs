@@ -721,8 +721,8 @@ impl<B: SandboxBackend + 'static> Runner<B> {
                 r = &mut exec => break r,
                 Some(p) = rx.recv() => {
                     let e = match p {
-                        Progress::Provisioned { sandbox_id, runtime } => KnownEvent::SandboxProvisioned(Box::new(catalogue::SandboxProvisioned {
-                            attempt, sandbox_id, backend: self.backend.name().to_owned(), runtime, image_digest: None,
+                        Progress::Provisioned { sandbox_id, runtime, image_digest } => KnownEvent::SandboxProvisioned(Box::new(catalogue::SandboxProvisioned {
+                            attempt, sandbox_id, backend: self.backend.name().to_owned(), runtime, image_digest,
                         })),
                         Progress::Started { sandbox_id } => KnownEvent::ExecutionStarted(Box::new(catalogue::ExecutionStarted { attempt, sandbox_id })),
                     };
@@ -1144,7 +1144,8 @@ impl RunnerSettings {
     /// (default 30), `GLASSBOX_RUNNER_MAX_ATTEMPTS` (default 3),
     /// `GLASSBOX_SECRETS_FILE` or `GLASSBOX_SECRETS_FROM_ENV=true`,
     /// `GLASSBOX_RUNSC` (default `runsc`), `GLASSBOX_SANDBOX_DIR` (default
-    /// `/run/glassbox`), `GLASSBOX_RUNTIMES_FILE`, `GLASSBOX_WHEEL_MIRROR`.
+    /// `/run/glassbox`), `GLASSBOX_RUNTIMES_FILE`, `GLASSBOX_IMAGES_DIR` (default
+    /// `/var/lib/glassbox/images`), `GLASSBOX_WHEEL_MIRROR`.
     pub fn from_vars(vars: &BTreeMap<String, String>) -> Result<RunnerSettings, SettingError> {
         let get = |k: &str| vars.get(k).map(String::as_str).filter(|v| !v.is_empty());
         let number = |var: &'static str, default: u64| -> Result<u64, SettingError> {
@@ -1199,6 +1200,10 @@ impl RunnerSettings {
         }
         if let Some(d) = get("GLASSBOX_SANDBOX_DIR") {
             local.base_dir = PathBuf::from(d);
+        }
+        if let Some(d) = get(glassbox_images::STORE_ENV) {
+            local.roots =
+                crate::local::Roots::Images(glassbox_images::ImageStore::open(PathBuf::from(d)));
         }
         if let Some(f) = get("GLASSBOX_RUNTIMES_FILE") {
             local.registry = crate::runtime::RuntimeRegistry::load(std::path::Path::new(f))

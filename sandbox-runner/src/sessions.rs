@@ -333,12 +333,14 @@ impl SessionHost {
                 }
                 let runner = self.runner().to_owned();
                 let (sandbox_id, runtime) = (sandbox.sandbox_id.clone(), sandbox.runtime.clone());
+                let image_digest = sandbox.image_digest.clone();
                 let d = match self
                     .decide(&tenant, session_id, state, |_| SessionCommand::Start {
                         runner: runner.clone(),
                         sandbox_id: sandbox_id.clone(),
                         backend: "runsc".into(),
                         runtime: runtime.clone(),
+                        image_digest: image_digest.clone(),
                         materialized: materialized.clone(),
                     })
                     .await

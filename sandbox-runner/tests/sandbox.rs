@@ -259,7 +259,9 @@ attempt("write_etc", lambda: open("/etc/x", "w").write("x"))
 attempt("write_workspace", lambda: open("/workspace/x", "w").write("x"))
 attempt("write_tmp", lambda: open("/tmp/x", "w").write("x"))
 res["uid"] = os.getuid()
-res["passwd_users"] = len(open("/etc/passwd").read().splitlines())
+passwd = open("/etc/passwd").read()
+res["passwd_nobody"] = "nobody:x:65534:" in passwd
+res["passwd_host_only"] = "postgres:" in passwd or "redis:" in passwd
 print(json.dumps(res))
 "#;
     let r = run(&b, spec("python", code)).await;
@@ -278,9 +280,10 @@ print(json.dumps(res))
     assert_eq!(res["write_workspace"], "ok", "{res}");
     assert_eq!(res["write_tmp"], "ok", "{res}");
     assert_eq!(res["uid"], 65534);
+    assert_eq!(res["passwd_nobody"], true, "{res}");
     assert_eq!(
-        res["passwd_users"], 2,
-        "the sandbox sees its own minimal /etc/passwd"
+        res["passwd_host_only"], false,
+        "the sandbox sees its image's /etc/passwd, not the host's: {res}"
     );
     assert!(!Path::new("/usr/x").exists() && !Path::new("/x").exists());
 }
@@ -484,7 +487,7 @@ async fn restart_sweeps_stale_sandboxes_bundles_cgroups_and_mounts() {
     let cfg = oci::config(
         &s,
         registry.get("bash").expect("bash"),
-        &Path::new(BASE).join("rootfs"),
+        b.root("bash").expect("bash root"),
         &ws,
         &cg.cgroups_path(),
     );

@@ -82,6 +82,7 @@ fn started() -> KnownEvent {
         sandbox_id: "gb-r1-abc".into(),
         backend: "runsc".into(),
         runtime: "python-3.11".into(),
+        image_digest: Some(format!("sha256:{}", "ab".repeat(32))),
     }))
 }
 
@@ -245,6 +246,7 @@ fn only_its_runner_starts_it_and_only_once() {
         sandbox_id: "gb-r1-abc".into(),
         backend: "runsc".into(),
         runtime: "python-3.11".into(),
+        image_digest: Some(format!("sha256:{}", "ab".repeat(32))),
         materialized: vec![c::SecretMaterialized {
             name: "API_KEY".into(),
             mode: "env".into(),

@@ -2,7 +2,9 @@
 //!
 //! Layout under `base_dir` (default `/run/glassbox`): `runsc/` (runsc state root),
 //! `bundles/<id>/` (config.json, runsc log), `ws/<id>/` (the workspace tmpfs),
-//! `rootfs/` (the shared read-only root template). Sandbox IDs are
+//! and, for the benchmark baseline only, `rootfs/` (a template binding the host's
+//! `/usr`). Sandbox roots are the runtimes' images ([`Roots::Images`]), verified
+//! against their digests when the backend starts. Sandbox IDs are
 //! `gb-<runner>-<12 hex>`, so a restarted runner recognises — and sweeps — exactly
 //! what it owns.
 
@@ -40,6 +42,29 @@ pub struct LocalConfig {
     pub base_dir: PathBuf,
     pub cgroup_root: PathBuf,
     pub registry: RuntimeRegistry,
+    pub roots: Roots,
+}
+
+/// Where sandbox roots come from.
+#[derive(Debug, Clone)]
+pub enum Roots {
+    /// Each runtime's image from this store, hashed and compared with its build
+    /// when the backend starts (missing or altered: start-up fails). The default.
+    Images(glassbox_images::ImageStore),
+    /// A shared template that binds the host's `/usr` read-only. It shows the
+    /// host's packages to the code: only the sandbox benchmark uses it, as the
+    /// baseline images are measured against.
+    HostUsrTemplate,
+}
+
+/// The root one language's sandboxes run on.
+#[derive(Debug, Clone)]
+pub struct SandboxRoot {
+    pub path: PathBuf,
+    /// The image digest (`None` for the host template).
+    pub image_digest: Option<String>,
+    /// The host template: bind the host's `/usr` into it.
+    pub host_usr: bool,
 }
 
 impl Default for LocalConfig {
@@ -50,6 +75,9 @@ impl Default for LocalConfig {
             base_dir: PathBuf::from("/run/glassbox"),
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
             registry: RuntimeRegistry::builtin(),
+            roots: Roots::Images(glassbox_images::ImageStore::open(
+                glassbox_images::default_store_dir(),
+            )),
         }
     }
 }
@@ -72,7 +100,72 @@ pub struct LocalRunsc {
 struct Inner {
     config: LocalConfig,
     paths: Paths,
+    /// Language → its root.
+    roots: std::collections::BTreeMap<String, SandboxRoot>,
     live: Mutex<HashSet<String>>,
+}
+
+/// Hashes every image the registry's languages use (each once, in parallel) and
+/// maps each language to its verified root.
+fn verify_images(
+    store: &glassbox_images::ImageStore,
+    registry: &RuntimeRegistry,
+) -> Result<std::collections::BTreeMap<String, SandboxRoot>, SandboxError> {
+    let mut images: std::collections::BTreeMap<&str, &glassbox_images::Recipe> =
+        std::collections::BTreeMap::new();
+    let languages = registry.names();
+    for language in &languages {
+        let (image, recipe) = registry.image_of(language)?;
+        images.insert(image, recipe);
+    }
+    let verified: Vec<(
+        String,
+        Result<glassbox_images::VerifiedImage, glassbox_images::ImageError>,
+    )> = std::thread::scope(|scope| {
+        let handles: Vec<_> = images
+            .iter()
+            .map(|(name, recipe)| {
+                (
+                    (*name).to_owned(),
+                    scope.spawn(move || store.verify(name, recipe)),
+                )
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|(name, h)| {
+                let r = h.join().unwrap_or_else(|_| {
+                    Err(glassbox_images::ImageError::Tool {
+                        image: name.clone(),
+                        step: "verify",
+                        detail: "the verifying thread panicked".into(),
+                    })
+                });
+                (name, r)
+            })
+            .collect()
+    });
+    let mut by_image = std::collections::BTreeMap::new();
+    for (name, r) in verified {
+        let image = r.map_err(|source| SandboxError::Image {
+            step: "start-up: verify runtime images",
+            source,
+        })?;
+        by_image.insert(name, image);
+    }
+    let mut roots = std::collections::BTreeMap::new();
+    for language in languages {
+        let (image, _) = registry.image_of(&language)?;
+        if let Some(v) = by_image.get(image) {
+            let root = SandboxRoot {
+                path: v.rootfs.clone(),
+                image_digest: Some(v.digest.to_string()),
+                host_usr: false,
+            };
+            roots.insert(language, root);
+        }
+    }
+    Ok(roots)
 }
 
 impl LocalRunsc {
@@ -135,34 +228,59 @@ impl LocalRunsc {
                 source,
             })?;
         }
-        let binds: Vec<&Path> = oci::BASE_BINDS
-            .iter()
-            .map(Path::new)
-            .chain(
+        let roots = match &config.roots {
+            Roots::Images(store) => {
+                let (store, registry) = (store.clone(), config.registry.clone());
+                tokio::task::spawn_blocking(move || verify_images(&store, &registry))
+                    .await
+                    .map_err(|e| SandboxError::Unsupported {
+                        step: "start-up: verify runtime images",
+                        detail: e.to_string(),
+                    })??
+            }
+            Roots::HostUsrTemplate => {
+                let binds: Vec<&Path> = oci::BASE_BINDS.iter().map(Path::new).collect();
+                oci::ensure_rootfs(&paths.rootfs, &binds).map_err(|source| SandboxError::Io {
+                    step: "start-up: prepare root template",
+                    sandbox_id: "-".into(),
+                    path: paths.rootfs.clone(),
+                    source,
+                })?;
                 config
                     .registry
                     .names()
-                    .iter()
-                    .filter_map(|n| config.registry.get(n).ok())
-                    .flat_map(|rt| rt.binds.iter().map(PathBuf::as_path))
-                    .collect::<Vec<_>>(),
-            )
-            .collect();
-        oci::ensure_rootfs(&paths.rootfs, &binds).map_err(|source| SandboxError::Io {
-            step: "start-up: prepare root template",
-            sandbox_id: "-".into(),
-            path: paths.rootfs.clone(),
-            source,
-        })?;
+                    .into_iter()
+                    .map(|language| {
+                        let root = SandboxRoot {
+                            path: paths.rootfs.clone(),
+                            image_digest: None,
+                            host_usr: true,
+                        };
+                        (language, root)
+                    })
+                    .collect()
+            }
+        };
         let backend = LocalRunsc {
             inner: Arc::new(Inner {
                 config,
                 paths,
+                roots,
                 live: Mutex::new(HashSet::new()),
             }),
         };
         let report = backend.sweep_now().await?;
         Ok((backend, report))
+    }
+
+    /// The root `language`'s sandboxes run on.
+    pub fn root(&self, language: &str) -> Result<&SandboxRoot, SandboxError> {
+        self.inner.roots.get(language).ok_or_else(|| {
+            SandboxError::UnknownLanguage(
+                language.to_owned(),
+                self.inner.config.registry.names().join(", "),
+            )
+        })
     }
 
     fn prefix(&self) -> String {
@@ -404,13 +522,8 @@ impl LocalRunsc {
             oci::cpu_quota_us(limits.cpu_millicores),
             oci::CPU_PERIOD_US,
         )?;
-        let config = oci::config(
-            &spec,
-            &runtime,
-            &self.inner.paths.rootfs,
-            &ws,
-            &cg.cgroups_path(),
-        );
+        let root = self.root(&spec.language)?.clone();
+        let config = oci::config(&spec, &runtime, &root, &ws, &cg.cgroups_path());
         let config_path = bundle.join("config.json");
         std::fs::write(
             &config_path,
@@ -426,6 +539,7 @@ impl LocalRunsc {
         tell(crate::backend::Progress::Provisioned {
             sandbox_id: id.clone(),
             runtime: format!("{}-{}", spec.language, runtime.version),
+            image_digest: root.image_digest.clone(),
         });
         drop(provision);
 

@@ -1,8 +1,9 @@
 //! The OCI runtime spec (config.json) of one execution — the recipe measured in
-//! docs/runsc-recipe.md: a shared read-only root that is *not* the host `/`,
-//! `/usr` and a few `/etc` files bound read-only, tmpfs `/tmp` and `/dev/shm`,
-//! the per-execution `/workspace`, uid/gid 65534, no capabilities, no new privileges.
+//! docs/runsc-recipe.md: the runtime's image as the read-only root (never the host
+//! `/` or `/usr`), tmpfs `/tmp` and `/dev/shm`, the per-execution `/workspace`,
+//! uid/gid 65534, no capabilities, no new privileges.
 
+use super::SandboxRoot;
 use crate::runtime::Runtime;
 use crate::spec::ExecutionSpec;
 use serde_json::{Value, json};
@@ -11,7 +12,7 @@ use std::path::Path;
 /// The unprivileged user and group inside every sandbox.
 pub const SANDBOX_UID: u32 = 65534;
 
-/// Host paths bound read-only into every sandbox root (beyond the runtime's own).
+/// Host paths bound read-only into the host template (benchmark baseline only).
 pub const BASE_BINDS: &[&str] = &["/usr", "/etc/ld.so.cache", "/etc/alternatives"];
 
 /// The pids cgroup backstop. Under gVisor's ptrace platform every guest process
@@ -28,7 +29,7 @@ pub const AGENT_MOUNT: &str = "/glassbox-agent";
 pub fn config(
     spec: &ExecutionSpec,
     runtime: &Runtime,
-    rootfs: &Path,
+    root: &SandboxRoot,
     workspace: &Path,
     cgroups_path: &str,
 ) -> Value {
@@ -36,7 +37,7 @@ pub fn config(
         spec,
         runtime,
         runtime.argv(&spec.args),
-        rootfs,
+        root,
         workspace,
         cgroups_path,
     )
@@ -48,7 +49,7 @@ pub fn session_config(
     spec: &ExecutionSpec,
     runtime: &Runtime,
     agent: &Path,
-    rootfs: &Path,
+    root: &SandboxRoot,
     workspace: &Path,
     cgroups_path: &str,
 ) -> Value {
@@ -61,7 +62,7 @@ pub fn session_config(
         argv.push("--interpreter".to_owned());
         argv.push(interpreter.clone());
     }
-    let mut config = config_with(spec, runtime, argv, rootfs, workspace, cgroups_path);
+    let mut config = config_with(spec, runtime, argv, root, workspace, cgroups_path);
     if let Some(mounts) = config["mounts"].as_array_mut() {
         mounts.push(
             json!({"destination": AGENT_MOUNT, "type": "bind", "source": agent,
@@ -75,7 +76,7 @@ fn config_with(
     spec: &ExecutionSpec,
     runtime: &Runtime,
     argv: Vec<String>,
-    rootfs: &Path,
+    root: &SandboxRoot,
     workspace: &Path,
     cgroups_path: &str,
 ) -> Value {
@@ -97,8 +98,9 @@ fn config_with(
         json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
                "options": ["nosuid", "nodev", "mode=1777", format!("size={}", limits.tmp_bytes)]}),
     ];
-    mounts.extend(BASE_BINDS.iter().map(|b| ro(b)));
-    mounts.extend(runtime.binds.iter().map(|b| ro(&b.to_string_lossy())));
+    if root.host_usr {
+        mounts.extend(BASE_BINDS.iter().map(|b| ro(b)));
+    }
     mounts.push(
         json!({"destination": "/workspace", "type": "bind", "source": workspace,
                        "options": ["rbind", "rw", "nosuid", "nodev"]}),
@@ -129,11 +131,13 @@ fn config_with(
         wrapped.extend(args);
         args = wrapped;
     }
-    // /usr brings /usr/local along; hide its host configuration.
-    mounts.push(
-        json!({"destination": "/usr/local/etc", "type": "tmpfs", "source": "tmpfs",
-                       "options": ["ro", "nosuid", "nodev", "noexec", "size=4k", "mode=755"]}),
-    );
+    if root.host_usr {
+        // The host's /usr brings /usr/local along; hide its host configuration.
+        mounts.push(
+            json!({"destination": "/usr/local/etc", "type": "tmpfs", "source": "tmpfs",
+                           "options": ["ro", "nosuid", "nodev", "noexec", "size=4k", "mode=755"]}),
+        );
+    }
     let caps: Vec<String> = Vec::new();
     json!({
         "ociVersion": "1.0.0",
@@ -151,7 +155,7 @@ fn config_with(
             ],
             "noNewPrivileges": true,
         },
-        "root": {"path": rootfs, "readonly": true},
+        "root": {"path": root.path, "readonly": true},
         "hostname": "sandbox",
         "mounts": mounts,
         "linux": {

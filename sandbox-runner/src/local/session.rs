@@ -76,6 +76,8 @@ struct Channel {
 pub struct SessionSandbox {
     pub sandbox_id: String,
     pub runtime: String,
+    /// The digest of the image the sandbox's root is.
+    pub image_digest: Option<String>,
     backend: LocalRunsc,
     requests: mpsc::UnboundedSender<Vec<u8>>,
     channel: Mutex<Channel>,
@@ -142,6 +144,7 @@ impl LocalRunsc {
     ) -> Result<SessionSandbox, SandboxError> {
         spec.validate()?;
         let runtime = self.inner.config.registry.get(&spec.language)?.clone();
+        let image_digest = self.root(&spec.language)?.image_digest.clone();
         let id = self.new_sandbox_id();
         if let Ok(mut live) = self.inner.live.lock() {
             live.insert(id.clone());
@@ -156,6 +159,7 @@ impl LocalRunsc {
             Ok((child, requests, replies, ended)) => Ok(SessionSandbox {
                 sandbox_id: id,
                 runtime: format!("{}-{}", spec.language, runtime.version),
+                image_digest,
                 backend: self.clone(),
                 requests,
                 channel: Mutex::new(Channel {
@@ -216,14 +220,8 @@ impl LocalRunsc {
             oci::cpu_quota_us(limits.cpu_millicores),
             oci::CPU_PERIOD_US,
         )?;
-        let config = oci::session_config(
-            spec,
-            runtime,
-            agent,
-            &self.inner.paths.rootfs,
-            &ws,
-            &cg.cgroups_path(),
-        );
+        let root = self.root(&spec.language)?.clone();
+        let config = oci::session_config(spec, runtime, agent, &root, &ws, &cg.cgroups_path());
         let config_path = bundle.join("config.json");
         std::fs::write(
             &config_path,
