@@ -9,6 +9,9 @@ ensure_rust
 ensure_postgres
 ensure_redis
 ensure_runsc
+ensure_debootstrap
+ensure_podman
+ensure_host_python
 ensure_prometheus
 ensure_s3
 ensure_schemathesis
@@ -23,5 +26,12 @@ log "cargo fmt --check"
 cargo fmt --all --check
 log "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+log "cargo test (build)"
+cargo test --workspace --locked --no-run
+case "${CARGO_TARGET_DIR:-}" in
+  /*) target="$CARGO_TARGET_DIR" ;;
+  *) target="$(pwd)/${CARGO_TARGET_DIR:-target}" ;;
+esac
+ensure_runtime_images "$target/debug/glassbox"
 log "cargo test"
 cargo test --workspace --locked

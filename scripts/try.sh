@@ -12,6 +12,7 @@ ensure_rust
 ensure_postgres
 ensure_redis
 ensure_runsc
+ensure_debootstrap
 
 log "building glassbox (release)"
 cargo build --locked --release -p glassbox-cli -p glassbox-session-agent

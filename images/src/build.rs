@@ -15,6 +15,10 @@ use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+/// Names a directory of downloaded `.deb` files shared by builds (default: the
+/// store's `cache/debs`).
+pub const DEB_CACHE_ENV: &str = "GLASSBOX_DEB_CACHE";
+
 /// What the builder is doing, for progress displays.
 #[derive(Debug)]
 pub enum BuildEvent<'a> {
@@ -79,7 +83,11 @@ pub fn ensure(
         });
     }
     let tmp_dir = store.dir().join("tmp");
-    let debs = store.dir().join("cache").join("debs");
+    // Downloaded packages: shared between stores with GLASSBOX_DEB_CACHE.
+    let debs = std::env::var_os(DEB_CACHE_ENV)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| store.dir().join("cache").join("debs"));
     for d in [&tmp_dir, &debs] {
         std::fs::create_dir_all(d).map_err(ImageError::io(name, "create store directories", d))?;
     }

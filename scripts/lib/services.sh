@@ -69,16 +69,41 @@ ensure_runsc() {
     log "installing gVisor (runsc)"
     apt_install runsc
   fi
-  # The built-in runtimes run the host's /usr read-only inside the sandbox:
-  # python3 (with pip, which installs vetted wheels inside the sandbox), node, bash.
+}
+
+# debootstrap builds the runtime images (and the plane images' bases).
+ensure_debootstrap() {
+  if ! command -v debootstrap >/dev/null 2>&1; then
+    log "installing debootstrap (builds the runtime images)"
+    apt_install debootstrap
+  fi
+}
+
+# podman (and buildah's libraries) build the plane images in docker/; binutils
+# strips the binaries that go into them.
+ensure_podman() {
+  if ! command -v podman >/dev/null 2>&1; then
+    log "installing podman (builds the plane images)"
+    apt_install podman
+  fi
+  command -v objcopy >/dev/null 2>&1 || apt_install binutils
+}
+
+# The host's python3 with pip builds and downloads wheels for the dependency
+# tests (sandboxes never use the host's python: they run on their images).
+ensure_host_python() {
   if [ ! -x /usr/bin/python3 ] || ! /usr/bin/python3 -m pip --version >/dev/null 2>&1; then
-    log "installing python3 and pip (sandbox runtime)"
+    log "installing python3 and pip (test tooling)"
     apt_install python3 python3-pip
   fi
-  if [ ! -x /usr/bin/node ]; then
-    log "installing node (sandbox runtime)"
-    apt_install nodejs
-  fi
+}
+
+# The runtime images (python, node, bash) in /var/lib/glassbox/images (or
+# GLASSBOX_IMAGES_DIR), built by `$1 images build` — only those whose recipe
+# changed since the last build.
+ensure_runtime_images() {
+  log "runtime images (glassbox images build: cached by recipe digest)"
+  "$1" images build
 }
 
 # Prometheus (server and promtool) from Debian: the telemetry tests scrape the

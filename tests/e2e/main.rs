@@ -341,9 +341,32 @@ async fn crypto_shredding_leaves_no_byte_of_a_jobs_data_anywhere_and_the_ledger_
     s.stop().await;
 }
 
+/// `glassbox images list --json`: image name → digest.
+fn listed_images() -> std::collections::BTreeMap<String, String> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_glassbox-e2e-cli"))
+        .args(["images", "list", "--json"])
+        .output()
+        .expect("glassbox images list");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: Vec<Value> = serde_json::from_slice(&out.stdout).expect("json");
+    list.iter()
+        .map(|m| {
+            (
+                m["name"].as_str().expect("name").to_owned(),
+                m["digest"].as_str().expect("digest").to_owned(),
+            )
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn each_runtime_runs_end_to_end_and_every_step_is_on_the_ledger() {
     let s = stack(SecretProvider::None).await;
+    let images = listed_images();
     for (lang, code, want) in [
         (
             "python",
@@ -377,7 +400,21 @@ async fn each_runtime_runs_end_to_end_and_every_step_is_on_the_ledger() {
         assert_eq!(status, 200, "{out}");
         assert_eq!(out["stdout"]["content"], want, "{lang}");
         assert_eq!(out["outcome"], "succeeded");
-        let t = types(&s.stream(id).await);
+        let records = s.stream(id).await;
+        // The sandbox's root is the runtime's image, the one `glassbox images list` shows.
+        let provisioned = records
+            .iter()
+            .find(|r| r.record.event_type == "sandbox.provisioned")
+            .expect("sandbox.provisioned");
+        let digest = provisioned.record.data["image_digest"]
+            .as_str()
+            .expect("image digest");
+        assert_eq!(
+            Some(digest),
+            images.get(lang).map(String::as_str),
+            "{lang}: {images:?}"
+        );
+        let t = types(&records);
         assert_eq!(
             t[t.len() - 6..],
             [

@@ -409,6 +409,17 @@ async fn a_session_keeps_state_and_files_between_calls_and_every_call_is_on_the_
     ] {
         assert!(t.iter().any(|x| x == e), "{e} missing from {t:?}");
     }
+    // The session's sandbox ran on the python image, the one `glassbox images list` shows.
+    let started = records
+        .iter()
+        .find(|r| r.record.event_type == "session.started")
+        .expect("session.started");
+    assert_eq!(
+        started.record.data["image_digest"].as_str(),
+        crate::listed_images().get("python").map(String::as_str),
+        "{:?}",
+        started.record.data
+    );
     // Code, file names and output are in encrypted blobs, never in clear.
     for r in &records {
         let text = Value::Object(r.record.data.clone()).to_string();
