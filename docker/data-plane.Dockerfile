@@ -47,7 +47,7 @@ USER 0:0
 EXPOSE 9464
 
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["/usr/local/bin/glassbox", "healthcheck", "http://127.0.0.1:9464/metrics"]
+    CMD ["/usr/local/bin/glassbox", "healthcheck", "http://127.0.0.1:9464/healthz"]
 
 ENTRYPOINT ["/usr/local/bin/glassbox"]
 CMD ["runner"]

@@ -2,7 +2,10 @@
 //!
 //! - The domain core (`glassbox-domain`) and the auditor's verifier
 //!   (`glassbox-verify`) are pure: their dependency graphs hold no database
-//!   driver, async runtime, HTTP stack or Glassbox service crate.
+//!   driver, async runtime, HTTP stack or Glassbox service crate. The image
+//!   builder (`glassbox-images`) does blocking file and process work only: the
+//!   same holds for it, so a data-plane node can build and verify images
+//!   without any service code.
 //! - SQL on `ledger.*` tables lives only in the events store
 //!   (`glassbox-events`), SQL on `projections.*` only in the projector
 //!   (`glassbox-projector`): every other crate calls their functions.
@@ -118,7 +121,7 @@ fn the_domain_core_and_the_verifier_link_no_database_runtime_or_server() {
             )
             || (name.starts_with("glassbox-") && name != "glassbox-verify")
     };
-    for root in ["glassbox-domain", "glassbox-verify"] {
+    for root in ["glassbox-domain", "glassbox-verify", "glassbox-images"] {
         let deps = closure(meta, root);
         assert!(!deps.is_empty(), "{root} has dependencies");
         let bad: Vec<&String> = deps.iter().filter(|d| forbidden(d)).collect();

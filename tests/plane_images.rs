@@ -114,6 +114,23 @@ async fn both_plane_images_build_and_the_control_plane_answers_readyz_from_its_i
     assert!(dfs.join("usr/bin/runsc").is_file());
     assert!(dfs.join("usr/local/bin/glassbox-session-agent").is_file());
 
+    // The data plane's binaries run on its own libraries.
+    for argv in [
+        vec!["/usr/local/bin/glassbox", "--version"],
+        vec!["/usr/bin/runsc", "--version"],
+    ] {
+        let o = Command::new("unshare")
+            .arg("--mount")
+            .arg(format!("--mount-proc={}", dfs.join("proc").display()))
+            .arg("chroot")
+            .arg(&dfs)
+            .args(["/usr/bin/env", "-i", "PATH=/usr/local/bin:/usr/bin:/bin"])
+            .args(&argv)
+            .output()
+            .expect("data plane binary");
+        assert!(o.status.success(), "{argv:?}: {}", text(&o.stderr));
+    }
+
     // Start the control plane as the image says: its user, env, workdir,
     // entrypoint and command; only the database and the listening address
     // (a free loopback port instead of 0.0.0.0:8080) come from the test.

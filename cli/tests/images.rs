@@ -27,7 +27,7 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn default_store() -> PathBuf {
-    PathBuf::from(glassbox_images::default_store_dir())
+    glassbox_images::default_store_dir()
 }
 
 /// `glassbox images list --json --store STORE` as name → manifest.

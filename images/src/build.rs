@@ -55,19 +55,18 @@ pub fn ensure(
         reason,
     })?;
     let _lock = store.lock(name)?;
-    if !force {
-        if let Some(manifest) = store.lookup(name, recipe)? {
-            if store.rootfs(&manifest.digest).is_dir() {
-                store.record(&Manifest {
-                    name: name.to_owned(),
-                    ..manifest.clone()
-                })?;
-                return Ok(Built {
-                    manifest,
-                    built: false,
-                });
-            }
-        }
+    if !force
+        && let Some(manifest) = store.lookup(name, recipe)?
+        && store.rootfs(&manifest.digest).is_dir()
+    {
+        store.record(&Manifest {
+            name: name.to_owned(),
+            ..manifest.clone()
+        })?;
+        return Ok(Built {
+            manifest,
+            built: false,
+        });
     }
     let recipe_digest = recipe.digest();
     progress(BuildEvent::Building {
