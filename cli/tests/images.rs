@@ -280,3 +280,114 @@ fn images_verify_fails_on_an_altered_copy_and_names_it() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `glassbox dev` on a store without the runtime's image builds it on its first
+/// start, showing progress, then runs programs on it; the next start reuses it.
+#[tokio::test]
+async fn dev_builds_missing_runtime_images_on_first_start_and_runs_on_them() {
+    let dir = scratch("dev");
+    let store = dir.join("store");
+    let registry = dir.join("runtimes.toml");
+    // The built-in bash runtime alone (its recipe is the built-in one).
+    std::fs::write(
+        &registry,
+        "[images.bash]\nsuite = \"bookworm\"\npackages = [\"bash\"]\n\n[languages.bash]\nversion = \"5.2\"\nfile_name = \"main.sh\"\ncommand = [\"/usr/bin/bash\", \"{file}\"]\nimage = \"bash\"\n",
+    )
+    .expect("registry");
+    let db = glassbox_events::testing::TestDb::new()
+        .await
+        .expect("database");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port");
+    let env = |c: &mut Command| {
+        c.env_remove("GLASSBOX_LEDGER_KEY_FILE")
+            .env("DATABASE_URL", &db.url)
+            .env("GLASSBOX_DATA_DIR", &dir)
+            .env("GLASSBOX_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env(
+                "GLASSBOX_RUNNER_ID",
+                format!("devimg{}", std::process::id()),
+            )
+            .env("GLASSBOX_SANDBOX_DIR", "/run/glassbox-test")
+            .env("GLASSBOX_RUNTIMES_FILE", &registry)
+            .env("GLASSBOX_IMAGES_DIR", &store)
+            .env("GLASSBOX_DEB_CACHE", default_store().join("cache/debs"));
+    };
+    let start = |log: &str| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_glassbox"));
+        env(&mut c);
+        let child = c
+            .args(["dev", "--no-checkpoints"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join(log)).expect("log"))
+            .spawn()
+            .expect("glassbox dev");
+        // Up when it says so (the port opens before the runner's images are ready).
+        let started = std::time::Instant::now();
+        while !std::fs::read_to_string(dir.join(log))
+            .unwrap_or_default()
+            .contains("glassbox dev: API on")
+        {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(300),
+                "glassbox dev did not come up: {}",
+                std::fs::read_to_string(dir.join(log)).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        child
+    };
+    let stop = |mut child: std::process::Child| {
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let status = child.wait().expect("wait");
+        assert!(status.success(), "{status:?}");
+    };
+
+    let dev = start("dev1.log");
+    let log = std::fs::read_to_string(dir.join("dev1.log")).unwrap_or_default();
+    assert!(
+        log.contains("glassbox dev: building runtime images bash"),
+        "{log}"
+    );
+    assert!(
+        log.contains("[1/1] bash: building from recipe sha256:"),
+        "{log}"
+    );
+    assert!(log.contains("[1/1] bash: built sha256:"), "{log}");
+    let digest = list(&store)["bash"]["digest"]
+        .as_str()
+        .expect("digest")
+        .to_owned();
+    // The runner uses it: a program runs.
+    let f = dir.join("ok.sh");
+    std::fs::write(&f, "echo \"fine $BASH_VERSION\"\n").expect("program");
+    let mut c = Command::new(env!("CARGO_BIN_EXE_glassbox"));
+    env(&mut c);
+    let o = c
+        .args(["run", "--api", &format!("http://127.0.0.1:{port}")])
+        .arg(&f)
+        .output()
+        .expect("glassbox run");
+    assert!(o.status.success(), "{}{}", text(&o.stdout), text(&o.stderr));
+    assert!(
+        text(&o.stdout).starts_with("fine 5.2"),
+        "{}",
+        text(&o.stdout)
+    );
+    stop(dev);
+
+    // Second start: nothing to build.
+    let dev = start("dev2.log");
+    let log = std::fs::read_to_string(dir.join("dev2.log")).unwrap_or_default();
+    assert!(!log.contains("building"), "{log}");
+    stop(dev);
+    assert_eq!(
+        list(&store)["bash"]["digest"].as_str(),
+        Some(digest.as_str())
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

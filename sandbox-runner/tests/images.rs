@@ -93,6 +93,7 @@ print(json.dumps({{
     let node = manifest("node");
     let want = upstream(node.package_version("nodejs").expect("nodejs in the image"));
     assert_eq!(r.stdout.text().trim(), format!("v{want}"));
+    assert_eq!(r.stderr.text(), "", "node starts cleanly on its image");
 
     let r = run(
         &b,
