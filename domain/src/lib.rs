@@ -17,6 +17,7 @@ pub mod request;
 pub mod session;
 pub mod status;
 pub mod stream;
+pub mod workflow;
 
 pub use aggregate::Aggregate;
 pub use catalogue::{Event, KnownEvent};
