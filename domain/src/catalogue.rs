@@ -487,6 +487,25 @@ catalogue! {
     SessionStarted = "session.started" v 1 { session_id: String, runner: String, sandbox_id: String, backend: String, runtime: String, image_digest: Option<String> }
     /// The sandbox could not be started; nothing ran.
     SessionFailed = "session.failed" v 1 { session_id: String, reason: String }
+    /// A workflow definition was stored (stream `workflow-<tenant>-<name>`): the
+    /// steps' jobs are in the encrypted `definition` blob; the record names the
+    /// definition by digest and lists its step names.
+    WorkflowDefined = "workflow.defined" v 1 { name: String, version: u64, digest: String, definition: BlobRef, steps: Vec<String> }
+    /// A run of a definition began (stream `workflow-run-<id>`); its jobs share
+    /// the run's correlation ID.
+    WorkflowRunStarted = "workflow.run_started" v 1 { run_id: String, name: String, version: u64, digest: String, inputs: Option<BlobRef>, idempotency_key: Option<String> }
+    /// Attempt `attempt` of `step` became job `job_id` (derived from run, step and attempt).
+    WorkflowStepScheduled = "workflow.step_scheduled" v 1 { run_id: String, step: String, attempt: u64, job_id: String }
+    WorkflowStepFinished = "workflow.step_finished" v 1 { run_id: String, step: String, attempt: u64, job_id: String, succeeded: bool, reason: Option<String> }
+    /// `step` will not run: `because` (a step that did not succeed, or `cancelled`).
+    WorkflowStepSkipped = "workflow.step_skipped" v 1 { run_id: String, step: String, because: String }
+    WorkflowApprovalRequested = "workflow.approval_requested" v 1 { run_id: String, step: String }
+    WorkflowApprovalGranted = "workflow.approval_granted" v 1 { run_id: String, step: String, approver: String, reason: Option<String> }
+    WorkflowApprovalDenied = "workflow.approval_denied" v 1 { run_id: String, step: String, approver: String, reason: Option<String> }
+    /// Someone who may not answer for `step` tried to (e.g. the run's submitter).
+    WorkflowApprovalRefused = "workflow.approval_refused" v 1 { run_id: String, step: String, approver: String, reasons: Vec<String> }
+    WorkflowCancelRequested = "workflow.cancel_requested" v 1 { run_id: String }
+    WorkflowRunFinished = "workflow.run_finished" v 1 { run_id: String, succeeded: bool }
     /// Exec number `exec` began: `source` is the code or command (encrypted).
     SessionExecStarted = "session.exec_started" v 1 {
         session_id: String,

@@ -17,6 +17,10 @@ pub enum StreamKind<'a> {
     Job(&'a str),
     /// `session-<id>`: one session's life, every call in it.
     Session(&'a str),
+    /// `workflow-run-<id>`: one workflow run.
+    WorkflowRun(&'a str),
+    /// `workflow-<tenant>-<name>`: a workflow's definitions.
+    Workflow(&'a str),
     /// `access-<tenant>`: refusals of a tenant's callers.
     Access(&'a str),
     /// `auth-<tenant>`: bypassed requests (and `auth-system`).
@@ -35,6 +39,8 @@ pub enum StreamKind<'a> {
 impl Stream {
     pub const JOB_PREFIX: &'static str = "job-";
     pub const SESSION_PREFIX: &'static str = "session-";
+    pub const WORKFLOW_RUN_PREFIX: &'static str = "workflow-run-";
+    pub const WORKFLOW_PREFIX: &'static str = "workflow-";
     pub const POLICY_BUNDLES: &'static str = "policy-bundles";
 
     pub fn job(id: impl fmt::Display) -> Stream {
@@ -42,6 +48,14 @@ impl Stream {
     }
     pub fn session(id: impl fmt::Display) -> Stream {
         Stream(format!("{}{id}", Self::SESSION_PREFIX))
+    }
+    /// `workflow-run-<id>`: one workflow run's life.
+    pub fn workflow_run(id: impl fmt::Display) -> Stream {
+        Stream(format!("{}{id}", Self::WORKFLOW_RUN_PREFIX))
+    }
+    /// `workflow-<tenant>-<name>`: a workflow's definitions, one version each.
+    pub fn workflow(tenant: &str, name: &str) -> Stream {
+        Stream(format!("{}{tenant}-{name}", Self::WORKFLOW_PREFIX))
     }
     pub fn access(tenant: &str) -> Stream {
         Stream(format!("access-{tenant}"))
@@ -90,6 +104,12 @@ pub fn kind_of(name: &str) -> StreamKind<'_> {
     }
     if let Some(id) = prefixed(Stream::SESSION_PREFIX) {
         return StreamKind::Session(id);
+    }
+    if let Some(id) = prefixed(Stream::WORKFLOW_RUN_PREFIX) {
+        return StreamKind::WorkflowRun(id);
+    }
+    if let Some(rest) = prefixed(Stream::WORKFLOW_PREFIX) {
+        return StreamKind::Workflow(rest);
     }
     if let Some(rest) = prefixed("access-") {
         return StreamKind::Access(rest);
@@ -158,5 +178,11 @@ mod tests {
         assert_eq!(Stream::policy_bundles().kind(), StreamKind::PolicyBundles);
         assert_eq!(kind_of("jobs"), StreamKind::Other("jobs"));
         assert_eq!(job_of("access-acme"), None);
+        let run = Stream::workflow_run("0b6c");
+        assert_eq!(run.kind(), StreamKind::WorkflowRun("0b6c"));
+        assert_eq!(
+            Stream::workflow("acme", "report").kind(),
+            StreamKind::Workflow("acme-report")
+        );
     }
 }

@@ -10,9 +10,14 @@
 //! steps to schedule (or retry), which wait for approval, which are skipped
 //! because a step they need failed, and whether the run is over.
 //!
-//! Not built yet: the `Workflow` aggregate and its events on the ledger, the
-//! orchestrator driven by the ledger, the `glassbox.workflows` approval policy,
+//! The run aggregate ([`run::WorkflowRun`]: fold with `apply`, decide with
+//! `decide`) turns the scheduler's answers into the run's events.
+//!
+//! Not built yet: storing definitions (`workflow.defined`), the orchestrator
+//! driven by the ledger that submits each scheduled step as a job, the `glassbox.workflows` approval policy,
 //! REST/MCP/CLI and the run's evidence export.
+
+pub mod run;
 
 use crate::request::{Invalid, JobRequest, JobSpec, WorkspacePath};
 use schemars::JsonSchema;
