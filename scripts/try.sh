@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # From nothing to a job's output (as root on Debian): installs what is missing
-# (Rust, PostgreSQL binaries, Redis, gVisor's runsc), builds Glassbox, starts
+# (Rust, PostgreSQL binaries, Redis, gVisor's runsc, debootstrap), builds
+# Glassbox and the runtime images, starts
 # `glassbox dev` (command API + projector + runner, on a private PostgreSQL
 # cluster unless DATABASE_URL is set), runs programs through it with
 # `glassbox run`, shows a job's ledger records and verifies the whole ledger.
@@ -26,6 +27,11 @@ export GLASSBOX_HTTP_ADDR="${GLASSBOX_HTTP_ADDR:-127.0.0.1:8080}"
 mkdir -p "$GLASSBOX_DATA_DIR"
 api="http://$GLASSBOX_HTTP_ADDR"
 key="$GLASSBOX_DATA_DIR/keys/ledger.key"
+
+# The runtime images (python, node, bash) the sandboxes run on: built once
+# (about 2 minutes), then reused while their recipes do not change.
+log "runtime images (glassbox images build)"
+"$gb" images build
 
 log "starting glassbox dev on $api (log: $GLASSBOX_DATA_DIR/dev.log)"
 "$gb" dev --key-file "$key" >"$GLASSBOX_DATA_DIR/dev.log" 2>&1 &
