@@ -27,15 +27,17 @@ pub enum Policy {
     Secrets,
     Dependencies,
     Egress,
+    Workflows,
 }
 
 impl Policy {
-    pub const ALL: [Policy; 5] = [
+    pub const ALL: [Policy; 6] = [
         Policy::Authz,
         Policy::Admission,
         Policy::Secrets,
         Policy::Dependencies,
         Policy::Egress,
+        Policy::Workflows,
     ];
 
     /// The name recorded in `policy.evaluated` (`glassbox.admission`, …).
@@ -46,6 +48,7 @@ impl Policy {
             Policy::Secrets => "glassbox.secrets",
             Policy::Dependencies => "glassbox.dependencies",
             Policy::Egress => "glassbox.egress",
+            Policy::Workflows => "glassbox.workflows",
         }
     }
 
@@ -129,6 +132,10 @@ const BUILTIN: &[(&str, &str)] = &[
         include_str!("../rego/dependencies.rego"),
     ),
     ("rego/egress.rego", include_str!("../rego/egress.rego")),
+    (
+        "rego/workflows.rego",
+        include_str!("../rego/workflows.rego"),
+    ),
     ("data/roles.json", include_str!("../data/roles.json")),
     ("data/tenants.json", include_str!("../data/tenants.json")),
 ];
@@ -231,6 +238,14 @@ impl Decision {
         let has = |needle: &str| self.reasons.iter().any(|r| r.contains(needle));
         if has("is not configured") {
             "tenant_not_configured"
+        } else if has("approval by role") || has("asks for approval") {
+            "approval_required"
+        } else if has("may not approve") {
+            "self_approval"
+        } else if has("has no role") {
+            "no_role"
+        } else if has("unknown question") {
+            "unknown_kind"
         } else if has("exceeds the tenant maximum") {
             "limit_exceeded"
         } else if has("unknown limit") {
