@@ -249,15 +249,24 @@ async fn search_is_scoped_paginated_and_cross_tenant_reads_are_recorded() {
     let r = app.post(&admin, "/v1/audit/verify", None).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.body["verifies"], true, "{:?}", r.body);
-    // An evidence bundle over HTTP verifies offline and is recorded.
-    let resp = app
-        .client
-        .post(format!("{}/v1/audit/exports", app.addr))
-        .bearer_auth(&admin)
-        .json(&json!({"tenant": "acme"}))
-        .send()
-        .await
-        .expect("export");
+    // An evidence bundle over HTTP verifies offline and is recorded. Until the
+    // projector's audit index reaches the checkpoint the answer is 503 "try
+    // again shortly" (under load that can take a moment): retry as a client would.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let resp = loop {
+        let resp = app
+            .client
+            .post(format!("{}/v1/audit/exports", app.addr))
+            .bearer_auth(&admin)
+            .json(&json!({"tenant": "acme"}))
+            .send()
+            .await
+            .expect("export");
+        if resp.status().as_u16() != 503 || std::time::Instant::now() > deadline {
+            break resp;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
     assert_eq!(resp.status().as_u16(), 200);
     assert_eq!(
         resp.headers()
