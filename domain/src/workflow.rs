@@ -143,6 +143,41 @@ impl WorkflowDefinition {
     }
 }
 
+/// An artifact a step's input names was not written by the step that should have.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("step {step} needs {artifact} from step {from}, which did not write it")]
+pub struct MissingArtifact {
+    pub step: String,
+    pub from: String,
+    pub artifact: String,
+}
+
+impl Step {
+    /// The job this step submits: its own job, with each artifact input added as
+    /// an input file (base64) at its path. `artifact(step, path)` gives the bytes
+    /// an earlier step wrote, or `None` — then the step cannot run.
+    pub fn job_request(
+        &self,
+        mut artifact: impl FnMut(&StepName, &WorkspacePath) -> Option<Vec<u8>>,
+    ) -> Result<JobRequest, MissingArtifact> {
+        use base64::Engine as _;
+        let mut request = self.job.request.clone();
+        for input in &self.inputs {
+            let bytes = artifact(&input.step, &input.artifact).ok_or_else(|| MissingArtifact {
+                step: self.name.to_string(),
+                from: input.step.to_string(),
+                artifact: input.artifact.as_str().to_owned(),
+            })?;
+            request.files.push(crate::request::FileInput {
+                path: input.path.as_str().to_owned(),
+                content: base64::engine::general_purpose::STANDARD.encode(bytes),
+                encoding: crate::request::Encoding::Base64,
+            });
+        }
+        Ok(request)
+    }
+}
+
 fn member<T>(m: String, r: Result<T, String>) -> Result<T, Invalid> {
     r.map_err(|reason| Invalid { member: m, reason })
 }
@@ -195,6 +230,15 @@ impl WorkflowRequest {
                 member: format!("steps[{i}].job.{}", e.member),
                 reason: e.reason,
             })?;
+            if job.files.len() + s.inputs.len() > crate::request::MAX_FILES {
+                return member(
+                    format!("steps[{i}].inputs"),
+                    Err(format!(
+                        "the job's files and the inputs together: at most {}",
+                        crate::request::MAX_FILES
+                    )),
+                );
+            }
             let mut inputs = Vec::new();
             for (k, input) in s.inputs.iter().enumerate() {
                 let m = format!("steps[{i}].inputs[{k}]");

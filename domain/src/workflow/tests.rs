@@ -300,3 +300,64 @@ fn a_cancelled_run_schedules_nothing_more_and_finishes_failed() {
         ]
     );
 }
+
+#[test]
+fn a_steps_job_carries_its_artifact_inputs_as_files_and_a_missing_one_is_named() {
+    let def = diamond().parse().expect("diamond");
+    let d = def.step(&n("d")).expect("d");
+    let store: BTreeMap<(String, String), Vec<u8>> = [
+        (
+            ("b".to_owned(), "out/b.json".to_owned()),
+            b"{\"b\": 1}".to_vec(),
+        ),
+        (
+            ("a".to_owned(), "out/a.txt".to_owned()),
+            vec![0, 159, 146, 150],
+        ),
+    ]
+    .into();
+    let lookup = |s: &StepName, p: &WorkspacePath| {
+        store
+            .get(&(s.as_str().to_owned(), p.as_str().to_owned()))
+            .cloned()
+    };
+    let request = d.job_request(lookup).expect("request");
+    let spec = request.clone().parse().expect("the step's job parses");
+    let files: BTreeMap<&str, &[u8]> = spec
+        .files
+        .iter()
+        .map(|f| (f.path.as_str(), f.content.as_slice()))
+        .collect();
+    assert_eq!(files.get("in/b.json"), Some(&&b"{\"b\": 1}"[..]));
+    assert_eq!(
+        files.get("in/a.txt"),
+        Some(&&[0u8, 159, 146, 150][..]),
+        "binary survives"
+    );
+    let e = d
+        .job_request(|s: &StepName, p: &WorkspacePath| {
+            (s.as_str() == "a").then(|| lookup(s, p)).flatten()
+        })
+        .expect_err("b's artifact is missing");
+    assert_eq!(
+        e.to_string(),
+        "step d needs out/b.json from step b, which did not write it"
+    );
+}
+
+#[test]
+fn a_step_whose_files_and_inputs_exceed_the_file_limit_is_refused() {
+    let mut b = step("b", &["a"]);
+    b["job"]["files"] = json!(
+        (0..60)
+            .map(|i| json!({"path": format!("f{i}"), "content": "x"}))
+            .collect::<Vec<_>>()
+    );
+    b["inputs"] = json!(
+        (0..5)
+            .map(|i| json!({"from": "a:out/x", "path": format!("in{i}")}))
+            .collect::<Vec<_>>()
+    );
+    let e = refused(request(vec![step("a", &[]), b]));
+    assert_eq!(e.member, "steps[1].inputs", "{e:?}");
+}
