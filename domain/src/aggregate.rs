@@ -11,4 +11,13 @@ pub trait Aggregate: Default {
     fn apply(&mut self, record: &Record);
     /// The stream version of the last record applied (0: none).
     fn version(&self) -> u64;
+
+    /// The state after `records`, applied in order to the empty state.
+    fn fold<'a>(records: impl IntoIterator<Item = &'a Record>) -> Self {
+        let mut state = Self::default();
+        for r in records {
+            state.apply(r);
+        }
+        state
+    }
 }

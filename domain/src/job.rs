@@ -153,14 +153,6 @@ fn boxed<E>(e: E) -> Box<E> {
 
 impl Job {
     /// Folds a stream's records.
-    pub fn fold<'a>(records: impl IntoIterator<Item = &'a Record>) -> Job {
-        let mut j = Job::default();
-        for r in records {
-            j.apply(r);
-        }
-        j
-    }
-
     /// Is there a job (a `job.submitted`) in this stream?
     pub fn exists(&self) -> bool {
         self.submitted.is_some()

@@ -138,14 +138,6 @@ fn secs(s: u64) -> chrono::Duration {
 }
 
 impl Session {
-    pub fn fold<'a>(records: impl IntoIterator<Item = &'a Record>) -> Session {
-        let mut s = Session::default();
-        for r in records {
-            s.apply(r);
-        }
-        s
-    }
-
     pub fn exists(&self) -> bool {
         self.requested.is_some()
     }

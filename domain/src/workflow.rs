@@ -377,7 +377,7 @@ pub enum StepState {
     Waiting,
     /// Needs approval; asked, not yet answered.
     AwaitingApproval,
-    /// Approved (or no approval needed and asked for): may be scheduled.
+    /// Its approval was granted: may be scheduled.
     Approved,
     /// Attempt `attempt` (1-based) runs as a job.
     Running {
@@ -476,13 +476,9 @@ pub fn plan(
                 | StepState::Failed { .. }
         )
     };
-    let pending_retry = out
-        .iter()
-        .any(|n| matches!(n, Next::Schedule { attempt, .. } if *attempt > 1));
-    if out.iter().all(|n| matches!(n, Next::Skip { .. }))
-        && !pending_retry
-        && effective.values().all(done)
-    {
+    // Nothing to schedule or ask (a pending retry is a Schedule) and every step
+    // settled: the run is over.
+    if out.iter().all(|n| matches!(n, Next::Skip { .. })) && effective.values().all(done) {
         let succeeded = effective.values().all(|s| *s == StepState::Succeeded);
         out.push(Next::Finish { succeeded });
     }

@@ -318,7 +318,7 @@ fn normalise(name: &str, kind: ImageKind, root: &Path) -> Result<(), ImageError>
     Ok(())
 }
 
-fn remove_any(p: &PathBuf) -> std::io::Result<()> {
+fn remove_any(p: &Path) -> std::io::Result<()> {
     match std::fs::symlink_metadata(p) {
         Ok(m) if m.is_dir() => std::fs::remove_dir_all(p),
         Ok(_) => std::fs::remove_file(p),

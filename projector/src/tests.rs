@@ -7,7 +7,7 @@ use super::refold;
 use chrono::{DateTime, TimeZone as _, Utc};
 use glassbox_domain::catalogue::{self as c, Decision, KnownEvent, Limits, Outcome};
 use glassbox_domain::job::Finish;
-use glassbox_domain::{Job, JobCommand};
+use glassbox_domain::{Aggregate as _, Job, JobCommand};
 use glassbox_events::{Actor, Digest, Record};
 use proptest::prelude::*;
 use serde_json::Map;

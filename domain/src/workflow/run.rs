@@ -110,14 +110,6 @@ pub fn job_id_for(run_id: &str, step: &StepName, attempt: u32) -> String {
 }
 
 impl WorkflowRun {
-    pub fn fold<'a>(records: impl IntoIterator<Item = &'a Record>) -> WorkflowRun {
-        let mut r = WorkflowRun::default();
-        for rec in records {
-            r.apply(rec);
-        }
-        r
-    }
-
     pub fn apply(&mut self, r: &Record) {
         self.version = r.stream_version;
         if self.tenant.is_empty() {
