@@ -34,10 +34,10 @@ async fn fill(store: &EventStore) {
             },
             data(json!({"n": i, "secret_project": format!("{tenant}-project-{i}")})),
         );
-        store
-            .append(AppendRequest::new(tenant, a, vec![e]))
-            .await
-            .expect("append");
+        // Four "runs", each spanning both tenants.
+        let mut r = AppendRequest::new(tenant, a, vec![e]);
+        r.correlation_id = format!("run-{}", i % 4);
+        store.append(r).await.expect("append");
     }
 }
 
@@ -149,7 +149,91 @@ async fn a_tenant_bundle_round_trips_offline_and_holds_no_other_tenant() {
             .records,
         want
     );
-    for p in [out, by_type] {
+    // By correlation ID: exactly the records of that run (the verifier checked
+    // each one against the filter, so the count makes the set exact), across
+    // tenants, or within one when combined with a tenant.
+    let by_run = tmp("run.tar");
+    for (tenant, want) in [
+        (None, (0..40u64).filter(|i| i % 4 == 1).count() as u64),
+        (
+            Some("acme"),
+            (0..40u64).filter(|i| i % 4 == 1 && i % 3 != 0).count() as u64,
+        ),
+    ] {
+        let f = Filters {
+            tenant: tenant.map(str::to_owned),
+            correlation_id: Some("run-1".into()),
+            ..Filters::default()
+        };
+        let r = export(&store, &key, &f, "audrey@acme", &by_run)
+            .await
+            .expect("export");
+        assert_eq!(r.records, want, "{f:?}");
+        let verified = verify_bundle(&by_run, &key.verifier()).expect("verifies");
+        assert_eq!(verified.records, want);
+        assert_eq!(verified.filters, f);
+        let text = String::from_utf8_lossy(&std::fs::read(&by_run).expect("read")).into_owned();
+        for other in ["run-0", "run-2", "run-3"] {
+            assert!(!text.contains(other), "{other} in a run-1 bundle");
+        }
+    }
+    for p in [out, by_type, by_run] {
+        let _ = std::fs::remove_file(p);
+    }
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn a_bundle_whose_correlation_filter_does_not_match_a_record_does_not_verify() {
+    let (db, store, key) = setup().await;
+    let out = tmp("correlation.tar");
+    let f = Filters {
+        correlation_id: Some("run-2".into()),
+        ..Filters::default()
+    };
+    let r = export(&store, &key, &f, "auditor", &out)
+        .await
+        .expect("export");
+    assert_eq!(r.records, 10);
+    assert_eq!(r.first_position, Some(3), "the first record of run-2");
+    let parts = members(&out);
+    // The same records under another run's filter (re-signed, as only the key
+    // holder could): the first record is outside it.
+    let bad = tmp("correlation-bad.tar");
+    std::fs::write(
+        &bad,
+        resigned(&key, &parts, |m| {
+            m["filters"]["correlation_id"] = json!("run-3");
+        }),
+    )
+    .expect("write");
+    let err = verify_bundle(&bad, &key.verifier()).expect_err("run-2 records as run-3");
+    assert_eq!(err.file, "records.jsonl", "{err}");
+    assert_eq!(
+        err.reason,
+        "line 1: position 3 is outside the filter (correlation_id)"
+    );
+    let o = outside_verifier(&bad, &key.verifier());
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "FAIL records.jsonl: line 1: position 3 is outside the filter (correlation_id)"
+    );
+    // A filter member of the wrong type is refused by both.
+    std::fs::write(
+        &bad,
+        resigned(&key, &parts, |m| {
+            m["filters"]["correlation_id"] = json!(2);
+        }),
+    )
+    .expect("write");
+    let err = verify_bundle(&bad, &key.verifier()).expect_err("a number");
+    assert_eq!(err.file, "manifest.json", "{err}");
+    assert_eq!(
+        outside_verifier(&bad, &key.verifier()).status.code(),
+        Some(1)
+    );
+    for p in [out, bad] {
         let _ = std::fs::remove_file(p);
     }
     db.drop_db().await;
@@ -533,6 +617,15 @@ async fn an_outside_verifier_written_from_the_docs_alone_agrees_with_every_expor
         },
         Filters {
             actor: Some("=HYPERLINK(\"http://x\",\"y\")".into()),
+            ..Filters::default()
+        },
+        Filters {
+            correlation_id: Some("-3\r\n\"q\"".into()),
+            ..Filters::default()
+        },
+        Filters {
+            tenant: Some("acme".into()),
+            correlation_id: Some("run-1".into()),
             ..Filters::default()
         },
         Filters {

@@ -38,6 +38,10 @@ pub struct ExportArgs {
     /// Actor ID (a token's subject).
     #[arg(long)]
     pub actor: Option<String>,
+    /// Correlation ID: every record of one request, job or workflow run (a
+    /// request's `X-Request-Id`).
+    #[arg(long = "correlation", value_name = "ID")]
+    pub correlation: Option<String>,
     #[arg(long)]
     pub from_position: Option<u64>,
     #[arg(long)]
@@ -66,6 +70,7 @@ pub async fn run(db: &crate::DbArgs, command: AuditCommand) -> anyhow::Result<Ex
                 stream: a.stream,
                 event_type: a.event_type,
                 actor: a.actor,
+                correlation_id: a.correlation,
                 from_position: a.from_position,
                 to_position: a.to_position,
                 since: a.since,

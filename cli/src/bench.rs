@@ -31,6 +31,9 @@ pub enum BenchCommand {
     Audit(crate::bench_audit::AuditBench),
     /// MCP `submit_job` against `POST /v1/jobs` with the same program.
     Mcp(crate::bench_mcp::McpBench),
+    /// A chain of hello-world workflow steps against the same jobs submitted
+    /// one after another by a waiting client (the orchestrator's overhead).
+    Workflow(crate::bench_workflow::WorkflowBench),
 }
 
 #[derive(Debug, Args)]
@@ -64,6 +67,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Session(args) => crate::bench_session::run(args).await,
         BenchCommand::Audit(args) => crate::bench_audit::run(args).await,
         BenchCommand::Mcp(args) => crate::bench_mcp::run(args).await,
+        BenchCommand::Workflow(args) => crate::bench_workflow::run(args).await,
     }
 }
 

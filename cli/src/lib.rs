@@ -13,6 +13,7 @@ mod bench_otlp;
 mod bench_sandbox;
 mod bench_session;
 mod bench_submit;
+mod bench_workflow;
 pub mod dev;
 pub mod images;
 pub mod ledger;
@@ -21,6 +22,7 @@ pub mod otlp_sink;
 pub mod sandbox;
 pub mod serve;
 pub mod session;
+pub mod workflow;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
@@ -92,6 +94,8 @@ pub enum Command {
     /// Sessions: a sandbox that keeps its state between calls (create, exec,
     /// cp, ls, show, close, repl).
     Session(session::SessionArgs),
+    /// Workflows: define (apply FILE), run, follow (status), approve, cancel.
+    Workflow(workflow::WorkflowArgs),
     /// Evidence bundles: export (recorded in the ledger) and offline verification.
     Audit {
         #[command(flatten)]
@@ -316,6 +320,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Runner => dev::runner().await,
         Command::Run(args) => dev::run(args).await,
         Command::Session(args) => session::run(args).await,
+        Command::Workflow(args) => workflow::run(args).await,
         Command::Mcp(args) => mcp_stdio::run(args).await,
         Command::Token(args) => {
             println!("{}", mint_token(&args)?);

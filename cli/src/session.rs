@@ -65,26 +65,40 @@ pub enum SessionCommand {
     Repl { id: String },
 }
 
-struct Client {
+pub(crate) struct Client {
     api: String,
     token: String,
-    http: reqwest::Client,
+    pub(crate) http: reqwest::Client,
 }
 
 impl Client {
     fn new(a: &SessionArgs) -> anyhow::Result<Client> {
-        let api = a.api.clone().unwrap_or_else(|| {
+        Client::from_parts(a.api.clone(), a.token.clone(), &a.tenant, None, "submitter")
+    }
+
+    /// A client of `api` (or the default) with `token` (or a development
+    /// token minted for `tenant` with `roles`, comma-separated).
+    pub(crate) fn from_parts(
+        api: Option<String>,
+        token: Option<String>,
+        tenant: &str,
+        subject: Option<String>,
+        roles: &str,
+    ) -> anyhow::Result<Client> {
+        let api = api.unwrap_or_else(|| {
             format!(
                 "http://{}",
                 std::env::var("GLASSBOX_HTTP_ADDR").unwrap_or_else(|_| "127.0.0.1:8080".into())
             )
         });
-        let token = match &a.token {
-            Some(t) => t.clone(),
+        let token = match token {
+            Some(t) => t,
             None => crate::mint_token(&crate::TokenArgs {
-                tenant: a.tenant.clone(),
-                subject: std::env::var("USER").unwrap_or_else(|_| "developer".into()),
-                roles: "submitter".into(),
+                tenant: tenant.to_owned(),
+                subject: subject.unwrap_or_else(|| {
+                    std::env::var("USER").unwrap_or_else(|_| "developer".into())
+                }),
+                roles: roles.into(),
                 app: Some("glassbox-cli".into()),
                 agent: None,
                 ttl: 3600,
@@ -98,7 +112,10 @@ impl Client {
         })
     }
 
-    async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+    pub(crate) async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> anyhow::Result<reqwest::Response> {
         let resp = req
             .bearer_auth(&self.token)
             .send()
@@ -118,7 +135,7 @@ impl Client {
         Ok(resp)
     }
 
-    async fn json(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+    pub(crate) async fn json(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Value> {
         self.send(req)
             .await?
             .json()
@@ -126,7 +143,7 @@ impl Client {
             .context("reading the answer")
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.api)
     }
 

@@ -417,6 +417,18 @@ async fn audit_export_then_verify_bundle_offline_and_the_export_is_recorded() {
     assert!(o.status.success(), "{}", stderr(&o));
     let verifier = stdout(&o).trim().to_owned();
     fill(&db, 12).await;
+    // One run's records (one correlation ID) in two tenants, among the others.
+    let store = db.store().await.expect("store");
+    for (i, tenant) in ["acme", "globex", "acme"].into_iter().enumerate() {
+        let data = json!({"step": i}).as_object().cloned().expect("object");
+        let mut r = AppendRequest::new(
+            tenant,
+            Actor::system("cli-test"),
+            vec![NewEvent::new(format!("run-{tenant}"), "cli.tested", data)],
+        );
+        r.correlation_id = "run-7".into();
+        store.append(r).await.expect("append");
+    }
     let o = glassbox(&["ledger", "checkpoint"], url, &key_file);
     assert!(o.status.success(), "{}", stderr(&o));
     // The export reads the audit index: bring the read models up to date.
@@ -481,7 +493,6 @@ async fn audit_export_then_verify_bundle_offline_and_the_export_is_recorded() {
     assert_eq!(v["verifies"], false);
     assert!(v["reason"].as_str().is_some_and(|r| !r.is_empty()));
     // The export itself is in the ledger, with the bundle's digest.
-    let store = db.store().await.expect("store");
     let all = store.read_all(1, 1000).await.expect("read");
     let exported: Vec<_> = all
         .iter()
@@ -491,6 +502,60 @@ async fn audit_export_then_verify_bundle_offline_and_the_export_is_recorded() {
     assert_eq!(exported[0].record.data["record_count"], 4);
     assert_eq!(exported[0].record.actor.id, "audrey");
     assert_eq!(exported[0].record.data["bundle_digest"], report["sha256"]);
+    // `--correlation`: exactly one run's records, of every tenant (the
+    // verifier checks each record against the filter; the count makes it exact).
+    let run = dir.join("run.tar");
+    let o = glassbox(
+        &[
+            "audit",
+            "export",
+            "--out",
+            run.to_str().expect("path"),
+            "--correlation",
+            "run-7",
+            "--exported-by",
+            "audrey",
+        ],
+        url,
+        &key_file,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: Value = serde_json::from_str(&stdout(&o)).expect("json");
+    assert_eq!(report["records"], 3, "{report}");
+    assert_eq!(report["filters"], json!({"correlation_id": "run-7"}));
+    let o = glassbox(
+        &[
+            "audit",
+            "verify-bundle",
+            run.to_str().expect("path"),
+            "--key",
+            &verifier,
+            "--json",
+        ],
+        None,
+        &key_file,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let v: Value = serde_json::from_str(&stdout(&o)).expect("json");
+    assert_eq!(v["report"]["records"], 3);
+    assert_eq!(v["report"]["filters"]["correlation_id"], "run-7");
+    let run_positions: Vec<u64> = all
+        .iter()
+        .filter(|r| r.record.correlation_id == "run-7")
+        .map(|r| r.record.position)
+        .collect();
+    assert_eq!(run_positions.len(), 3);
+    assert_eq!(v["report"]["first_position"], run_positions[0]);
+    assert_eq!(v["report"]["last_position"], run_positions[2]);
+    let all = store.read_all(1, 1000).await.expect("read");
+    let exported: Vec<_> = all
+        .iter()
+        .filter(|r| r.record.event_type == "audit.exported")
+        .collect();
+    assert_eq!(exported.len(), 2);
+    assert_eq!(exported[1].record.data["record_count"], 3);
+    assert_eq!(exported[1].record.data["query"]["correlation_id"], "run-7");
+    assert_eq!(exported[1].record.data["query"]["tenant"], "*");
     let _ = std::fs::remove_dir_all(&dir);
     db.drop_db().await;
 }

@@ -196,6 +196,35 @@ pub fn render(reply: Reply) -> Response {
         Reply::Replayed(v) => Json(v).into_response(),
         Reply::Status(v) => Json(v).into_response(),
         Reply::Exported(b) => crate::audit::stream_bundle(b),
+        Reply::WorkflowDefined(v) => {
+            let status = if v.created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            let mut resp = (status, Json(&v)).into_response();
+            if let Ok(l) = format!("/v1/workflows/{}", v.name).parse() {
+                resp.headers_mut().insert(header::LOCATION, l);
+            }
+            resp
+        }
+        Reply::WorkflowVersions(v) => Json(v).into_response(),
+        Reply::RunStarted(r) => {
+            let mut resp = (StatusCode::CREATED, Json(&r.receipt)).into_response();
+            if let Ok(l) = format!("/v1/workflow-runs/{}", r.receipt.run_id).parse() {
+                resp.headers_mut().insert(header::LOCATION, l);
+            }
+            if r.replayed {
+                resp.headers_mut().insert(
+                    "idempotent-replayed",
+                    axum::http::HeaderValue::from_static("true"),
+                );
+            }
+            resp
+        }
+        Reply::Run(v) => Json(v).into_response(),
+        Reply::Approval(v) => Json(v).into_response(),
+        Reply::RunCancelled(v) => (StatusCode::ACCEPTED, Json(v)).into_response(),
         Reply::SessionOpened(r) => {
             if r.session.status.is_terminal() {
                 let (code, title) = if r.unauthorized {

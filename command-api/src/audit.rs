@@ -65,6 +65,11 @@ pub struct SearchParams {
     #[serde(default)]
     #[schemars(with = "Option<FilterText>")]
     pub actor: Option<String>,
+    /// The records' correlation ID (every record of one request, job or
+    /// workflow run; a request's `X-Request-Id`).
+    #[serde(default)]
+    #[schemars(with = "Option<FilterText>")]
+    pub correlation_id: Option<String>,
     /// Inclusive.
     #[serde(default)]
     pub since: Option<chrono::DateTime<chrono::Utc>>,
@@ -102,9 +107,15 @@ pub struct ExportBody {
     #[serde(default)]
     #[schemars(with = "Option<FilterText>")]
     pub event_type: Option<String>,
+    /// The actor's ID (a token's subject).
     #[serde(default)]
     #[schemars(with = "Option<FilterText>")]
     pub actor: Option<String>,
+    /// The records' correlation ID (every record of one request, job or
+    /// workflow run; a request's `X-Request-Id`).
+    #[serde(default)]
+    #[schemars(with = "Option<FilterText>")]
+    pub correlation_id: Option<String>,
     #[serde(default)]
     #[schemars(range(max = MAX_INTEGER))]
     pub from_position: Option<u64>,
@@ -129,6 +140,7 @@ impl ExportBody {
             stream: FilterText::parse_opt("stream", self.stream)?,
             event_type: FilterText::parse_opt("event_type", self.event_type)?,
             actor: FilterText::parse_opt("actor", self.actor)?,
+            correlation_id: FilterText::parse_opt("correlation_id", self.correlation_id)?,
             from_position: max_integer("from_position", self.from_position)?,
             to_position: max_integer("to_position", self.to_position)?,
             since: self.since,
@@ -167,6 +179,7 @@ pub async fn events(
         stream: p.stream,
         event_type: p.event_type,
         actor: p.actor,
+        correlation_id: p.correlation_id,
         from_position: p.from_position,
         to_position: p.to_position,
         since: p.since,

@@ -15,10 +15,14 @@ use crate::sessions::{
     ExecEvent, ExecOutput, ExecResult, FileBytes, FileDeleted, FileListing, FileWritten,
     SessionClosed, SessionDataDeleted, SessionList, SessionReceipt,
 };
+use crate::workflows::{
+    ApprovalReply, RunCancelReply, RunStarted, RunView, WorkflowDefinedReply, WorkflowVersionsView,
+};
 use glassbox_audit_query::bundle::Filters;
 use glassbox_audit_query::replay::At;
 use glassbox_audit_query::search::Order;
 use glassbox_domain::request::{ExecRequest, SessionRequest};
+use glassbox_domain::workflow::{RunRequest, WorkflowRequest};
 use glassbox_domain::{Cursor, JobRequest, JobStatus, JobView, SessionStatus, SessionView};
 use glassbox_events::catalogue::{self, Outcome};
 use schemars::JsonSchema;
@@ -81,6 +85,62 @@ impl JsonSchema for SessionId {
     }
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         schemars::json_schema!({"type": "string", "format": "uuid"})
+    }
+}
+
+/// A workflow run ID as it came in: a UUID, or the run does not exist (404).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunId(String);
+
+impl RunId {
+    pub fn parse(s: &str) -> Result<RunId, ApiError> {
+        parse_uuid("workflow run", s).map(RunId)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl JsonSchema for RunId {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "RunId".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "string", "format": "uuid"})
+    }
+}
+
+/// A workflow name as it came in (`[a-z0-9][a-z0-9_-]{0,63}`), or the
+/// workflow does not exist (404).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkflowName(String);
+
+impl WorkflowName {
+    pub const PATTERN: &'static str = "^[a-z0-9][a-z0-9_-]{0,63}$";
+
+    pub fn parse(s: &str) -> Result<WorkflowName, ApiError> {
+        glassbox_domain::workflow::StepName::parse(s)
+            .map(|n| WorkflowName(n.as_str().to_owned()))
+            .map_err(|_| {
+                ApiError::NotFound(format!(
+                    "workflow {}",
+                    s.chars().take(64).collect::<String>()
+                ))
+            })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl JsonSchema for WorkflowName {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "WorkflowName".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "string", "pattern": WorkflowName::PATTERN})
     }
 }
 
@@ -330,6 +390,30 @@ pub enum Command {
     DeleteSessionData {
         session: SessionId,
     },
+    DefineWorkflow {
+        request: WorkflowRequest,
+    },
+    WorkflowVersions {
+        name: WorkflowName,
+    },
+    StartRun {
+        name: WorkflowName,
+        request: RunRequest,
+        idempotency_key: Option<String>,
+    },
+    GetRun {
+        run: RunId,
+    },
+    /// Grant or deny a step's approval.
+    AnswerApproval {
+        run: RunId,
+        step: String,
+        grant: bool,
+        reason: Option<String>,
+    },
+    CancelRun {
+        run: RunId,
+    },
 }
 
 impl Command {
@@ -367,6 +451,12 @@ impl Command {
             Command::DeleteFile { .. } => "delete_file",
             Command::CloseSession { .. } => "close_session",
             Command::DeleteSessionData { .. } => "delete_session_data",
+            Command::DefineWorkflow { .. } => "define_workflow",
+            Command::WorkflowVersions { .. } => "workflow_versions",
+            Command::StartRun { .. } => "run_workflow",
+            Command::GetRun { .. } => "get_workflow_run",
+            Command::AnswerApproval { .. } => "approve_step",
+            Command::CancelRun { .. } => "cancel_workflow_run",
         }
     }
 
@@ -404,6 +494,11 @@ impl Command {
             Command::Replay { .. } => "audit.replay",
             Command::ExportAudit { .. } => "audit.export",
             Command::Status => "job.read",
+            Command::DefineWorkflow { .. } => "workflow.define",
+            Command::WorkflowVersions { .. } | Command::GetRun { .. } => "workflow.read",
+            Command::StartRun { .. } => "workflow.run",
+            Command::AnswerApproval { .. } => "workflow.approve",
+            Command::CancelRun { .. } => "workflow.cancel",
         })
     }
 
@@ -632,6 +727,12 @@ pub enum Reply {
     FileDeleted(FileDeleted),
     SessionClosed(SessionClosed),
     SessionDataDeleted(SessionDataDeleted),
+    WorkflowDefined(WorkflowDefinedReply),
+    WorkflowVersions(WorkflowVersionsView),
+    RunStarted(Box<RunStarted>),
+    Run(Box<RunView>),
+    Approval(ApprovalReply),
+    RunCancelled(RunCancelReply),
 }
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]
@@ -1112,6 +1213,35 @@ impl Core {
             Command::DeleteSessionData { session } => Ok(Reply::SessionDataDeleted(
                 self.delete_session_data(caller, session.as_str()).await?,
             )),
+            Command::DefineWorkflow { request } => Ok(Reply::WorkflowDefined(
+                self.define_workflow(caller, request).await?,
+            )),
+            Command::WorkflowVersions { name } => Ok(Reply::WorkflowVersions(
+                self.workflow_versions(&tenant, &name).await?,
+            )),
+            Command::StartRun {
+                name,
+                request,
+                idempotency_key,
+            } => Ok(Reply::RunStarted(Box::new(
+                self.start_run(caller, &name, request, idempotency_key)
+                    .await?,
+            ))),
+            Command::GetRun { run } => {
+                Ok(Reply::Run(Box::new(self.run_view(&tenant, &run).await?)))
+            }
+            Command::AnswerApproval {
+                run,
+                step,
+                grant,
+                reason,
+            } => Ok(Reply::Approval(
+                self.answer_approval(caller, &run, &step, grant, reason)
+                    .await?,
+            )),
+            Command::CancelRun { run } => {
+                Ok(Reply::RunCancelled(self.cancel_run(caller, &run).await?))
+            }
         }
     }
 

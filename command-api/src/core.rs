@@ -185,6 +185,10 @@ pub struct Core {
     /// The runners' data-plane API and the hot session state (sessions are
     /// refused without it).
     pub data_plane: Option<Arc<crate::sessions::DataPlane>>,
+    /// Workflow definitions already read, by digest.
+    pub definitions: Arc<crate::workflows::DefinitionCache>,
+    /// How long a workflow step's approval may wait before it is denied.
+    pub approval_timeout: Duration,
 }
 
 pub(crate) fn evaluated(d: &Decision, input: &Value) -> catalogue::PolicyEvaluated {
@@ -405,6 +409,29 @@ impl Core {
         }
 
         let job_id = Uuid::new_v4().to_string();
+        let mut envelope = caller.envelope();
+        if let Some(key) = &idempotency_key {
+            envelope.idempotency = Some(glassbox_events::store::Idempotency {
+                key: key.clone(),
+                request_digest: digest,
+            });
+        }
+        self.submit_as(caller, spec, idempotency_key, job_id, envelope)
+            .await
+    }
+
+    /// Records a submission of `spec` as job `job_id` under `envelope` (a
+    /// client's submission, or a workflow step's job: its derived ID, the run's
+    /// correlation ID). The stream must not exist yet.
+    pub(crate) async fn submit_as(
+        &self,
+        caller: &Caller,
+        spec: JobSpec,
+        idempotency_key: Option<String>,
+        job_id: String,
+        envelope: glassbox_events::Envelope,
+    ) -> Result<SubmitReply, ApiError> {
+        let tenant = caller.identity.tenant.clone();
         let stream = Stream::job(&job_id);
         let authz_input = Self::authz_input(caller, "job.submit", &tenant);
         let authz = self.engine.evaluate(Policy::Authz, &authz_input);
@@ -458,13 +485,6 @@ impl Core {
                     job_id: job_id.clone(),
                     reasons,
                 })),
-            });
-        }
-        let mut envelope = caller.envelope();
-        if let Some(key) = &idempotency_key {
-            envelope.idempotency = Some(glassbox_events::store::Idempotency {
-                key: key.clone(),
-                request_digest: digest,
             });
         }
         let command = JobCommand::Submit { events };

@@ -16,6 +16,7 @@
 
 pub mod api;
 pub mod api_sessions;
+pub mod api_workflows;
 pub mod audit;
 pub mod auth;
 pub mod command;
@@ -27,6 +28,7 @@ pub mod ratelimit;
 pub mod sessions;
 pub mod telemetry;
 pub mod testing;
+pub mod workflows;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -172,6 +174,8 @@ impl Application {
             verifier_key,
             signing_key,
             data_plane,
+            definitions: Arc::default(),
+            approval_timeout: Duration::from_secs(config.workflow_approval_timeout_secs),
         };
         let state = AppState {
             core,
@@ -228,6 +232,8 @@ impl Application {
                 }
             });
         }
+        // The workflow orchestrator (every instance; runs are locked one by one).
+        tokio::spawn(workflows::orchestrate(state.core.clone(), shutdown.clone()));
         let router = router(state.clone(), pool, &shutdown);
         let listener = tokio::net::TcpListener::bind(config.http_addr)
             .await
@@ -360,6 +366,25 @@ pub fn router(state: AppState, pool: PgPool, shutdown: &CancellationToken) -> Ro
         .route("/v1/audit/verify", post(audit::verify))
         .route("/v1/audit/replay/{stream}", get(audit::replay))
         .route("/v1/audit/exports", post(audit::export))
+        .route("/v1/workflows", post(api_workflows::define_workflow))
+        .route(
+            "/v1/workflows/{name}",
+            get(api_workflows::workflow_versions),
+        )
+        .route("/v1/workflows/{name}/runs", post(api_workflows::start_run))
+        .route("/v1/workflow-runs/{id}", get(api_workflows::get_run))
+        .route(
+            "/v1/workflow-runs/{id}/cancel",
+            post(api_workflows::cancel_run),
+        )
+        .route(
+            "/v1/workflow-runs/{id}/steps/{step}/approve",
+            post(api_workflows::approve_step),
+        )
+        .route(
+            "/v1/workflow-runs/{id}/steps/{step}/deny",
+            post(api_workflows::deny_step),
+        )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,

@@ -15,7 +15,7 @@
 //! [`Core`]: crate::core::Core
 
 use crate::AppState;
-use crate::command::{Command, JobId, Reply, Scope, SessionId};
+use crate::command::{Command, JobId, Reply, RunId, Scope, SessionId, WorkflowName};
 use crate::core::{Caller, JobRequest};
 use crate::error::ApiError;
 use axum::Router;
@@ -347,6 +347,61 @@ impl JsonSchema for RunCodeArgs {
         }
         schema
     }
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DefineWorkflowArgs {
+    /// The workflow: its name and steps (each step a job as for run_code,
+    /// with needs, inputs from earlier steps' artifacts, retries, approval).
+    pub definition: glassbox_domain::workflow::WorkflowRequest,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunWorkflowArgs {
+    /// The workflow's name (as defined with define_workflow).
+    pub name: String,
+    /// The definition version (default: the latest).
+    #[serde(default)]
+    pub version: Option<u64>,
+    /// Files every step finds in its workspace.
+    #[serde(default)]
+    pub inputs: Vec<glassbox_domain::request::FileInput>,
+    /// Retrying with the same key starts no second run.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowRunArgs {
+    /// The run ID returned by run_workflow.
+    pub run_id: String,
+    /// Wait up to this long (at most 60 s) until the run finishes or a step
+    /// waits for an approval.
+    #[serde(default)]
+    pub wait_seconds: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApproveStepArgs {
+    pub run_id: String,
+    /// The step waiting for approval.
+    pub step: String,
+    /// false denies the step (default true: grant).
+    #[serde(default)]
+    pub grant: Option<bool>,
+    /// Why (recorded with the answer).
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CancelWorkflowRunArgs {
+    pub run_id: String,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -1429,6 +1484,170 @@ impl GlassboxMcp {
                         Command::CloseSession {
                             session: SessionId::parse(&a.session_id)?,
                             reason: a.reason,
+                        },
+                    )
+                    .await?
+                else {
+                    return Err(ApiError::Internal("unexpected reply".into()));
+                };
+                Ok(structured(serde_json::to_value(&r).unwrap_or(Value::Null)))
+            }
+            .await,
+        ))
+    }
+
+    #[tool(
+        description = "Define (or update) a workflow: named steps, each a job as for run_code, with needs (steps that must succeed first), inputs taken from earlier steps' artifacts (from: \"STEP:out/PATH\"), retries and an optional approval gate. Stored by content digest as a new version; refused with the reason if invalid (cycle, unknown step, input from a step that does not run before).",
+        output_schema = rmcp::handler::server::common::schema_for_output::<crate::workflows::WorkflowDefinedReply>()
+    )]
+    async fn define_workflow(
+        &self,
+        McpCaller(caller): McpCaller,
+        Parameters(a): Parameters<DefineWorkflowArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        Ok(tool_result(
+            async {
+                let Reply::WorkflowDefined(r) = self
+                    .run(
+                        &caller,
+                        Command::DefineWorkflow {
+                            request: a.definition,
+                        },
+                    )
+                    .await?
+                else {
+                    return Err(ApiError::Internal("unexpected reply".into()));
+                };
+                Ok(structured(serde_json::to_value(&r).unwrap_or(Value::Null)))
+            }
+            .await,
+        ))
+    }
+
+    #[tool(
+        description = "Start a run of a workflow. Steps become jobs when what they need has succeeded; steps the policy gates wait for approve_step by someone else. Returns run_id, the gated steps and the policy decisions; follow it with get_workflow_run.",
+        output_schema = rmcp::handler::server::common::schema_for_output::<crate::workflows::RunReceipt>()
+    )]
+    async fn run_workflow(
+        &self,
+        McpCaller(caller): McpCaller,
+        Parameters(a): Parameters<RunWorkflowArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        Ok(tool_result(
+            async {
+                let idempotency_key = match a.idempotency_key {
+                    Some(k) => Some(
+                        crate::command::IdempotencyKey::parse("idempotency_key", &k)?.into_inner(),
+                    ),
+                    None => None,
+                };
+                let Reply::RunStarted(r) = self
+                    .run(
+                        &caller,
+                        Command::StartRun {
+                            name: WorkflowName::parse(&a.name)?,
+                            request: glassbox_domain::workflow::RunRequest {
+                                version: a.version,
+                                inputs: a.inputs,
+                            },
+                            idempotency_key,
+                        },
+                    )
+                    .await?
+                else {
+                    return Err(ApiError::Internal("unexpected reply".into()));
+                };
+                Ok(structured(
+                    serde_json::to_value(&r.receipt).unwrap_or(Value::Null),
+                ))
+            }
+            .await,
+        ))
+    }
+
+    #[tool(
+        description = "A workflow run with its step graph: each step's status (waiting, awaiting_approval, running, succeeded, failed, skipped, denied, cancelled), attempts and job IDs (read their output with get_job). With wait_seconds, waits until the run finishes or a step waits for approval.",
+        output_schema = rmcp::handler::server::common::schema_for_output::<crate::workflows::RunView>()
+    )]
+    async fn get_workflow_run(
+        &self,
+        McpCaller(caller): McpCaller,
+        Parameters(a): Parameters<WorkflowRunArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let wait = Duration::from_secs(a.wait_seconds.unwrap_or(0).min(60));
+        Ok(tool_result(
+            async {
+                let run = RunId::parse(&a.run_id)?;
+                let deadline = Instant::now() + wait;
+                loop {
+                    let Reply::Run(v) = self
+                        .run(&caller, Command::GetRun { run: run.clone() })
+                        .await?
+                    else {
+                        return Err(ApiError::Internal("unexpected reply".into()));
+                    };
+                    let settled = v.status != crate::workflows::RunStatus::Running
+                        || v.steps
+                            .iter()
+                            .any(|s| s.status == crate::workflows::StepStatus::AwaitingApproval);
+                    if settled || Instant::now() >= deadline {
+                        return Ok(structured(serde_json::to_value(&v).unwrap_or(Value::Null)));
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+            .await,
+        ))
+    }
+
+    #[tool(
+        description = "Grant (or, with grant=false, deny) a workflow step that waits for approval. Only someone the tenant's policy names as approver, and never the run's submitter, may answer; a refused attempt is recorded and returned as an error.",
+        output_schema = rmcp::handler::server::common::schema_for_output::<crate::workflows::ApprovalReply>()
+    )]
+    async fn approve_step(
+        &self,
+        McpCaller(caller): McpCaller,
+        Parameters(a): Parameters<ApproveStepArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        Ok(tool_result(
+            async {
+                crate::api::check_reason(a.reason.as_deref())?;
+                let Reply::Approval(r) = self
+                    .run(
+                        &caller,
+                        Command::AnswerApproval {
+                            run: RunId::parse(&a.run_id)?,
+                            step: a.step,
+                            grant: a.grant.unwrap_or(true),
+                            reason: a.reason,
+                        },
+                    )
+                    .await?
+                else {
+                    return Err(ApiError::Internal("unexpected reply".into()));
+                };
+                Ok(structured(serde_json::to_value(&r).unwrap_or(Value::Null)))
+            }
+            .await,
+        ))
+    }
+
+    #[tool(
+        description = "Cancel a workflow run: running steps' jobs are cancelled, steps not started are skipped.",
+        output_schema = rmcp::handler::server::common::schema_for_output::<crate::workflows::RunCancelReply>()
+    )]
+    async fn cancel_workflow_run(
+        &self,
+        McpCaller(caller): McpCaller,
+        Parameters(a): Parameters<CancelWorkflowRunArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        Ok(tool_result(
+            async {
+                let Reply::RunCancelled(r) = self
+                    .run(
+                        &caller,
+                        Command::CancelRun {
+                            run: RunId::parse(&a.run_id)?,
                         },
                     )
                     .await?

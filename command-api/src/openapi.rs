@@ -20,6 +20,7 @@
 
 use crate::api::{CancelBody, GetJobParams, ListParams};
 use crate::api_sessions::{CloseBody, GetSessionParams, ListFilesParams, ListSessionsParams};
+use crate::api_workflows::AnswerBody;
 use crate::audit::{
     ConsistencyParams, ExportBody, InclusionParams, ReplayParams, SearchParams, VerifyBody,
 };
@@ -27,14 +28,19 @@ use crate::command::{
     ArtifactList, AuditPage, CheckpointView, ConsistencyView, FilterText, IdempotencyKey,
     InclusionView, JobEvents, JobId, JobList, JobOutput, StatusView, VerifierKeyView, VerifyView,
 };
+use crate::command::{RunId, WorkflowName};
 use crate::command::{SessionEvents, SessionId};
 use crate::core::{CancelReply, DeleteReply, Receipt};
 use crate::sessions::{
     ExecOutput, ExecResult, FileDeleted, FileListing, FileWritten, SessionClosed,
     SessionDataDeleted, SessionList, SessionReceipt,
 };
+use crate::workflows::{
+    ApprovalReply, RunCancelReply, RunReceipt, RunView, WorkflowDefinedReply, WorkflowVersionsView,
+};
 use glassbox_domain::SessionView;
 use glassbox_domain::request::{ExecRequest, SessionRequest};
+use glassbox_domain::workflow::{RunRequest, WorkflowRequest};
 use glassbox_domain::{JobRequest, JobView};
 use glassbox_platform::problem::Problem;
 use schemars::generate::SchemaSettings;
@@ -482,6 +488,52 @@ pub fn document(max_wait: u64) -> Value {
             .param(path_param::<SessionId>(g, "id", "The session's ID"))
             .answers("200", json_reply("Destroyed", schema::<SessionDataDeleted>(g)))
             .problem("409", "The session has not ended (code `conflict`)"),
+        Operation::new("post", "/v1/workflows", "defineWorkflow", "Define a workflow (a new version unless the latest is this very document), stored by content digest")
+            .describe("Refused with 400 besides what the schema states: a step named twice, an unknown or cyclic `needs`, an input from a step that does not run before (it must be in the step's needs, directly or not), a path used twice, a job that is not valid as for POST /v1/jobs. 201 for a new version, 200 when the latest version already is this document.")
+            .json_body(schema::<WorkflowRequest>(g), true)
+            .answers("201", json_reply("Stored as a new version", schema::<WorkflowDefinedReply>(g)))
+            .answers("200", json_reply("The latest version already is this document", schema::<WorkflowDefinedReply>(g)))
+            .problem("413", "Body too large (code `payload_too_large`)")
+            .problem("415", "Not JSON (code `unsupported_media_type`)"),
+        Operation::new("get", "/v1/workflows/{name}", "getWorkflowVersions", "A workflow's versions, oldest first")
+            .param(path_param::<WorkflowName>(g, "name", "The workflow's name"))
+            .answers("200", json_reply("The versions", schema::<WorkflowVersionsView>(g))),
+        Operation::new("post", "/v1/workflows/{name}/runs", "startWorkflowRun", "Start a run: one append holds the authorization, each step's approval-gate decision and workflow.run_started; steps then run as jobs when what they need has succeeded")
+            .describe("400 besides what the schema states: an input path named twice, or both a file and a directory. 409 when valid inputs clash with this definition: a path a step already uses, or more files for a step than a job may have.")
+            .param(path_param::<WorkflowName>(g, "name", "The workflow's name"))
+            .param(json!({
+                "name": "Idempotency-Key", "in": "header", "required": false,
+                "description": "Retries with the same key and body answer the first start",
+                "schema": g.subschema_for::<IdempotencyKey>(),
+            }))
+            .json_body(schema::<RunRequest>(g), false)
+            .answers("201", json_reply("Started", schema::<RunReceipt>(g)))
+            .problem("409", "Inputs that clash with the definition's steps (code `conflict`), or Idempotency-Key reused with a different body (code `idempotency_key_reused`)")
+            .problem("413", "Body too large (code `payload_too_large`)")
+            .problem("415", "Not JSON (code `unsupported_media_type`)"),
+        Operation::new("get", "/v1/workflow-runs/{id}", "getWorkflowRun", "A run with its step graph and each step's state, folded from the run's ledger stream")
+            .param(path_param::<RunId>(g, "id", "The run's ID"))
+            .answers("200", json_reply("The run", schema::<RunView>(g))),
+        Operation::new("post", "/v1/workflow-runs/{id}/cancel", "cancelWorkflowRun", "Cancel a run: running steps' jobs are cancelled, steps not started are skipped")
+            .param(path_param::<RunId>(g, "id", "The run's ID"))
+            .answers("202", json_reply("Cancellation recorded", schema::<RunCancelReply>(g)))
+            .problem("409", "The run has finished (code `conflict`)"),
+        Operation::new("post", "/v1/workflow-runs/{id}/steps/{step}/approve", "approveWorkflowStep", "Grant a step that waits for approval")
+            .describe("Who may answer is decided by `glassbox.workflows` (the tenant's approver role) and is never the run's submitter; a refused answer is recorded (`workflow.approval_refused`) and answered 403.")
+            .param(path_param::<RunId>(g, "id", "The run's ID"))
+            .param(json!({"name": "step", "in": "path", "required": true, "description": "The step's name", "schema": {"type": "string", "minLength": 1}}))
+            .json_body(schema::<AnswerBody>(g), false)
+            .answers("200", json_reply("Granted", schema::<ApprovalReply>(g)))
+            .problem("409", "The step is not waiting for approval, or the run has finished (code `conflict`)")
+            .problem("413", "Body too large (code `payload_too_large`)"),
+        Operation::new("post", "/v1/workflow-runs/{id}/steps/{step}/deny", "denyWorkflowStep", "Deny a step that waits for approval (it and what needs it do not run; the run fails)")
+            .describe("Who may answer is decided as for approve; a refused answer is recorded and answered 403.")
+            .param(path_param::<RunId>(g, "id", "The run's ID"))
+            .param(json!({"name": "step", "in": "path", "required": true, "description": "The step's name", "schema": {"type": "string", "minLength": 1}}))
+            .json_body(schema::<AnswerBody>(g), false)
+            .answers("200", json_reply("Denied", schema::<ApprovalReply>(g)))
+            .problem("409", "The step is not waiting for approval, or the run has finished (code `conflict`)")
+            .problem("413", "Body too large (code `payload_too_large`)"),
     ];
     g.subschema_for::<Problem>();
 

@@ -487,13 +487,15 @@ catalogue! {
     SessionStarted = "session.started" v 1 { session_id: String, runner: String, sandbox_id: String, backend: String, runtime: String, image_digest: Option<String> }
     /// The sandbox could not be started; nothing ran.
     SessionFailed = "session.failed" v 1 { session_id: String, reason: String }
-    /// A workflow definition was stored (stream `workflow-<tenant>-<name>`): the
+    /// A workflow definition was stored (stream `workflow-def-<name>/<tenant>`): the
     /// steps' jobs are in the encrypted `definition` blob; the record names the
     /// definition by digest and lists its step names.
     WorkflowDefined = "workflow.defined" v 1 { name: String, version: u64, digest: String, definition: BlobRef, steps: Vec<String> }
     /// A run of a definition began (stream `workflow-run-<id>`); its jobs share
-    /// the run's correlation ID.
-    WorkflowRunStarted = "workflow.run_started" v 1 { run_id: String, name: String, version: u64, digest: String, inputs: Option<BlobRef>, idempotency_key: Option<String> }
+    /// the run's correlation ID (the run ID). `gated`: the steps that wait for
+    /// an approval (the `glassbox.workflows` decisions recorded just before);
+    /// `submitter_roles`: the roles the steps' jobs are submitted with.
+    WorkflowRunStarted = "workflow.run_started" v 1 { run_id: String, name: String, version: u64, digest: String, inputs: Option<BlobRef>, input_count: u64, idempotency_key: Option<String>, gated: Vec<String>, submitter_roles: Vec<String> }
     /// Attempt `attempt` of `step` became job `job_id` (derived from run, step and attempt).
     WorkflowStepScheduled = "workflow.step_scheduled" v 1 { run_id: String, step: String, attempt: u64, job_id: String }
     WorkflowStepFinished = "workflow.step_finished" v 1 { run_id: String, step: String, attempt: u64, job_id: String, succeeded: bool, reason: Option<String> }

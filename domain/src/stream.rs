@@ -40,7 +40,7 @@ impl Stream {
     pub const JOB_PREFIX: &'static str = "job-";
     pub const SESSION_PREFIX: &'static str = "session-";
     pub const WORKFLOW_RUN_PREFIX: &'static str = "workflow-run-";
-    pub const WORKFLOW_PREFIX: &'static str = "workflow-";
+    pub const WORKFLOW_PREFIX: &'static str = "workflow-def-";
     pub const POLICY_BUNDLES: &'static str = "policy-bundles";
 
     pub fn job(id: impl fmt::Display) -> Stream {
@@ -53,9 +53,11 @@ impl Stream {
     pub fn workflow_run(id: impl fmt::Display) -> Stream {
         Stream(format!("{}{id}", Self::WORKFLOW_RUN_PREFIX))
     }
-    /// `workflow-<tenant>-<name>`: a workflow's definitions, one version each.
+    /// `workflow-def-<name>/<tenant>`: a workflow's definitions, one version
+    /// each. The name (`[a-z0-9_-]`, no `/`) comes first, so no pair of tenant
+    /// and name shares a stream with another, nor with a run's stream.
     pub fn workflow(tenant: &str, name: &str) -> Stream {
-        Stream(format!("{}{tenant}-{name}", Self::WORKFLOW_PREFIX))
+        Stream(format!("{}{name}/{tenant}", Self::WORKFLOW_PREFIX))
     }
     pub fn access(tenant: &str) -> Stream {
         Stream(format!("access-{tenant}"))
@@ -182,7 +184,13 @@ mod tests {
         assert_eq!(run.kind(), StreamKind::WorkflowRun("0b6c"));
         assert_eq!(
             Stream::workflow("acme", "report").kind(),
-            StreamKind::Workflow("acme-report")
+            StreamKind::Workflow("report/acme")
+        );
+        // Tenant and name cannot run into each other or into a run's stream.
+        assert_ne!(Stream::workflow("a-b", "c"), Stream::workflow("a", "b-c"));
+        assert_ne!(
+            Stream::workflow("run", "x").kind(),
+            Stream::workflow_run("x").kind()
         );
     }
 }

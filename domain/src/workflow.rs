@@ -18,6 +18,7 @@
 //! REST/MCP/CLI and the run's evidence export.
 
 pub mod run;
+pub mod versions;
 
 use crate::request::{Invalid, JobRequest, JobSpec, WorkspacePath};
 use schemars::JsonSchema;
@@ -30,6 +31,8 @@ pub const MAX_STEPS: usize = 64;
 pub const MAX_RETRIES: u32 = 5;
 /// Most artifact inputs per step.
 pub const MAX_INPUTS: usize = 32;
+/// The names of workflows and steps (JSON Schema; [`StepName::parse`] is the rule).
+pub const NAME_PATTERN: &str = "^[a-z0-9][a-z0-9_-]{0,63}$";
 
 /// A workflow as a client defines it (`POST /v1/workflows`, `glassbox workflow
 /// apply FILE`; JSON, or YAML turned into the same value).
@@ -37,8 +40,10 @@ pub const MAX_INPUTS: usize = 32;
 #[serde(deny_unknown_fields)]
 pub struct WorkflowRequest {
     /// `[a-z0-9][a-z0-9_-]{0,63}`.
+    #[schemars(regex(pattern = NAME_PATTERN))]
     pub name: String,
     /// The steps, in any order (`needs` orders them).
+    #[schemars(length(min = 1, max = MAX_STEPS))]
     pub steps: Vec<StepRequest>,
 }
 
@@ -46,17 +51,21 @@ pub struct WorkflowRequest {
 #[serde(deny_unknown_fields)]
 pub struct StepRequest {
     /// `[a-z0-9][a-z0-9_-]{0,63}`, unique in the workflow.
+    #[schemars(regex(pattern = NAME_PATTERN))]
     pub name: String,
     /// Steps that must succeed before this one runs.
     #[serde(default)]
+    #[schemars(inner(regex(pattern = NAME_PATTERN)))]
     pub needs: Vec<String>,
-    /// Artifacts of earlier steps, mounted read-only before this one runs.
+    /// Artifacts of earlier steps, copied into this step's workspace before it runs.
     #[serde(default)]
+    #[schemars(length(max = MAX_INPUTS))]
     pub inputs: Vec<StepInput>,
     /// The job this step runs (as for `POST /v1/jobs`).
     pub job: JobRequest,
     /// Further attempts after a failure (0–5).
     #[serde(default)]
+    #[schemars(range(max = MAX_RETRIES))]
     pub retries: u32,
     /// Ask for approval before running, whatever the policy says.
     #[serde(default)]
@@ -70,6 +79,67 @@ pub struct StepInput {
     pub from: String,
     /// Where it appears in this step's workspace.
     pub path: String,
+}
+
+/// How a client starts a run (`POST /v1/workflows/{name}/runs`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunRequest {
+    /// The definition version to run (default: the latest).
+    #[serde(default)]
+    #[schemars(range(min = 1, max = crate::request::MAX_INTEGER))]
+    pub version: Option<u64>,
+    /// Files every step finds in its workspace (as a job's `files`; checked
+    /// against each step's own files and inputs).
+    #[serde(default)]
+    #[schemars(length(max = crate::request::MAX_FILES))]
+    pub inputs: Vec<crate::request::FileInput>,
+}
+
+impl RunRequest {
+    /// The input files on their own, by the rules of a job's `files` (paths,
+    /// encodings, no path twice, the file limit).
+    pub fn check(&self) -> Result<(), Invalid> {
+        let probe = JobRequest {
+            language: "bash".into(),
+            code: "true".into(),
+            stdin: None,
+            args: Vec::new(),
+            env: BTreeMap::new(),
+            files: self.inputs.clone(),
+            dependencies: Vec::new(),
+            secrets: Vec::new(),
+            limits: Default::default(),
+        };
+        probe.parse().map(|_| ()).map_err(|e| Invalid {
+            member: e.member.replacen("files", "inputs", 1),
+            reason: e.reason,
+        })
+    }
+}
+
+impl WorkflowDefinition {
+    /// Checks a run's input files against every step: each step's job, with
+    /// its artifact inputs and the run's inputs added, must still be a valid
+    /// job (paths, no path twice, the file limit). A refusal names the step.
+    pub fn check_inputs(&self, inputs: &[crate::request::FileInput]) -> Result<(), Invalid> {
+        for step in &self.steps {
+            let mut request = step.job.request.clone();
+            for input in &step.inputs {
+                request.files.push(crate::request::FileInput {
+                    path: input.path.as_str().to_owned(),
+                    content: String::new(),
+                    encoding: crate::request::Encoding::Utf8,
+                });
+            }
+            request.files.extend(inputs.iter().cloned());
+            request.parse().map_err(|e| Invalid {
+                member: "inputs".into(),
+                reason: format!("clash with step {}: {}", step.name, e.reason),
+            })?;
+        }
+        Ok(())
+    }
 }
 
 /// A step name (and a workflow name): `[a-z0-9][a-z0-9_-]{0,63}`.

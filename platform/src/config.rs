@@ -104,6 +104,9 @@ pub struct Config {
     /// Finished jobs' data is crypto-shredded this long after they finish
     /// (0: kept until deleted).
     pub retention_secs: u64,
+    /// A workflow step's approval that nobody answers within this many
+    /// seconds is denied (default one day).
+    pub workflow_approval_timeout_secs: u64,
     /// The checkpoint signing key file; the API serves its verifier key and
     /// verifies with it (it never signs).
     pub ledger_key_file: Option<PathBuf>,
@@ -150,6 +153,7 @@ const KNOWN: &[&str] = &[
     "rate_limit_per_sec",
     "max_wait_secs",
     "retention_secs",
+    "workflow_approval_timeout_secs",
     "ledger_key_file",
     "policy_dir",
     "blob_s3_bucket",
@@ -368,6 +372,7 @@ impl Config {
             ));
         }
         let retention_secs = number("retention_secs", 0, 0)?;
+        let workflow_approval_timeout_secs = number("workflow_approval_timeout_secs", 86_400, 1)?;
         let ledger_key_file = get("ledger_key_file").map(PathBuf::from);
         let runner_token_key_file = get("runner_token_key_file")
             .map(PathBuf::from)
@@ -435,6 +440,7 @@ impl Config {
             rate_limit_per_sec,
             max_wait_secs,
             retention_secs,
+            workflow_approval_timeout_secs,
             ledger_key_file,
             policy_dir,
             blob,

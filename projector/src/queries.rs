@@ -272,10 +272,11 @@ pub async fn audit_positions(
         "SELECT position FROM projections.audit_index WHERE \
          ($1::text IS NULL OR tenant = $1) AND ($2::text IS NULL OR stream = $2) \
          AND ($3::text IS NULL OR event_type = $3) AND ($4::text IS NULL OR actor_id = $4) \
-         AND ($5::timestamptz IS NULL OR occurred_at >= $5) AND ($6::timestamptz IS NULL OR occurred_at < $6) \
-         AND ($7::bigint IS NULL OR position >= $7) AND ($8::bigint IS NULL OR position <= $8) \
-         AND ($9::bigint IS NULL OR position {cmp} $9) \
-         ORDER BY position {dir} LIMIT $10",
+         AND ($5::text IS NULL OR correlation_id = $5) \
+         AND ($6::timestamptz IS NULL OR occurred_at >= $6) AND ($7::timestamptz IS NULL OR occurred_at < $7) \
+         AND ($8::bigint IS NULL OR position >= $8) AND ($9::bigint IS NULL OR position <= $9) \
+         AND ($10::bigint IS NULL OR position {cmp} $10) \
+         ORDER BY position {dir} LIMIT $11",
         cmp = if ascending { ">" } else { "<" },
         dir = if ascending { "ASC" } else { "DESC" },
     );
@@ -284,6 +285,7 @@ pub async fn audit_positions(
         .bind(&filters.stream)
         .bind(&filters.event_type)
         .bind(&filters.actor)
+        .bind(&filters.correlation_id)
         .bind(filters.since)
         .bind(filters.until)
         .bind(from)
@@ -293,4 +295,28 @@ pub async fn audit_positions(
         .fetch_all(pool)
         .await
         .map_err(q("search the audit index"))
+}
+
+/// Workflow runs started and not finished (their IDs), oldest first: what an
+/// orchestrator sweeps. `started`/`finished` are the two event types and
+/// `prefix` the run streams' prefix (items of the domain, passed in).
+pub async fn unfinished_workflow_runs(
+    pool: &PgPool,
+    started: &str,
+    finished: &str,
+    prefix: &str,
+    limit: i64,
+) -> Result<Vec<String>, QueryError> {
+    sqlx::query_scalar(
+        "SELECT substr(s.stream, length($3) + 1) FROM projections.audit_index s \
+         WHERE s.event_type = $1 AND NOT EXISTS (SELECT 1 FROM projections.audit_index f \
+         WHERE f.stream = s.stream AND f.event_type = $2) ORDER BY s.position LIMIT $4",
+    )
+    .bind(started)
+    .bind(finished)
+    .bind(prefix)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .map_err(q("find unfinished workflow runs"))
 }

@@ -150,6 +150,7 @@ fn types(records: &[StoredRecord]) -> Vec<String> {
 mod mcp_sdk;
 mod sessions;
 mod telemetry;
+mod workflows;
 
 /// Everything any test in this process logs, so a test can check
 /// that nothing of a job's data reached a log line.

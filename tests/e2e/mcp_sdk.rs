@@ -18,9 +18,21 @@ fn python() -> String {
 
 /// Runs the agent; returns its report (the last stdout line) and whether it succeeded.
 async fn agent(what: &str, transport: &str, url: &str, token: &str, mode: &str) -> (bool, Value) {
+    agent_with(what, transport, url, token, mode, &[]).await
+}
+
+async fn agent_with(
+    what: &str,
+    transport: &str,
+    url: &str,
+    token: &str,
+    mode: &str,
+    extra: &[&str],
+) -> (bool, Value) {
     let mut cmd = Command::new(python());
     cmd.args([AGENT, what, "--transport", transport, "--url", url])
-        .args(["--token", token, "--mode", mode, "--command", GLASSBOX]);
+        .args(["--token", token, "--mode", mode, "--command", GLASSBOX])
+        .args(extra);
     let out = tokio::task::spawn_blocking(move || cmd.output())
         .await
         .expect("join")
@@ -185,5 +197,62 @@ async fn an_agent_on_the_official_python_sdk_drives_a_session() {
     }
     h.stop.cancel();
     let _ = h.task.await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn an_agent_on_the_official_python_sdk_runs_a_workflow_with_an_approval_in_between() {
+    let s = stack(SecretProvider::None).await;
+    let approver = glassbox_command_api::testing::sign(&glassbox_command_api::testing::claims(
+        "acme",
+        "reviewer@acme",
+        &["approver"],
+    ));
+    let (ok, report) = agent_with(
+        "workflow",
+        "http",
+        &format!("{}/mcp", s.addr),
+        &token("acme"),
+        "auto",
+        &["--approver-token", &approver],
+    )
+    .await;
+    assert!(ok, "{report}");
+    assert_eq!(report["status"], "succeeded", "{report}");
+    let run = report["run_id"].as_str().expect("run id");
+    let t = types(
+        &s.store
+            .read_stream(&format!("workflow-run-{run}"), 1, 1000)
+            .await
+            .expect("stream"),
+    );
+    for e in [
+        "workflow.run_started",
+        "workflow.step_scheduled",
+        "workflow.approval_requested",
+        "workflow.approval_refused",
+        "workflow.approval_granted",
+        "workflow.step_finished",
+        "workflow.run_finished",
+    ] {
+        assert!(t.iter().any(|x| x == e), "{e} missing from {t:?}");
+    }
+    // The refusal names the submitter; the grant the reviewer.
+    let records = s
+        .store
+        .read_stream(&format!("workflow-run-{run}"), 1, 1000)
+        .await
+        .expect("stream");
+    let refused = records
+        .iter()
+        .find(|r| r.record.event_type == "workflow.approval_refused")
+        .expect("refusal");
+    assert_eq!(refused.record.data["approver"], "user@acme");
+    let granted = records
+        .iter()
+        .find(|r| r.record.event_type == "workflow.approval_granted")
+        .expect("grant");
+    assert_eq!(granted.record.data["approver"], "reviewer@acme");
+    assert_eq!(granted.record.correlation_id, run);
     s.stop().await;
 }

@@ -11,6 +11,7 @@ Usage:
   agent.py scenario --transport http --url URL --token TOKEN [--mode auto|legacy]
   agent.py scenario --transport stdio --command BIN --url API --token TOKEN [--mode ...]
   agent.py refused  --transport http|stdio ... (a bad or missing token)
+  agent.py workflow --transport http --url URL --token TOKEN --approver-token TOKEN
   agent.py program  (prints the Python program the scenario runs)
 """
 
@@ -42,6 +43,11 @@ EXPECTED_TOOLS = {
     "session_read_file",
     "session_list_files",
     "close_session",
+    "define_workflow",
+    "run_workflow",
+    "get_workflow_run",
+    "approve_step",
+    "cancel_workflow_run",
 }
 
 # Writes a text and a binary artifact; prints its stdin back.
@@ -273,6 +279,100 @@ async def session(args):
     print(json.dumps(report), flush=True)
 
 
+# A two-step workflow: `build` writes an artifact, `publish` (gated: it asks for
+# approval) reads it and prints it.
+WORKFLOW = {
+    "name": "mcp-report",
+    "steps": [
+        {
+            "name": "build",
+            "job": {
+                "language": "python",
+                "code": "import os\nos.makedirs('/workspace/out', exist_ok=True)\n"
+                        "open('/workspace/out/n.txt', 'w').write(str(6 * 7))\nprint('built')",
+            },
+        },
+        {
+            "name": "publish",
+            "needs": ["build"],
+            "approval": True,
+            "inputs": [{"from": "build:out/n.txt", "path": "in/n.txt"}],
+            "job": {"language": "python", "code": "print('published', open('in/n.txt').read())"},
+        },
+    ],
+}
+
+
+async def workflow(args):
+    """An agent runs a workflow to completion with a human's approval between
+    its steps: the submitter's own approval is refused, another's is granted."""
+    report = {"transport": args.transport}
+    async with connect(args, args.mode, args.token) as client:
+        tools = {t.name: t for t in (await client.list_tools()).tools}
+        for name in ["define_workflow", "run_workflow", "get_workflow_run", "approve_step", "cancel_workflow_run"]:
+            check(name in tools and tools[name].output_schema, f"{name} missing or without outputSchema")
+
+        step("define_workflow")
+        result, text = await call(client, "define_workflow", {"definition": WORKFLOW})
+        check(not result.is_error, f"define_workflow failed: {text}")
+        defined = result.structured_content or json.loads(text)
+        check(defined["digest"].startswith("sha256:") and defined["steps"] == ["build", "publish"], f"defined: {defined}")
+        report["digest"] = defined["digest"]
+
+        step("a cycle is refused")
+        bad = {"name": "loop", "steps": [
+            {"name": "a", "needs": ["b"], "job": {"language": "bash", "code": "true"}},
+            {"name": "b", "needs": ["a"], "job": {"language": "bash", "code": "true"}}]}
+        result, text = await call(client, "define_workflow", {"definition": bad})
+        check(result.is_error and "cycle" in text, f"cycle: {text}")
+
+        step("run_workflow")
+        result, text = await call(client, "run_workflow", {"name": "mcp-report", "idempotency_key": str(uuid.uuid4())})
+        check(not result.is_error, f"run_workflow failed: {text}")
+        started = result.structured_content or json.loads(text)
+        run_id = started["run_id"]
+        check(started["gated"] == ["publish"], f"gated: {started}")
+        report["run_id"] = run_id
+
+        step("wait for the approval request")
+        for _ in range(12):
+            result, text = await call(client, "get_workflow_run", {"run_id": run_id, "wait_seconds": 10})
+            run = result.structured_content or json.loads(text)
+            steps = {s["name"]: s for s in run["steps"]}
+            if steps["publish"]["status"] == "awaiting_approval":
+                break
+        check(steps["build"]["status"] == "succeeded", f"build: {run}")
+        check(steps["publish"]["status"] == "awaiting_approval", f"publish: {run}")
+
+        step("the submitter may not approve")
+        result, text = await call(client, "approve_step", {"run_id": run_id, "step": "publish"})
+        check(result.is_error and "forbidden" in text, f"self-approval: {text}")
+        report["self_approval"] = text
+
+    async with connect(args, args.mode, args.approver_token) as approver:
+        step("another approver grants")
+        result, text = await call(approver, "approve_step", {"run_id": run_id, "step": "publish", "reason": "looks right"})
+        check(not result.is_error, f"approval: {text}")
+        check((result.structured_content or json.loads(text))["outcome"] == "granted", f"approval: {text}")
+
+    async with connect(args, args.mode, args.token) as client:
+        step("the run completes")
+        for _ in range(12):
+            result, text = await call(client, "get_workflow_run", {"run_id": run_id, "wait_seconds": 10})
+            run = result.structured_content or json.loads(text)
+            if run["status"] != "running":
+                break
+        check(run["status"] == "succeeded", f"run: {run}")
+        publish = {s["name"]: s for s in run["steps"]}["publish"]
+        check(publish["answered_by"] and len(publish["jobs"]) == 1, f"publish: {publish}")
+        result, text = await call(client, "get_job", {"job_id": publish["jobs"][0]})
+        job = result.structured_content or json.loads(text)
+        check(job["stdout"]["content"] == "published 42\n", f"publish output: {job}")
+        report["jobs"] = [s["jobs"] for s in run["steps"]]
+        report["status"] = run["status"]
+    print(json.dumps(report), flush=True)
+
+
 def leaves(e):
     """The exceptions inside (nested) exception groups."""
     inner = getattr(e, "exceptions", None)
@@ -297,16 +397,17 @@ def main():
         print(PYTHON, end="")
         return
     p = argparse.ArgumentParser()
-    p.add_argument("what", choices=["scenario", "refused", "session"])
+    p.add_argument("what", choices=["scenario", "refused", "session", "workflow"])
     p.add_argument("--transport", choices=["http", "stdio"], required=True)
     p.add_argument("--url", required=True, help="/mcp URL (http) or API URL (stdio)")
     p.add_argument("--token", default="")
     p.add_argument("--command", help="the glassbox binary (stdio)")
     p.add_argument("--mode", default="auto")
     p.add_argument("--oversize", type=int, default=9 << 20)
+    p.add_argument("--approver-token", default="")
     args = p.parse_args()
     try:
-        run = {"scenario": scenario, "refused": refused, "session": session}[args.what]
+        run = {"scenario": scenario, "refused": refused, "session": session, "workflow": workflow}[args.what]
         asyncio.run(run(args))
     except Failure as f:
         print(json.dumps({"failure": str(f)}), flush=True)

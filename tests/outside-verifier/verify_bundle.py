@@ -44,6 +44,7 @@ FORMAT = "glassbox-evidence-bundle/1"
 # filter member -> (kind, name used in "outside the filter (<which>)"), in checking order
 FILTERS = {"tenant": ("str", "tenant"), "stream": ("str", "stream"),
            "event_type": ("str", "event type"), "actor": ("str", "actor"),
+           "correlation_id": ("str", "correlation_id"),
            "from_position": ("pos", "from_position"), "to_position": ("pos", "to_position"),
            "since": ("time", "since"), "until": ("time", "until")}
 MAX_SAFE = 2**53 - 1                 # largest integer a record may hold (ledger-format §1)
@@ -460,6 +461,7 @@ def outside_filter(rec, filters):
     t = occurred_at_micros(rec["occurred_at"])
     tests = {"tenant": lambda v: rec["tenant"] == v, "stream": lambda v: rec["stream"] == v,
              "event_type": lambda v: rec["type"] == v, "actor": lambda v: rec["actor"]["id"] == v,
+             "correlation_id": lambda v: rec["correlation_id"] == v,
              "from_position": lambda v: rec["position"] >= v,
              "to_position": lambda v: rec["position"] <= v,
              "since": lambda v: t >= v, "until": lambda v: t < v}

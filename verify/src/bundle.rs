@@ -51,6 +51,9 @@ pub struct Filters {
     pub event_type: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub actor: Option<String>,
+    /// The records' envelope `correlation_id` (one request, job or workflow run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_position: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -640,10 +643,158 @@ fn matches(f: &Filters, r: &Record) -> Result<(), &'static str> {
     )?;
     ok(f.actor.as_ref().is_none_or(|a| *a == r.actor.id), "actor")?;
     ok(
+        f.correlation_id
+            .as_ref()
+            .is_none_or(|c| *c == r.correlation_id),
+        "correlation_id",
+    )?;
+    ok(
         f.from_position.is_none_or(|p| r.position >= p),
         "from_position",
     )?;
     ok(f.to_position.is_none_or(|p| r.position <= p), "to_position")?;
     ok(f.since.is_none_or(|t| r.occurred_at >= t), "since")?;
     ok(f.until.is_none_or(|t| r.occurred_at < t), "until")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::SigningKey;
+    use crate::merkle::reference;
+    use crate::record::tests::sample;
+
+    /// A bundle of the records at `kept` (1-based positions) out of a ledger
+    /// of `ledger`, for `filters`, built and signed exactly as an export
+    /// writes it (but without a database).
+    fn bundle(
+        key: &SigningKey,
+        ledger: &[Record],
+        kept: &[u64],
+        filters: &Filters,
+        name: &str,
+    ) -> std::path::PathBuf {
+        let canonical: Vec<Vec<u8>> = ledger
+            .iter()
+            .map(|r| r.canonical_bytes().expect("canonical"))
+            .collect();
+        let leaves: Vec<Digest> = canonical.iter().map(|b| merkle::leaf_hash(b)).collect();
+        let cp = Checkpoint {
+            origin: "glassbox.test/ledger".into(),
+            size: ledger.len() as u64,
+            root: reference::mth(&leaves),
+        };
+        let (mut records, mut proofs, mut ocsf) = (Vec::new(), Vec::new(), String::new());
+        let mut csv = csv_row(&CSV_HEADER.map(str::to_owned));
+        for &p in kept {
+            let i = (p - 1) as usize;
+            records.extend_from_slice(&canonical[i]);
+            records.push(b'\n');
+            proofs.extend(proof_line(p, &reference::path(i, &leaves)));
+            proofs.push(b'\n');
+            let entry_hash = Digest::of(&canonical[i]);
+            csv.push_str(&csv_line(&ledger[i], &entry_hash));
+            ocsf.push_str(&ocsf_line(&ledger[i], &entry_hash));
+        }
+        let parts: [(&str, Vec<u8>); 5] = [
+            ("checkpoint.txt", key.sign(&cp).into_bytes()),
+            ("records.jsonl", records),
+            ("proofs.jsonl", proofs),
+            ("records.csv", csv.into_bytes()),
+            ("records.ocsf.jsonl", ocsf.into_bytes()),
+        ];
+        let files: serde_json::Map<String, Value> = parts
+            .iter()
+            .map(|(n, b)| {
+                let v = json!({"sha256": Digest::of(b).to_hex(), "bytes": b.len()});
+                ((*n).to_owned(), v)
+            })
+            .collect();
+        let manifest = json!({
+            "format": FORMAT,
+            "exported_at": "2026-11-28T12:00:00.000000Z",
+            "exported_by": "auditor",
+            "filters": filters,
+            "checkpoint": {"origin": cp.origin, "tree_size": cp.size, "root": cp.root.to_hex()},
+            "verifier_key_name": key.name(),
+            "record_count": kept.len(),
+            "first_position": kept.first(),
+            "last_position": kept.last(),
+            "files": files,
+        });
+        let manifest = canonical::to_canonical_bytes(&manifest).expect("manifest");
+        let sig = key.sign_text(&format!(
+            "{MANIFEST_NOTE}\n{}\n",
+            Digest::of(&manifest).to_hex()
+        ));
+        let mut w = tarball::Writer::new(Vec::new());
+        for (n, b) in [
+            ("manifest.json", manifest),
+            ("manifest.sig", sig.into_bytes()),
+        ]
+        .into_iter()
+        .chain(parts)
+        {
+            w.append(n, b.len() as u64, b.as_slice()).expect("append");
+        }
+        let dir = std::env::temp_dir().join(format!("gb-bundle-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join(name);
+        std::fs::write(&path, w.finish().expect("tar")).expect("write");
+        path
+    }
+
+    /// Positions 1..=4; records 1 and 3 belong to run `run-1`, 2 and 4 to `run-2`.
+    fn ledger() -> Vec<Record> {
+        let mut prev = Digest::ZERO;
+        (1..=4u64)
+            .map(|p| {
+                let mut r = sample(p, prev);
+                r.correlation_id = if p % 2 == 1 { "run-1" } else { "run-2" }.into();
+                prev = Digest::of(&r.canonical_bytes().expect("canonical"));
+                r
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_correlation_filtered_bundle_holds_only_records_of_that_correlation() {
+        let key = SigningKey::generate("glassbox.test/ledger").expect("key");
+        let ledger = ledger();
+        let run1 = Filters {
+            correlation_id: Some("run-1".into()),
+            ..Filters::default()
+        };
+        // The records of run-1 only: verifies, and the filter is reported.
+        let good = bundle(&key, &ledger, &[1, 3], &run1, "good.tar");
+        let report = verify_bundle(&good, &key.verifier()).expect("verifies");
+        assert_eq!(report.records, 2);
+        assert_eq!(report.filters, run1);
+        // The manifest names the member `correlation_id`.
+        let bytes = std::fs::read(&good).expect("read");
+        assert!(
+            String::from_utf8_lossy(&bytes).contains(r#""filters":{"correlation_id":"run-1"}"#)
+        );
+        // A record of run-2 in a bundle that says run-1: refused, naming the filter.
+        let bad = bundle(&key, &ledger, &[1, 2, 3], &run1, "bad.tar");
+        let err = verify_bundle(&bad, &key.verifier()).expect_err("run-2 in a run-1 bundle");
+        assert_eq!(err.file, "records.jsonl", "{err}");
+        assert_eq!(
+            err.reason,
+            "line 2: position 2 is outside the filter (correlation_id)"
+        );
+        // Checked after the actor (the documented order), and with it (AND).
+        let both = Filters {
+            actor: Some("someone-else".into()),
+            ..run1.clone()
+        };
+        let other = bundle(&key, &ledger, &[1], &both, "both.tar");
+        let err = verify_bundle(&other, &key.verifier()).expect_err("another actor");
+        assert!(err.reason.ends_with("outside the filter (actor)"), "{err}");
+        for p in [good, bad, other] {
+            if let Some(dir) = p.parent() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
 }

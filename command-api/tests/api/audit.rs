@@ -18,6 +18,27 @@ pub(crate) async fn audited_app() -> (TestApp, SigningKey) {
     (app, key)
 }
 
+/// `POST /v1/audit/exports`. Until the projector's audit index reaches the
+/// checkpoint the answer is 503 "try again shortly" (under load that can take
+/// a moment): retry as a client would.
+async fn export(app: &TestApp, token: &str, body: &Value) -> reqwest::Response {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let resp = app
+            .client
+            .post(format!("{}/v1/audit/exports", app.addr))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .expect("export");
+        if resp.status().as_u16() != 503 || std::time::Instant::now() > deadline {
+            return resp;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
 fn positions(v: &Value) -> Vec<u64> {
     v["events"]
         .as_array()
@@ -101,6 +122,53 @@ async fn search_is_scoped_paginated_and_cross_tenant_reads_are_recorded() {
             .iter()
             .all(|e| e["record"]["type"] == "job.accepted")
     );
+    // By correlation ID: exactly the records of one request (a submission's
+    // job.submitted, policy decisions and job.accepted), oldest first.
+    let records = app.records().await;
+    let correlation_of = |tenant: &str| {
+        records
+            .iter()
+            .find(|r| r.record.tenant == tenant && r.record.event_type == "job.accepted")
+            .map(|r| r.record.correlation_id.clone())
+            .expect("a submission")
+    };
+    let run = correlation_of("acme");
+    let in_run: Vec<u64> = records
+        .iter()
+        .filter(|r| r.record.correlation_id == run)
+        .map(|r| r.record.position)
+        .collect();
+    assert!(in_run.len() >= 3, "{in_run:?}");
+    let r = app
+        .get(
+            &admin,
+            &format!("/v1/audit/events?correlation_id={run}&order=asc&limit=500"),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(positions(&r.body), in_run);
+    assert!(
+        r.body["events"]
+            .as_array()
+            .expect("e")
+            .iter()
+            .all(|e| e["record"]["correlation_id"] == run.as_str())
+    );
+    // With another filter: AND.
+    let r = app
+        .get(
+            &admin,
+            &format!("/v1/audit/events?correlation_id={run}&event_type=job.accepted"),
+        )
+        .await;
+    assert_eq!(positions(&r.body).len(), 1);
+    // Another tenant's request is not the admin's to read: nothing matches.
+    let theirs = correlation_of("globex");
+    let r = app
+        .get(&admin, &format!("/v1/audit/events?correlation_id={theirs}"))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(positions(&r.body), Vec::<u64>::new());
     // A submitter has no audit rights; an admin cannot read another tenant.
     let r = app.get(&token("acme"), "/v1/audit/events").await;
     assert_problem(&r, 403, "forbidden");
@@ -145,6 +213,8 @@ async fn search_is_scoped_paginated_and_cross_tenant_reads_are_recorded() {
         "/v1/audit/events?cursor=zz",
         "/v1/audit/events?order=sideways",
         "/v1/audit/events?stream=%00",
+        "/v1/audit/events?correlation_id=%00",
+        "/v1/audit/events?correlation_id=",
     ] {
         assert_problem(&app.get(&admin, bad).await, 400, "invalid_request");
     }
@@ -249,24 +319,8 @@ async fn search_is_scoped_paginated_and_cross_tenant_reads_are_recorded() {
     let r = app.post(&admin, "/v1/audit/verify", None).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.body["verifies"], true, "{:?}", r.body);
-    // An evidence bundle over HTTP verifies offline and is recorded. Until the
-    // projector's audit index reaches the checkpoint the answer is 503 "try
-    // again shortly" (under load that can take a moment): retry as a client would.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let resp = loop {
-        let resp = app
-            .client
-            .post(format!("{}/v1/audit/exports", app.addr))
-            .bearer_auth(&admin)
-            .json(&json!({"tenant": "acme"}))
-            .send()
-            .await
-            .expect("export");
-        if resp.status().as_u16() != 503 || std::time::Instant::now() > deadline {
-            break resp;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    };
+    // An evidence bundle over HTTP verifies offline and is recorded.
+    let resp = export(&app, &admin, &json!({"tenant": "acme"})).await;
     assert_eq!(resp.status().as_u16(), 200);
     assert_eq!(
         resp.headers()
@@ -301,6 +355,35 @@ async fn search_is_scoped_paginated_and_cross_tenant_reads_are_recorded() {
     assert_eq!(exported.len(), 1);
     assert_eq!(exported[0].record.data["bundle_digest"], sha.as_str());
     assert_eq!(exported[0].record.actor.id, "ada");
+    // A bundle of one request (correlation ID): exactly its records, each
+    // checked against the filter by the offline verifier.
+    let resp = export(&app, &admin, &json!({"correlation_id": run})).await;
+    assert_eq!(resp.status().as_u16(), 200);
+    let bytes = resp.bytes().await.expect("bundle");
+    let file = app.data_dir.join("run.tar");
+    std::fs::write(&file, &bytes).expect("write");
+    let report = glassbox_audit_query::bundle::verify_bundle(&file, &key.verifier())
+        .expect("bundle verifies");
+    assert_eq!(report.filters.correlation_id.as_deref(), Some(run.as_str()));
+    assert_eq!(report.filters.tenant.as_deref(), Some("acme"));
+    assert_eq!(report.records, in_run.len() as u64);
+    assert_eq!(report.first_position, in_run.first().copied());
+    assert_eq!(report.last_position, in_run.last().copied());
+    let exported = app.records_of_type("audit.exported").await;
+    assert_eq!(exported.len(), 2);
+    assert_eq!(
+        exported[1].record.data["query"]["correlation_id"],
+        run.as_str()
+    );
+    assert_eq!(exported[1].record.data["record_count"], in_run.len());
+    let r = app
+        .post(
+            &admin,
+            "/v1/audit/exports",
+            Some(&json!({"correlation_id": "a\u{0}b"})),
+        )
+        .await;
+    assert_problem(&r, 400, "invalid_request");
     let r = app
         .post(&token("acme"), "/v1/audit/exports", Some(&json!({})))
         .await;

@@ -111,6 +111,7 @@ async fn empty_or_unreadable_query_parameters_are_refused_by_name() {
     for (path, member) in [
         ("/v1/audit/events?tenant=", "tenant"),
         ("/v1/audit/events?stream=", "stream"),
+        ("/v1/audit/events?correlation_id=", "correlation_id"),
         ("/v1/audit/events?cursor=", "cursor"),
         ("/v1/audit/events?cursor=zz", "cursor"),
         ("/v1/jobs?cursor=v1.0", "cursor"),

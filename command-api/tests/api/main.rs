@@ -9,3 +9,4 @@ mod jobs;
 mod mcp;
 mod schemathesis;
 mod security;
+mod workflows;

@@ -55,6 +55,51 @@ def _breaks_session_rules(body):
     return len(set(map(str, names))) != len(names)
 
 
+def _repair_workflow(body):
+    """POST /v1/workflows: JSON Schema states each step alone, not how steps
+    relate - names unique, `needs` naming other steps without a cycle, inputs
+    from an ancestor's artifacts at unused paths (the server's 400s, named in
+    the operation's description). A positive case keeps every value it drew
+    and gets those relations made true: a repeated step name gets a suffix,
+    needs keep only earlier steps (so no cycle), inputs are dropped."""
+    if not isinstance(body, dict) or not isinstance(body.get("steps"), list):
+        return body
+    seen = set()
+    for i, step in enumerate(body["steps"]):
+        if not isinstance(step, dict) or not isinstance(step.get("name"), str):
+            continue
+        name = step["name"]
+        if name in seen:
+            name = f"{name[:56]}-{i}"
+            step["name"] = name
+        needs = step.get("needs")
+        if isinstance(needs, list):
+            step["needs"] = sorted({n for n in needs if n in seen})
+        if "inputs" in step:
+            step["inputs"] = []
+        seen.add(name)
+    return body
+
+
+def _breaks_workflow_rules(body):
+    """POST /v1/workflows: each step's job as for POST /v1/jobs."""
+    if not isinstance(body, dict):
+        return False
+    return any(
+        _breaks_submit_rules(s.get("job")) for s in body.get("steps") or [] if isinstance(s, dict)
+    )
+
+
+@schemathesis.hook("map_case")
+def related_members(context, case):
+    if _positive(case) and (case.operation.method.upper(), case.operation.path) == (
+        "POST",
+        "/v1/workflows",
+    ):
+        case.body = _repair_workflow(case.body)
+    return case
+
+
 def _ordered(low, high):
     """`low <= high` when both are given."""
     low, high = _int(low), _int(high)
@@ -73,6 +118,11 @@ def cross_member_rules(context, case):
         return not _breaks_submit_rules(case.body)
     if (method, path) == ("POST", "/v1/sessions"):
         return not _breaks_session_rules(case.body)
+    if (method, path) == ("POST", "/v1/workflows"):
+        return not _breaks_workflow_rules(_repair_workflow(case.body))
+    if (method, path) == ("POST", "/v1/workflows/{name}/runs"):
+        # The run's input files, by the rules of a job's files.
+        return not _breaks_submit_rules({"files": body.get("inputs")})
     if (method, path) == ("GET", "/v1/audit/proofs/consistency"):
         return _ordered(query.get("from"), query.get("to"))
     if (method, path) == ("GET", "/v1/audit/proofs/inclusion"):

@@ -23,6 +23,21 @@ pub struct WorkflowRun {
     /// The definition it runs, by digest.
     pub digest: Option<String>,
     pub submitted_by: Option<Submitter>,
+    /// The actor of `workflow.run_started` (the steps' jobs are submitted as them).
+    pub started_by: Option<glassbox_verify::record::Actor>,
+    pub submitter_roles: Vec<String>,
+    /// The definition's version, and the run's input files (encrypted, under
+    /// the run ID's data key).
+    pub definition_version: u64,
+    pub inputs: Option<crate::catalogue::BlobRef>,
+    /// Steps that wait for an approval before they run.
+    pub gated: BTreeSet<StepName>,
+    /// When each pending approval was asked for.
+    pub approval_requested_at: BTreeMap<StepName, chrono::DateTime<chrono::Utc>>,
+    pub started_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub updated_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Position of the stream's last record.
+    pub last_position: u64,
     pub steps: BTreeMap<StepName, StepState>,
     /// Every job each step became, in order.
     pub jobs: BTreeMap<StepName, Vec<String>>,
@@ -81,6 +96,9 @@ pub enum RunRefusal {
     NotAwaitingApproval(String),
     #[error("step {0} has no running job {1}")]
     NotRunning(String, String),
+    /// The decision could not be turned into records.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// The job ID of `step`'s `attempt` in run `run_id`: a UUID derived from the
@@ -112,6 +130,8 @@ pub fn job_id_for(run_id: &str, step: &StepName, attempt: u32) -> String {
 impl WorkflowRun {
     pub fn apply(&mut self, r: &Record) {
         self.version = r.stream_version;
+        self.last_position = r.position;
+        self.updated_at = Some(r.occurred_at);
         if self.tenant.is_empty() {
             self.tenant.clone_from(&r.tenant);
         }
@@ -127,6 +147,12 @@ impl WorkflowRun {
                 self.run_id = Some(e.run_id);
                 self.name = Some(e.name);
                 self.digest = Some(e.digest);
+                self.definition_version = e.version;
+                self.inputs = e.inputs;
+                self.gated = e.gated.iter().filter_map(|g| step(g)).collect();
+                self.submitter_roles = e.submitter_roles;
+                self.started_by = Some(r.actor.clone());
+                self.started_at = Some(r.occurred_at);
                 self.submitted_by = Some(Submitter {
                     id: r.actor.id.clone(),
                     app: r.actor.app.clone(),
@@ -158,7 +184,8 @@ impl WorkflowRun {
             }
             KnownEvent::WorkflowApprovalRequested(e) => {
                 if let Some(s) = step(&e.step) {
-                    self.steps.insert(s, StepState::AwaitingApproval);
+                    self.steps.insert(s.clone(), StepState::AwaitingApproval);
+                    self.approval_requested_at.insert(s, r.occurred_at);
                 }
             }
             KnownEvent::WorkflowApprovalGranted(e) => {

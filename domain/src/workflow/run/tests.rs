@@ -31,7 +31,10 @@ fn started(def: &WorkflowDefinition) -> KnownEvent {
         version: 1,
         digest: def.digest.clone(),
         inputs: None,
+        input_count: 0,
         idempotency_key: None,
+        gated: vec![],
+        submitter_roles: vec!["submitter".into()],
     }))
 }
 
