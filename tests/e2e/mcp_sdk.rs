@@ -208,11 +208,17 @@ async fn an_agent_on_the_official_python_sdk_runs_a_workflow_with_an_approval_in
         "reviewer@acme",
         &["approver"],
     ));
+    // The submitter is an approver too: four eyes still refuse them.
+    let submitter = glassbox_command_api::testing::sign(&glassbox_command_api::testing::claims(
+        "acme",
+        "user@acme",
+        &["submitter", "approver"],
+    ));
     let (ok, report) = agent_with(
         "workflow",
         "http",
         &format!("{}/mcp", s.addr),
-        &token("acme"),
+        &submitter,
         "auto",
         &["--approver-token", &approver],
     )

@@ -235,7 +235,10 @@ async fn an_approval_gate_waits_for_someone_else_and_a_denial_fails_the_run() {
         }),
     )
     .await;
-    let r = start(&s, "acme", "gated", json!({})).await;
+    // The submitter is an approver too: four eyes still refuse them.
+    let lead = sign(&claims("acme", "lead@acme", &["submitter", "approver"]));
+    let (status, r) = post(&s, &lead, "/v1/workflows/gated/runs", json!({})).await;
+    assert_eq!(status, 201, "{r}");
     assert_eq!(r["gated"], json!(["deploy"]), "{r}");
     let run = r["run_id"].as_str().expect("run").to_owned();
     let waiting = |v: &Value| step(v, "deploy")["status"] == "awaiting_approval";
@@ -249,7 +252,7 @@ async fn an_approval_gate_waits_for_someone_else_and_a_denial_fails_the_run() {
 
     let approve = format!("/v1/workflow-runs/{run}/steps/deploy/approve");
     // The submitter's own approval is refused, and recorded.
-    let (status, p) = post(&s, &token("acme"), &approve, json!({})).await;
+    let (status, p) = post(&s, &lead, &approve, json!({})).await;
     assert_eq!(status, 403, "{p}");
     assert!(
         p["detail"]
@@ -292,7 +295,7 @@ async fn an_approval_gate_waits_for_someone_else_and_a_denial_fails_the_run() {
         .iter()
         .find(|r| r.record.event_type == "workflow.approval_refused")
         .expect("refusal recorded");
-    assert_eq!(refused.record.data["approver"], "user@acme");
+    assert_eq!(refused.record.data["approver"], "lead@acme");
     // Every answer carries the policy decision it was made with.
     let decisions: Vec<&StoredRecord> = records
         .iter()
