@@ -652,3 +652,76 @@ async fn the_runs_evidence_bundle_holds_its_records_and_no_other_runs() {
     assert!(text.contains(v["digest"].as_str().expect("digest")));
     s.stop().await;
 }
+
+// The CLI is a blocking child process talking to the server in this process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_applies_a_yaml_definition_runs_it_and_answers_its_approval() {
+    let s = stack(SecretProvider::None).await;
+    let dir = s.data_dir.join("cli");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("pipeline.yaml");
+    std::fs::write(
+        &file,
+        "name: pipeline\nsteps:\n  - name: count\n    job:\n      language: bash\n      code: |\n        mkdir -p out\n        wc -c < in/data.txt > out/n.txt\n  - name: report\n    needs: [count]\n    approval: true\n    inputs:\n      - from: count:out/n.txt\n        path: in/n.txt\n    job:\n      language: bash\n      code: |\n        echo \"bytes: $(cat in/n.txt)\"\n",
+    )
+    .expect("write");
+    let data = dir.join("data.txt");
+    std::fs::write(&data, "hello world\n").expect("write");
+    let author = sign(&claims("acme", "alice@acme", &["submitter", "approver"]));
+    let reviewer = sign(&claims("acme", "bob@acme", &["approver"]));
+    let cli = |bearer: &str, args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_glassbox-e2e-cli"))
+            .arg("workflow")
+            .args(args)
+            .args(["--api", &s.addr, "--token", bearer])
+            .output()
+            .expect("glassbox workflow")
+    };
+    let text = |o: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    let applied = cli(&author, &["apply", file.to_str().expect("path")]);
+    assert!(applied.status.success(), "{}", text(&applied));
+    assert!(
+        text(&applied).starts_with("pipeline v1 sha256:"),
+        "{}",
+        text(&applied)
+    );
+    // Applying the same file again is no new version.
+    let again = cli(&author, &["apply", file.to_str().expect("path")]);
+    assert!(text(&again).contains("(unchanged)"), "{}", text(&again));
+    let input = format!("in/data.txt={}", data.display());
+    let started = cli(&author, &["run", "pipeline", "--input", &input]);
+    assert!(started.status.success(), "{}", text(&started));
+    let run = String::from_utf8_lossy(&started.stdout).trim().to_owned();
+    assert!(uuid::Uuid::parse_str(&run).is_ok(), "{run}");
+    // Waits for the approval: exit code 3 while the run is not over.
+    let waiting = cli(&author, &["status", &run, "--wait", "60"]);
+    assert_eq!(waiting.status.code(), Some(3), "{}", text(&waiting));
+    assert!(
+        text(&waiting).contains("awaiting_approval"),
+        "{}",
+        text(&waiting)
+    );
+    // The author may not approve their own run.
+    let own = cli(&author, &["approve", &run, "report"]);
+    assert_eq!(own.status.code(), Some(2), "{}", text(&own));
+    assert!(text(&own).contains("submitted the run"), "{}", text(&own));
+    let approved = cli(&reviewer, &["approve", &run, "report", "--reason", "ok"]);
+    assert!(approved.status.success(), "{}", text(&approved));
+    assert!(text(&approved).contains("granted"), "{}", text(&approved));
+    let done = cli(&author, &["status", &run, "--wait", "60", "--json"]);
+    assert_eq!(done.status.code(), Some(0), "{}", text(&done));
+    let v: Value = serde_json::from_slice(&done.stdout).expect("json");
+    assert_eq!(v["status"], "succeeded");
+    let job = step(&v, "report")["jobs"][0]
+        .as_str()
+        .expect("job")
+        .to_owned();
+    assert_eq!(stdout_of(&s, "acme", &job).await, "bytes: 12\n");
+    s.stop().await;
+}
