@@ -1,7 +1,7 @@
 //! Workflows: named, versioned documents of steps — each step a job — with the
 //! rules that make a run one auditable unit (issue 18).
 //!
-//! Built so far (pure, no I/O): the definition a client sends
+//! Pure, no I/O: the definition a client sends
 //! ([`WorkflowRequest`]) parsed into a checked [`WorkflowDefinition`] — unique
 //! step names, known `needs`, no cycle, artifact inputs that name an ancestor's
 //! `out/` file, each step's job spec parsed by the same rules as `POST /v1/jobs`
@@ -11,11 +11,11 @@
 //! because a step they need failed, and whether the run is over.
 //!
 //! The run aggregate ([`run::WorkflowRun`]: fold with `apply`, decide with
-//! `decide`) turns the scheduler's answers into the run's events.
-//!
-//! Not built yet: storing definitions (`workflow.defined`), the orchestrator
-//! driven by the ledger that submits each scheduled step as a job, the `glassbox.workflows` approval policy,
-//! REST/MCP/CLI and the run's evidence export.
+//! `decide`) turns the scheduler's answers into the run's events;
+//! [`versions::WorkflowVersions`] is a workflow's definitions by version. The
+//! control plane (`command-api/src/workflows.rs`) does the I/O around these
+//! decisions: storing definitions, starting runs, submitting steps as jobs,
+//! approvals (docs/workflows.md).
 
 pub mod run;
 pub mod versions;
