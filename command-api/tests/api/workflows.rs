@@ -344,3 +344,48 @@ async fn an_approval_nobody_gives_in_time_is_denied_and_the_run_fails() {
     projector.cancel();
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_step_using_a_production_secret_is_gated_by_policy_and_the_decision_is_recorded() {
+    let app = spawn_app().await;
+    let t = token("acme");
+    let def = json!({"name": "deploy", "steps": [
+        {"name": "build", "job": bash("echo build")},
+        {"name": "ship", "needs": ["build"],
+         "job": {"language": "bash", "code": "echo ship", "secrets": ["PROD_DEPLOY_TOKEN"]}},
+    ]});
+    assert_eq!(app.post(&t, "/v1/workflows", Some(&def)).await.status, 201);
+    let run = app.post(&t, "/v1/workflows/deploy/runs", None).await;
+    assert_eq!(run.status, 201, "{:?}", run.body);
+    // Not asked for by the step: the policy gates it for the secret's name.
+    assert_eq!(run.body["gated"], json!(["ship"]));
+    let decisions = run.body["decisions"].as_array().expect("decisions");
+    let gates: Vec<&Value> = decisions
+        .iter()
+        .filter(|d| d["policy"] == "glassbox.workflows")
+        .collect();
+    assert_eq!(gates.len(), 2);
+    assert_eq!(gates[0]["decision"], "allow");
+    assert_eq!(gates[1]["decision"], "deny");
+    assert!(
+        gates[1]["reasons"][0]
+            .as_str()
+            .is_some_and(|r| r.contains("PROD_DEPLOY_TOKEN") && r.contains("approver")),
+        "{:?}",
+        gates[1]
+    );
+    // The recorded decisions carry their input and the bundle digest (replayable).
+    let recorded: Vec<_> = app
+        .records_of_type("policy.evaluated")
+        .await
+        .into_iter()
+        .filter(|r| r.record.data["policy"] == "glassbox.workflows")
+        .collect();
+    assert_eq!(recorded.len(), 2);
+    assert_eq!(
+        recorded[1].record.data["input"]["secrets"],
+        json!(["PROD_DEPLOY_TOKEN"])
+    );
+    assert!(recorded[1].record.data["bundle_digest"].is_string());
+    app.stop().await;
+}

@@ -361,3 +361,93 @@ fn a_step_whose_files_and_inputs_exceed_the_file_limit_is_refused() {
     let e = refused(request(vec![step("a", &[]), b]));
     assert_eq!(e.member, "steps[1].inputs", "{e:?}");
 }
+
+#[test]
+fn run_inputs_are_checked_alone_and_against_every_step() {
+    let def = diamond().parse().expect("definition");
+    let file = |path: &str| crate::request::FileInput {
+        path: path.into(),
+        content: "x".into(),
+        encoding: crate::request::Encoding::Utf8,
+    };
+    // Fine: a path no step uses.
+    let ok = RunRequest {
+        version: None,
+        inputs: vec![file("in/params.json")],
+    };
+    assert_eq!(ok.check(), Ok(()));
+    assert_eq!(def.check_inputs(&ok.inputs), Ok(()));
+    // Named twice: refused on its own.
+    let twice = RunRequest {
+        version: None,
+        inputs: vec![file("in/p"), file("in/p")],
+    };
+    let e = twice.check().expect_err("twice");
+    assert!(e.member.starts_with("inputs"), "{e}");
+    // Not a workspace path.
+    let bad = RunRequest {
+        version: None,
+        inputs: vec![file("../etc/passwd")],
+    };
+    assert!(bad.check().is_err());
+    // A path d's artifact input already takes: refused naming the step.
+    let clash = def.check_inputs(&[file("in/b.json")]).expect_err("clash");
+    assert!(clash.reason.contains("step d"), "{clash}");
+}
+
+mod versions {
+    use crate::catalogue::{self as c, BlobRef, KnownEvent};
+    use crate::workflow::versions::WorkflowVersions;
+    use glassbox_verify::record::{Actor, Record};
+
+    fn defined(version: u64, digest: &str) -> Record {
+        let e = KnownEvent::WorkflowDefined(Box::new(c::WorkflowDefined {
+            name: "report".into(),
+            version,
+            digest: digest.into(),
+            definition: BlobRef {
+                hmac: glassbox_verify::hash::Digest::ZERO,
+                size_bytes: 1,
+                key: "workflows/k/definition".into(),
+            },
+            steps: vec!["a".into()],
+        }));
+        Record {
+            position: version * 10,
+            event_id: uuid::Uuid::from_u128(u128::from(version)),
+            stream: crate::Stream::workflow("acme", "report")
+                .as_str()
+                .to_owned(),
+            stream_version: version,
+            event_type: e.event_type().to_owned(),
+            occurred_at: chrono::DateTime::UNIX_EPOCH,
+            tenant: "acme".into(),
+            actor: Actor::system("alice"),
+            correlation_id: "c".into(),
+            causation_id: None,
+            request_id: None,
+            data: e.to_data().expect("data"),
+            prev_hash: glassbox_verify::hash::Digest::ZERO,
+        }
+    }
+
+    #[test]
+    fn the_same_document_is_the_same_version_and_another_is_the_next() {
+        use crate::Aggregate as _;
+        let none = WorkflowVersions::default();
+        assert_eq!(none.version_for("sha256:a").err(), Some(1));
+        let v = WorkflowVersions::fold(&[defined(1, "sha256:a"), defined(2, "sha256:b")]);
+        assert_eq!(v.versions.len(), 2);
+        assert_eq!(v.tenant, "acme");
+        // The latest document again: that version, nothing to record.
+        assert_eq!(v.version_for("sha256:b").map(|x| x.defined.version), Ok(2));
+        // An older document again is a new version (the latest is what runs by default).
+        assert_eq!(v.version_for("sha256:a").err(), Some(3));
+        assert_eq!(
+            v.get(1).map(|x| x.defined.digest.as_str()),
+            Some("sha256:a")
+        );
+        assert_eq!(v.get(3), None);
+        assert_eq!(v.latest().map(|x| x.defined_by.as_str()), Some("alice"));
+    }
+}
