@@ -657,7 +657,7 @@ async fn mcp_over_stdio_relays_to_the_running_api_with_the_same_identity() {
     assert_eq!(reply(1)["result"]["protocolVersion"], "2025-06-18");
     assert_eq!(
         reply(2)["result"]["tools"].as_array().map(Vec::len),
-        Some(15)
+        Some(20)
     );
     assert_eq!(reply(3)["result"]["isError"], true, "{:?}", reply(3));
     // The refusal is in the ledger as the token's identity.
@@ -822,7 +822,7 @@ async fn mcp_over_stdio_survives_a_lost_session_and_drops_cancelled_requests() {
     assert_eq!(listed["id"], 2, "{listed}");
     assert_eq!(
         listed["result"]["tools"].as_array().map(Vec::len),
-        Some(15),
+        Some(20),
         "{listed}"
     );
 
