@@ -98,7 +98,7 @@ impl Client {
         let id = r["run_id"].as_str().context("no run id")?.to_owned();
         loop {
             let v = self.get(&format!("/v1/workflow-runs/{id}")).await?;
-            if v["status"] != "running" {
+            if v["status"] != glassbox_domain::status::RunStatus::Running.as_str() {
                 return Ok(v);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -159,14 +159,20 @@ async fn inner(args: &WorkflowBench, url: &str, dir: &std::path::Path) -> anyhow
     // Warm-up: one of each.
     client.run_job().await?;
     let v = client.run_workflow("chain").await?;
-    anyhow::ensure!(v["status"] == "succeeded", "warm-up run: {v}");
+    anyhow::ensure!(
+        v["status"] == glassbox_domain::status::RunStatus::Succeeded.as_str(),
+        "warm-up run: {v}"
+    );
 
     let (mut chain, mut sequential) = (Vec::new(), Vec::new());
     for _ in 0..args.rounds {
         let t = Instant::now();
         let v = client.run_workflow("chain").await?;
         chain.push(t.elapsed());
-        anyhow::ensure!(v["status"] == "succeeded", "run: {v}");
+        anyhow::ensure!(
+            v["status"] == glassbox_domain::status::RunStatus::Succeeded.as_str(),
+            "run: {v}"
+        );
         let t = Instant::now();
         for _ in 0..args.steps {
             let job = client.run_job().await?;

@@ -4,6 +4,7 @@
 use crate::session::Client;
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
+use glassbox_domain::status::{RunStatus, StepStatus};
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -102,10 +103,20 @@ pub fn read_definition(path: &std::path::Path) -> anyhow::Result<Value> {
 }
 
 fn settled(run: &Value) -> bool {
-    run["status"] != "running"
-        || run["steps"]
-            .as_array()
-            .is_some_and(|s| s.iter().any(|s| s["status"] == "awaiting_approval"))
+    run["status"] != RunStatus::Running.as_str()
+        || run["steps"].as_array().is_some_and(|s| {
+            s.iter()
+                .any(|s| s["status"] == StepStatus::AwaitingApproval.as_str())
+        })
+}
+
+/// 0 succeeded, 3 still running (or waiting for an approval), 1 otherwise.
+fn exit_code(run: &Value) -> ExitCode {
+    match serde_json::from_value::<RunStatus>(run["status"].clone()) {
+        Ok(RunStatus::Succeeded) => ExitCode::SUCCESS,
+        Ok(RunStatus::Running) => ExitCode::from(3),
+        _ => ExitCode::from(1),
+    }
 }
 
 async fn follow(c: &Client, run: &str, wait: Duration) -> anyhow::Result<Value> {
@@ -144,11 +155,7 @@ fn print_run(v: &Value) -> ExitCode {
             jobs.last().copied().unwrap_or("")
         );
     }
-    match v["status"].as_str() {
-        Some("succeeded") => ExitCode::SUCCESS,
-        Some("running") => ExitCode::from(3),
-        _ => ExitCode::from(1),
-    }
+    exit_code(v)
 }
 
 pub async fn run(args: WorkflowArgs) -> anyhow::Result<ExitCode> {
@@ -254,11 +261,7 @@ pub async fn run(args: WorkflowArgs) -> anyhow::Result<ExitCode> {
             let v = follow(&c, &run, Duration::from_secs(wait)).await?;
             if json {
                 println!("{v}");
-                return Ok(match v["status"].as_str() {
-                    Some("succeeded") => ExitCode::SUCCESS,
-                    Some("running") => ExitCode::from(3),
-                    _ => ExitCode::from(1),
-                });
+                return Ok(exit_code(&v));
             }
             Ok(print_run(&v))
         }

@@ -1586,10 +1586,10 @@ impl GlassboxMcp {
                     else {
                         return Err(ApiError::Internal("unexpected reply".into()));
                     };
-                    let settled = v.status != crate::workflows::RunStatus::Running
-                        || v.steps
-                            .iter()
-                            .any(|s| s.status == crate::workflows::StepStatus::AwaitingApproval);
+                    let settled = v.status != glassbox_domain::status::RunStatus::Running
+                        || v.steps.iter().any(|s| {
+                            s.status == glassbox_domain::status::StepStatus::AwaitingApproval
+                        });
                     if settled || Instant::now() >= deadline {
                         return Ok(structured(serde_json::to_value(&v).unwrap_or(Value::Null)));
                     }

@@ -24,6 +24,7 @@ use crate::error::ApiError;
 use chrono::{DateTime, Utc};
 use glassbox_domain::catalogue::{self as c, BlobRef, Event, KnownEvent, Outcome};
 use glassbox_domain::request::{FileInput, WorkspacePath};
+use glassbox_domain::status::{RunStatus, StepStatus};
 use glassbox_domain::workflow::run::{RunCommand, RunRefusal, WorkflowRun};
 use glassbox_domain::workflow::versions::WorkflowVersions;
 use glassbox_domain::workflow::{
@@ -140,45 +141,6 @@ pub struct RunStarted {
     pub replayed: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum RunStatus {
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum StepStatus {
-    Waiting,
-    AwaitingApproval,
-    Approved,
-    Running,
-    Failed,
-    Succeeded,
-    Denied,
-    Skipped,
-    Cancelled,
-}
-
-impl StepStatus {
-    fn of(s: &StepState) -> StepStatus {
-        match s {
-            StepState::Waiting => StepStatus::Waiting,
-            StepState::AwaitingApproval => StepStatus::AwaitingApproval,
-            StepState::Approved => StepStatus::Approved,
-            StepState::Running { .. } => StepStatus::Running,
-            StepState::Failed { .. } => StepStatus::Failed,
-            StepState::Succeeded => StepStatus::Succeeded,
-            StepState::Denied => StepStatus::Denied,
-            StepState::Skipped => StepStatus::Skipped,
-            StepState::Cancelled => StepStatus::Cancelled,
-        }
-    }
-}
-
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct StepView {
     pub name: String,
@@ -236,6 +198,20 @@ pub struct RunCancelReply {
 }
 
 // ---------------------------------------------------------------- helpers
+
+fn step_status(s: &StepState) -> StepStatus {
+    match s {
+        StepState::Waiting => StepStatus::Waiting,
+        StepState::AwaitingApproval => StepStatus::AwaitingApproval,
+        StepState::Approved => StepStatus::Approved,
+        StepState::Running { .. } => StepStatus::Running,
+        StepState::Failed { .. } => StepStatus::Failed,
+        StepState::Succeeded => StepStatus::Succeeded,
+        StepState::Denied => StepStatus::Denied,
+        StepState::Skipped => StepStatus::Skipped,
+        StepState::Cancelled => StepStatus::Cancelled,
+    }
+}
 
 fn refused(run_id: &str) -> impl Fn(DecideError<RunRefusal>) -> ApiError + '_ {
     move |e| match e {
@@ -728,7 +704,7 @@ impl Core {
                 StepView {
                     name: s.name.to_string(),
                     needs: s.needs.iter().map(ToString::to_string).collect(),
-                    status: StepStatus::of(&state),
+                    status: step_status(&state),
                     attempt: u64::from(attempt),
                     jobs: run.jobs.get(&s.name).cloned().unwrap_or_default(),
                     approval_required: run.gated.contains(&s.name),

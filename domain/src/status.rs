@@ -196,3 +196,59 @@ mod tests {
         );
     }
 }
+
+/// Where a workflow run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Steps run or wait.
+    Running,
+    /// Every step succeeded (terminal).
+    Succeeded,
+    /// A step failed, was denied or skipped (terminal).
+    Failed,
+    /// Cancelled (terminal).
+    Cancelled,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Where a workflow step is in its run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    Waiting,
+    AwaitingApproval,
+    Approved,
+    Running,
+    Failed,
+    Succeeded,
+    Denied,
+    Skipped,
+    Cancelled,
+}
+
+impl StepStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepStatus::Waiting => "waiting",
+            StepStatus::AwaitingApproval => "awaiting_approval",
+            StepStatus::Approved => "approved",
+            StepStatus::Running => "running",
+            StepStatus::Failed => "failed",
+            StepStatus::Succeeded => "succeeded",
+            StepStatus::Denied => "denied",
+            StepStatus::Skipped => "skipped",
+            StepStatus::Cancelled => "cancelled",
+        }
+    }
+}
