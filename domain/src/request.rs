@@ -1118,3 +1118,98 @@ mod pattern_tests {
         }
     }
 }
+
+/// A destination a job or session asks to reach through the egress proxy:
+/// `host:port`, or `*.domain:port` for any name below the domain. Names are
+/// lower-cased; the tenant's `glassbox.egress` decides each at submission and
+/// again for every connection (issue 15: the proxy is not wired to sandboxes
+/// yet).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EgressTarget {
+    /// A name, an IP literal, or `*.` + a name.
+    pub host: String,
+    pub port: u16,
+}
+
+impl EgressTarget {
+    pub fn parse(s: &str) -> Result<EgressTarget, String> {
+        let err = || {
+            format!(
+                "{}: expected host:port or *.domain:port",
+                s.chars().take(64).collect::<String>()
+            )
+        };
+        let (host, port) = s.rsplit_once(':').ok_or_else(err)?;
+        let port: u16 = port.parse().ok().filter(|p| *p > 0).ok_or_else(err)?;
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        let name = host.strip_prefix("*.").unwrap_or(&host);
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        let ok = !name.is_empty()
+            && name.len() <= 253
+            && if name.parse::<std::net::Ipv4Addr>().is_ok() {
+                // An address names one host: no wildcard over it.
+                !host.starts_with("*.")
+            } else {
+                name.split('.').all(label_ok)
+            };
+        if !ok {
+            return Err(err());
+        }
+        Ok(EgressTarget { host, port })
+    }
+
+    /// Whether a connection to `host:port` is one this target asked for.
+    pub fn matches(&self, host: &str, port: u16) -> bool {
+        if port != self.port {
+            return false;
+        }
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        match self.host.strip_prefix("*.") {
+            Some(domain) => host.len() > domain.len() + 1 && host.ends_with(&format!(".{domain}")),
+            None => host == self.host,
+        }
+    }
+}
+
+impl std::fmt::Display for EgressTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+#[cfg(test)]
+mod egress_tests {
+    use super::EgressTarget;
+
+    #[test]
+    fn egress_targets_are_names_or_wildcards_with_a_port() {
+        let t = EgressTarget::parse("API.Example.com:443").expect("target");
+        assert_eq!(t.to_string(), "api.example.com:443");
+        assert!(t.matches("api.example.com.", 443));
+        assert!(!t.matches("api.example.com", 80));
+        assert!(!t.matches("x.api.example.com", 443));
+        let w = EgressTarget::parse("*.pythonhosted.org:443").expect("wildcard");
+        assert!(w.matches("files.pythonhosted.org", 443));
+        assert!(!w.matches("pythonhosted.org", 443));
+        assert!(!w.matches("evilpythonhosted.org", 443));
+        assert!(EgressTarget::parse("10.0.0.1:5432").is_ok());
+        for bad in [
+            "example.com",
+            "example.com:0",
+            "example.com:70000",
+            "*.:443",
+            "*.10.0.0.1:443",
+            "exa mple.com:443",
+            ":443",
+            "a..b:443",
+            "[::1]:443",
+        ] {
+            assert!(EgressTarget::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

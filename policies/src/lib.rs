@@ -210,8 +210,11 @@ pub struct Decision {
     pub reasons: Vec<String>,
     /// Admission only: the limits the job runs with.
     pub effective_limits: Option<Map<String, Value>>,
-    /// Dependencies only: the allowlist rule that matched.
+    /// Dependencies and egress: the allowlist rule that matched.
     pub rule: Option<String>,
+    /// Egress only: the matching rule lets the destination be (or resolve to)
+    /// a non-public address.
+    pub allow_private: bool,
     pub bundle_digest: Digest,
     /// SHA-256 of the input's canonical JSON.
     pub input_digest: Digest,
@@ -375,6 +378,7 @@ impl PolicyEngine {
             reasons: vec![format!("policy evaluation failed: {error}")],
             effective_limits: None,
             rule: None,
+            allow_private: false,
             bundle_digest: self.digest,
             input_digest,
             error: Some(error),
@@ -416,6 +420,7 @@ impl PolicyEngine {
                 .and_then(Value::as_object)
                 .cloned(),
             rule: out.get("rule").and_then(Value::as_str).map(str::to_owned),
+            allow_private: out.get("allow_private").and_then(Value::as_bool) == Some(true) && allow,
             bundle_digest: self.digest,
             input_digest,
             error: None,

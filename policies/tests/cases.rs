@@ -52,6 +52,9 @@ fn every_decision_case_holds() {
                     "{name}"
                 );
             }
+            if let Some(private) = expect.get("allow_private").and_then(Value::as_bool) {
+                assert_eq!(d.allow_private, private, "{name}");
+            }
             assert_eq!(d.bundle_digest, engine.bundle_digest());
             // Every refusal the bundle can give has a metrics label of its own.
             if !d.allow && !d.reasons.is_empty() {

@@ -13,6 +13,7 @@
 //! with the workspace scrubbed and unmounted, the cgroups removed and no runsc state.
 
 pub mod backend;
+pub mod egress;
 pub mod error;
 pub mod local;
 pub mod metrics;

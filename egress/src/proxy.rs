@@ -1,0 +1,514 @@
+//! One sandbox's proxy: each client connection is read (bounded), decided,
+//! recorded, and then tunnelled or refused with a readable 403.
+
+use crate::addr::{AddrClass, classify};
+use crate::request::{
+    Destination, MAX_HEAD, Request, RequestError, client_hello_sni, head_end, parse_head,
+};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// How long a tunnel waits for the client's first bytes (a ClientHello).
+const PEEK_WAIT: Duration = Duration::from_secs(2);
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The answer for one destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub allow: bool,
+    /// The rule that decided (shown to the program and recorded).
+    pub rule: String,
+    /// The rule names this destination and lets it resolve to (or be) a
+    /// non-public address.
+    pub allow_private: bool,
+    /// What decided (e.g. the policy bundle's digest), recorded with the event.
+    pub decided_by: Option<String>,
+}
+
+/// Decides each destination (the tenant's `glassbox.egress`, in the service).
+pub trait Policy: Send + Sync {
+    fn decide(&self, dest: &Destination) -> Verdict;
+}
+
+/// Resolves names (the host's resolver in the service; a table in tests).
+pub trait Resolver: Send + Sync {
+    fn resolve<'a>(
+        &'a self,
+        dest: &'a Destination,
+    ) -> BoxFuture<'a, std::io::Result<Vec<SocketAddr>>>;
+}
+
+pub struct SystemResolver;
+
+impl Resolver for SystemResolver {
+    fn resolve<'a>(
+        &'a self,
+        dest: &'a Destination,
+    ) -> BoxFuture<'a, std::io::Result<Vec<SocketAddr>>> {
+        Box::pin(async move {
+            Ok(tokio::net::lookup_host((dest.host.as_str(), dest.port))
+                .await?
+                .collect())
+        })
+    }
+}
+
+/// Why a connection was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denial {
+    /// The request could not be read as a proxy request.
+    BadRequest(String),
+    /// No rule allows the destination.
+    Policy,
+    /// An IP literal no rule names.
+    IpLiteral,
+    /// The name resolves to a non-public address (class) and the rule does not allow it.
+    NonPublic(&'static str),
+    /// The name does not resolve.
+    Unresolved,
+    /// The TLS server name is not the CONNECT host.
+    SniMismatch(String),
+    /// The sandbox has used up its connections.
+    ConnectionLimit,
+}
+
+impl Denial {
+    pub fn reason(&self) -> String {
+        match self {
+            Denial::BadRequest(r) => r.clone(),
+            Denial::Policy => "no rule allows this destination".into(),
+            Denial::IpLiteral => "IP addresses are refused unless a rule names them".into(),
+            Denial::NonPublic(c) => format!("the name resolves to a {c} address"),
+            Denial::Unresolved => "the name does not resolve".into(),
+            Denial::SniMismatch(n) => format!("the TLS server name ({n}) is not the CONNECT host"),
+            Denial::ConnectionLimit => "the sandbox's connection limit is reached".into(),
+        }
+    }
+}
+
+/// What the proxy reports (the service records each on the ledger).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EgressEvent {
+    Allowed {
+        dest: Destination,
+        rule: String,
+        addr: SocketAddr,
+        decided_by: Option<String>,
+    },
+    Denied {
+        /// The destination as asked (absent when the request was unreadable).
+        dest: Option<Destination>,
+        rule: Option<String>,
+        denial: Denial,
+        decided_by: Option<String>,
+    },
+    Closed {
+        dest: Destination,
+        bytes_out: u64,
+        bytes_in: u64,
+        duration_ms: u64,
+    },
+    /// The sandbox's byte limit ended a connection.
+    ByteLimit { dest: Destination, limit: u64 },
+}
+
+/// Records events; returns the ledger position of the record (shown in 403s).
+pub trait Recorder: Send + Sync {
+    fn record(&self, event: EgressEvent) -> BoxFuture<'_, Option<u64>>;
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections over the sandbox's life.
+    pub max_connections: u64,
+    /// Bytes both ways over the sandbox's life.
+    pub max_bytes: u64,
+    /// Time to read the request head and to connect out.
+    pub timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_connections: 256,
+            max_bytes: 1 << 30,
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One sandbox's proxy.
+pub struct Proxy {
+    pub policy: Arc<dyn Policy>,
+    pub resolver: Arc<dyn Resolver>,
+    pub recorder: Arc<dyn Recorder>,
+    pub limits: Limits,
+    connections: AtomicU64,
+    bytes: Arc<AtomicU64>,
+}
+
+impl Proxy {
+    pub fn new(
+        policy: Arc<dyn Policy>,
+        resolver: Arc<dyn Resolver>,
+        recorder: Arc<dyn Recorder>,
+        limits: Limits,
+    ) -> Proxy {
+        Proxy {
+            policy,
+            resolver,
+            recorder,
+            limits,
+            connections: AtomicU64::new(0),
+            bytes: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Bytes carried so far (both ways, all connections).
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    async fn deny<S: AsyncWrite + Unpin>(
+        &self,
+        client: &mut S,
+        dest: Option<Destination>,
+        verdict: Option<&Verdict>,
+        denial: Denial,
+    ) {
+        let rule = verdict.map(|v| v.rule.clone());
+        let position = self
+            .recorder
+            .record(EgressEvent::Denied {
+                dest: dest.clone(),
+                rule: rule.clone(),
+                denial: denial.clone(),
+                decided_by: verdict.and_then(|v| v.decided_by.clone()),
+            })
+            .await;
+        let body = format!(
+            "glassbox egress: denied\nhost: {}\nrule: {}\nreason: {}\nledger position: {}\n",
+            dest.map_or_else(|| "-".into(), |d| d.to_string()),
+            rule.as_deref().unwrap_or("none"),
+            denial.reason(),
+            position.map_or_else(|| "not recorded".into(), |p| p.to_string()),
+        );
+        let status = match denial {
+            Denial::BadRequest(_) => "400 Bad Request",
+            _ => "403 Forbidden",
+        };
+        let reply = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = client.write_all(reply.as_bytes()).await;
+        let _ = client.shutdown().await;
+    }
+
+    /// Serves one client connection to its end.
+    pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(&self, mut client: S) {
+        // The head, bounded in size and time.
+        let mut buf = Vec::with_capacity(1024);
+        let head_len = match tokio::time::timeout(self.limits.timeout, async {
+            loop {
+                if let Some(end) = head_end(&buf) {
+                    return Ok(end);
+                }
+                if buf.len() >= MAX_HEAD {
+                    return Err(RequestError::TooLong.to_string());
+                }
+                let mut chunk = [0u8; 2048];
+                let want = chunk.len().min(MAX_HEAD + 4 - buf.len());
+                match client.read(&mut chunk[..want]).await {
+                    Ok(0) | Err(_) => return Err("the connection closed before a request".into()),
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+        })
+        .await
+        {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => {
+                return self
+                    .deny(&mut client, None, None, Denial::BadRequest(e))
+                    .await;
+            }
+            Err(_) => {
+                return self
+                    .deny(
+                        &mut client,
+                        None,
+                        None,
+                        Denial::BadRequest("no request in time".into()),
+                    )
+                    .await;
+            }
+        };
+        let request = match parse_head(&buf[..head_len]) {
+            Ok(r) => r,
+            Err(e) => {
+                return self
+                    .deny(&mut client, None, None, Denial::BadRequest(e.to_string()))
+                    .await;
+            }
+        };
+        let early = buf.split_off(head_len);
+        let dest = match &request {
+            Request::Connect(d) | Request::Forward { dest: d, .. } => d.clone(),
+        };
+        if self.connections.fetch_add(1, Ordering::SeqCst) >= self.limits.max_connections {
+            return self
+                .deny(&mut client, Some(dest), None, Denial::ConnectionLimit)
+                .await;
+        }
+        let verdict = self.policy.decide(&dest);
+        if !verdict.allow {
+            return self
+                .deny(&mut client, Some(dest), Some(&verdict), Denial::Policy)
+                .await;
+        }
+        // Resolve here (never in the sandbox) and pin the first answer.
+        let addrs: Vec<SocketAddr> = match dest.ip() {
+            Some(ip) => {
+                if !verdict.allow_private && classify(ip) != AddrClass::Public {
+                    return self
+                        .deny(&mut client, Some(dest), Some(&verdict), Denial::IpLiteral)
+                        .await;
+                }
+                vec![SocketAddr::new(ip, dest.port)]
+            }
+            None => match self.resolver.resolve(&dest).await {
+                Ok(a) if !a.is_empty() => a,
+                _ => {
+                    return self
+                        .deny(&mut client, Some(dest), Some(&verdict), Denial::Unresolved)
+                        .await;
+                }
+            },
+        };
+        if !verdict.allow_private
+            && let Some(bad) = addrs
+                .iter()
+                .map(|a| classify(a.ip()))
+                .find(|c| *c != AddrClass::Public)
+        {
+            return self
+                .deny(
+                    &mut client,
+                    Some(dest),
+                    Some(&verdict),
+                    Denial::NonPublic(bad.as_str()),
+                )
+                .await;
+        }
+        let addr = addrs[0];
+        // For a tunnel, the TLS server name (if any) must be the CONNECT host.
+        let mut first = early;
+        if matches!(request, Request::Connect(_)) {
+            let _ = client
+                .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                .await;
+            // A client that speaks first sends its ClientHello at once; one
+            // that waits for the server is let through after a short wait.
+            let peek = tokio::time::timeout(self.limits.timeout.min(PEEK_WAIT), async {
+                // Enough of the first record to hold a ClientHello.
+                while first.len() < 5
+                    || (first[0] == 0x16 && first.len() < 5 + record_len(&first).min(MAX_HEAD))
+                {
+                    let mut chunk = [0u8; 4096];
+                    match client.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => first.extend_from_slice(&chunk[..n]),
+                    }
+                    if first.len() > MAX_HEAD {
+                        break;
+                    }
+                }
+            })
+            .await;
+            if peek.is_err() && first.first() == Some(&0x16) {
+                // A TLS record that does not arrive in time is not checked: refused.
+                return self
+                    .deny_tunnel(
+                        Some(dest),
+                        Some(&verdict),
+                        Denial::BadRequest("an incomplete TLS ClientHello".into()),
+                    )
+                    .await;
+            }
+            match client_hello_sni(&first) {
+                Ok(Some(name)) if name != dest.host => {
+                    return self
+                        .deny_tunnel(Some(dest), Some(&verdict), Denial::SniMismatch(name))
+                        .await;
+                }
+                Err(e) => {
+                    return self
+                        .deny_tunnel(
+                            Some(dest),
+                            Some(&verdict),
+                            Denial::BadRequest(e.to_string()),
+                        )
+                        .await;
+                }
+                _ => {}
+            }
+        }
+        let upstream = match tokio::time::timeout(self.limits.timeout, TcpStream::connect(addr))
+            .await
+        {
+            Ok(Ok(s)) => s,
+            _ => {
+                if let Request::Forward { .. } = request {
+                    let _ = client
+                        .write_all(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                        .await;
+                }
+                return;
+            }
+        };
+        self.recorder
+            .record(EgressEvent::Allowed {
+                dest: dest.clone(),
+                rule: verdict.rule.clone(),
+                addr,
+                decided_by: verdict.decided_by.clone(),
+            })
+            .await;
+        let started = Instant::now();
+        let mut prefix = match request {
+            Request::Forward { origin_head, .. } => origin_head,
+            Request::Connect(_) => Vec::new(),
+        };
+        prefix.extend_from_slice(&first);
+        let (out, inn, breached) = self.pipe(client, upstream, prefix).await;
+        if breached {
+            self.recorder
+                .record(EgressEvent::ByteLimit {
+                    dest: dest.clone(),
+                    limit: self.limits.max_bytes,
+                })
+                .await;
+        }
+        self.recorder
+            .record(EgressEvent::Closed {
+                dest,
+                bytes_out: out,
+                bytes_in: inn,
+                duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            })
+            .await;
+    }
+
+    /// A tunnel refused after `200` was sent: recorded, the connection dropped.
+    async fn deny_tunnel(
+        &self,
+        dest: Option<Destination>,
+        verdict: Option<&Verdict>,
+        denial: Denial,
+    ) {
+        self.recorder
+            .record(EgressEvent::Denied {
+                dest,
+                rule: verdict.map(|v| v.rule.clone()),
+                denial,
+                decided_by: verdict.and_then(|v| v.decided_by.clone()),
+            })
+            .await;
+    }
+
+    /// Copies both ways until either side ends or the byte limit is reached.
+    /// Returns (bytes out, bytes in, limit reached).
+    async fn pipe<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        client: S,
+        upstream: TcpStream,
+        prefix: Vec<u8>,
+    ) -> (u64, u64, bool) {
+        let (mut cr, mut cw) = tokio::io::split(client);
+        let (mut ur, mut uw) = upstream.into_split();
+        let limit = self.limits.max_bytes;
+        let total = self.bytes.clone();
+        let over = |n: u64| total.fetch_add(n, Ordering::SeqCst) + n > limit;
+        let up = async {
+            let mut sent = 0u64;
+            if !prefix.is_empty() {
+                if over(prefix.len() as u64) {
+                    return (sent, true);
+                }
+                if uw.write_all(&prefix).await.is_err() {
+                    return (sent, false);
+                }
+                sent += prefix.len() as u64;
+            }
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match cr.read(&mut buf).await {
+                    Ok(0) | Err(_) => {
+                        let _ = uw.shutdown().await;
+                        return (sent, false);
+                    }
+                    Ok(n) => {
+                        if over(n as u64) {
+                            return (sent, true);
+                        }
+                        if uw.write_all(&buf[..n]).await.is_err() {
+                            return (sent, false);
+                        }
+                        sent += n as u64;
+                    }
+                }
+            }
+        };
+        let down = async {
+            let mut got = 0u64;
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match ur.read(&mut buf).await {
+                    Ok(0) | Err(_) => {
+                        let _ = cw.shutdown().await;
+                        return (got, false);
+                    }
+                    Ok(n) => {
+                        if over(n as u64) {
+                            return (got, true);
+                        }
+                        if cw.write_all(&buf[..n]).await.is_err() {
+                            return (got, false);
+                        }
+                        got += n as u64;
+                    }
+                }
+            }
+        };
+        tokio::pin!(up, down);
+        // Either direction breaching the limit ends both; a clean end of one
+        // waits for the other.
+        let (mut out, mut inn, mut breached) = (None, None, false);
+        while out.is_none() || inn.is_none() {
+            tokio::select! {
+                r = &mut up, if out.is_none() => { breached |= r.1; out = Some(r.0); }
+                r = &mut down, if inn.is_none() => { breached |= r.1; inn = Some(r.0); }
+            }
+            if breached {
+                break;
+            }
+        }
+        (out.unwrap_or(0), inn.unwrap_or(0), breached)
+    }
+}
+
+/// The length of the TLS record starting `buf` (0 if not known yet).
+fn record_len(buf: &[u8]) -> usize {
+    match buf.get(3..5) {
+        Some(b) => usize::from(u16::from_be_bytes([b[0], b[1]])),
+        None => 0,
+    }
+}
