@@ -34,6 +34,9 @@ pub enum BenchCommand {
     /// A chain of hello-world workflow steps against the same jobs submitted
     /// one after another by a waiting client (the orchestrator's overhead).
     Workflow(crate::bench_workflow::WorkflowBench),
+    /// The egress proxy core on loopback against direct connections (host
+    /// only: the sandbox path is not wired yet).
+    Egress(crate::bench_egress::EgressBench),
 }
 
 #[derive(Debug, Args)]
@@ -68,6 +71,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Audit(args) => crate::bench_audit::run(args).await,
         BenchCommand::Mcp(args) => crate::bench_mcp::run(args).await,
         BenchCommand::Workflow(args) => crate::bench_workflow::run(args).await,
+        BenchCommand::Egress(args) => crate::bench_egress::run(args).await,
     }
 }
 

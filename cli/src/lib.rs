@@ -8,6 +8,7 @@ pub mod audit;
 pub mod bench;
 mod bench_audit;
 mod bench_e2e;
+mod bench_egress;
 mod bench_mcp;
 mod bench_otlp;
 mod bench_sandbox;
