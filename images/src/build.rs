@@ -4,7 +4,7 @@
 //! ones in `/etc/shadow`), then the digest, then an atomic move into the store.
 //!
 //! Documentation is dropped except each package's copyright file. Runtime images
-//! get the sandbox's mount points (`/workspace`, `/mnt/wheels`, `/glassbox-agent`),
+//! get the sandbox's mount points (`/workspace`, `/mnt/wheels`, `/run/egress`, `/glassbox-agent`),
 //! because the sandbox root is mounted read-only.
 
 use crate::ImageError;
@@ -308,7 +308,14 @@ fn normalise(name: &str, kind: ImageKind, root: &Path) -> Result<(), ImageError>
     std::fs::write(&hosts, "127.0.0.1 localhost\n::1 localhost\n")
         .map_err(io("normalise", &hosts))?;
     if kind == ImageKind::Runtime {
-        for d in ["workspace", "mnt/wheels", "proc", "sys", "dev"] {
+        for d in [
+            "workspace",
+            "mnt/wheels",
+            "run/egress",
+            "proc",
+            "sys",
+            "dev",
+        ] {
             let p = root.join(d);
             std::fs::create_dir_all(&p).map_err(io("add mount points", &p))?;
         }

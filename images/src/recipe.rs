@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Bumped whenever the builder changes what it makes from the same recipe.
-pub const BUILDER_VERSION: &str = "glassbox-images/1";
+pub const BUILDER_VERSION: &str = "glassbox-images/2";
 
 /// The Debian mirror used unless a recipe or `GLASSBOX_DEBIAN_MIRROR` names one.
 pub const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";

@@ -104,7 +104,31 @@ pub struct ExecutionSpec {
     /// each package passed `glassbox.dependencies`, never by a client.
     #[serde(default)]
     pub wheels: Option<WheelInstall>,
+    /// Egress through the runner's proxy for this sandbox (set by the trusted
+    /// runner, never by a client): the host directory holding the proxy's Unix
+    /// socket ([`EGRESS_SOCKET`] inside), bound read-only at [`EGRESS_MOUNT`]
+    /// and reached with runsc's `--host-uds=open`; the session agent binary
+    /// runs the in-sandbox forwarder that `HTTP(S)_PROXY` points at.
+    #[serde(default)]
+    pub egress: Option<EgressPath>,
 }
+
+/// How a sandbox reaches its egress proxy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EgressPath {
+    /// Host directory with the proxy's socket.
+    pub socket_dir: std::path::PathBuf,
+    /// The session agent binary (runs the forwarder).
+    pub agent: std::path::PathBuf,
+}
+
+/// Where the egress socket directory appears inside the sandbox (a mount point
+/// every runtime image carries).
+pub const EGRESS_MOUNT: &str = "/run/egress";
+/// The proxy's socket file name in that directory.
+pub const EGRESS_SOCKET: &str = "proxy.sock";
+/// Where the forwarder listens inside the sandbox (what `HTTP(S)_PROXY` name).
+pub const EGRESS_LISTEN: &str = "127.0.0.1:3128";
 
 /// Where the wheel mirror appears inside the sandbox.
 pub const WHEEL_MOUNT: &str = "/mnt/wheels";
@@ -132,6 +156,7 @@ impl ExecutionSpec {
             env: BTreeMap::new(),
             limits: Limits::default(),
             wheels: None,
+            egress: None,
         }
     }
 

@@ -95,6 +95,9 @@ pub struct Agent<W: Write> {
 /// DIR]`: serves the runner on stdin/stdout until stdin closes.
 pub fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("forward") {
+        return crate::forward::main(&args[2..]);
+    }
     let value = |flag: &str| {
         args.iter()
             .position(|a| a == flag)

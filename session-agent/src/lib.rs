@@ -11,6 +11,7 @@
 //! none of the service's dependencies.
 
 pub mod agent;
+pub mod forward;
 pub mod kernels;
 pub mod protocol;
 

@@ -131,6 +131,33 @@ fn config_with(
         wrapped.extend(args);
         args = wrapped;
     }
+    if let Some(e) = &spec.egress {
+        use crate::spec::{EGRESS_LISTEN, EGRESS_MOUNT, EGRESS_SOCKET};
+        // The proxy's socket directory (runsc --host-uds=open lets the program
+        // connect to the socket in it; the directory, not the file, so a proxy
+        // that re-creates its socket stays reachable) and the forwarder.
+        mounts.push(
+            json!({"destination": EGRESS_MOUNT, "type": "bind", "source": e.socket_dir,
+                   "options": ["rbind", "ro", "nosuid", "nodev", "noexec"]}),
+        );
+        mounts.push(
+            json!({"destination": AGENT_MOUNT, "type": "bind", "source": e.agent,
+                   "options": ["bind", "ro", "nosuid", "nodev"]}),
+        );
+        let proxy = format!("http://{EGRESS_LISTEN}");
+        for k in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+            env.push(format!("{k}={proxy}"));
+        }
+        let mut wrapped = vec![
+            AGENT_MOUNT.to_owned(),
+            "forward".to_owned(),
+            EGRESS_LISTEN.to_owned(),
+            format!("{EGRESS_MOUNT}/{EGRESS_SOCKET}"),
+            "--".to_owned(),
+        ];
+        wrapped.extend(args);
+        args = wrapped;
+    }
     if root.host_usr {
         // The host's /usr brings /usr/local along; hide its host configuration.
         mounts.push(
