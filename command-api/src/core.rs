@@ -91,6 +91,17 @@ impl Caller {
         e.request_id = Some(self.request_id.clone());
         e
     }
+
+    /// The envelope of a request that may carry an `Idempotency-Key`: the key
+    /// and the request's digest are stored with what it appends.
+    pub(crate) fn keyed_envelope(&self, key: Option<&String>, digest: Digest) -> Envelope {
+        let mut e = self.envelope();
+        e.idempotency = key.map(|key| glassbox_events::store::Idempotency {
+            key: key.clone(),
+            request_digest: digest,
+        });
+        e
+    }
 }
 
 // ---------------------------------------------------------------- replies
@@ -379,6 +390,30 @@ impl Core {
         if d.allow { Ok(()) } else { Err(d.reasons) }
     }
 
+    /// The positions of the records an earlier request with this
+    /// `Idempotency-Key` appended (`None`: no such request); a conflict when
+    /// the key was used for another request (another digest).
+    pub(crate) async fn earlier_answer(
+        &self,
+        tenant: &str,
+        key: Option<&String>,
+        digest: Digest,
+    ) -> Result<Option<(u64, u64)>, ApiError> {
+        let Some(key) = key else {
+            return Ok(None);
+        };
+        match self
+            .store
+            .idempotency_lookup(tenant, key)
+            .await
+            .map_err(ApiError::store("look up the idempotency key"))?
+        {
+            Some((stored, _, _)) if stored != digest => Err(ApiError::IdempotencyConflict),
+            Some((_, first, last)) => Ok(Some((first, last))),
+            None => Ok(None),
+        }
+    }
+
     /// Submits a job (see the module docs). Its authorization is one of the
     /// decisions recorded with it, in the same append.
     pub async fn submit(
@@ -392,30 +427,17 @@ impl Core {
             .map_err(|e| ApiError::Invalid(e.to_string()))?;
         let tenant = caller.identity.tenant.clone();
         let digest = request_digest(&spec.request, &caller.identity);
-        if let Some(key) = &idempotency_key
-            && let Some((stored, first, last)) =
-                self.store
-                    .idempotency_lookup(&tenant, key)
-                    .await
-                    .map_err(ApiError::store("look up the idempotency key"))?
+        if let Some((first, last)) = self
+            .earlier_answer(&tenant, idempotency_key.as_ref(), digest)
+            .await?
         {
-            if stored != digest {
-                return Err(ApiError::IdempotencyConflict);
-            }
             return Ok(SubmitReply {
                 receipt: self.receipt(first, last).await?,
                 replayed: true,
             });
         }
-
         let job_id = Uuid::new_v4().to_string();
-        let mut envelope = caller.envelope();
-        if let Some(key) = &idempotency_key {
-            envelope.idempotency = Some(glassbox_events::store::Idempotency {
-                key: key.clone(),
-                request_digest: digest,
-            });
-        }
+        let envelope = caller.keyed_envelope(idempotency_key.as_ref(), digest);
         self.submit_as(caller, spec, idempotency_key, job_id, envelope)
             .await
     }

@@ -420,16 +420,10 @@ impl Core {
             .map_err(|e| ApiError::Invalid(e.to_string()))?;
         let tenant = caller.identity.tenant.clone();
         let digest = request_digest(&request, caller);
-        if let Some(key) = &idempotency_key
-            && let Some((stored, first, last)) =
-                self.store
-                    .idempotency_lookup(&tenant, key)
-                    .await
-                    .map_err(ApiError::store("look up the idempotency key"))?
+        if let Some((first, last)) = self
+            .earlier_answer(&tenant, idempotency_key.as_ref(), digest)
+            .await?
         {
-            if stored != digest {
-                return Err(ApiError::IdempotencyConflict);
-            }
             let mut r = self.session_receipt(first, last).await?;
             r.replayed = true;
             return Ok(r);
@@ -553,13 +547,7 @@ impl Core {
                 })),
             });
         }
-        let mut envelope = caller.envelope();
-        if let Some(key) = &idempotency_key {
-            envelope.idempotency = Some(glassbox_events::store::Idempotency {
-                key: key.clone(),
-                request_digest: digest,
-            });
-        }
+        let envelope = caller.keyed_envelope(idempotency_key.as_ref(), digest);
         let command = SessionCommand::Open { events };
         let outcome = self
             .store

@@ -515,16 +515,10 @@ impl Core {
         def.check_inputs(&request.inputs)
             .map_err(|e| ApiError::Conflict(e.to_string()))?;
         let digest = run_digest(name.as_str(), &request, &caller.identity);
-        if let Some(key) = &idempotency_key
-            && let Some((stored, first, last)) =
-                self.store
-                    .idempotency_lookup(&tenant, key)
-                    .await
-                    .map_err(ApiError::store("look up the idempotency key"))?
+        if let Some((first, last)) = self
+            .earlier_answer(&tenant, idempotency_key.as_ref(), digest)
+            .await?
         {
-            if stored != digest {
-                return Err(ApiError::IdempotencyConflict);
-            }
             return Ok(RunStarted {
                 receipt: self.run_receipt(first, last).await?,
                 replayed: true,
@@ -584,14 +578,8 @@ impl Core {
                 submitter_roles: caller.identity.roles.clone(),
             },
         )));
-        let mut envelope = caller.envelope();
+        let mut envelope = caller.keyed_envelope(idempotency_key.as_ref(), digest);
         envelope.correlation_id = Some(run_id.clone());
-        if let Some(key) = &idempotency_key {
-            envelope.idempotency = Some(glassbox_events::store::Idempotency {
-                key: key.clone(),
-                request_digest: digest,
-            });
-        }
         let command = RunCommand::Start { events };
         let outcome = self
             .store
