@@ -957,8 +957,7 @@ impl Core {
                 }
             }
             commands.push(RunCommand::Advance {
-                definition: Box::new((*def).clone()),
-                needs_approval: run.gated.clone(),
+                definition: def.clone(),
             });
             let mut appended = false;
             for command in commands {

@@ -55,11 +55,10 @@ pub enum RunCommand {
     Start {
         events: Vec<KnownEvent>,
     },
-    /// Do what the scheduler says now: schedule, ask, skip, finish.
-    /// `needs_approval`: the steps the policy (or the step itself) gates.
+    /// Do what the scheduler says now: schedule, ask, skip, finish. The steps
+    /// that wait for approval are those the run's start recorded as gated.
     Advance {
-        definition: Box<WorkflowDefinition>,
-        needs_approval: BTreeSet<StepName>,
+        definition: std::sync::Arc<WorkflowDefinition>,
     },
     /// The job of `step`'s attempt ended.
     StepFinished {
@@ -229,10 +228,7 @@ impl WorkflowRun {
                 }
                 Ok(events)
             }
-            RunCommand::Advance {
-                definition,
-                needs_approval,
-            } => {
+            RunCommand::Advance { definition } => {
                 let run_id = self.live()?.to_owned();
                 if self.digest.as_deref() != Some(definition.digest.as_str()) {
                     return Err(RunRefusal::WrongDefinition(
@@ -242,7 +238,7 @@ impl WorkflowRun {
                 if self.cancel_requested {
                     return Ok(self.wind_down(&run_id, &definition));
                 }
-                Ok(plan(&definition, &self.steps, &needs_approval)
+                Ok(plan(&definition, &self.steps, &self.gated)
                     .into_iter()
                     .map(|next| match next {
                         Next::Schedule { step, attempt } => {

@@ -25,6 +25,11 @@ fn n(s: &str) -> StepName {
 }
 
 fn started(def: &WorkflowDefinition) -> KnownEvent {
+    started_gated(def, &[])
+}
+
+/// The start, with the steps the recorded gate decisions made wait for approval.
+fn started_gated(def: &WorkflowDefinition, gated: &[&str]) -> KnownEvent {
     KnownEvent::WorkflowRunStarted(Box::new(c::WorkflowRunStarted {
         run_id: RUN.into(),
         name: "report".into(),
@@ -33,7 +38,7 @@ fn started(def: &WorkflowDefinition) -> KnownEvent {
         inputs: None,
         input_count: 0,
         idempotency_key: None,
-        gated: vec![],
+        gated: gated.iter().map(|g| (*g).to_owned()).collect(),
         submitter_roles: vec!["submitter".into()],
     }))
 }
@@ -72,10 +77,9 @@ fn given(events: &[KnownEvent]) -> WorkflowRun {
     WorkflowRun::fold(&records)
 }
 
-fn advance(run: &WorkflowRun, def: &WorkflowDefinition, gated: &[&str]) -> Vec<KnownEvent> {
+fn advance(run: &WorkflowRun, def: &WorkflowDefinition) -> Vec<KnownEvent> {
     run.decide(RunCommand::Advance {
-        definition: Box::new(def.clone()),
-        needs_approval: gated.iter().map(|s| n(s)).collect(),
+        definition: std::sync::Arc::new(def.clone()),
     })
     .expect("advance")
 }
@@ -136,15 +140,15 @@ fn advancing_schedules_each_step_once_even_when_decided_again_after_a_crash() {
         run.submitted_by.as_ref().map(|s| s.id.as_str()),
         Some("alice")
     );
-    let first = advance(&run, &def, &[]);
+    let first = advance(&run, &def);
     assert_eq!(first, [scheduled("a", 1)]);
     // An orchestrator that crashed after appending reads the stream and decides
     // again: nothing new.
     let run = given(&[started(&def), scheduled("a", 1)]);
-    assert_eq!(advance(&run, &def, &[]), []);
+    assert_eq!(advance(&run, &def), []);
     // a's job finished: b and c together, each its own derived job ID.
     let run = given(&[started(&def), scheduled("a", 1), finished("a", 1, true)]);
-    let next = advance(&run, &def, &[]);
+    let next = advance(&run, &def);
     assert_eq!(next, [scheduled("b", 1), scheduled("c", 1)]);
     assert_eq!(run.correlation_id.as_deref(), Some(RUN));
 }
@@ -185,7 +189,7 @@ fn a_whole_failing_run_ends_in_one_decision_after_its_failure() {
     let def = diamond();
     let run = given(&[started(&def), scheduled("a", 1), finished("a", 1, false)]);
     assert_eq!(
-        types(&advance(&run, &def, &[])),
+        types(&advance(&run, &def)),
         [
             "workflow.step_skipped",
             "workflow.step_skipped",
@@ -209,9 +213,13 @@ fn a_whole_failing_run_ends_in_one_decision_after_its_failure() {
 #[test]
 fn the_submitter_cannot_approve_their_own_step_and_the_refusal_is_recorded() {
     let def = diamond();
-    let base = vec![started(&def), scheduled("a", 1), finished("a", 1, true)];
+    let base = vec![
+        started_gated(&def, &["c"]),
+        scheduled("a", 1),
+        finished("a", 1, true),
+    ];
     let run = given(&base);
-    let next = advance(&run, &def, &["c"]);
+    let next = advance(&run, &def);
     assert_eq!(
         types(&next),
         ["workflow.step_scheduled", "workflow.approval_requested"]
@@ -243,7 +251,7 @@ fn the_submitter_cannot_approve_their_own_step_and_the_refusal_is_recorded() {
     events.extend(granted);
     let run = given(&events);
     assert_eq!(run.approvers.get(&n("c")).map(String::as_str), Some("bob"));
-    assert_eq!(advance(&run, &def, &["c"]), [scheduled("c", 1)]);
+    assert_eq!(advance(&run, &def), [scheduled("c", 1)]);
     assert!(matches!(
         run.decide(answer("bob", true, vec![])),
         Err(RunRefusal::NotAwaitingApproval(_))
@@ -253,9 +261,13 @@ fn the_submitter_cannot_approve_their_own_step_and_the_refusal_is_recorded() {
 #[test]
 fn a_denial_fails_the_step_and_skips_what_needs_it() {
     let def = diamond();
-    let mut events = vec![started(&def), scheduled("a", 1), finished("a", 1, true)];
+    let mut events = vec![
+        started_gated(&def, &["c"]),
+        scheduled("a", 1),
+        finished("a", 1, true),
+    ];
     let run = given(&events);
-    events.extend(advance(&run, &def, &["c"]));
+    events.extend(advance(&run, &def));
     let run = given(&events);
     events.extend(
         run.decide(RunCommand::Answer {
@@ -269,7 +281,7 @@ fn a_denial_fails_the_step_and_skips_what_needs_it() {
     );
     events.push(finished("b", 1, true));
     let run = given(&events);
-    let next = advance(&run, &def, &["c"]);
+    let next = advance(&run, &def);
     assert_eq!(
         types(&next),
         ["workflow.step_skipped", "workflow.run_finished"]
@@ -283,9 +295,13 @@ fn a_denial_fails_the_step_and_skips_what_needs_it() {
 #[test]
 fn a_cancel_skips_what_has_not_started_and_finishes_when_running_jobs_end() {
     let def = diamond();
-    let mut events = vec![started(&def), scheduled("a", 1), finished("a", 1, true)];
+    let mut events = vec![
+        started_gated(&def, &["c"]),
+        scheduled("a", 1),
+        finished("a", 1, true),
+    ];
     let run = given(&events);
-    events.extend(advance(&run, &def, &["c"])); // b scheduled, c awaiting approval
+    events.extend(advance(&run, &def)); // b scheduled, c awaiting approval
     let run = given(&events);
     let cancel = run.decide(RunCommand::Cancel).expect("cancel");
     assert_eq!(types(&cancel), ["workflow.cancel_requested"]);
@@ -298,7 +314,7 @@ fn a_cancel_skips_what_has_not_started_and_finishes_when_running_jobs_end() {
     );
     assert_eq!(run.running_jobs(), [(n("b"), job_id_for(RUN, &n("b"), 1))]);
     // b still runs: c and d are skipped, the run is not over.
-    let next = advance(&run, &def, &["c"]);
+    let next = advance(&run, &def);
     assert_eq!(
         types(&next),
         ["workflow.step_skipped", "workflow.step_skipped"]
@@ -307,7 +323,7 @@ fn a_cancel_skips_what_has_not_started_and_finishes_when_running_jobs_end() {
     events.push(finished("b", 1, false));
     let run = given(&events);
     // b's cancelled job ended: no retry after a cancel, the run fails.
-    let next = advance(&run, &def, &["c"]);
+    let next = advance(&run, &def);
     assert_eq!(types(&next), ["workflow.run_finished"]);
 }
 
@@ -319,8 +335,7 @@ fn a_definition_other_than_the_runs_is_refused() {
     other.digest = format!("sha256:{}", "0".repeat(64));
     assert!(matches!(
         run.decide(RunCommand::Advance {
-            definition: Box::new(other),
-            needs_approval: BTreeSet::new()
+            definition: std::sync::Arc::new(other),
         }),
         Err(RunRefusal::WrongDefinition(_))
     ));
