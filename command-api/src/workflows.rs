@@ -1111,8 +1111,10 @@ pub async fn orchestrate(core: Core, token: CancellationToken) {
                 let r = &stored.record;
                 let run_id = match glassbox_domain::stream::kind_of(&r.stream) {
                     glassbox_domain::stream::StreamKind::WorkflowRun(id) => Some(id.to_owned()),
-                    // A step's job carries its run's ID as correlation.
-                    glassbox_domain::stream::StreamKind::Job(_) => {
+                    // A step's job (a derived ID) carries its run's ID as correlation.
+                    glassbox_domain::stream::StreamKind::Job(job)
+                        if glassbox_domain::workflow::run::is_step_job(job) =>
+                    {
                         let candidate = Stream::workflow_run(&r.correlation_id);
                         match core.store.stream_version(candidate.as_str()).await {
                             Ok(Some(_)) => Some(r.correlation_id.clone()),

@@ -126,6 +126,13 @@ pub fn job_id_for(run_id: &str, step: &StepName, attempt: u32) -> String {
     )
 }
 
+/// Whether `job_id` is a workflow step's job: only [`job_id_for`] makes
+/// version-8 UUIDs (a client's job gets a random, version-4 one). Lets the
+/// orchestrator ignore the ends of every other job without a query.
+pub fn is_step_job(job_id: &str) -> bool {
+    job_id.len() == 36 && job_id.as_bytes().get(14) == Some(&b'8')
+}
+
 impl WorkflowRun {
     pub fn apply(&mut self, r: &Record) {
         self.version = r.stream_version;

@@ -352,3 +352,11 @@ fn job_ids_are_uuids_derived_from_run_step_and_attempt() {
     assert_eq!(u.get_version_num(), 8);
     assert_eq!(u.get_variant(), uuid::Variant::RFC4122);
 }
+
+#[test]
+fn step_jobs_are_told_apart_from_client_jobs_by_their_id() {
+    let id = job_id_for(RUN, &n("a"), 1);
+    assert!(super::is_step_job(&id), "{id}");
+    assert!(!super::is_step_job(&uuid::Uuid::new_v4().to_string()));
+    assert!(!super::is_step_job("job"));
+}
