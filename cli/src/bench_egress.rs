@@ -2,20 +2,17 @@
 //! same transfers made directly in the same run — a 100 MB download through a
 //! CONNECT tunnel, and small requests each on a new connection (the proxy
 //! parses, decides, resolves, connects and records every one). Host only:
-//! the path from inside a sandbox (a forwarder and a host Unix socket) is not
-//! wired yet (issue 15), so this measures what the proxy itself adds.
+//! the runner does not start proxies for sandboxes yet (issue 15), so this
+//! measures what the proxy itself adds, not the path from inside a sandbox.
 
 use crate::bench::{percentile, round};
 use clap::Args;
-use glassbox_egress::proxy::BoxFuture;
-use glassbox_egress::{
-    Destination, EgressEvent, Limits, Policy, Proxy, Recorder, Resolver, Verdict,
-};
+use glassbox_egress::testing::{Loopback, Memory};
+use glassbox_egress::{Destination, Limits, Policy, Proxy, Verdict};
 use serde_json::json;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -40,26 +37,6 @@ impl Policy for AllowOutside {
             allow_private: true,
             decided_by: None,
         }
-    }
-}
-
-struct Loopback;
-
-impl Resolver for Loopback {
-    fn resolve<'a>(
-        &'a self,
-        d: &'a Destination,
-    ) -> BoxFuture<'a, std::io::Result<Vec<SocketAddr>>> {
-        Box::pin(async move { Ok(vec![SocketAddr::from(([127, 0, 0, 1], d.port))]) })
-    }
-}
-
-#[derive(Default)]
-struct Count(AtomicU64);
-
-impl Recorder for Count {
-    fn record(&self, _: EgressEvent) -> BoxFuture<'_, Option<u64>> {
-        Box::pin(async move { Some(self.0.fetch_add(1, Ordering::Relaxed) + 1) })
     }
 }
 
@@ -147,7 +124,7 @@ async fn get(proxy: Option<SocketAddr>, port: u16, path: &str) -> anyhow::Result
 pub async fn run(args: EgressBench) -> anyhow::Result<ExitCode> {
     let size = args.megabytes << 20;
     let port = outside(size).await?;
-    let recorder = Arc::new(Count::default());
+    let recorder = Arc::new(Memory::starting_at(0));
     let proxy = Arc::new(Proxy::new(
         Arc::new(AllowOutside),
         Arc::new(Loopback),
@@ -202,7 +179,7 @@ pub async fn run(args: EgressBench) -> anyhow::Result<ExitCode> {
         "{}",
         json!({
             "bench": "egress",
-            "scope": "host only: the proxy core on loopback (the sandbox path is not wired yet)",
+            "scope": "host only: the proxy core on loopback, not from inside a sandbox",
             "build": if cfg!(debug_assertions) { "debug" } else { "release" },
             "download_mb": args.megabytes,
             "download_mb_per_s": {"proxy_p50": round(mbps(Duration::from_secs_f64(p50 / 1000.0))), "baseline_direct_p50": round(mbps(Duration::from_secs_f64(d50 / 1000.0)))},
@@ -210,7 +187,7 @@ pub async fn run(args: EgressBench) -> anyhow::Result<ExitCode> {
             "requests": args.requests,
             "request_ms": {"proxy_p50": round(sp), "baseline_direct_p50": round(sd)},
             "added_p50_ms_per_request": round(sp - sd),
-            "events_recorded": recorder.0.load(Ordering::Relaxed),
+            "events_recorded": recorder.events().len(),
         })
     );
     Ok(ExitCode::SUCCESS)

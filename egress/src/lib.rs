@@ -21,6 +21,7 @@
 pub mod addr;
 pub mod proxy;
 pub mod request;
+pub mod testing;
 
 pub use addr::{AddrClass, classify};
 pub use proxy::{

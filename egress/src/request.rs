@@ -236,6 +236,7 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::client_hello as hello;
 
     fn dest(h: &str, p: u16) -> Destination {
         Destination {
@@ -294,30 +295,6 @@ mod tests {
                 String::from_utf8_lossy(head)
             );
         }
-    }
-
-    /// A minimal ClientHello naming `name`.
-    fn hello(name: &str) -> Vec<u8> {
-        let mut sni = vec![0u8];
-        sni.extend((name.len() as u16).to_be_bytes());
-        sni.extend(name.as_bytes());
-        let mut list = ((sni.len()) as u16).to_be_bytes().to_vec();
-        list.extend(sni);
-        let mut ext = vec![0, 0];
-        ext.extend((list.len() as u16).to_be_bytes());
-        ext.extend(list);
-        let mut body = vec![3, 3];
-        body.extend([0u8; 32]);
-        body.extend([0, 0, 2, 0x13, 0x01, 1, 0]);
-        body.extend((ext.len() as u16).to_be_bytes());
-        body.extend(ext);
-        let mut hs = vec![1];
-        hs.extend(&(body.len() as u32).to_be_bytes()[1..]);
-        hs.extend(body);
-        let mut rec = vec![0x16, 3, 1];
-        rec.extend((hs.len() as u16).to_be_bytes());
-        rec.extend(hs);
-        rec
     }
 
     #[test]

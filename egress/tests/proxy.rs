@@ -2,6 +2,7 @@
 //! outside", a table plays DNS, a vector plays the ledger.
 
 use glassbox_egress::proxy::BoxFuture;
+use glassbox_egress::testing::{Memory, client_hello};
 use glassbox_egress::*;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -52,25 +53,6 @@ impl Resolver for Table {
     }
 }
 
-#[derive(Default)]
-struct Ledger(Mutex<Vec<EgressEvent>>);
-
-impl Recorder for Ledger {
-    fn record(&self, e: EgressEvent) -> BoxFuture<'_, Option<u64>> {
-        Box::pin(async move {
-            let mut v = self.0.lock().ok()?;
-            v.push(e);
-            Some(1000 + v.len() as u64)
-        })
-    }
-}
-
-impl Ledger {
-    fn events(&self) -> Vec<EgressEvent> {
-        self.0.lock().map(|v| v.clone()).unwrap_or_default()
-    }
-}
-
 /// An "outside" server: echoes lines with a prefix; `big` sends that many bytes first.
 async fn outside(big: usize) -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -110,7 +92,7 @@ async fn outside(big: usize) -> u16 {
 
 struct Setup {
     proxy_addr: SocketAddr,
-    ledger: Arc<Ledger>,
+    ledger: Arc<Memory>,
     resolver: Arc<Table>,
 }
 
@@ -119,7 +101,7 @@ async fn setup(
     dns: Vec<(&'static str, &str)>,
     limits: Limits,
 ) -> Setup {
-    let ledger = Arc::new(Ledger::default());
+    let ledger = Arc::new(Memory::starting_at(1000));
     let resolver = Arc::new(Table(
         dns.into_iter()
             .map(|(h, ip)| (h, vec![SocketAddr::new(ip.parse().expect("ip"), 0)]))
@@ -370,28 +352,4 @@ async fn oversized_and_garbage_requests_are_refused_without_harm() {
         .await
         .expect("write");
     assert!(rest(c).await.starts_with("HTTP/1.1 400"));
-}
-
-/// A minimal TLS ClientHello naming `name`.
-fn client_hello(name: &str) -> Vec<u8> {
-    let mut sni = vec![0u8];
-    sni.extend((name.len() as u16).to_be_bytes());
-    sni.extend(name.as_bytes());
-    let mut list = (sni.len() as u16).to_be_bytes().to_vec();
-    list.extend(sni);
-    let mut ext = vec![0, 0];
-    ext.extend((list.len() as u16).to_be_bytes());
-    ext.extend(list);
-    let mut body = vec![3, 3];
-    body.extend([0u8; 32]);
-    body.extend([0, 0, 2, 0x13, 0x01, 1, 0]);
-    body.extend((ext.len() as u16).to_be_bytes());
-    body.extend(ext);
-    let mut hs = vec![1];
-    hs.extend(&(body.len() as u32).to_be_bytes()[1..]);
-    hs.extend(body);
-    let mut rec = vec![0x16, 3, 1];
-    rec.extend((hs.len() as u16).to_be_bytes());
-    rec.extend(hs);
-    rec
 }

@@ -6,14 +6,11 @@
 mod common;
 
 use common::{backend, run, spec};
-use glassbox_egress::proxy::BoxFuture;
-use glassbox_egress::{
-    Destination, EgressEvent, Limits, Policy, Proxy, Recorder, Resolver, Verdict,
-};
+use glassbox_egress::testing::{Loopback, Memory};
+use glassbox_egress::{Destination, EgressEvent, Limits, Policy, Proxy, Verdict};
 use glassbox_sandbox_runner::spec::EgressPath;
-use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt as _;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct Only(String, u16);
@@ -26,30 +23,6 @@ impl Policy for Only {
             allow_private: true,
             decided_by: None,
         }
-    }
-}
-
-struct Loopback;
-
-impl Resolver for Loopback {
-    fn resolve<'a>(
-        &'a self,
-        d: &'a Destination,
-    ) -> BoxFuture<'a, std::io::Result<Vec<SocketAddr>>> {
-        Box::pin(async move { Ok(vec![SocketAddr::from(([127, 0, 0, 1], d.port))]) })
-    }
-}
-
-#[derive(Default)]
-struct Ledger(Mutex<Vec<EgressEvent>>);
-
-impl Recorder for Ledger {
-    fn record(&self, e: EgressEvent) -> BoxFuture<'_, Option<u64>> {
-        Box::pin(async move {
-            let mut v = self.0.lock().ok()?;
-            v.push(e);
-            Some(500 + v.len() as u64)
-        })
     }
 }
 
@@ -80,7 +53,7 @@ async fn a_sandbox_reaches_an_allowed_host_only_through_its_proxy() {
     // The program runs as 65534: the socket is its alone.
     std::os::unix::fs::chown(&sock, Some(65534), Some(65534)).expect("chown");
     std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    let ledger = Arc::new(Ledger::default());
+    let ledger = Arc::new(Memory::starting_at(500));
     let proxy = Arc::new(Proxy::new(
         Arc::new(Only("outside.test".into(), port)),
         Arc::new(Loopback),
@@ -140,7 +113,7 @@ except OSError:
     assert!(out.contains("direct refused 1.1.1.1"), "{out}");
     assert!(out.contains("direct refused 169.254.169.254"), "{out}");
     assert!(out.contains("dns none"), "{out}");
-    let events = ledger.0.lock().expect("events").clone();
+    let events = ledger.events();
     assert!(
         events
             .iter()
