@@ -38,7 +38,7 @@ pub struct E2eBench {
     pub otlp_rounds: usize,
 }
 
-const CODE: &str = "print('hello')";
+pub(crate) const CODE: &str = "print('hello')";
 
 pub async fn run(args: E2eBench) -> anyhow::Result<ExitCode> {
     if args.otlp {
@@ -67,15 +67,16 @@ pub async fn run(args: E2eBench) -> anyhow::Result<ExitCode> {
     .await
 }
 
-struct Client {
-    http: reqwest::Client,
-    api: String,
-    token: String,
+/// A benchmark's API client (also `bench workflow`'s).
+pub(crate) struct Client {
+    pub(crate) http: reqwest::Client,
+    pub(crate) api: String,
+    pub(crate) token: String,
 }
 
 impl Client {
     /// Submits hello-world and waits for the job to be terminal.
-    async fn run_job(&self) -> anyhow::Result<Value> {
+    pub(crate) async fn run_job(&self) -> anyhow::Result<Value> {
         let receipt: Value = self
             .http
             .post(format!("{}/v1/jobs", self.api))

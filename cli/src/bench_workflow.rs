@@ -5,9 +5,10 @@
 //! orchestrator's overhead per step. Needs root and runsc.
 
 use crate::bench::{percentile, round};
+use crate::bench_e2e::{CODE, Client};
 use anyhow::Context as _;
 use clap::Args;
-use glassbox_domain::JobStatus;
+use glassbox_domain::status::RunStatus;
 use glassbox_sandbox_runner::service::{Runner, RunnerConfig, SecretProvider};
 use glassbox_sandbox_runner::{LocalConfig, LocalRunsc};
 use serde_json::{Value, json};
@@ -29,8 +30,6 @@ pub struct WorkflowBench {
     pub base_dir: PathBuf,
 }
 
-const CODE: &str = "print('hello')";
-
 pub async fn run(args: WorkflowBench) -> anyhow::Result<ExitCode> {
     let args = &args;
     crate::bench::on_fresh_db(&args.service.database_url, "data", |url, dir| async move {
@@ -39,70 +38,38 @@ pub async fn run(args: WorkflowBench) -> anyhow::Result<ExitCode> {
     .await
 }
 
-struct Client {
-    http: reqwest::Client,
-    api: String,
-    token: String,
+/// POSTs `body`; the answer, or an error naming the status.
+async fn post(c: &Client, path: &str, body: &Value) -> anyhow::Result<Value> {
+    let r = c
+        .http
+        .post(format!("{}{path}", c.api))
+        .bearer_auth(&c.token)
+        .json(body)
+        .send()
+        .await?;
+    let status = r.status();
+    let v: Value = r.json().await?;
+    anyhow::ensure!(status.is_success(), "{path}: {status} {v}");
+    Ok(v)
 }
 
-impl Client {
-    async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
-        let r = self
+/// Starts a run of `name` and waits for it to finish (polling, as a client would).
+async fn run_workflow(c: &Client, name: &str) -> anyhow::Result<Value> {
+    let r = post(c, &format!("/v1/workflows/{name}/runs"), &json!({})).await?;
+    let id = r["run_id"].as_str().context("no run id")?.to_owned();
+    loop {
+        let v: Value = c
             .http
-            .post(format!("{}{path}", self.api))
-            .bearer_auth(&self.token)
-            .json(body)
-            .send()
-            .await?;
-        let status = r.status();
-        let v: Value = r.json().await?;
-        anyhow::ensure!(status.is_success(), "{path}: {status} {v}");
-        Ok(v)
-    }
-
-    async fn get(&self, path: &str) -> anyhow::Result<Value> {
-        Ok(self
-            .http
-            .get(format!("{}{path}", self.api))
-            .bearer_auth(&self.token)
+            .get(format!("{}/v1/workflow-runs/{id}", c.api))
+            .bearer_auth(&c.token)
             .send()
             .await?
             .json()
-            .await?)
-    }
-
-    /// Submits hello-world and waits for the job to be terminal.
-    async fn run_job(&self) -> anyhow::Result<Value> {
-        let receipt = self
-            .post("/v1/jobs", &json!({"language": "python", "code": CODE}))
             .await?;
-        let id = receipt["job_id"].as_str().context("no job id")?.to_owned();
-        let pos = receipt["position"].as_u64().unwrap_or(0);
-        loop {
-            let job = self
-                .get(&format!("/v1/jobs/{id}?min_position={pos}&wait=30"))
-                .await?;
-            match serde_json::from_value::<JobStatus>(job["status"].clone()) {
-                Ok(s) if s.is_terminal() => return Ok(job),
-                Ok(_) => {}
-                Err(_) => anyhow::bail!("job {id}: {job}"),
-            }
+        if v["status"] != RunStatus::Running.as_str() {
+            return Ok(v);
         }
-    }
-
-    /// Starts a run of `name` and waits for it to finish (polling, as a client would).
-    async fn run_workflow(&self, name: &str) -> anyhow::Result<Value> {
-        let r = self
-            .post(&format!("/v1/workflows/{name}/runs"), &json!({}))
-            .await?;
-        let id = r["run_id"].as_str().context("no run id")?.to_owned();
-        loop {
-            let v = self.get(&format!("/v1/workflow-runs/{id}")).await?;
-            if v["status"] != glassbox_domain::status::RunStatus::Running.as_str() {
-                return Ok(v);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -153,26 +120,26 @@ async fn inner(args: &WorkflowBench, url: &str, dir: &std::path::Path) -> anyhow
             s
         })
         .collect();
-    client
-        .post("/v1/workflows", &json!({"name": "chain", "steps": steps}))
-        .await?;
+    post(
+        &client,
+        "/v1/workflows",
+        &json!({"name": "chain", "steps": steps}),
+    )
+    .await?;
     // Warm-up: one of each.
     client.run_job().await?;
-    let v = client.run_workflow("chain").await?;
+    let v = run_workflow(&client, "chain").await?;
     anyhow::ensure!(
-        v["status"] == glassbox_domain::status::RunStatus::Succeeded.as_str(),
+        v["status"] == RunStatus::Succeeded.as_str(),
         "warm-up run: {v}"
     );
 
     let (mut chain, mut sequential) = (Vec::new(), Vec::new());
     for _ in 0..args.rounds {
         let t = Instant::now();
-        let v = client.run_workflow("chain").await?;
+        let v = run_workflow(&client, "chain").await?;
         chain.push(t.elapsed());
-        anyhow::ensure!(
-            v["status"] == glassbox_domain::status::RunStatus::Succeeded.as_str(),
-            "run: {v}"
-        );
+        anyhow::ensure!(v["status"] == RunStatus::Succeeded.as_str(), "run: {v}");
         let t = Instant::now();
         for _ in 0..args.steps {
             let job = client.run_job().await?;
