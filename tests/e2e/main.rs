@@ -48,6 +48,24 @@ async fn stack_with(
     let core = app.state().core.clone();
     tokio::spawn(app.run_until_stopped());
     tokio::spawn(glassbox_projector::Projector::new(core.store.clone()).run(None, stop.clone()));
+    spawn_runner(&core, secrets, wheel_mirror, &stop).await;
+    Stack {
+        addr,
+        client: reqwest::Client::new(),
+        store: core.store.clone(),
+        db,
+        data_dir,
+        stop,
+    }
+}
+
+/// A runsc runner (two slots) on `core`'s ledger, until `stop`.
+async fn spawn_runner(
+    core: &glassbox_command_api::Core,
+    secrets: SecretProvider,
+    wheel_mirror: Option<PathBuf>,
+    stop: &CancellationToken,
+) {
     let runner_id = format!("e2e{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
     let (backend, _) = LocalRunsc::start(LocalConfig {
         runner_id: runner_id.clone(),
@@ -71,14 +89,6 @@ async fn stack_with(
         },
     );
     tokio::spawn(runner.run(stop.clone()));
-    Stack {
-        addr,
-        client: reqwest::Client::new(),
-        store: core.store.clone(),
-        db,
-        data_dir,
-        stop,
-    }
 }
 
 impl Stack {

@@ -63,10 +63,11 @@ async fn stdout_of(s: &Stack, tenant: &str, job: &str) -> String {
 }
 
 async fn run_types(s: &Stack, run: &str) -> Vec<StoredRecord> {
-    s.store
-        .read_stream(&format!("workflow-run-{run}"), 1, 1000)
-        .await
-        .expect("run stream")
+    stream(&s.store, &format!("workflow-run-{run}")).await
+}
+
+async fn stream(store: &EventStore, name: &str) -> Vec<StoredRecord> {
+    store.read_stream(name, 1, 1000).await.expect("stream")
 }
 
 fn py(code: &str) -> Value {
@@ -399,29 +400,7 @@ async fn another_orchestrator_continues_a_run_whose_orchestrator_died_without_re
     tokio::spawn(a.run_until_stopped());
     let rest = CancellationToken::new();
     tokio::spawn(glassbox_projector::Projector::new(core.store.clone()).run(None, rest.clone()));
-    let runner_id = format!("e2e{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
-    let (backend, _) = LocalRunsc::start(LocalConfig {
-        runner_id: runner_id.clone(),
-        base_dir: PathBuf::from("/run/glassbox-test"),
-        ..LocalConfig::default()
-    })
-    .await
-    .expect("runsc backend");
-    let runner = Runner::new(
-        core.store.clone(),
-        core.blobs.clone(),
-        core.engine.clone(),
-        backend,
-        RunnerConfig {
-            runner_id,
-            slots: 2,
-            lease_grace: Duration::from_secs(30),
-            secrets: SecretProvider::None,
-            wheel_mirror: None,
-            max_attempts: glassbox_sandbox_runner::service::DEFAULT_MAX_ATTEMPTS,
-        },
-    );
-    tokio::spawn(runner.run(rest.clone()));
+    spawn_runner(&core, SecretProvider::None, None, &rest).await;
     let client = reqwest::Client::new();
     let send = |addr: &str, path: &str, body: Value| {
         client
@@ -451,13 +430,7 @@ async fn another_orchestrator_continues_a_run_whose_orchestrator_died_without_re
     let run = r["run_id"].as_str().expect("run").to_owned();
     // A dies while step one runs.
     for _ in 0..100 {
-        let t = types(
-            &core
-                .store
-                .read_stream(&format!("workflow-run-{run}"), 1, 100)
-                .await
-                .expect("run"),
-        );
+        let t = types(&stream(&core.store, &format!("workflow-run-{run}")).await);
         if t.iter().any(|e| e == "workflow.step_scheduled") {
             break;
         }
@@ -467,19 +440,32 @@ async fn another_orchestrator_continues_a_run_whose_orchestrator_died_without_re
     tokio::time::sleep(Duration::from_millis(500)).await;
     // Nothing moves the run while no orchestrator lives: step one's job ends,
     // step two is not scheduled.
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let t = types(
-        &core
-            .store
-            .read_stream(&format!("workflow-run-{run}"), 1, 100)
+    let mut one_ended = false;
+    for _ in 0..100 {
+        let t = types(&stream(&core.store, &format!("workflow-run-{run}")).await);
+        let jobs: Vec<String> = stream(&core.store, &format!("workflow-run-{run}"))
             .await
-            .expect("run"),
-    );
+            .iter()
+            .filter(|r| r.record.event_type == "workflow.step_scheduled")
+            .filter_map(|r| r.record.data["job_id"].as_str().map(str::to_owned))
+            .collect();
+        assert_eq!(jobs.len(), 1, "{t:?}");
+        let job = types(&stream(&core.store, &format!("job-{}", jobs[0])).await);
+        if job.iter().any(|e| e == "job.completed") {
+            one_ended = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(one_ended, "step one's job finished");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let t = types(&stream(&core.store, &format!("workflow-run-{run}")).await);
     assert_eq!(
         t.iter().filter(|e| *e == "workflow.step_scheduled").count(),
         1,
         "{t:?}"
     );
+    assert!(!t.iter().any(|e| e == "workflow.step_finished"), "{t:?}");
     // Instance B starts and continues the run.
     let b = Application::build(config()).await.expect("instance b");
     let b_addr = format!("http://127.0.0.1:{}", b.port());
@@ -502,11 +488,7 @@ async fn another_orchestrator_continues_a_run_whose_orchestrator_died_without_re
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(v["status"], "succeeded", "{v}");
-    let records = core
-        .store
-        .read_stream(&format!("workflow-run-{run}"), 1, 100)
-        .await
-        .expect("run");
+    let records = stream(&core.store, &format!("workflow-run-{run}")).await;
     let scheduled: Vec<String> = records
         .iter()
         .filter(|r| r.record.event_type == "workflow.step_scheduled")
@@ -516,13 +498,7 @@ async fn another_orchestrator_continues_a_run_whose_orchestrator_died_without_re
     // Each step's job ran exactly once.
     for s in v["steps"].as_array().expect("steps") {
         let job = s["jobs"][0].as_str().expect("job");
-        let t = types(
-            &core
-                .store
-                .read_stream(&format!("job-{job}"), 1, 100)
-                .await
-                .expect("job"),
-        );
+        let t = types(&stream(&core.store, &format!("job-{job}")).await);
         assert_eq!(
             t.iter().filter(|e| *e == "execution.started").count(),
             1,
