@@ -199,20 +199,6 @@ pub struct RunCancelReply {
 
 // ---------------------------------------------------------------- helpers
 
-fn step_status(s: &StepState) -> StepStatus {
-    match s {
-        StepState::Waiting => StepStatus::Waiting,
-        StepState::AwaitingApproval => StepStatus::AwaitingApproval,
-        StepState::Approved => StepStatus::Approved,
-        StepState::Running { .. } => StepStatus::Running,
-        StepState::Failed { .. } => StepStatus::Failed,
-        StepState::Succeeded => StepStatus::Succeeded,
-        StepState::Denied => StepStatus::Denied,
-        StepState::Skipped => StepStatus::Skipped,
-        StepState::Cancelled => StepStatus::Cancelled,
-    }
-}
-
 fn refused(run_id: &str) -> impl Fn(DecideError<RunRefusal>) -> ApiError + '_ {
     move |e| match e {
         DecideError::Refused(RunRefusal::NoRun) => {
@@ -692,7 +678,7 @@ impl Core {
                 StepView {
                     name: s.name.to_string(),
                     needs: s.needs.iter().map(ToString::to_string).collect(),
-                    status: step_status(&state),
+                    status: state.status(),
                     attempt: u64::from(attempt),
                     jobs: run.jobs.get(&s.name).cloned().unwrap_or_default(),
                     approval_required: run.gated.contains(&s.name),

@@ -466,6 +466,24 @@ pub enum StepState {
     Cancelled,
 }
 
+impl StepState {
+    /// The status clients see.
+    pub fn status(&self) -> crate::status::StepStatus {
+        use crate::status::StepStatus as S;
+        match self {
+            StepState::Waiting => S::Waiting,
+            StepState::AwaitingApproval => S::AwaitingApproval,
+            StepState::Approved => S::Approved,
+            StepState::Running { .. } => S::Running,
+            StepState::Failed { .. } => S::Failed,
+            StepState::Succeeded => S::Succeeded,
+            StepState::Denied => S::Denied,
+            StepState::Skipped => S::Skipped,
+            StepState::Cancelled => S::Cancelled,
+        }
+    }
+}
+
 /// What the scheduler wants done next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Next {
