@@ -130,6 +130,7 @@ fn start_runner(
             secrets: SecretProvider::None,
             wheel_mirror: None,
             max_attempts: glassbox_sandbox_runner::service::DEFAULT_MAX_ATTEMPTS,
+            egress: Default::default(),
         },
     );
     tokio::spawn(runner.run(t.clone()));

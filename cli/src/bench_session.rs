@@ -230,6 +230,7 @@ async fn inner(args: &SessionBench, url: &str, dir: &std::path::Path) -> anyhow:
             secrets: SecretProvider::None,
             wheel_mirror: None,
             max_attempts: glassbox_sandbox_runner::service::DEFAULT_MAX_ATTEMPTS,
+            egress: Default::default(),
         },
     );
     tokio::spawn(runner.run(runner_stop.clone()));

@@ -18,6 +18,7 @@
 
 use crate::error::ApiError;
 use glassbox_domain::catalogue::{self, BlobRef, Decision as Verdict, KnownEvent, Limits};
+use glassbox_domain::request::EgressTarget;
 use glassbox_domain::status::CancelState;
 use glassbox_domain::{Job, JobCommand, JobSpec, JobStatus, Refusal, Stream};
 use glassbox_events::store::{AppendRequest, EventStore, NewEvent, StoreError};
@@ -294,6 +295,7 @@ impl Core {
         language: &str,
         input: &Value,
         secrets: &[glassbox_domain::request::SecretRequest],
+        egress: &[EgressTarget],
         events: &mut Vec<KnownEvent>,
     ) -> (Vec<String>, Option<L>) {
         let admission = self.engine.evaluate(Policy::Admission, input);
@@ -303,6 +305,7 @@ impl Core {
             reasons.extend(admission.reasons.iter().cloned());
         }
         self.decide_secrets(tenant, language, secrets, events, &mut reasons);
+        self.decide_egress(tenant, egress, events, &mut reasons);
         let effective: Option<L> = admission
             .effective_limits
             .and_then(|m| serde_json::from_value(Value::Object(m)).ok());
@@ -342,6 +345,26 @@ impl Core {
                         reasons: d.reasons.clone(),
                     },
                 )));
+            }
+        }
+    }
+
+    /// `glassbox.egress` for each destination asked for (a job's or a
+    /// session's): every decision into `events`, a denial's reasons into
+    /// `reasons` (one denied destination refuses the whole request: fail closed).
+    pub(crate) fn decide_egress(
+        &self,
+        tenant: &str,
+        egress: &[EgressTarget],
+        events: &mut Vec<KnownEvent>,
+        reasons: &mut Vec<String>,
+    ) {
+        for t in egress {
+            let input = json!({"tenant": tenant, "host": t.host, "port": t.port});
+            let d = self.engine.evaluate(Policy::Egress, &input);
+            events.push(evaluated_event(&d, &input));
+            if !d.allow {
+                reasons.extend(d.reasons.iter().cloned());
             }
         }
     }
@@ -494,6 +517,7 @@ impl Core {
                 spec.language.as_str(),
                 &admission_input,
                 &spec.secrets,
+                &spec.egress,
                 &mut events,
             );
             events.push(match (reasons.is_empty(), effective) {
@@ -604,6 +628,7 @@ impl Core {
             secrets: r.secrets.iter().map(|s| s.name.to_string()).collect(),
             limits: r.limits.clone(),
             idempotency_key: None,
+            egress: r.egress.iter().map(ToString::to_string).collect(),
         })
     }
 

@@ -481,6 +481,7 @@ impl Core {
                 secrets: spec.secrets.iter().map(|s| s.name.to_string()).collect(),
                 limits: spec.limits.clone(),
                 idempotency_key: idempotency_key.clone(),
+                egress: spec.egress.iter().map(ToString::to_string).collect(),
             };
             let open = glassbox_projector::queries::open_sessions(&self.pool, &tenant)
                 .await
@@ -502,6 +503,7 @@ impl Core {
                 spec.language.as_str(),
                 &admission_input,
                 &spec.secrets,
+                &spec.egress,
                 &mut events,
             );
             if reasons.is_empty() {

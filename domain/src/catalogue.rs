@@ -375,6 +375,10 @@ catalogue! {
         /// The limits as requested (policy fills in the rest).
         limits: Limits,
         idempotency_key: Option<String>,
+        /// Destinations asked for (`host:port`, `*.domain:port`; the
+        /// submitter's words, each decided by `glassbox.egress`). Absent: none.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        egress: Vec<String>,
     }
     /// One policy was consulted: what it was asked and what it answered, so the
     /// decision can be re-evaluated later against the bundle kept by digest.
@@ -453,6 +457,44 @@ catalogue! {
     }
     /// Crypto-shredding: the job's data key is gone, its blobs unreadable.
     KeyDestroyed = "key.destroyed" v 1 { key_id: String, reason: String }
+    /// The sandbox's egress proxy let connection `connection` through.
+    /// `target`: the destination asked for that it matched (the submitter's
+    /// words). The host the program named is program data: a keyed digest
+    /// (HMAC under the job's or session's data key), in clear only when it is
+    /// exactly `target`'s host. `address`: where the proxy connected (it
+    /// resolved the name and pinned the answer).
+    EgressAllowed = "egress.allowed" v 1 {
+        connection: u64,
+        target: String,
+        host: Option<String>,
+        host_hmac: Digest,
+        port: u64,
+        address: String,
+        rule: String,
+        /// `glassbox.egress@sha256:<bundle digest>`.
+        decided_by: Option<String>,
+    }
+    /// The proxy refused a connection (the program got a 403 naming this
+    /// record's position). `reason`: `bad_request`, `not_requested`, `policy`,
+    /// `ip_literal`, `non_public:<class>`, `unresolved`, `sni_mismatch` or
+    /// `connection_limit`. Hosts as in `egress.allowed`; absent when the
+    /// request could not be read.
+    EgressDenied = "egress.denied" v 1 {
+        connection: u64,
+        reason: String,
+        target: Option<String>,
+        host: Option<String>,
+        host_hmac: Option<Digest>,
+        port: Option<u64>,
+        rule: Option<String>,
+        decided_by: Option<String>,
+    }
+    /// Connection `connection` ended: bytes each way and how long it lasted.
+    EgressClosed = "egress.closed" v 1 { connection: u64, bytes_out: u64, bytes_in: u64, duration_ms: u64 }
+    /// A per-sandbox egress limit was reached: `bytes` ended connection
+    /// `connection`; `connections` refused `refused` connections after the
+    /// first one recorded (summed when the sandbox ends, not one record each).
+    EgressLimitReached = "egress.limit_reached" v 1 { limit: String, max: u64, connection: Option<u64>, refused: u64 }
     JobCancelRequested = "job.cancel_requested" v 1 { job_id: String, reason: Option<String> }
     JobCompleted = "job.completed" v 1 { job_id: String, outcome: Outcome }
     JobFailed = "job.failed" v 1 { job_id: String, reason: String }
@@ -470,6 +512,9 @@ catalogue! {
         /// As requested (policy fills in the rest).
         limits: SessionLimits,
         idempotency_key: Option<String>,
+        /// Destinations asked for, as for a job.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        egress: Vec<String>,
     }
     /// Every policy allowed the session; it is placed on `runner`. It ends at
     /// `expires_at` at the latest (its maximum lifetime).

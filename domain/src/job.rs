@@ -281,6 +281,10 @@ impl Job {
                             | KnownEvent::SecretMaterialized(_)
                             | KnownEvent::SandboxProvisioned(_)
                             | KnownEvent::ExecutionStarted(_)
+                            | KnownEvent::EgressAllowed(_)
+                            | KnownEvent::EgressDenied(_)
+                            | KnownEvent::EgressClosed(_)
+                            | KnownEvent::EgressLimitReached(_)
                             | KnownEvent::JobFailed(_)
                     );
                     if !ok {

@@ -17,6 +17,10 @@ pub const MAX_ARGS: usize = 256;
 pub const MAX_ENV: usize = 128;
 pub const MAX_DEPENDENCIES: usize = 64;
 pub const MAX_SECRETS: usize = 32;
+/// Egress destinations a job or session may ask for.
+pub const MAX_EGRESS: usize = 32;
+/// The longest egress destination (so a host is never longer than DNS allows).
+pub const MAX_EGRESS_TARGET: usize = 200;
 /// Largest integer the ledger stores exactly (2^53 - 1).
 pub const MAX_INTEGER: u64 = 9_007_199_254_740_991;
 /// Longest input file path (bytes; input paths are ASCII).
@@ -47,6 +51,10 @@ pub mod pattern {
         "^([A-Za-z0-9+/]{4})*([A-Za-z0-9+/][AQgw]==|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)?$";
     /// Text without control characters (Unicode category Cc).
     pub const NO_CONTROL: &str = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$";
+    /// Egress destinations: `host:port` or `*.domain:port` (labels of letters,
+    /// digits, `_` and `-`, an optional trailing dot, a port 1–65535 without
+    /// leading zeros).
+    pub const EGRESS_TARGET: &str = "^(\\*\\.)?[A-Za-z0-9_-]{1,63}(\\.[A-Za-z0-9_-]{1,63})*\\.?:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})$";
 }
 
 /// Deserializers that take a JSON object only. (Serde's derive also builds a
@@ -339,6 +347,12 @@ pub struct JobRequest {
     /// Requested limits; the tenant's defaults fill in the rest.
     #[serde(default, deserialize_with = "object::one")]
     pub limits: Limits,
+    /// Destinations the program may reach through its egress proxy
+    /// (`host:port` or `*.domain:port`); `glassbox.egress` decides each against
+    /// the tenant's allowlist. None: no network at all.
+    #[serde(default)]
+    #[schemars(length(max = MAX_EGRESS), inner(length(min = 1, max = MAX_EGRESS_TARGET), regex(pattern = pattern::EGRESS_TARGET)), example = &["api.example.com:443"])]
+    pub egress: Vec<String>,
 }
 
 fn env_schema(schema: &mut schemars::Schema) {
@@ -532,6 +546,7 @@ pub struct JobSpec {
     pub dependencies: Vec<PackageSpec>,
     pub secrets: Vec<SecretRequest>,
     pub limits: Limits,
+    pub egress: Vec<EgressTarget>,
     /// The request as sent (what idempotency compares).
     pub request: JobRequest,
 }
@@ -596,9 +611,29 @@ impl JobRequest {
             dependencies,
             secrets,
             limits: self.limits.clone(),
+            egress: parse_egress(&self.egress)?,
             request: self,
         })
     }
+}
+
+/// Egress destinations (each by [`EgressTarget::parse`]); the same one twice
+/// is kept once.
+pub fn parse_egress(targets: &[String]) -> Result<Vec<EgressTarget>, Invalid> {
+    if targets.len() > MAX_EGRESS {
+        return invalid("egress", format!("at most {MAX_EGRESS}"));
+    }
+    let mut out: Vec<EgressTarget> = Vec::with_capacity(targets.len());
+    for (i, t) in targets.iter().enumerate() {
+        let t = EgressTarget::parse(t).map_err(|r| Invalid {
+            member: format!("egress[{i}]"),
+            reason: r,
+        })?;
+        if !out.contains(&t) {
+            out.push(t);
+        }
+    }
+    Ok(out)
 }
 
 /// Environment variables: names by the env rule, not `GLASSBOX_*`, values
@@ -720,6 +755,11 @@ pub struct SessionRequest {
     /// Requested limits; the tenant's session defaults fill in the rest.
     #[serde(default, deserialize_with = "object::one")]
     pub limits: crate::catalogue::SessionLimits,
+    /// Destinations the session may reach through its egress proxy, as for a
+    /// job; changeable while it runs (`PATCH /v1/sessions/{id}/egress`).
+    #[serde(default)]
+    #[schemars(length(max = MAX_EGRESS), inner(length(min = 1, max = MAX_EGRESS_TARGET), regex(pattern = pattern::EGRESS_TARGET)), example = &["api.example.com:443"])]
+    pub egress: Vec<String>,
 }
 
 /// A session request that passed every rule.
@@ -730,6 +770,7 @@ pub struct SessionSpec {
     pub dependencies: Vec<PackageSpec>,
     pub secrets: Vec<SecretRequest>,
     pub limits: crate::catalogue::SessionLimits,
+    pub egress: Vec<EgressTarget>,
     /// The request as sent (what idempotency compares).
     pub request: SessionRequest,
 }
@@ -752,6 +793,7 @@ impl SessionRequest {
             dependencies,
             secrets,
             limits: self.limits.clone(),
+            egress: parse_egress(&self.egress)?,
             request: self,
         })
     }
@@ -1087,6 +1129,15 @@ mod pattern_tests {
         }
 
         #[test]
+        fn egress_targets(s in proptest::collection::vec(proptest::sample::select("aZ09_-.*:5 é".chars().collect::<Vec<_>>()), 0..14).prop_map(|v| v.into_iter().collect::<String>()), port in proptest::sample::select(vec!["", "0", "01", "1", "443", "65535", "65536", "99999", "+1"])) {
+            for candidate in [s.clone(), format!("{s}:{port}"), format!("*.{s}:{port}")] {
+                let schema = re(pattern::EGRESS_TARGET).is_match(&candidate)
+                    && (1..=MAX_EGRESS_TARGET).contains(&chars(&candidate));
+                prop_assert_eq!(schema, EgressTarget::parse(&candidate).is_ok(), "{:?}", candidate);
+            }
+        }
+
+        #[test]
         fn no_nul_and_no_control(s in text(12)) {
             prop_assert_eq!(re(pattern::NO_NUL).is_match(&s), !s.contains('\0'));
             prop_assert_eq!(re(pattern::NO_CONTROL).is_match(&s), !s.chars().any(char::is_control));
@@ -1120,13 +1171,13 @@ mod pattern_tests {
 }
 
 /// A destination a job or session asks to reach through the egress proxy:
-/// `host:port`, or `*.domain:port` for any name below the domain. Names are
-/// lower-cased; the tenant's `glassbox.egress` decides each at submission and
-/// again for every connection (issue 15: the proxy is not wired to sandboxes
-/// yet).
+/// `host:port`, or `*.domain:port` for any name below the domain (the rule
+/// [`pattern::EGRESS_TARGET`] states, at most [`MAX_EGRESS_TARGET`]
+/// characters). Names are lower-cased and lose a trailing dot; the tenant's
+/// `glassbox.egress` decides each at submission and again for every connection.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct EgressTarget {
-    /// A name, an IP literal, or `*.` + a name.
+    /// A name (an IPv4 address is a name of digit labels) or `*.` + a name.
     pub host: String,
     pub port: u16,
 }
@@ -1139,9 +1190,16 @@ impl EgressTarget {
                 s.chars().take(64).collect::<String>()
             )
         };
+        if s.len() > MAX_EGRESS_TARGET {
+            return Err(format!("at most {MAX_EGRESS_TARGET} characters"));
+        }
         let (host, port) = s.rsplit_once(':').ok_or_else(err)?;
-        let port: u16 = port.parse().ok().filter(|p| *p > 0).ok_or_else(err)?;
-        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        // Digits only, no leading zero, 1..=65535.
+        if port.is_empty() || port.starts_with('0') || !port.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(err());
+        }
+        let port: u16 = port.parse().map_err(|_| err())?;
+        let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
         let name = host.strip_prefix("*.").unwrap_or(&host);
         let label_ok = |l: &str| {
             !l.is_empty()
@@ -1149,15 +1207,7 @@ impl EgressTarget {
                 && l.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         };
-        let ok = !name.is_empty()
-            && name.len() <= 253
-            && if name.parse::<std::net::Ipv4Addr>().is_ok() {
-                // An address names one host: no wildcard over it.
-                !host.starts_with("*.")
-            } else {
-                name.split('.').all(label_ok)
-            };
-        if !ok {
+        if !name.split('.').all(label_ok) {
             return Err(err());
         }
         Ok(EgressTarget { host, port })
@@ -1198,16 +1248,25 @@ mod egress_tests {
         assert!(!w.matches("pythonhosted.org", 443));
         assert!(!w.matches("evilpythonhosted.org", 443));
         assert!(EgressTarget::parse("10.0.0.1:5432").is_ok());
+        assert_eq!(
+            EgressTarget::parse("Example.COM.:8443")
+                .expect("trailing dot")
+                .to_string(),
+            "example.com:8443"
+        );
         for bad in [
             "example.com",
             "example.com:0",
+            "example.com:070",
+            "example.com:+80",
             "example.com:70000",
             "*.:443",
-            "*.10.0.0.1:443",
             "exa mple.com:443",
             ":443",
             "a..b:443",
+            "a..:443",
             "[::1]:443",
+            "*.*.a:443",
         ] {
             assert!(EgressTarget::parse(bad).is_err(), "{bad}");
         }

@@ -110,6 +110,7 @@ impl RunRequest {
             dependencies: Vec::new(),
             secrets: Vec::new(),
             limits: Default::default(),
+            egress: Vec::new(),
         };
         probe.parse().map(|_| ()).map_err(|e| Invalid {
             member: e.member.replacen("files", "inputs", 1),

@@ -25,6 +25,7 @@ pub mod testing;
 
 pub use addr::{AddrClass, classify};
 pub use proxy::{
-    Denial, EgressEvent, Limits, Policy, Proxy, Recorder, Resolver, SystemResolver, Verdict,
+    Denial, EgressEvent, Limits, Policy, Proxy, Recorder, Resolver, StaticHosts, SystemResolver,
+    Verdict,
 };
 pub use request::{Destination, RequestError};

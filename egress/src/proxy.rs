@@ -60,6 +60,47 @@ impl Resolver for SystemResolver {
     }
 }
 
+/// Names the operator pins to addresses (split horizon, or a test's
+/// "outside" on loopback); every other name goes to the host's resolver.
+/// Pinned answers are checked like any other: a private address still needs a
+/// rule that allows private addresses.
+pub struct StaticHosts {
+    pub hosts: std::collections::HashMap<String, std::net::IpAddr>,
+}
+
+impl StaticHosts {
+    /// `name=address,name=address` (`GLASSBOX_EGRESS_HOSTS`).
+    pub fn parse(spec: &str) -> Result<StaticHosts, String> {
+        let mut hosts = std::collections::HashMap::new();
+        for item in spec.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let (name, addr) = item
+                .split_once('=')
+                .ok_or_else(|| format!("{item}: expected name=address"))?;
+            let addr: std::net::IpAddr = addr
+                .trim()
+                .parse()
+                .map_err(|_| format!("{item}: not an IP address"))?;
+            hosts.insert(name.trim().trim_end_matches('.').to_ascii_lowercase(), addr);
+        }
+        Ok(StaticHosts { hosts })
+    }
+}
+
+impl Resolver for StaticHosts {
+    fn resolve<'a>(
+        &'a self,
+        dest: &'a Destination,
+    ) -> BoxFuture<'a, std::io::Result<Vec<SocketAddr>>> {
+        match self.hosts.get(&dest.host) {
+            Some(ip) => {
+                let a = SocketAddr::new(*ip, dest.port);
+                Box::pin(async move { Ok(vec![a]) })
+            }
+            None => SystemResolver.resolve(dest),
+        }
+    }
+}
+
 /// Why a connection was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Denial {
@@ -80,6 +121,20 @@ pub enum Denial {
 }
 
 impl Denial {
+    /// A stable code for the ledger (no program data in it: a bad request's
+    /// or a server name's text is only shown to the program).
+    pub fn code(&self) -> String {
+        match self {
+            Denial::BadRequest(_) => "bad_request".into(),
+            Denial::Policy => "policy".into(),
+            Denial::IpLiteral => "ip_literal".into(),
+            Denial::NonPublic(c) => format!("non_public:{c}"),
+            Denial::Unresolved => "unresolved".into(),
+            Denial::SniMismatch(_) => "sni_mismatch".into(),
+            Denial::ConnectionLimit => "connection_limit".into(),
+        }
+    }
+
     pub fn reason(&self) -> String {
         match self {
             Denial::BadRequest(r) => r.clone(),
@@ -97,12 +152,15 @@ impl Denial {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EgressEvent {
     Allowed {
+        /// Numbers the sandbox's connections from 1 (links allowed and closed).
+        connection: u64,
         dest: Destination,
         rule: String,
         addr: SocketAddr,
         decided_by: Option<String>,
     },
     Denied {
+        connection: u64,
         /// The destination as asked (absent when the request was unreadable).
         dest: Option<Destination>,
         rule: Option<String>,
@@ -110,13 +168,18 @@ pub enum EgressEvent {
         decided_by: Option<String>,
     },
     Closed {
+        connection: u64,
         dest: Destination,
         bytes_out: u64,
         bytes_in: u64,
         duration_ms: u64,
     },
     /// The sandbox's byte limit ended a connection.
-    ByteLimit { dest: Destination, limit: u64 },
+    ByteLimit {
+        connection: u64,
+        dest: Destination,
+        limit: u64,
+    },
 }
 
 /// Records events; returns the ledger position of the record (shown in 403s).
@@ -152,6 +215,12 @@ pub struct Proxy {
     pub limits: Limits,
     connections: AtomicU64,
     bytes: Arc<AtomicU64>,
+    /// Connections refused over the limit after the first (not recorded one by one).
+    over_limit: AtomicU64,
+    /// Where the first refusal over the limit was recorded.
+    over_limit_position: std::sync::Mutex<Option<u64>>,
+    /// Fired when the sandbox ended: open connections end (and are recorded).
+    closing: tokio_util::sync::CancellationToken,
 }
 
 impl Proxy {
@@ -168,7 +237,28 @@ impl Proxy {
             limits,
             connections: AtomicU64::new(0),
             bytes: Arc::new(AtomicU64::new(0)),
+            over_limit: AtomicU64::new(0),
+            over_limit_position: std::sync::Mutex::new(None),
+            closing: tokio_util::sync::CancellationToken::new(),
         }
+    }
+
+    /// Ends every open connection (each records its close with the bytes it
+    /// carried) and refuses new ones: the sandbox is gone.
+    pub fn close(&self) {
+        self.closing.cancel();
+    }
+
+    /// Whether [`Proxy::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.closing.is_cancelled()
+    }
+
+    /// Connections refused over the connection limit after the first one
+    /// (which was recorded): a hostile program's flood costs the ledger one
+    /// record, and the service records this count once, when the sandbox ends.
+    pub fn refused_over_limit(&self) -> u64 {
+        self.over_limit.load(Ordering::Relaxed)
     }
 
     /// Bytes carried so far (both ways, all connections).
@@ -179,20 +269,35 @@ impl Proxy {
     async fn deny<S: AsyncWrite + Unpin>(
         &self,
         client: &mut S,
+        connection: u64,
         dest: Option<Destination>,
         verdict: Option<&Verdict>,
         denial: Denial,
     ) {
         let rule = verdict.map(|v| v.rule.clone());
-        let position = self
-            .recorder
-            .record(EgressEvent::Denied {
-                dest: dest.clone(),
-                rule: rule.clone(),
-                denial: denial.clone(),
-                decided_by: verdict.and_then(|v| v.decided_by.clone()),
-            })
-            .await;
+        let position =
+            if denial == Denial::ConnectionLimit && connection > self.limits.max_connections + 1 {
+                // Past the first refusal over the limit: counted, not recorded.
+                self.over_limit.fetch_add(1, Ordering::Relaxed);
+                self.over_limit_position.lock().ok().and_then(|p| *p)
+            } else {
+                let p = self
+                    .recorder
+                    .record(EgressEvent::Denied {
+                        connection,
+                        dest: dest.clone(),
+                        rule: rule.clone(),
+                        denial: denial.clone(),
+                        decided_by: verdict.and_then(|v| v.decided_by.clone()),
+                    })
+                    .await;
+                if denial == Denial::ConnectionLimit
+                    && let Ok(mut first) = self.over_limit_position.lock()
+                {
+                    *first = p;
+                }
+                p
+            };
         let body = format!(
             "glassbox egress: denied\nhost: {}\nrule: {}\nreason: {}\nledger position: {}\n",
             dest.map_or_else(|| "-".into(), |d| d.to_string()),
@@ -214,6 +319,11 @@ impl Proxy {
 
     /// Serves one client connection to its end.
     pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(&self, mut client: S) {
+        if self.is_closed() {
+            return;
+        }
+        // Every connection counts, whatever it turns out to be.
+        let connection = self.connections.fetch_add(1, Ordering::SeqCst) + 1;
         // The head, bounded in size and time.
         let mut buf = Vec::with_capacity(1024);
         let head_len = match tokio::time::timeout(self.limits.timeout, async {
@@ -237,13 +347,14 @@ impl Proxy {
             Ok(Ok(n)) => n,
             Ok(Err(e)) => {
                 return self
-                    .deny(&mut client, None, None, Denial::BadRequest(e))
+                    .deny(&mut client, connection, None, None, Denial::BadRequest(e))
                     .await;
             }
             Err(_) => {
                 return self
                     .deny(
                         &mut client,
+                        connection,
                         None,
                         None,
                         Denial::BadRequest("no request in time".into()),
@@ -255,7 +366,13 @@ impl Proxy {
             Ok(r) => r,
             Err(e) => {
                 return self
-                    .deny(&mut client, None, None, Denial::BadRequest(e.to_string()))
+                    .deny(
+                        &mut client,
+                        connection,
+                        None,
+                        None,
+                        Denial::BadRequest(e.to_string()),
+                    )
                     .await;
             }
         };
@@ -263,15 +380,27 @@ impl Proxy {
         let dest = match &request {
             Request::Connect(d) | Request::Forward { dest: d, .. } => d.clone(),
         };
-        if self.connections.fetch_add(1, Ordering::SeqCst) >= self.limits.max_connections {
+        if connection > self.limits.max_connections {
             return self
-                .deny(&mut client, Some(dest), None, Denial::ConnectionLimit)
+                .deny(
+                    &mut client,
+                    connection,
+                    Some(dest),
+                    None,
+                    Denial::ConnectionLimit,
+                )
                 .await;
         }
         let verdict = self.policy.decide(&dest);
         if !verdict.allow {
             return self
-                .deny(&mut client, Some(dest), Some(&verdict), Denial::Policy)
+                .deny(
+                    &mut client,
+                    connection,
+                    Some(dest),
+                    Some(&verdict),
+                    Denial::Policy,
+                )
                 .await;
         }
         // Resolve here (never in the sandbox) and pin the first answer.
@@ -279,7 +408,13 @@ impl Proxy {
             Some(ip) => {
                 if !verdict.allow_private && classify(ip) != AddrClass::Public {
                     return self
-                        .deny(&mut client, Some(dest), Some(&verdict), Denial::IpLiteral)
+                        .deny(
+                            &mut client,
+                            connection,
+                            Some(dest),
+                            Some(&verdict),
+                            Denial::IpLiteral,
+                        )
                         .await;
                 }
                 vec![SocketAddr::new(ip, dest.port)]
@@ -288,7 +423,13 @@ impl Proxy {
                 Ok(a) if !a.is_empty() => a,
                 _ => {
                     return self
-                        .deny(&mut client, Some(dest), Some(&verdict), Denial::Unresolved)
+                        .deny(
+                            &mut client,
+                            connection,
+                            Some(dest),
+                            Some(&verdict),
+                            Denial::Unresolved,
+                        )
                         .await;
                 }
             },
@@ -302,6 +443,7 @@ impl Proxy {
             return self
                 .deny(
                     &mut client,
+                    connection,
                     Some(dest),
                     Some(&verdict),
                     Denial::NonPublic(bad.as_str()),
@@ -337,6 +479,7 @@ impl Proxy {
                 // A TLS record that does not arrive in time is not checked: refused.
                 return self
                     .deny_tunnel(
+                        connection,
                         Some(dest),
                         Some(&verdict),
                         Denial::BadRequest("an incomplete TLS ClientHello".into()),
@@ -346,12 +489,18 @@ impl Proxy {
             match client_hello_sni(&first) {
                 Ok(Some(name)) if name != dest.host => {
                     return self
-                        .deny_tunnel(Some(dest), Some(&verdict), Denial::SniMismatch(name))
+                        .deny_tunnel(
+                            connection,
+                            Some(dest),
+                            Some(&verdict),
+                            Denial::SniMismatch(name),
+                        )
                         .await;
                 }
                 Err(e) => {
                     return self
                         .deny_tunnel(
+                            connection,
                             Some(dest),
                             Some(&verdict),
                             Denial::BadRequest(e.to_string()),
@@ -376,6 +525,7 @@ impl Proxy {
         };
         self.recorder
             .record(EgressEvent::Allowed {
+                connection,
                 dest: dest.clone(),
                 rule: verdict.rule.clone(),
                 addr,
@@ -392,6 +542,7 @@ impl Proxy {
         if breached {
             self.recorder
                 .record(EgressEvent::ByteLimit {
+                    connection,
                     dest: dest.clone(),
                     limit: self.limits.max_bytes,
                 })
@@ -399,6 +550,7 @@ impl Proxy {
         }
         self.recorder
             .record(EgressEvent::Closed {
+                connection,
                 dest,
                 bytes_out: out,
                 bytes_in: inn,
@@ -410,12 +562,14 @@ impl Proxy {
     /// A tunnel refused after `200` was sent: recorded, the connection dropped.
     async fn deny_tunnel(
         &self,
+        connection: u64,
         dest: Option<Destination>,
         verdict: Option<&Verdict>,
         denial: Denial,
     ) {
         self.recorder
             .record(EgressEvent::Denied {
+                connection,
                 dest,
                 rule: verdict.map(|v| v.rule.clone()),
                 denial,
@@ -424,8 +578,8 @@ impl Proxy {
             .await;
     }
 
-    /// Copies both ways until either side ends or the byte limit is reached.
-    /// Returns (bytes out, bytes in, limit reached).
+    /// Copies both ways until either side ends, the byte limit is reached or
+    /// the proxy closes. Returns (bytes out, bytes in, limit reached).
     async fn pipe<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
         client: S,
@@ -437,71 +591,72 @@ impl Proxy {
         let limit = self.limits.max_bytes;
         let total = self.bytes.clone();
         let over = |n: u64| total.fetch_add(n, Ordering::SeqCst) + n > limit;
+        let (sent, got) = (AtomicU64::new(0), AtomicU64::new(0));
         let up = async {
-            let mut sent = 0u64;
             if !prefix.is_empty() {
                 if over(prefix.len() as u64) {
-                    return (sent, true);
+                    return true;
                 }
                 if uw.write_all(&prefix).await.is_err() {
-                    return (sent, false);
+                    return false;
                 }
-                sent += prefix.len() as u64;
+                sent.fetch_add(prefix.len() as u64, Ordering::Relaxed);
             }
             let mut buf = vec![0u8; 64 * 1024];
             loop {
                 match cr.read(&mut buf).await {
                     Ok(0) | Err(_) => {
                         let _ = uw.shutdown().await;
-                        return (sent, false);
+                        return false;
                     }
                     Ok(n) => {
                         if over(n as u64) {
-                            return (sent, true);
+                            return true;
                         }
                         if uw.write_all(&buf[..n]).await.is_err() {
-                            return (sent, false);
+                            return false;
                         }
-                        sent += n as u64;
+                        sent.fetch_add(n as u64, Ordering::Relaxed);
                     }
                 }
             }
         };
         let down = async {
-            let mut got = 0u64;
             let mut buf = vec![0u8; 64 * 1024];
             loop {
                 match ur.read(&mut buf).await {
                     Ok(0) | Err(_) => {
                         let _ = cw.shutdown().await;
-                        return (got, false);
+                        return false;
                     }
                     Ok(n) => {
                         if over(n as u64) {
-                            return (got, true);
+                            return true;
                         }
                         if cw.write_all(&buf[..n]).await.is_err() {
-                            return (got, false);
+                            return false;
                         }
-                        got += n as u64;
+                        got.fetch_add(n as u64, Ordering::Relaxed);
                     }
                 }
             }
         };
         tokio::pin!(up, down);
         // Either direction breaching the limit ends both; a clean end of one
-        // waits for the other.
-        let (mut out, mut inn, mut breached) = (None, None, false);
-        while out.is_none() || inn.is_none() {
+        // waits for the other; the sandbox's end ends both.
+        let (mut up_done, mut down_done, mut breached) = (false, false, false);
+        while !(up_done && down_done) && !breached {
             tokio::select! {
-                r = &mut up, if out.is_none() => { breached |= r.1; out = Some(r.0); }
-                r = &mut down, if inn.is_none() => { breached |= r.1; inn = Some(r.0); }
-            }
-            if breached {
-                break;
+                b = &mut up, if !up_done => { breached |= b; up_done = true; }
+                b = &mut down, if !down_done => { breached |= b; down_done = true; }
+                _ = self.closing.cancelled() => break,
             }
         }
-        (out.unwrap_or(0), inn.unwrap_or(0), breached)
+        (
+            sent.load(Ordering::Relaxed),
+            got.load(Ordering::Relaxed),
+            breached,
+        )
     }
 }
 

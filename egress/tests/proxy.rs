@@ -94,6 +94,7 @@ struct Setup {
     proxy_addr: SocketAddr,
     ledger: Arc<Memory>,
     resolver: Arc<Table>,
+    proxy: Arc<Proxy>,
 }
 
 async fn setup(
@@ -116,10 +117,11 @@ async fn setup(
     ));
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let proxy_addr = l.local_addr().expect("addr");
+    let serving = proxy.clone();
     tokio::spawn(async move {
         loop {
             let Ok((s, _)) = l.accept().await else { return };
-            let p = proxy.clone();
+            let p = serving.clone();
             tokio::spawn(async move { p.serve(s).await });
         }
     });
@@ -127,6 +129,7 @@ async fn setup(
         proxy_addr,
         ledger,
         resolver,
+        proxy,
     }
 }
 
@@ -171,7 +174,7 @@ async fn an_allowed_host_is_reached_through_a_pinned_address_and_the_bytes_are_c
     tokio::time::sleep(Duration::from_millis(200)).await;
     let e = s.ledger.events();
     assert!(
-        matches!(&e[0], EgressEvent::Allowed { dest, rule, addr, decided_by }
+        matches!(&e[0], EgressEvent::Allowed { connection: 1, dest, rule, addr, decided_by }
         if dest.host == "outside.test" && rule == &format!("outside.test:{port}") && addr.port() == port
             && decided_by.as_deref() == Some("table")),
         "{e:?}"
@@ -180,6 +183,7 @@ async fn an_allowed_host_is_reached_through_a_pinned_address_and_the_bytes_are_c
         matches!(
             &e[1],
             EgressEvent::Closed {
+                connection: 1,
                 bytes_out: 5,
                 bytes_in: 13,
                 ..
@@ -329,7 +333,40 @@ async fn byte_and_connection_limits_end_connections_and_are_recorded() {
     );
     let (c3, head) = connect(&s, &format!("outside.test:{big}")).await;
     assert!(head.starts_with("HTTP/1.1 403"), "third connection: {head}");
-    assert!(rest(c3).await.contains("connection limit"));
+    let first = rest(c3).await;
+    assert!(first.contains("connection limit"), "{first}");
+    // A flood over the limit: each is refused, only the first is recorded;
+    // the rest are counted (the service records the count once).
+    let recorded = s.ledger.events().len();
+    for _ in 0..20 {
+        let (c, head) = connect(&s, &format!("outside.test:{big}")).await;
+        assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+        let body = rest(c).await;
+        // They all point at the one record of the breach.
+        let position = |b: &str| {
+            b.lines()
+                .find(|l| l.starts_with("ledger position"))
+                .map(str::to_owned)
+        };
+        assert_eq!(position(&body), position(&first));
+    }
+    assert_eq!(s.ledger.events().len(), recorded, "{:?}", s.ledger.events());
+    assert_eq!(s.proxy.refused_over_limit(), 20);
+    assert_eq!(
+        s.ledger
+            .events()
+            .iter()
+            .filter(|e| matches!(
+                e,
+                EgressEvent::Denied {
+                    denial: Denial::ConnectionLimit,
+                    connection: 3,
+                    ..
+                }
+            ))
+            .count(),
+        1
+    );
 }
 
 #[tokio::test]

@@ -56,6 +56,7 @@ fn submission(accept: bool) -> Vec<KnownEvent> {
         secrets: vec![],
         limits: Limits::default(),
         idempotency_key: Some("k".into()),
+        egress: vec![],
     }));
     let end = if accept {
         KnownEvent::JobAccepted(Box::new(c::JobAccepted {

@@ -50,6 +50,7 @@ async fn submit(store: &EventStore, tenant: &str, job: &str) {
             secrets: vec![],
             limits: Limits::default(),
             idempotency_key: None,
+            egress: vec![],
         },
     )
     .await;

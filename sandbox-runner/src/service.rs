@@ -120,6 +120,8 @@ pub struct RunnerConfig {
     /// Attempts a job gets; when the last one's lease expires without a
     /// result, the job fails instead of being claimed again.
     pub max_attempts: u64,
+    /// How sandboxes that ask for destinations get out.
+    pub egress: crate::egress::EgressSettings,
 }
 
 /// Default of [`RunnerConfig::max_attempts`].
@@ -707,6 +709,41 @@ impl<B: SandboxBackend + 'static> Runner<B> {
             state = self.progress(job, state, events).await?;
         }
 
+        // Egress: a proxy of its own for a job that asked for destinations.
+        let mut egress = None;
+        if !sub.egress.is_empty() {
+            let requested = sub
+                .egress
+                .iter()
+                .filter_map(|t| glassbox_domain::request::EgressTarget::parse(t).ok())
+                .collect();
+            let ledger = Arc::new(JobEgressLedger {
+                store: self.store.clone(),
+                job: job.to_owned(),
+                envelope: self.envelope(&state),
+                state: tokio::sync::Mutex::new(state.clone()),
+            });
+            match crate::egress::SandboxEgress::start(
+                &self.config.egress,
+                job,
+                crate::egress::TenantEgress::new(self.engine.clone(), &tenant, requested),
+                self.blobs.clone(),
+                ledger,
+            )
+            .await
+            {
+                Ok(e) => {
+                    spec.egress = Some(e.path());
+                    egress = Some(e);
+                }
+                Err(e) => {
+                    self.progress(job, state, vec![Self::failed(job, e.to_string())])
+                        .await?;
+                    return Ok(());
+                }
+            }
+        }
+
         // Run, recording progress as it happens and honouring cancellation.
         let stop = CancellationToken::new();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -753,6 +790,11 @@ impl<B: SandboxBackend + 'static> Runner<B> {
                 }
             }
         };
+        // The sandbox is gone: its connections end and are recorded before
+        // the result (the record order is the order things happened in).
+        if let Some(e) = egress {
+            e.finish().await;
+        }
         let result = match result {
             Ok(r) => r,
             Err(e) => {
@@ -896,6 +938,49 @@ impl<B: SandboxBackend + 'static> Runner<B> {
         self.decide(job, state, |_| JobCommand::Finish(Box::new(finish.clone())))
             .await
             .map(|_| ())
+    }
+}
+
+/// A job's egress records go on its stream as progress of the attempt that
+/// runs the sandbox (refused once the attempt no longer holds the job).
+struct JobEgressLedger {
+    store: EventStore,
+    job: String,
+    envelope: Envelope,
+    /// Carried forward between appends (the runner appends to the same
+    /// stream; a conflict reads what it missed).
+    state: tokio::sync::Mutex<Job>,
+}
+
+impl crate::egress::EgressLedger for JobEgressLedger {
+    fn append(
+        &self,
+        events: Vec<KnownEvent>,
+    ) -> glassbox_egress::proxy::BoxFuture<'_, Result<Vec<u64>, String>> {
+        Box::pin(async move {
+            let mut state = self.state.lock().await;
+            let stream = Stream::job(&self.job);
+            let attempt = state.attempt;
+            let d = self
+                .store
+                .decide_from(stream.as_str(), state.clone(), &self.envelope, |j: &Job| {
+                    let decided = j.decide(JobCommand::Progress {
+                        attempt,
+                        events: events.clone(),
+                    })?;
+                    decided
+                        .iter()
+                        .map(|e| NewEvent::known(stream.as_str(), e))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| Refusal::Invalid(e.to_string()))
+                })
+                .await
+                .map_err(|e| format!("job {}: record egress: {e}", self.job))?;
+            *state = d.state;
+            Ok(d.appended
+                .map(|o| o.events.iter().map(|a| a.position).collect())
+                .unwrap_or_default())
+        })
     }
 }
 
@@ -1145,7 +1230,10 @@ impl RunnerSettings {
     /// `GLASSBOX_SECRETS_FILE` or `GLASSBOX_SECRETS_FROM_ENV=true`,
     /// `GLASSBOX_RUNSC` (default `runsc`), `GLASSBOX_SANDBOX_DIR` (default
     /// `/run/glassbox`), `GLASSBOX_RUNTIMES_FILE`, `GLASSBOX_IMAGES_DIR` (default
-    /// `/var/lib/glassbox/images`), `GLASSBOX_WHEEL_MIRROR`.
+    /// `/var/lib/glassbox/images`), `GLASSBOX_WHEEL_MIRROR`, and egress's
+    /// `GLASSBOX_EGRESS_HOSTS`, `GLASSBOX_EGRESS_MAX_CONNECTIONS`,
+    /// `GLASSBOX_EGRESS_MAX_BYTES`, `GLASSBOX_EGRESS_DIR`
+    /// ([`crate::egress::EgressSettings::from_vars`]).
     pub fn from_vars(vars: &BTreeMap<String, String>) -> Result<RunnerSettings, SettingError> {
         let get = |k: &str| vars.get(k).map(String::as_str).filter(|v| !v.is_empty());
         let number = |var: &'static str, default: u64| -> Result<u64, SettingError> {
@@ -1291,6 +1379,8 @@ impl RunnerSettings {
                         Some(p)
                     }
                 },
+                egress: crate::egress::EgressSettings::from_vars(|k| get(k).map(str::to_owned))
+                    .map_err(|(var, reason)| SettingError { var, reason })?,
             },
             local,
         })

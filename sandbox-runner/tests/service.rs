@@ -67,6 +67,7 @@ async fn submit_with(
         secrets: vec![],
         limits: limits.clone(),
         idempotency_key: None,
+        egress: vec![],
     };
     let more = extra(&stream, &mut submitted);
     let mut events = vec![NewEvent::typed(&stream, &submitted).expect("event")];
@@ -248,6 +249,7 @@ async fn runner_with(
             secrets,
             wheel_mirror: None,
             max_attempts: glassbox_sandbox_runner::service::DEFAULT_MAX_ATTEMPTS,
+            egress: Default::default(),
         },
     )
 }

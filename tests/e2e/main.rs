@@ -7,6 +7,7 @@ use glassbox_command_api::Application;
 use glassbox_command_api::testing::{token, vars};
 use glassbox_events::store::{EventStore, StoredRecord};
 use glassbox_events::testing::TestDb;
+use glassbox_sandbox_runner::egress::EgressSettings;
 use glassbox_sandbox_runner::service::{Runner, RunnerConfig, SecretProvider};
 use glassbox_sandbox_runner::{LocalConfig, LocalRunsc};
 use serde_json::{Value, json};
@@ -18,19 +19,21 @@ struct Stack {
     addr: String,
     client: reqwest::Client,
     store: EventStore,
+    blobs: glassbox_platform::blob::BlobStore,
     db: TestDb,
     data_dir: PathBuf,
     stop: CancellationToken,
 }
 
 async fn stack(secrets: SecretProvider) -> Stack {
-    stack_with(secrets, &[], None).await
+    stack_with(secrets, &[], None, Default::default()).await
 }
 
 async fn stack_with(
     secrets: SecretProvider,
     extra: &[(&str, &str)],
     wheel_mirror: Option<PathBuf>,
+    egress: EgressSettings,
 ) -> Stack {
     glassbox_platform::install_crypto_provider();
     let db = TestDb::new().await.expect("database");
@@ -48,11 +51,12 @@ async fn stack_with(
     let core = app.state().core.clone();
     tokio::spawn(app.run_until_stopped());
     tokio::spawn(glassbox_projector::Projector::new(core.store.clone()).run(None, stop.clone()));
-    spawn_runner(&core, secrets, wheel_mirror, &stop).await;
+    spawn_runner(&core, secrets, wheel_mirror, egress, &stop).await;
     Stack {
         addr,
         client: reqwest::Client::new(),
         store: core.store.clone(),
+        blobs: core.blobs.clone(),
         db,
         data_dir,
         stop,
@@ -64,6 +68,7 @@ async fn spawn_runner(
     core: &glassbox_command_api::Core,
     secrets: SecretProvider,
     wheel_mirror: Option<PathBuf>,
+    egress: EgressSettings,
     stop: &CancellationToken,
 ) {
     let runner_id = format!("e2e{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
@@ -86,6 +91,7 @@ async fn spawn_runner(
             secrets,
             wheel_mirror,
             max_attempts: glassbox_sandbox_runner::service::DEFAULT_MAX_ATTEMPTS,
+            egress,
         },
     );
     tokio::spawn(runner.run(stop.clone()));
@@ -157,6 +163,7 @@ fn types(records: &[StoredRecord]) -> Vec<String> {
         .collect()
 }
 
+mod egress;
 mod mcp_sdk;
 mod sessions;
 mod telemetry;
@@ -585,6 +592,7 @@ async fn a_cancel_stops_a_running_job_and_retention_shreds_finished_ones() {
         SecretProvider::None,
         &[("GLASSBOX_RETENTION_SECS", "2")],
         None,
+        Default::default(),
     )
     .await;
     let (status, receipt) = s
@@ -711,7 +719,13 @@ async fn an_allowed_wheel_installs_from_the_read_only_mirror_and_imports() {
     ));
     std::fs::create_dir_all(&mirror).expect("mirror dir");
     build_wheel(&mirror);
-    let s = stack_with(SecretProvider::None, &[], Some(mirror.clone())).await;
+    let s = stack_with(
+        SecretProvider::None,
+        &[],
+        Some(mirror.clone()),
+        Default::default(),
+    )
+    .await;
     let code = "import glassbox_demo, os\n\
                 print(glassbox_demo.GREETING)\n\
                 try:\n    open('/mnt/wheels/x', 'w')\nexcept OSError as e:\n    print('mirror is read-only:', e.errno)\n";

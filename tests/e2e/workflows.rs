@@ -400,7 +400,7 @@ async fn another_orchestrator_continues_a_run_whose_orchestrator_died_without_re
     tokio::spawn(a.run_until_stopped());
     let rest = CancellationToken::new();
     tokio::spawn(glassbox_projector::Projector::new(core.store.clone()).run(None, rest.clone()));
-    spawn_runner(&core, SecretProvider::None, None, &rest).await;
+    spawn_runner(&core, SecretProvider::None, None, Default::default(), &rest).await;
     let client = reqwest::Client::new();
     let send = |addr: &str, path: &str, body: Value| {
         client

@@ -48,6 +48,7 @@ fn submitted() -> KnownEvent {
         secrets: vec![],
         limits: Limits::default(),
         idempotency_key: None,
+        egress: vec![],
     }))
 }
 

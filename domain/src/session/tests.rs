@@ -38,6 +38,7 @@ fn requested() -> KnownEvent {
         secrets: vec![],
         limits: SessionLimits::default(),
         idempotency_key: None,
+        egress: vec![],
     }))
 }
 

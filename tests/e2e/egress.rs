@@ -1,0 +1,426 @@
+//! Egress through the API under real runsc: a job that asks for destinations
+//! gets a proxy of its own; "the outside" is a real HTTPS server on the
+//! host's loopback (127.0.0.1:8443, named `outside.test` by the runner's
+//! pinned hosts, as tenant acme's `outside.test:8443` rule expects).
+
+use super::*;
+use glassbox_egress::StaticHosts;
+use std::sync::{Arc, OnceLock};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The outside server's port (acme's rule names it).
+const OUTSIDE_PORT: u16 = 8443;
+/// Bytes `/big` answers with.
+const BIG: usize = 1 << 20;
+
+/// The CA certificate (PEM) the outside server's certificate is signed
+/// with; started once for the whole test binary, on its own thread (each
+/// test has a runtime of its own).
+fn outside() -> &'static str {
+    static PEM: OnceLock<String> = OnceLock::new();
+    PEM.get_or_init(|| {
+        glassbox_platform::install_crypto_provider();
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["outside.test".to_owned()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("certificate");
+        let pem = cert.pem();
+        let config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .expect("tls config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let (ready, started) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let l = tokio::net::TcpListener::bind(("127.0.0.1", OUTSIDE_PORT))
+                    .await
+                    .expect("the outside server needs 127.0.0.1:8443");
+                let _ = ready.send(());
+                while let Ok((s, _)) = l.accept().await {
+                    let acceptor = acceptor.clone();
+                    tokio::spawn(async move {
+                        let Ok(mut tls) = acceptor.accept(s).await else {
+                            return;
+                        };
+                        let mut head = Vec::new();
+                        let mut buf = [0u8; 4096];
+                        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match tls.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => head.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        let body = if head.starts_with(b"GET /big") {
+                            vec![b'x'; BIG]
+                        } else {
+                            b"hello from outside".to_vec()
+                        };
+                        let _ = tls
+                            .write_all(
+                                format!(
+                                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                                    body.len()
+                                )
+                                .as_bytes(),
+                            )
+                            .await;
+                        let _ = tls.write_all(&body).await;
+                        let _ = tls.shutdown().await;
+                    });
+                }
+            });
+        });
+        started
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the outside server started");
+        pem
+    })
+}
+
+fn settings(max_connections: u64, max_bytes: u64) -> EgressSettings {
+    let mut e = EgressSettings {
+        resolver: Arc::new(
+            StaticHosts::parse("outside.test=127.0.0.1,api.example.com=127.0.0.1").expect("hosts"),
+        ),
+        socket_root: PathBuf::from("/run/glassbox-test/egress"),
+        ..EgressSettings::default()
+    };
+    e.limits.max_connections = max_connections;
+    e.limits.max_bytes = max_bytes;
+    e
+}
+
+/// Python helpers the programs share: a raw CONNECT through the proxy
+/// (returns the whole answer) and a direct connection attempt.
+const HELPERS: &str = r#"
+import json, os, socket, ssl, urllib.request
+def connect(target):
+    s = socket.create_connection(("127.0.0.1", 3128), timeout=20)
+    s.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+    data = b""
+    while True:
+        b = s.recv(65536)
+        if not b:
+            break
+        data += b
+        if data.startswith(b"HTTP/1.1 200"):
+            break
+    s.close()
+    return data.decode(errors="replace")
+def direct(host, port):
+    try:
+        socket.create_connection((host, port), timeout=3)
+        return "connected"
+    except OSError:
+        return "refused"
+def get(path):
+    ctx = ssl.create_default_context(cafile="ca.pem")
+    return urllib.request.urlopen("https://outside.test:8443" + path, context=ctx, timeout=20).read()
+"#;
+
+fn ledger_position(answer: &str) -> u64 {
+    answer
+        .lines()
+        .find_map(|l| l.strip_prefix("ledger position: "))
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no ledger position in {answer:?}"))
+}
+
+fn of_type<'a>(records: &'a [StoredRecord], t: &str) -> Vec<&'a StoredRecord> {
+    records
+        .iter()
+        .filter(|r| r.record.event_type == t)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_reaches_only_what_it_asked_for_and_the_tenant_allows_and_every_connection_is_recorded()
+ {
+    let ca = outside();
+    let s = stack_with(SecretProvider::None, &[], None, settings(16, 64 << 20)).await;
+    let code = format!(
+        "{HELPERS}\n{}",
+        r#"
+out = {"proxy": os.environ.get("HTTPS_PROXY")}
+out["allowed"] = get("/").decode()
+for t in ["denied.test:443", "127.0.0.1:5432", "169.254.169.254:80", "api.example.com:443"]:
+    out[t] = connect(t)
+out["direct"] = [direct(h, p) for h, p in [("127.0.0.1", 8443), ("1.1.1.1", 443), ("169.254.169.254", 80)]]
+try:
+    socket.getaddrinfo("outside.test", 443)
+    out["dns"] = "resolved"
+except OSError:
+    out["dns"] = "none"
+print(json.dumps(out))
+"#
+    );
+    let (status, receipt) = s
+        .submit(
+            "acme",
+            json!({"language": "python", "code": code,
+                   "files": [{"path": "ca.pem", "content": ca}],
+                   "egress": ["outside.test:8443", "api.example.com:443"],
+                   "limits": {"wall_time_ms": 60000}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{receipt}");
+    let job = s.wait("acme", &receipt).await;
+    let id = receipt["job_id"].as_str().expect("id");
+    let (_, output) = s.get("acme", &format!("/v1/jobs/{id}/output")).await;
+    assert_eq!(job["status"], "completed", "{job}\n{output}");
+    let out: Value = serde_json::from_str(output["stdout"]["content"].as_str().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("{e}: {output}"));
+    assert_eq!(out["proxy"], "http://127.0.0.1:3128");
+    // The allowed host answers, over TLS verified end to end.
+    assert_eq!(out["allowed"], "hello from outside", "{out}");
+    // Each refusal is a readable 403: host, rule, reason, ledger position.
+    let denied = out["denied.test:443"].as_str().expect("answer");
+    assert!(denied.starts_with("HTTP/1.1 403"), "{denied}");
+    assert!(denied.contains("host: denied.test:443"), "{denied}");
+    assert!(
+        denied.contains("rule: not among the destinations this sandbox asked for"),
+        "{denied}"
+    );
+    for t in ["127.0.0.1:5432", "169.254.169.254:80"] {
+        let a = out[t].as_str().expect("answer");
+        assert!(a.starts_with("HTTP/1.1 403"), "{t}: {a}");
+    }
+    // Asked for and allowed by the tenant, but the name resolves to loopback
+    // and the rule does not allow private addresses.
+    let private = out["api.example.com:443"].as_str().expect("answer");
+    assert!(private.starts_with("HTTP/1.1 403"), "{private}");
+    assert!(
+        private.contains("the name resolves to a loopback address"),
+        "{private}"
+    );
+    assert!(private.contains("rule: api.example.com:[443]"), "{private}");
+    // Nothing gets out directly, and nothing resolves inside.
+    assert_eq!(
+        out["direct"],
+        json!(["refused", "refused", "refused"]),
+        "{out}"
+    );
+    assert_eq!(out["dns"], "none");
+
+    let records = s.stream(id).await;
+    // Both destinations were decided at submission.
+    let decided: Vec<_> = of_type(&records, "policy.evaluated")
+        .into_iter()
+        .filter(|r| r.record.data["policy"] == "glassbox.egress")
+        .collect();
+    assert_eq!(decided.len(), 2, "{:?}", types(&records));
+    assert!(decided.iter().all(|r| r.record.data["decision"] == "allow"));
+    let allowed = of_type(&records, "egress.allowed");
+    assert_eq!(allowed.len(), 1, "{:?}", types(&records));
+    let a = &allowed[0].record.data;
+    assert_eq!(a["target"], "outside.test:8443");
+    assert_eq!(
+        a["host"], "outside.test",
+        "exactly the host asked for: in clear"
+    );
+    assert_eq!(a["address"], "127.0.0.1:8443");
+    assert_eq!(a["rule"], "outside.test:[8443]");
+    assert!(
+        a["decided_by"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("glassbox.egress@sha256:")),
+        "{a:?}"
+    );
+    let closed = of_type(&records, "egress.closed");
+    assert_eq!(closed.len(), 1);
+    assert_eq!(closed[0].record.data["connection"], a["connection"]);
+    assert!(closed[0].record.data["bytes_in"].as_u64().unwrap_or(0) > 500);
+    assert!(closed[0].record.data["bytes_out"].as_u64().unwrap_or(0) > 100);
+    let denials = of_type(&records, "egress.denied");
+    let reasons: Vec<&str> = denials
+        .iter()
+        .filter_map(|r| r.record.data["reason"].as_str())
+        .collect();
+    assert_eq!(
+        reasons,
+        ["policy", "policy", "policy", "non_public:loopback"],
+        "{denials:?}"
+    );
+    // The 403 names the denial's record.
+    assert_eq!(ledger_position(denied), denials[0].record.position);
+    assert_eq!(ledger_position(private), denials[3].record.position);
+    // A host the program named is a keyed digest, never in clear.
+    let d = &denials[0].record.data;
+    assert_eq!(d["host"], Value::Null);
+    assert_eq!(d["target"], Value::Null);
+    let digest = s
+        .blobs
+        .keyed_digest(id, b"denied.test")
+        .await
+        .expect("digest");
+    assert_eq!(d["host_hmac"], json!(digest), "{d:?}");
+    for r in &records {
+        let raw = String::from_utf8_lossy(&r.canonical);
+        assert!(!raw.contains("denied.test"), "{raw}");
+        assert!(!raw.contains("169.254.169.254"), "{raw}");
+    }
+    // All of it happened while the attempt ran: before its result.
+    let t = types(&records);
+    let finished = t
+        .iter()
+        .position(|x| x == "execution.finished")
+        .expect("finished");
+    assert!(
+        t.iter()
+            .rposition(|x| x.starts_with("egress."))
+            .expect("egress")
+            < finished,
+        "{t:?}"
+    );
+    s.store
+        .verify(None, &[], None, None)
+        .await
+        .expect("verify")
+        .expect("the ledger verifies");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn byte_and_connection_limits_end_connections_and_each_breach_is_recorded() {
+    let ca = outside();
+    // Three connections and 256 KiB per sandbox.
+    let s = stack_with(SecretProvider::None, &[], None, settings(3, 256 << 10)).await;
+    let code = format!(
+        "{HELPERS}\n{}",
+        r#"
+out = {"small": get("/").decode()}
+try:
+    out["big"] = len(get("/big"))
+except Exception as e:
+    out["big"] = "cut: " + type(e).__name__
+out["more"] = [connect("outside.test:8443").split("\r\n")[0] for _ in range(12)]
+print(json.dumps(out))
+"#
+    );
+    let (status, receipt) = s
+        .submit(
+            "acme",
+            json!({"language": "python", "code": code,
+                   "files": [{"path": "ca.pem", "content": ca}],
+                   "egress": ["outside.test:8443"], "limits": {"wall_time_ms": 60000}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{receipt}");
+    let job = s.wait("acme", &receipt).await;
+    let id = receipt["job_id"].as_str().expect("id");
+    let (_, output) = s.get("acme", &format!("/v1/jobs/{id}/output")).await;
+    assert_eq!(job["status"], "completed", "{job}\n{output}");
+    let out: Value = serde_json::from_str(output["stdout"]["content"].as_str().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("{e}: {output}"));
+    // 1 MiB does not fit in the 256 KiB the sandbox has: the connection was cut.
+    assert!(
+        out["big"].as_str().is_some_and(|b| b.starts_with("cut")),
+        "{out}"
+    );
+    assert_eq!(out["small"], "hello from outside");
+    // The third connection is the last one allowed; then every one is refused.
+    let more: Vec<&str> = out["more"]
+        .as_array()
+        .expect("more")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(more[0], "HTTP/1.1 200 Connection established", "{more:?}");
+    assert!(
+        more[1..].iter().all(|l| *l == "HTTP/1.1 403 Forbidden"),
+        "{more:?}"
+    );
+    let records = s.stream(id).await;
+    let limits: Vec<&serde_json::Map<String, Value>> = of_type(&records, "egress.limit_reached")
+        .into_iter()
+        .map(|r| &r.record.data)
+        .collect();
+    assert!(
+        limits
+            .iter()
+            .any(|l| l["limit"] == "bytes" && l["max"] == 256 << 10 && l["connection"] == 2),
+        "{limits:?}"
+    );
+    // The flood over the limit: one denial recorded, the other ten summed.
+    let over: Vec<_> = of_type(&records, "egress.denied")
+        .into_iter()
+        .filter(|r| r.record.data["reason"] == "connection_limit")
+        .collect();
+    assert_eq!(over.len(), 1, "{:?}", types(&records));
+    assert!(
+        limits
+            .iter()
+            .any(|l| l["limit"] == "connections" && l["max"] == 3 && l["refused"] == 10),
+        "{limits:?}"
+    );
+    assert_eq!(of_type(&records, "egress.allowed").len(), 3);
+    assert_eq!(of_type(&records, "egress.closed").len(), 3);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn destinations_the_tenant_does_not_allow_refuse_the_job_at_submission() {
+    let s = stack_with(SecretProvider::None, &[], None, settings(16, 1 << 20)).await;
+    for (tenant, egress, refusal) in [
+        (
+            "acme",
+            json!(["evil.example:443"]),
+            "not allowed for tenant acme",
+        ),
+        (
+            "acme",
+            json!(["outside.test:8443", "*.example.com:443"]),
+            "*.example.com:443 is not allowed",
+        ),
+        (
+            "globex",
+            json!(["api.example.com:443"]),
+            "not allowed for tenant globex",
+        ),
+    ] {
+        let (status, problem) = s
+            .submit(
+                tenant,
+                json!({"language": "python", "code": "print(1)", "egress": egress}),
+            )
+            .await;
+        assert_eq!(status, 403, "{problem}");
+        assert_eq!(problem["code"], "policy_denied");
+        assert!(
+            problem["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains(refusal)),
+            "{refusal}: {problem}"
+        );
+        let id = problem["job_id"].as_str().expect("id");
+        let job = s.wait(tenant, &problem).await;
+        assert_eq!(job["status"], "rejected", "{job}");
+        let t = types(&s.stream(id).await);
+        assert!(!t.iter().any(|x| x == "execution.claimed"), "{t:?}");
+    }
+    // Malformed destinations are refused before anything is recorded.
+    for bad in [
+        json!(["example.com"]),
+        json!(["a.test:0"]),
+        json!(["[::1]:443"]),
+        json!("x:1"),
+    ] {
+        let (status, problem) = s
+            .submit(
+                "acme",
+                json!({"language": "python", "code": "print(1)", "egress": bad}),
+            )
+            .await;
+        assert_eq!(status, 400, "{bad}: {problem}");
+    }
+    s.stop().await;
+}
