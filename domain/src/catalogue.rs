@@ -525,6 +525,10 @@ catalogue! {
         effective_limits: SessionLimits,
         expires_at: String,
     }
+    /// A session's egress allowlist was replaced (every destination decided
+    /// by `glassbox.egress` just before); its proxy uses it from the next
+    /// connection on.
+    SessionEgressChanged = "session.egress_changed" v 1 { session_id: String, egress: Vec<String> }
     SessionRejected = "session.rejected" v 1 { session_id: String, reasons: Vec<String> }
     /// The session's sandbox is up (its packages installed): it takes calls.
     /// `image_digest` names the root filesystem (absent in records written before

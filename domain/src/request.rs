@@ -19,6 +19,8 @@ pub const MAX_DEPENDENCIES: usize = 64;
 pub const MAX_SECRETS: usize = 32;
 /// Egress destinations a job or session may ask for.
 pub const MAX_EGRESS: usize = 32;
+/// What the API document shows for `egress`.
+const EGRESS_EXAMPLE: [&str; 1] = ["api.example.com:443"];
 /// The longest egress destination (so a host is never longer than DNS allows).
 pub const MAX_EGRESS_TARGET: usize = 200;
 /// Largest integer the ledger stores exactly (2^53 - 1).
@@ -351,7 +353,7 @@ pub struct JobRequest {
     /// (`host:port` or `*.domain:port`); `glassbox.egress` decides each against
     /// the tenant's allowlist. None: no network at all.
     #[serde(default)]
-    #[schemars(length(max = MAX_EGRESS), inner(length(min = 1, max = MAX_EGRESS_TARGET), regex(pattern = pattern::EGRESS_TARGET)), example = &["api.example.com:443"])]
+    #[schemars(length(max = MAX_EGRESS), inner(length(min = 1, max = MAX_EGRESS_TARGET), regex(pattern = pattern::EGRESS_TARGET)), example = EGRESS_EXAMPLE)]
     pub egress: Vec<String>,
 }
 
@@ -758,7 +760,7 @@ pub struct SessionRequest {
     /// Destinations the session may reach through its egress proxy, as for a
     /// job; changeable while it runs (`PATCH /v1/sessions/{id}/egress`).
     #[serde(default)]
-    #[schemars(length(max = MAX_EGRESS), inner(length(min = 1, max = MAX_EGRESS_TARGET), regex(pattern = pattern::EGRESS_TARGET)), example = &["api.example.com:443"])]
+    #[schemars(length(max = MAX_EGRESS), inner(length(min = 1, max = MAX_EGRESS_TARGET), regex(pattern = pattern::EGRESS_TARGET)), example = EGRESS_EXAMPLE)]
     pub egress: Vec<String>,
 }
 

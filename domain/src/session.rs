@@ -55,6 +55,10 @@ pub struct Session {
     pub workspace_destroyed: Option<u64>,
     /// Position of `key.destroyed`.
     pub destroyed: Option<u64>,
+    /// The destinations its proxy lets it reach now (asked for when it
+    /// opened, replaced by `session.egress_changed`).
+    #[serde(default)]
+    pub egress: Vec<String>,
 }
 
 /// What may be asked of a session.
@@ -91,6 +95,12 @@ pub enum SessionCommand {
     /// A file operation (`session.file_written`, `_read`, `_deleted`,
     /// `session.files_listed`) happened.
     FileOp { runner: String, event: KnownEvent },
+    /// Replace its egress allowlist: the `glassbox.egress` decisions, then
+    /// `session.egress_changed` last if every one allowed (else only the
+    /// decisions, which are recorded as a refusal).
+    ChangeEgress { events: Vec<KnownEvent> },
+    /// What its egress proxy saw (`egress.*`), until its workspace is destroyed.
+    RecordEgress { runner: String, events: Vec<KnownEvent> },
     /// A client closes it.
     Close { reason: String },
     /// The reaper at `now`: expired if past its idle timeout or lifetime.
@@ -179,8 +189,10 @@ impl Session {
                 self.opened_position = r.position;
                 self.opened_at = Some(r.occurred_at);
                 self.last_activity = Some(r.occurred_at);
+                self.egress.clone_from(&e.egress);
                 self.requested = Some(*e);
             }
+            KnownEvent::SessionEgressChanged(e) => self.egress = e.egress,
             KnownEvent::SessionOpened(e) => {
                 self.runner = Some(e.runner);
                 self.effective_limits = Some(e.effective_limits);
@@ -355,6 +367,49 @@ impl Session {
                     )));
                 }
                 Ok(vec![event])
+            }
+            SessionCommand::ChangeEgress { events } => {
+                self.live()?;
+                for (i, e) in events.iter().enumerate() {
+                    let ok = match e {
+                        KnownEvent::PolicyEvaluated(_) => true,
+                        KnownEvent::SessionEgressChanged(c) => {
+                            i + 1 == events.len() && c.session_id == self.id()
+                        }
+                        _ => false,
+                    };
+                    if !ok {
+                        return Err(SessionRefusal::Invalid(format!(
+                            "{} does not belong in an egress change",
+                            e.event_type()
+                        )));
+                    }
+                }
+                Ok(events)
+            }
+            SessionCommand::RecordEgress { runner, events } => {
+                self.on_runner(&runner)?;
+                if !self.exists() {
+                    return Err(SessionRefusal::NoSession);
+                }
+                if self.workspace_destroyed.is_some() {
+                    return Err(SessionRefusal::Ended(self.status));
+                }
+                if let Some(e) = events.iter().find(|e| {
+                    !matches!(
+                        e,
+                        KnownEvent::EgressAllowed(_)
+                            | KnownEvent::EgressDenied(_)
+                            | KnownEvent::EgressClosed(_)
+                            | KnownEvent::EgressLimitReached(_)
+                    )
+                }) {
+                    return Err(SessionRefusal::Invalid(format!(
+                        "{} is not an egress record",
+                        e.event_type()
+                    )));
+                }
+                Ok(events)
             }
             SessionCommand::Close { reason } => {
                 self.live()?;

@@ -543,3 +543,94 @@ fn apply_never_moves_an_ended_session_back() {
     assert_eq!(s.status, SessionStatus::Closed);
     assert_eq!(s.ended_reason.as_deref(), Some("done"));
 }
+
+fn egress_changed(egress: &[&str]) -> KnownEvent {
+    KnownEvent::SessionEgressChanged(Box::new(c::SessionEgressChanged {
+        session_id: ID.into(),
+        egress: egress.iter().map(|e| (*e).to_owned()).collect(),
+    }))
+}
+
+fn egress_closed() -> KnownEvent {
+    KnownEvent::EgressClosed(Box::new(c::EgressClosed {
+        connection: 1,
+        bytes_out: 10,
+        bytes_in: 20,
+        duration_ms: 3,
+    }))
+}
+
+#[test]
+fn an_egress_change_replaces_the_allowlist_while_the_session_lives() {
+    let mut s = given(&active());
+    assert!(s.egress.is_empty());
+    let change = vec![policy(Decision::Allow), egress_changed(&["outside.test:8443"])];
+    let events = s
+        .decide(SessionCommand::ChangeEgress {
+            events: change.clone(),
+        })
+        .expect("allowed");
+    assert_eq!(events, change);
+    let mut all = active();
+    all.extend(events);
+    s = given(&all);
+    assert_eq!(s.egress, ["outside.test:8443"]);
+    // A refusal is the decisions alone: the allowlist stays.
+    let refused = vec![policy(Decision::Deny)];
+    all.extend(
+        s.decide(SessionCommand::ChangeEgress { events: refused })
+            .expect("recorded"),
+    );
+    assert_eq!(given(&all).egress, ["outside.test:8443"]);
+    // The change must come last and be about this session; nothing else fits.
+    assert!(matches!(
+        s.decide(SessionCommand::ChangeEgress {
+            events: vec![egress_changed(&[]), policy(Decision::Allow)]
+        }),
+        Err(SessionRefusal::Invalid(_))
+    ));
+    assert!(matches!(
+        s.decide(SessionCommand::ChangeEgress {
+            events: vec![closed()]
+        }),
+        Err(SessionRefusal::Invalid(_))
+    ));
+    // Not after it ended.
+    all.push(closed());
+    assert!(matches!(
+        given(&all).decide(SessionCommand::ChangeEgress {
+            events: vec![egress_changed(&[])]
+        }),
+        Err(SessionRefusal::Ended(_))
+    ));
+}
+
+#[test]
+fn egress_records_come_from_its_runner_until_its_workspace_is_destroyed() {
+    let mut all = active();
+    let record = |runner: &str| SessionCommand::RecordEgress {
+        runner: runner.into(),
+        events: vec![egress_closed()],
+    };
+    assert!(given(&all).decide(record("r1")).is_ok());
+    assert!(matches!(
+        given(&all).decide(record("other")),
+        Err(SessionRefusal::WrongRunner)
+    ));
+    assert!(matches!(
+        given(&all).decide(SessionCommand::RecordEgress {
+            runner: "r1".into(),
+            events: vec![closed()]
+        }),
+        Err(SessionRefusal::Invalid(_))
+    ));
+    // A connection that ends as the session closes is still recorded…
+    all.push(closed());
+    assert!(given(&all).decide(record("r1")).is_ok());
+    // …but nothing after the workspace is gone.
+    all.push(KnownEvent::WorkspaceDestroyed(Box::new(workspace())));
+    assert!(matches!(
+        given(&all).decide(record("r1")),
+        Err(SessionRefusal::Ended(_))
+    ));
+}
