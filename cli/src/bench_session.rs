@@ -163,6 +163,7 @@ async fn inner(args: &SessionBench, url: &str, dir: &std::path::Path) -> anyhow:
             agent: glassbox_sandbox_runner::local::session::find_agent()?,
             secrets: SecretProvider::None,
             wheel_mirror: None,
+            egress: None,
         },
     );
     tokio::spawn(host.serve(listener, stop.clone()));

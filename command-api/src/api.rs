@@ -307,6 +307,7 @@ pub fn render(reply: Reply) -> Response {
         Reply::FileDeleted(v) => Json(v).into_response(),
         Reply::SessionClosed(v) => Json(v).into_response(),
         Reply::SessionDataDeleted(v) => Json(v).into_response(),
+        Reply::EgressChanged(v) => Json(v).into_response(),
     }
 }
 

@@ -291,6 +291,35 @@ pub async fn close_session(
     .await
 }
 
+/// `PATCH /v1/sessions/{id}/egress` body: the session's whole new allowlist.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EgressBody {
+    /// Destinations (`host:port`, `*.domain:port`); each is decided by
+    /// `glassbox.egress`, and one refusal refuses the change. `[]`: none.
+    #[schemars(length(max = glassbox_domain::request::MAX_EGRESS), inner(length(min = 1, max = glassbox_domain::request::MAX_EGRESS_TARGET), regex(pattern = pattern::EGRESS_TARGET)))]
+    pub egress: Vec<String>,
+}
+
+pub async fn set_egress(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<EgressBody>,
+) -> Result<Response, ApiError> {
+    let egress = glassbox_domain::request::parse_egress(&body.egress)
+        .map_err(|e| ApiError::Invalid(e.to_string()))?;
+    run(
+        &state,
+        &caller,
+        Command::SetSessionEgress {
+            session: SessionId::parse(&id)?,
+            egress,
+        },
+    )
+    .await
+}
+
 pub async fn delete_session_data(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,

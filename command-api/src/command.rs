@@ -390,6 +390,11 @@ pub enum Command {
     DeleteSessionData {
         session: SessionId,
     },
+    /// Replace an active session's egress allowlist.
+    SetSessionEgress {
+        session: SessionId,
+        egress: Vec<glassbox_domain::request::EgressTarget>,
+    },
     DefineWorkflow {
         request: WorkflowRequest,
     },
@@ -451,6 +456,7 @@ impl Command {
             Command::DeleteFile { .. } => "delete_file",
             Command::CloseSession { .. } => "close_session",
             Command::DeleteSessionData { .. } => "delete_session_data",
+            Command::SetSessionEgress { .. } => "set_session_egress",
             Command::DefineWorkflow { .. } => "define_workflow",
             Command::WorkflowVersions { .. } => "workflow_versions",
             Command::StartRun { .. } => "run_workflow",
@@ -474,7 +480,8 @@ impl Command {
             | Command::ReadFile { .. }
             | Command::ListFiles { .. }
             | Command::DeleteFile { .. }
-            | Command::CloseSession { .. } => "session.use",
+            | Command::CloseSession { .. }
+            | Command::SetSessionEgress { .. } => "session.use",
             Command::DeleteSessionData { .. } => "job.delete_data",
             Command::GetJob { .. }
             | Command::JobNow { .. }
@@ -727,6 +734,7 @@ pub enum Reply {
     FileDeleted(FileDeleted),
     SessionClosed(SessionClosed),
     SessionDataDeleted(SessionDataDeleted),
+    EgressChanged(crate::sessions::EgressChanged),
     WorkflowDefined(WorkflowDefinedReply),
     WorkflowVersions(WorkflowVersionsView),
     RunStarted(Box<RunStarted>),
@@ -1212,6 +1220,10 @@ impl Core {
             )),
             Command::DeleteSessionData { session } => Ok(Reply::SessionDataDeleted(
                 self.delete_session_data(caller, session.as_str()).await?,
+            )),
+            Command::SetSessionEgress { session, egress } => Ok(Reply::EgressChanged(
+                self.set_session_egress(caller, session.as_str(), egress)
+                    .await?,
             )),
             Command::DefineWorkflow { request } => Ok(Reply::WorkflowDefined(
                 self.define_workflow(caller, request).await?,

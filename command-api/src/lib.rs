@@ -354,6 +354,10 @@ pub fn router(state: AppState, pool: PgPool, shutdown: &CancellationToken) -> Ro
             "/v1/sessions/{id}/data",
             axum::routing::delete(api_sessions::delete_session_data),
         )
+        .route(
+            "/v1/sessions/{id}/egress",
+            axum::routing::patch(api_sessions::set_egress),
+        )
         .route("/v1/status", get(api::status))
         .route("/v1/audit/events", get(audit::events))
         .route(

@@ -19,7 +19,9 @@
 //! position beyond the head) are 409.
 
 use crate::api::{CancelBody, GetJobParams, ListParams};
-use crate::api_sessions::{CloseBody, GetSessionParams, ListFilesParams, ListSessionsParams};
+use crate::api_sessions::{
+    CloseBody, EgressBody, GetSessionParams, ListFilesParams, ListSessionsParams,
+};
 use crate::api_workflows::AnswerBody;
 use crate::audit::{
     ConsistencyParams, ExportBody, InclusionParams, ReplayParams, SearchParams, VerifyBody,
@@ -32,7 +34,7 @@ use crate::command::{RunId, WorkflowName};
 use crate::command::{SessionEvents, SessionId};
 use crate::core::{CancelReply, DeleteReply, Receipt};
 use crate::sessions::{
-    ExecOutput, ExecResult, FileDeleted, FileListing, FileWritten, SessionClosed,
+    EgressChanged, ExecOutput, ExecResult, FileDeleted, FileListing, FileWritten, SessionClosed,
     SessionDataDeleted, SessionList, SessionReceipt,
 };
 use crate::workflows::{
@@ -446,6 +448,14 @@ pub fn document(max_wait: u64) -> Value {
             .answers("200", json_reply("Closed", schema::<SessionClosed>(g)))
             .problem("409", "The session has already ended (code `conflict`)")
             .problem("413", "Body too large (code `payload_too_large`)"),
+        Operation::new("patch", "/v1/sessions/{id}/egress", "setSessionEgress", "Replace an active session's egress allowlist (from its next connection on)")
+            .describe("Each destination is decided by `glassbox.egress` against the tenant's allowlist and the decisions are recorded with the change (`session.egress_changed`); one refusal refuses the whole change (403, the decisions recorded). The session's proxy uses the new list from the next connection on.")
+            .param(path_param::<SessionId>(g, "id", "The session's ID"))
+            .json_body(schema::<EgressBody>(g), true)
+            .answers("200", json_reply("Changed", schema::<EgressChanged>(g)))
+            .problem("409", "The session is not active (code `conflict`)")
+            .problem("413", "Body too large (code `payload_too_large`)")
+            .problem("415", "Not JSON (code `unsupported_media_type`)"),
         Operation::new("get", "/v1/sessions/{id}/events", "getSessionEvents", "The session's ledger records")
             .param(path_param::<SessionId>(g, "id", "The session's ID"))
             .answers("200", json_reply("The records", schema::<SessionEvents>(g))),

@@ -340,6 +340,16 @@ pub struct SessionClosed {
     pub bytes_scrubbed: Option<u64>,
 }
 
+/// A session's egress allowlist was replaced.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct EgressChanged {
+    pub session_id: String,
+    /// The allowlist now (normalized: lower-case, no trailing dot, each once).
+    pub egress: Vec<String>,
+    /// Position of `session.egress_changed`.
+    pub position: u64,
+}
+
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct SessionDataDeleted {
     pub session_id: String,
@@ -1094,6 +1104,59 @@ impl Core {
             status: d.state.status,
             position,
             bytes_scrubbed,
+        })
+    }
+
+    /// Replaces an active session's egress allowlist: each destination
+    /// decided by `glassbox.egress` and recorded with the change (a refusal:
+    /// the decisions alone, and 403); then its runner applies it to the
+    /// session's proxy from the next connection on.
+    pub async fn set_session_egress(
+        &self,
+        caller: &Caller,
+        session_id: &str,
+        egress: Vec<glassbox_domain::request::EgressTarget>,
+    ) -> Result<EgressChanged, ApiError> {
+        let tenant = caller.identity.tenant.clone();
+        let (s, runner, mut client) = self.live_session(caller, session_id).await?;
+        let mut events = Vec::new();
+        let mut reasons = Vec::new();
+        self.decide_egress(&tenant, &egress, &mut events, &mut reasons);
+        let list: Vec<String> = egress.iter().map(ToString::to_string).collect();
+        if reasons.is_empty() {
+            events.push(KnownEvent::SessionEgressChanged(Box::new(
+                catalogue::SessionEgressChanged {
+                    session_id: session_id.to_owned(),
+                    egress: list.clone(),
+                },
+            )));
+        }
+        let stream = Stream::session(session_id);
+        let command = SessionCommand::ChangeEgress { events };
+        let d = self
+            .store
+            .decide_from(stream.as_str(), s, &caller.envelope(), |s: &Session| {
+                on_session(&stream, s.decide(command.clone())?)
+            })
+            .await
+            .map_err(session_refused(session_id, "record an egress change"))?;
+        if !reasons.is_empty() {
+            return Err(ApiError::Forbidden(reasons));
+        }
+        let dp = self.data_plane()?;
+        let req = dp.request(
+            &runner,
+            session_id,
+            api::SetEgressRequest {
+                session_id: session_id.to_owned(),
+            },
+            CALL_TIMEOUT,
+        )?;
+        client.set_egress(req).await.map_err(from_status)?;
+        Ok(EgressChanged {
+            session_id: session_id.to_owned(),
+            egress: list,
+            position: d.appended.as_ref().map_or(0, |a| a.last_position()),
         })
     }
 

@@ -100,7 +100,10 @@ pub enum SessionCommand {
     /// decisions, which are recorded as a refusal).
     ChangeEgress { events: Vec<KnownEvent> },
     /// What its egress proxy saw (`egress.*`), until its workspace is destroyed.
-    RecordEgress { runner: String, events: Vec<KnownEvent> },
+    RecordEgress {
+        runner: String,
+        events: Vec<KnownEvent>,
+    },
     /// A client closes it.
     Close { reason: String },
     /// The reaper at `now`: expired if past its idle timeout or lifetime.

@@ -1499,7 +1499,10 @@ pub async fn run_service(
     let (backend, swept) = crate::local::LocalRunsc::start(settings.local.clone()).await?;
     record_sweep(&store, &settings.runner.runner_id, &swept).await;
     let host = if s.enabled {
-        start_sessions(config, &settings, &store, &blobs, &backend, &shutdown).await?
+        start_sessions(
+            config, &settings, &store, &blobs, &backend, &engine, &shutdown,
+        )
+        .await?
     } else {
         None
     };
@@ -1560,6 +1563,7 @@ async fn start_sessions(
     store: &EventStore,
     blobs: &BlobStore,
     backend: &crate::local::LocalRunsc,
+    engine: &Arc<PolicyEngine>,
     shutdown: &CancellationToken,
 ) -> Result<Option<tokio::task::JoinHandle<()>>, StartError> {
     let s = &settings.sessions;
@@ -1611,9 +1615,16 @@ async fn start_sessions(
             advertise: advertise.clone(),
             verifier,
             bypass: s.bypass,
-            agent,
+            agent: agent.clone(),
             secrets: settings.runner.secrets.clone(),
             wheel_mirror: settings.runner.wheel_mirror.clone(),
+            egress: Some(crate::sessions::SessionEgress {
+                settings: crate::egress::EgressSettings {
+                    agent: Some(agent.clone()),
+                    ..settings.runner.egress.clone()
+                },
+                engine: engine.clone(),
+            }),
         },
     );
     let orphans = glassbox_projector::queries::sessions_on_runner(store.pool(), &runner_id)

@@ -21,7 +21,7 @@ use crate::local::session::{Chunk, SessionSandbox};
 use crate::service::SecretProvider;
 use crate::spec::{ExecutionSpec, WheelInstall};
 use glassbox_domain::catalogue::{self as c, KnownEvent, Outcome, OutputRef, SessionLimits};
-use glassbox_domain::request::WorkspacePath;
+use glassbox_domain::request::{EgressTarget, WorkspacePath};
 use glassbox_domain::{Session, SessionCommand, SessionRefusal, SessionStatus, Stream};
 use glassbox_events::store::{EventStore, NewEvent};
 use glassbox_events::{Actor, DecideError, Envelope};
@@ -31,8 +31,8 @@ use glassbox_platform::runner_token::{RunnerTokenVerifier, Subject};
 use glassbox_runner_api::v1::{
     self as api, CloseSessionReply, CloseSessionRequest, DeleteFileReply, DeleteFileRequest,
     ExecEvent, ExecRequest, FileChunk, FileEntry, HealthReply, HealthRequest, ListFilesReply,
-    ListFilesRequest, OpenSessionReply, OpenSessionRequest, ReadFileRequest, WriteFileChunk,
-    WriteFileReply, exec_event, exec_request,
+    ListFilesRequest, OpenSessionReply, OpenSessionRequest, ReadFileRequest, SetEgressReply,
+    SetEgressRequest, WriteFileChunk, WriteFileReply, exec_event, exec_request,
 };
 use glassbox_session_agent::protocol::{ExecKind, Stream as OutStream};
 use std::collections::HashMap;
@@ -71,6 +71,26 @@ pub struct HostConfig {
     pub agent: PathBuf,
     pub secrets: SecretProvider,
     pub wheel_mirror: Option<PathBuf>,
+    /// Egress for sessions: each gets a proxy of its own (its allowlist may
+    /// start empty and change while it runs). `None`: sessions get no way
+    /// out, and a session that asks for one fails to start (fail closed).
+    pub egress: Option<SessionEgress>,
+}
+
+/// How this runner gives sessions egress.
+#[derive(Clone)]
+pub struct SessionEgress {
+    pub settings: crate::egress::EgressSettings,
+    /// `glassbox.egress`, asked again for every connection.
+    pub engine: Arc<glassbox_policies::PolicyEngine>,
+}
+
+impl std::fmt::Debug for SessionEgress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionEgress")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
 }
 
 struct Live {
@@ -80,6 +100,10 @@ struct Live {
     state: tokio::sync::Mutex<Session>,
     secrets: Vec<(String, String)>,
     limits: SessionLimits,
+    /// The session's proxy, until the sandbox is destroyed.
+    egress: tokio::sync::Mutex<Option<crate::egress::SandboxEgress>>,
+    /// What the proxy lets it reach (changed by `SetEgress`).
+    egress_allowlist: Option<Arc<std::sync::RwLock<Vec<EgressTarget>>>>,
 }
 
 /// Serves the data-plane API for the sessions placed on this runner.
@@ -314,7 +338,7 @@ impl SessionHost {
         let tenant = state.tenant.clone();
         let starting = std::time::Instant::now();
         match self.start(session_id, &state).await {
-            Ok((sandbox, secrets, materialized, files)) => {
+            Ok((sandbox, secrets, materialized, files, egress)) => {
                 crate::metrics::sandbox_started(
                     "session",
                     runtime_language(&sandbox.runtime),
@@ -326,6 +350,9 @@ impl SessionHost {
                         .await
                     {
                         let _ = sandbox.close().await;
+                        if let Some((e, _)) = egress {
+                            e.finish().await;
+                        }
                         return self
                             .fail(session_id, state, format!("deliver a secret file: {e}"))
                             .await;
@@ -334,6 +361,12 @@ impl SessionHost {
                 let runner = self.runner().to_owned();
                 let (sandbox_id, runtime) = (sandbox.sandbox_id.clone(), sandbox.runtime.clone());
                 let image_digest = sandbox.image_digest.clone();
+                let close = |sandbox: SessionSandbox, egress: Option<(crate::egress::SandboxEgress, Allowlist)>| async move {
+                    let _ = sandbox.close().await;
+                    if let Some((e, _)) = egress {
+                        e.finish().await;
+                    }
+                };
                 let d = match self
                     .decide(&tenant, session_id, state, |_| SessionCommand::Start {
                         runner: runner.clone(),
@@ -347,18 +380,21 @@ impl SessionHost {
                 {
                     Ok(d) => d,
                     Err(e) => {
-                        let _ = sandbox.close().await;
+                        close(sandbox, egress).await;
                         return Err(e);
                     }
                 };
                 let position = Self::position(&d);
                 let limits = d.state.effective_limits.clone().unwrap_or_default();
+                let egress_allowlist = egress.as_ref().map(|(_, list)| list.clone());
                 let live = Arc::new(Live {
                     tenant,
                     sandbox,
                     state: tokio::sync::Mutex::new(d.state),
                     secrets,
                     limits,
+                    egress: tokio::sync::Mutex::new(egress.map(|(e, _)| e)),
+                    egress_allowlist,
                 });
                 if let Ok(mut l) = self.inner.live.lock() {
                     l.insert(session_id.to_owned(), live.clone());
@@ -393,8 +429,9 @@ impl SessionHost {
         )))
     }
 
-    /// The sandbox, the secrets to redact, the secrets delivered, and the
-    /// file-mode secrets still to write.
+    /// The sandbox, the secrets to redact, the secrets delivered, the
+    /// file-mode secrets still to write, and its egress proxy with the
+    /// allowlist it uses.
     #[allow(clippy::type_complexity)]
     async fn start(
         &self,
@@ -406,6 +443,7 @@ impl SessionHost {
             Vec<(String, String)>,
             Vec<c::SecretMaterialized>,
             Vec<(String, String)>,
+            Option<(crate::egress::SandboxEgress, Allowlist)>,
         ),
         String,
     > {
@@ -472,13 +510,77 @@ impl SessionHost {
             });
             secrets.push((s.name.clone(), value));
         }
-        let sandbox = self
+        let egress = match &self.inner.config.egress {
+            Some(cfg) => {
+                let policy = crate::egress::TenantEgress::new(
+                    cfg.engine.clone(),
+                    &state.tenant,
+                    targets(&state.egress),
+                );
+                let list = policy.requested.clone();
+                let ledger = Arc::new(SessionEgressLedger {
+                    store: self.inner.store.clone(),
+                    session_id: session_id.to_owned(),
+                    runner: self.runner().to_owned(),
+                    envelope: Envelope::new(state.tenant.clone(), self.actor()),
+                    state: tokio::sync::Mutex::new(state.clone()),
+                });
+                let e = crate::egress::SandboxEgress::start(
+                    &cfg.settings,
+                    session_id,
+                    policy,
+                    self.inner.blobs.clone(),
+                    ledger,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+                spec.egress = Some(e.path());
+                Some((e, list))
+            }
+            None if !state.egress.is_empty() => {
+                return Err("egress was asked for but this runner gives sessions none".into());
+            }
+            None => None,
+        };
+        let sandbox = match self
             .inner
             .backend
             .open_session(spec, &self.inner.config.agent)
             .await
-            .map_err(|e| e.to_string())?;
-        Ok((sandbox, secrets, materialized, files))
+        {
+            Ok(s) => s,
+            Err(err) => {
+                if let Some((e, _)) = egress {
+                    e.finish().await;
+                }
+                return Err(err.to_string());
+            }
+        };
+        Ok((sandbox, secrets, materialized, files, egress))
+    }
+
+    /// Applies the allowlist the session's stream holds now to its proxy.
+    pub async fn set_egress(&self, session_id: &str) -> Result<SetEgressReply, Status> {
+        let live = self.get(session_id)?;
+        let Some(list) = &live.egress_allowlist else {
+            return Err(Status::failed_precondition(
+                "this runner gives sessions no egress",
+            ));
+        };
+        let mut state = live.state.lock().await.clone();
+        self.inner
+            .store
+            .catch_up(Stream::session(session_id).as_str(), &mut state)
+            .await
+            .map_err(|e| internal("read the session", e))?;
+        let now = targets(&state.egress);
+        let n = now.len();
+        if let Ok(mut l) = list.write() {
+            *l = now;
+        }
+        Ok(SetEgressReply {
+            destinations: u32::try_from(n).unwrap_or(u32::MAX),
+        })
     }
 
     /// When a sandbox ends on its own (OOM, crash, lifetime), its session is
@@ -940,6 +1042,10 @@ impl SessionHost {
             ));
         };
         let teardown = live.sandbox.close().await;
+        // Its connections end with it and are recorded before its workspace.
+        if let Some(e) = live.egress.lock().await.take() {
+            e.finish().await;
+        }
         let mut state = live.state.lock().await;
         // Catch up with the end the control plane recorded.
         let mut caught = state.clone();
@@ -1148,6 +1254,66 @@ impl KnownEventFor {
                 }))
             }
         }
+    }
+}
+
+/// A session's egress allowlist, shared by its proxy's policy and `SetEgress`.
+type Allowlist = Arc<std::sync::RwLock<Vec<EgressTarget>>>;
+
+/// The destinations of a session's allowlist (recorded after parsing: a
+/// record that does not parse allows nothing).
+fn targets(egress: &[String]) -> Vec<EgressTarget> {
+    egress
+        .iter()
+        .filter_map(|t| EgressTarget::parse(t).ok())
+        .collect()
+}
+
+/// A session's egress records go on its stream, decided by the session (its
+/// runner's, until its workspace is destroyed). Its own carried state: an
+/// exec holds the session's lock for as long as it runs, and the program's
+/// connections during it must be recorded (and answered) meanwhile.
+struct SessionEgressLedger {
+    store: EventStore,
+    session_id: String,
+    runner: String,
+    envelope: Envelope,
+    state: tokio::sync::Mutex<Session>,
+}
+
+impl crate::egress::EgressLedger for SessionEgressLedger {
+    fn append(
+        &self,
+        events: Vec<KnownEvent>,
+    ) -> glassbox_egress::proxy::BoxFuture<'_, Result<Vec<u64>, String>> {
+        Box::pin(async move {
+            let mut state = self.state.lock().await;
+            let stream = Stream::session(&self.session_id);
+            let d = self
+                .store
+                .decide_from(
+                    stream.as_str(),
+                    state.clone(),
+                    &self.envelope,
+                    |s: &Session| {
+                        let decided = s.decide(SessionCommand::RecordEgress {
+                            runner: self.runner.clone(),
+                            events: events.clone(),
+                        })?;
+                        decided
+                            .iter()
+                            .map(|e| NewEvent::known(stream.as_str(), e))
+                            .collect::<Result<Vec<_>, _>>()
+                            .map_err(|e| SessionRefusal::Invalid(e.to_string()))
+                    },
+                )
+                .await
+                .map_err(|e| format!("session {}: record egress: {e}", self.session_id))?;
+            *state = d.state;
+            Ok(d.appended
+                .map(|o| o.events.iter().map(|a| a.position).collect())
+                .unwrap_or_default())
+        })
     }
 }
 
@@ -1464,6 +1630,21 @@ impl glassbox_runner_api::Runner for SessionHost {
             self.authorize(&request, "close_session", &Subject::Session(id.clone()))
                 .await?;
             self.destroy(&id).await.map(Response::new)
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn set_egress(
+        &self,
+        request: Request<SetEgressRequest>,
+    ) -> Result<Response<SetEgressReply>, Status> {
+        let id = request.get_ref().session_id.clone();
+        let span = rpc_span(&request, "set_egress", &id);
+        async {
+            self.authorize(&request, "set_egress", &Subject::Session(id.clone()))
+                .await?;
+            self.set_egress(&id).await.map(Response::new)
         }
         .instrument(span)
         .await

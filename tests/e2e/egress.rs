@@ -424,3 +424,124 @@ async fn destinations_the_tenant_does_not_allow_refuse_the_job_at_submission() {
     }
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sessions_allowlist_changes_while_it_runs_and_applies_from_the_next_connection() {
+    let ca = outside();
+    let s = stack(SecretProvider::None).await;
+    let h = super::sessions::host_with(
+        &s,
+        false,
+        SecretProvider::None,
+        Some(glassbox_sandbox_runner::sessions::SessionEgress {
+            settings: settings(16, 64 << 20),
+            engine: s.engine.clone(),
+        }),
+    )
+    .await;
+    // Opened with no way out.
+    let (status, opened) = s.open("acme", json!({"language": "python"})).await;
+    assert_eq!(status, 201, "{opened}");
+    let id = opened["session"]["session_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let setup = format!("{HELPERS}\nopen('ca.pem', 'w').write({})\n", json!(ca));
+    let (status, r) = s.exec("acme", &id, json!({ "code": setup })).await;
+    assert_eq!(r["outcome"], "succeeded", "{status} {r}");
+    let first_line = |r: &Value| {
+        r["stdout"]["content"]
+            .as_str()
+            .unwrap_or("")
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_owned()
+    };
+    let probe = json!({"code": "print(connect('outside.test:8443').split('\\r\\n')[0])"});
+    let (_, r) = s.exec("acme", &id, probe.clone()).await;
+    assert_eq!(first_line(&r), "HTTP/1.1 403 Forbidden", "{r}");
+
+    // Allowed by the tenant: from the next connection on.
+    let patch = |tenant: &'static str, egress: Value| {
+        let s = &s;
+        let id = id.clone();
+        async move {
+            s.call(
+                tenant,
+                "PATCH",
+                &format!("/v1/sessions/{id}/egress"),
+                Some(json!({ "egress": egress })),
+            )
+            .await
+        }
+    };
+    let (status, changed) = patch("acme", json!(["Outside.Test.:8443"])).await;
+    assert_eq!(status, 200, "{changed}");
+    assert_eq!(changed["egress"], json!(["outside.test:8443"]));
+    let fetch = json!({"code": "print(get('/').decode())"});
+    let (_, r) = s.exec("acme", &id, fetch.clone()).await;
+    assert_eq!(first_line(&r), "hello from outside", "{r}");
+
+    // Refused by the tenant's policy: recorded, and the list stays.
+    let (status, refused) = patch("acme", json!(["evil.example:443"])).await;
+    assert_eq!(status, 403, "{refused}");
+    let (_, r) = s.exec("acme", &id, fetch).await;
+    assert_eq!(first_line(&r), "hello from outside", "{r}");
+    // Malformed: 400; another tenant: 404.
+    let (status, _) = patch("acme", json!(["no-port.example"])).await;
+    assert_eq!(status, 400);
+    let (status, _) = patch("globex", json!([])).await;
+    assert_eq!(status, 404);
+
+    // Taken away again.
+    let (status, _) = patch("acme", json!([])).await;
+    assert_eq!(status, 200);
+    let (_, r) = s.exec("acme", &id, probe).await;
+    assert_eq!(first_line(&r), "HTTP/1.1 403 Forbidden", "{r}");
+
+    let (status, closed) = s
+        .call("acme", "DELETE", &format!("/v1/sessions/{id}"), None)
+        .await;
+    assert_eq!(status, 200, "{closed}");
+    let records = s.session_stream(&id).await;
+    let t = types(&records);
+    let changes: Vec<&Value> = of_type(&records, "session.egress_changed")
+        .into_iter()
+        .map(|r| &r.record.data["egress"])
+        .collect();
+    assert_eq!(
+        changes,
+        [&json!(["outside.test:8443"]), &json!([])],
+        "{t:?}"
+    );
+    let denied_by_policy = of_type(&records, "policy.evaluated")
+        .into_iter()
+        .filter(|r| {
+            r.record.data["policy"] == "glassbox.egress" && r.record.data["decision"] == "deny"
+        })
+        .count();
+    assert_eq!(denied_by_policy, 1, "{t:?}");
+    assert_eq!(of_type(&records, "egress.denied").len(), 2, "{t:?}");
+    assert_eq!(of_type(&records, "egress.allowed").len(), 2, "{t:?}");
+    assert_eq!(of_type(&records, "egress.closed").len(), 2, "{t:?}");
+    // Every egress record before the workspace's destruction.
+    let destroyed = t
+        .iter()
+        .position(|x| x == "workspace.destroyed")
+        .expect("destroyed");
+    assert!(
+        t.iter()
+            .rposition(|x| x.starts_with("egress."))
+            .expect("egress")
+            < destroyed
+    );
+    s.store
+        .verify(None, &[], None, None)
+        .await
+        .expect("verify")
+        .expect("the ledger verifies");
+    h.stop.cancel();
+    let _ = h.task.await;
+    s.stop().await;
+}

@@ -17,10 +17,15 @@ pub(crate) struct Host {
 
 /// A runner serving sessions for the stack (its own runsc backend and ID).
 pub(crate) async fn host(s: &Stack, bypass: bool) -> Host {
-    host_with(s, bypass, SecretProvider::None).await
+    host_with(s, bypass, SecretProvider::None, None).await
 }
 
-async fn host_with(s: &Stack, bypass: bool, secrets: SecretProvider) -> Host {
+pub(crate) async fn host_with(
+    s: &Stack,
+    bypass: bool,
+    secrets: SecretProvider,
+    egress: Option<glassbox_sandbox_runner::sessions::SessionEgress>,
+) -> Host {
     let runner_id = format!("ses{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
     let (backend, _) = LocalRunsc::start(LocalConfig {
         runner_id: runner_id.clone(),
@@ -61,6 +66,7 @@ async fn host_with(s: &Stack, bypass: bool, secrets: SecretProvider) -> Host {
                 .expect("the session agent (cargo build -p glassbox-session-agent)"),
             secrets,
             wheel_mirror: None,
+            egress,
         },
     );
     let stop = CancellationToken::new();
@@ -79,7 +85,7 @@ async fn host_with(s: &Stack, bypass: bool, secrets: SecretProvider) -> Host {
 }
 
 impl Stack {
-    async fn call(
+    pub(crate) async fn call(
         &self,
         tenant: &str,
         method: &str,
@@ -90,6 +96,7 @@ impl Stack {
         let mut r = match method {
             "POST" => self.client.post(url),
             "DELETE" => self.client.delete(url),
+            "PATCH" => self.client.patch(url),
             _ => self.client.get(url),
         }
         .bearer_auth(token(tenant));
@@ -101,11 +108,11 @@ impl Stack {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
-    async fn open(&self, tenant: &str, body: Value) -> (u16, Value) {
+    pub(crate) async fn open(&self, tenant: &str, body: Value) -> (u16, Value) {
         self.call(tenant, "POST", "/v1/sessions", Some(body)).await
     }
 
-    async fn exec(&self, tenant: &str, id: &str, body: Value) -> (u16, Value) {
+    pub(crate) async fn exec(&self, tenant: &str, id: &str, body: Value) -> (u16, Value) {
         self.call(
             tenant,
             "POST",
@@ -115,7 +122,7 @@ impl Stack {
         .await
     }
 
-    async fn session_stream(&self, id: &str) -> Vec<StoredRecord> {
+    pub(crate) async fn session_stream(&self, id: &str) -> Vec<StoredRecord> {
         self.store
             .read_stream(&format!("session-{id}"), 1, 10_000)
             .await
@@ -970,7 +977,7 @@ async fn approved_secrets_reach_a_session_redacted_and_counted_and_file_deletes_
     )
     .expect("secrets file");
     let s = stack(SecretProvider::None).await;
-    let h = host_with(&s, false, SecretProvider::File(file)).await;
+    let h = host_with(&s, false, SecretProvider::File(file), None).await;
     // A secret the tenant may not have: refused, recorded, nothing opened.
     let (status, refused) = s
         .open(

@@ -564,7 +564,10 @@ fn egress_closed() -> KnownEvent {
 fn an_egress_change_replaces_the_allowlist_while_the_session_lives() {
     let mut s = given(&active());
     assert!(s.egress.is_empty());
-    let change = vec![policy(Decision::Allow), egress_changed(&["outside.test:8443"])];
+    let change = vec![
+        policy(Decision::Allow),
+        egress_changed(&["outside.test:8443"]),
+    ];
     let events = s
         .decide(SessionCommand::ChangeEgress {
             events: change.clone(),

@@ -63,7 +63,11 @@ pub fn session_config(
         argv.push(interpreter.clone());
     }
     let mut config = config_with(spec, runtime, argv, root, workspace, cgroups_path);
-    if let Some(mounts) = config["mounts"].as_array_mut() {
+    // With egress the agent is already there (it is the forwarder too, which
+    // runs the agent).
+    if spec.egress.is_none()
+        && let Some(mounts) = config["mounts"].as_array_mut()
+    {
         mounts.push(
             json!({"destination": AGENT_MOUNT, "type": "bind", "source": agent,
                            "options": ["bind", "ro", "nosuid", "nodev"]}),

@@ -234,6 +234,11 @@ impl LocalRunsc {
             limits.wall_time() + spawn::WATCHDOG_GRACE,
         );
         cmd.arg("--root").arg(&self.inner.paths.state);
+        if spec.egress.is_some() {
+            // Only host sockets inside the sandbox's bind mounts: its egress
+            // proxy's (docs/runsc-recipe.md §13).
+            cmd.arg("--host-uds=open");
+        }
         cmd.arg("--network=none")
             .arg(format!("--log={}", log.display()))
             .arg("run")
