@@ -411,6 +411,10 @@ pub struct RunArgs {
     /// Idempotency key (retrying with the same key never runs the job twice).
     #[arg(long)]
     pub idempotency_key: Option<String>,
+    /// A destination the program may reach through its egress proxy
+    /// (`host:port`, `*.domain:port`; repeat for more). None: no network.
+    #[arg(long = "egress", value_name = "DEST")]
+    pub egress: Vec<String>,
     /// Arguments for the program.
     #[arg(last = true)]
     pub args: Vec<String>,
@@ -478,7 +482,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .context("no --token: minting a development token")?,
     };
     let client = reqwest::Client::new();
-    let mut body = json!({"language": lang, "code": code, "args": args.args});
+    let mut body = json!({"language": lang, "code": code, "args": args.args, "egress": args.egress});
     if let Some(s) = stdin {
         body["stdin"] = s.into();
     }

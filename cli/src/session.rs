@@ -33,9 +33,19 @@ pub enum SessionCommand {
         /// Idle timeout in seconds (the tenant's default otherwise).
         #[arg(long)]
         idle_timeout: Option<u64>,
+        /// A destination it may reach through its egress proxy (`host:port`,
+        /// `*.domain:port`; repeat for more). Changeable later with `egress`.
+        #[arg(long = "egress", value_name = "DEST")]
+        egress: Vec<String>,
         /// Print the whole answer as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Replace a session's egress allowlist (no DEST: no way out).
+    Egress {
+        id: String,
+        #[arg(value_name = "DEST")]
+        egress: Vec<String>,
     },
     /// Run code (default) or a shell command (`--command`) in a session.
     Exec {
@@ -208,9 +218,10 @@ pub async fn run(args: SessionArgs) -> anyhow::Result<ExitCode> {
         SessionCommand::Create {
             lang,
             idle_timeout,
+            egress,
             json,
         } => {
-            let mut body = json!({"language": lang});
+            let mut body = json!({"language": lang, "egress": egress});
             if let Some(t) = idle_timeout {
                 body["limits"] = json!({"idle_timeout_secs": t});
             }
@@ -303,6 +314,23 @@ pub async fn run(args: SessionArgs) -> anyhow::Result<ExitCode> {
                 .json(c.http.get(c.url(&format!("/v1/sessions/{id}"))))
                 .await?;
             println!("{}", serde_json::to_string_pretty(&r)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        SessionCommand::Egress { id, egress } => {
+            let r = c
+                .json(
+                    c.http
+                        .patch(c.url(&format!("/v1/sessions/{id}/egress")))
+                        .json(&json!({ "egress": egress })),
+                )
+                .await?;
+            for d in r["egress"].as_array().into_iter().flatten() {
+                println!("{}", d.as_str().unwrap_or_default());
+            }
+            eprintln!(
+                "session {id}: egress changed (ledger position {})",
+                r["position"]
+            );
             Ok(ExitCode::SUCCESS)
         }
         SessionCommand::Close { id } => {

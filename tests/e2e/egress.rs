@@ -476,9 +476,14 @@ async fn a_sessions_allowlist_changes_while_it_runs_and_applies_from_the_next_co
             .await
         }
     };
-    let (status, changed) = patch("acme", json!(["Outside.Test.:8443"])).await;
-    assert_eq!(status, 200, "{changed}");
-    assert_eq!(changed["egress"], json!(["outside.test:8443"]));
+    // (With the CLI: `glassbox session egress ID DEST…`.)
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_glassbox-e2e-cli"))
+        .args(["session", "egress", &id, "Outside.Test.:8443"])
+        .args(["--api", &s.addr, "--token", &token("acme")])
+        .output()
+        .expect("glassbox session egress");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "outside.test:8443\n");
     let fetch = json!({"code": "print(get('/').decode())"});
     let (_, r) = s.exec("acme", &id, fetch.clone()).await;
     assert_eq!(first_line(&r), "hello from outside", "{r}");
