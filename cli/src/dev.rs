@@ -482,7 +482,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .context("no --token: minting a development token")?,
     };
     let client = reqwest::Client::new();
-    let mut body = json!({"language": lang, "code": code, "args": args.args, "egress": args.egress});
+    let mut body =
+        json!({"language": lang, "code": code, "args": args.args, "egress": args.egress});
     if let Some(s) = stdin {
         body["stdin"] = s.into();
     }

@@ -482,7 +482,11 @@ async fn a_sessions_allowlist_changes_while_it_runs_and_applies_from_the_next_co
         .args(["--api", &s.addr, "--token", &token("acme")])
         .output()
         .expect("glassbox session egress");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "outside.test:8443\n");
     let fetch = json!({"code": "print(get('/').decode())"});
     let (_, r) = s.exec("acme", &id, fetch.clone()).await;
