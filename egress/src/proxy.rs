@@ -645,7 +645,7 @@ impl Proxy {
         // Either direction breaching the limit ends both; a clean end of one
         // waits for the other; the sandbox's end ends both.
         let (mut up_done, mut down_done, mut breached) = (false, false, false);
-        while !(up_done && down_done) && !breached {
+        while !(breached || (up_done && down_done)) {
             tokio::select! {
                 b = &mut up, if !up_done => { breached |= b; up_done = true; }
                 b = &mut down, if !down_done => { breached |= b; down_done = true; }

@@ -180,12 +180,10 @@ impl Recorder for LedgerRecorder {
         // A denial's position goes into the 403; nothing else waits.
         let wait = matches!(event, EgressEvent::Denied { .. });
         let (reply, answer) = oneshot::channel();
-        let sent = self
-            .tx
-            .lock()
-            .ok()
-            .and_then(|t| t.as_ref().map(|t| t.send((event, wait.then_some(reply)))))
-            .is_some_and(|r| r.is_ok());
+        let sent = self.tx.lock().ok().is_some_and(|t| {
+            t.as_ref()
+                .is_some_and(|t| t.send((event, wait.then_some(reply))).is_ok())
+        });
         Box::pin(async move {
             if wait && sent {
                 answer.await.ok().flatten()

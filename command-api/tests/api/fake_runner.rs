@@ -61,6 +61,12 @@ impl glassbox_runner_api::Runner for FakeRunner {
     ) -> Result<Response<CloseSessionReply>, Status> {
         Ok(Response::new(CloseSessionReply::default()))
     }
+    async fn set_egress(
+        &self,
+        _: Request<glassbox_runner_api::v1::SetEgressRequest>,
+    ) -> Result<Response<glassbox_runner_api::v1::SetEgressReply>, Status> {
+        Err(no())
+    }
     async fn health(&self, _: Request<HealthRequest>) -> Result<Response<HealthReply>, Status> {
         Err(no())
     }
