@@ -610,7 +610,7 @@ mod tests {
                 .values()
                 .map(|p| p.as_object().map_or(0, Map::len))
                 .sum::<usize>(),
-            37
+            38
         );
     }
 
