@@ -327,7 +327,13 @@ impl Core {
         reasons: &mut Vec<String>,
     ) {
         for s in secrets {
-            let input = json!({"tenant": tenant, "secret": s.name.as_str(), "language": language});
+            let mut input =
+                json!({"tenant": tenant, "secret": s.name.as_str(), "language": language});
+            if s.mode == glassbox_domain::request::SecretMode::Brokered {
+                // Asked only for brokered ones: the input of other decisions
+                // stays what it always was.
+                input["mode"] = s.mode.as_str().into();
+            }
             let d = self.engine.evaluate(Policy::Secrets, &input);
             events.push(evaluated_event(&d, &input));
             if d.allow {
@@ -335,6 +341,7 @@ impl Core {
                     catalogue::SecretInjectionApproved {
                         name: s.name.to_string(),
                         mode: s.mode.as_str().into(),
+                        hosts: d.hosts.clone(),
                     },
                 )));
             } else {

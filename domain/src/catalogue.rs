@@ -395,7 +395,14 @@ catalogue! {
     }
     JobAccepted = "job.accepted" v 1 { job_id: String, effective_limits: Limits }
     JobRejected = "job.rejected" v 1 { job_id: String, reasons: Vec<String> }
-    SecretInjectionApproved = "secret.injection_approved" v 1 { name: String, mode: String }
+    /// `hosts`: for a brokered secret, the destinations the policy lets the
+    /// proxy put its value in requests to (absent otherwise).
+    SecretInjectionApproved = "secret.injection_approved" v 1 {
+        name: String,
+        mode: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        hosts: Vec<String>,
+    }
     SecretInjectionDenied = "secret.injection_denied" v 1 { name: String, reasons: Vec<String> }
     /// A runner took an attempt; the lease is the job timeout plus a grace period.
     ExecutionClaimed = "execution.claimed" v 1 { runner: String, attempt: u64, lease_expires_at: String }
@@ -489,6 +496,11 @@ catalogue! {
         rule: Option<String>,
         decided_by: Option<String>,
     }
+    /// The proxy saw a brokered secret's placeholder in a request header on
+    /// connection `connection`: `substituted` when `target` is one of the
+    /// secret's hosts (the value went in its place, TLS re-originated and
+    /// verified), else the placeholder went as it was. Never the value.
+    SecretBrokered = "secret.brokered" v 1 { name: String, connection: u64, target: Option<String>, host_hmac: Digest, header: String, substituted: bool }
     /// Connection `connection` ended: bytes each way and how long it lasted.
     EgressClosed = "egress.closed" v 1 { connection: u64, bytes_out: u64, bytes_in: u64, duration_ms: u64 }
     /// A per-sandbox egress limit was reached: `bytes` ended connection

@@ -35,6 +35,9 @@ pub struct Submitter {
 pub struct ApprovedSecret {
     pub name: String,
     pub mode: String,
+    /// A brokered secret's hosts (`host:port`), as the policy named them.
+    #[serde(default)]
+    pub hosts: Vec<String>,
 }
 
 /// A job as its stream says it is, after the records applied so far.
@@ -209,6 +212,7 @@ impl Job {
                 self.approved_secrets.push(ApprovedSecret {
                     name: e.name,
                     mode: e.mode,
+                    hosts: e.hosts,
                 });
             }
             KnownEvent::ExecutionClaimed(e) => {
@@ -285,6 +289,8 @@ impl Job {
                             | KnownEvent::EgressDenied(_)
                             | KnownEvent::EgressClosed(_)
                             | KnownEvent::EgressLimitReached(_)
+                            | KnownEvent::SecretBrokered(_)
+                            | KnownEvent::OutputRedacted(_)
                             | KnownEvent::JobFailed(_)
                     );
                     if !ok {

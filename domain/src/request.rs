@@ -483,9 +483,16 @@ pub struct SecretSpec {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SecretMode {
+    /// An environment variable holding the value.
     #[default]
     Env,
+    /// A file `.secrets/<NAME>` holding the value.
     File,
+    /// An environment variable holding a placeholder; the sandbox's egress
+    /// proxy puts the value in place of it only in request headers to the
+    /// hosts the tenant's policy names for the secret (the sandbox never
+    /// holds the value).
+    Brokered,
 }
 
 impl SecretMode {
@@ -493,6 +500,7 @@ impl SecretMode {
         match self {
             SecretMode::Env => "env",
             SecretMode::File => "file",
+            SecretMode::Brokered => "brokered",
         }
     }
 }

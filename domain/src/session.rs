@@ -212,6 +212,7 @@ impl Session {
                 self.approved_secrets.push(ApprovedSecret {
                     name: e.name,
                     mode: e.mode,
+                    hosts: e.hosts,
                 });
             }
             KnownEvent::SessionStarted(e) => {
@@ -405,6 +406,8 @@ impl Session {
                             | KnownEvent::EgressDenied(_)
                             | KnownEvent::EgressClosed(_)
                             | KnownEvent::EgressLimitReached(_)
+                            | KnownEvent::SecretBrokered(_)
+                            | KnownEvent::OutputRedacted(_)
                     )
                 }) {
                     return Err(SessionRefusal::Invalid(format!(

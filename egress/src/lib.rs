@@ -15,15 +15,20 @@
 //! program with a readable 403 naming the host, the rule and the ledger
 //! position of the denial.
 //!
-//! Not built yet: wiring into the runner and sandboxes, secrets brokered at
-//! the edge, service mode.
+//! Secrets can be brokered at the edge ([`broker`]): the sandbox holds a
+//! placeholder and the proxy puts the value in request headers to the
+//! secret's hosts only, over TLS it terminates with the sandbox's own CA and
+//! re-originates verified. The runner wires a proxy to each sandbox and its
+//! ledger (`glassbox-sandbox-runner`'s `egress`). Not built yet: service mode.
 
 pub mod addr;
+pub mod broker;
 pub mod proxy;
 pub mod request;
 pub mod testing;
 
 pub use addr::{AddrClass, classify};
+pub use broker::{Broker, BrokerError, Brokered, Sighting};
 pub use proxy::{
     Denial, EgressEvent, Limits, Policy, Proxy, Recorder, Resolver, StaticHosts, SystemResolver,
     Verdict,

@@ -118,6 +118,8 @@ pub enum Denial {
     SniMismatch(String),
     /// The sandbox has used up its connections.
     ConnectionLimit,
+    /// The real host's TLS could not be verified (a brokered connection).
+    UpstreamTls(String),
 }
 
 impl Denial {
@@ -132,6 +134,7 @@ impl Denial {
             Denial::Unresolved => "unresolved".into(),
             Denial::SniMismatch(_) => "sni_mismatch".into(),
             Denial::ConnectionLimit => "connection_limit".into(),
+            Denial::UpstreamTls(_) => "upstream_tls".into(),
         }
     }
 
@@ -144,6 +147,7 @@ impl Denial {
             Denial::Unresolved => "the name does not resolve".into(),
             Denial::SniMismatch(n) => format!("the TLS server name ({n}) is not the CONNECT host"),
             Denial::ConnectionLimit => "the sandbox's connection limit is reached".into(),
+            Denial::UpstreamTls(e) => format!("the host's TLS could not be verified: {e}"),
         }
     }
 }
@@ -173,6 +177,18 @@ pub enum EgressEvent {
         bytes_out: u64,
         bytes_in: u64,
         duration_ms: u64,
+    },
+    /// A brokered secret's placeholder in a request (substituted or not).
+    Brokered {
+        connection: u64,
+        dest: Destination,
+        sighting: crate::broker::Sighting,
+    },
+    /// Echoes of a brokered secret's value masked in what came back.
+    Masked {
+        connection: u64,
+        secret: String,
+        count: u64,
     },
     /// The sandbox's byte limit ended a connection.
     ByteLimit {
@@ -221,6 +237,8 @@ pub struct Proxy {
     over_limit_position: std::sync::Mutex<Option<u64>>,
     /// Fired when the sandbox ended: open connections end (and are recorded).
     closing: tokio_util::sync::CancellationToken,
+    /// Secrets brokered at the edge (none: nothing is intercepted).
+    broker: Option<Arc<crate::broker::Broker>>,
 }
 
 impl Proxy {
@@ -240,7 +258,14 @@ impl Proxy {
             over_limit: AtomicU64::new(0),
             over_limit_position: std::sync::Mutex::new(None),
             closing: tokio_util::sync::CancellationToken::new(),
+            broker: None,
         }
+    }
+
+    /// Brokers `broker`'s secrets on this proxy's connections.
+    pub fn with_broker(mut self, broker: Arc<crate::broker::Broker>) -> Proxy {
+        self.broker = Some(broker);
+        self
     }
 
     /// Ends every open connection (each records its close with the bytes it
@@ -325,26 +350,8 @@ impl Proxy {
         // Every connection counts, whatever it turns out to be.
         let connection = self.connections.fetch_add(1, Ordering::SeqCst) + 1;
         // The head, bounded in size and time.
-        let mut buf = Vec::with_capacity(1024);
-        let head_len = match tokio::time::timeout(self.limits.timeout, async {
-            loop {
-                if let Some(end) = head_end(&buf) {
-                    return Ok(end);
-                }
-                if buf.len() >= MAX_HEAD {
-                    return Err(RequestError::TooLong.to_string());
-                }
-                let mut chunk = [0u8; 2048];
-                let want = chunk.len().min(MAX_HEAD + 4 - buf.len());
-                match client.read(&mut chunk[..want]).await {
-                    Ok(0) | Err(_) => return Err("the connection closed before a request".into()),
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                }
-            }
-        })
-        .await
-        {
-            Ok(Ok(n)) => n,
+        let (mut buf, head_len) = match read_head(&mut client, self.limits.timeout).await {
+            Ok(Ok(h)) => h,
             Ok(Err(e)) => {
                 return self
                     .deny(&mut client, connection, None, None, Denial::BadRequest(e))
@@ -451,6 +458,30 @@ impl Proxy {
                 .await;
         }
         let addr = addrs[0];
+        if let (Request::Connect(_), Some(b)) = (&request, &self.broker)
+            && b.intercepts(&dest)
+        {
+            let b = b.clone();
+            return self
+                .intercept(client, early, connection, dest, &verdict, addr, &b)
+                .await;
+        }
+        if let (Request::Forward { origin_head, .. }, Some(b)) = (&request, &self.broker)
+            && b.mentioned(origin_head)
+        {
+            // Plain HTTP: a placeholder goes as it is (a value never travels
+            // in clear text); what was seen is reported.
+            let (_, seen) = b.rewrite(origin_head, &dest, false);
+            for sighting in seen {
+                self.recorder
+                    .record(EgressEvent::Brokered {
+                        connection,
+                        dest: dest.clone(),
+                        sighting,
+                    })
+                    .await;
+            }
+        }
         // For a tunnel, the TLS server name (if any) must be the CONNECT host.
         let mut first = early;
         if matches!(request, Request::Connect(_)) {
@@ -538,24 +569,8 @@ impl Proxy {
             Request::Connect(_) => Vec::new(),
         };
         prefix.extend_from_slice(&first);
-        let (out, inn, breached) = self.pipe(client, upstream, prefix).await;
-        if breached {
-            self.recorder
-                .record(EgressEvent::ByteLimit {
-                    connection,
-                    dest: dest.clone(),
-                    limit: self.limits.max_bytes,
-                })
-                .await;
-        }
-        self.recorder
-            .record(EgressEvent::Closed {
-                connection,
-                dest,
-                bytes_out: out,
-                bytes_in: inn,
-                duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-            })
+        let (out, inn, breached) = self.pipe(client, upstream, prefix, None).await;
+        self.finish(connection, dest, out, inn, breached, started)
             .await;
     }
 
@@ -579,15 +594,21 @@ impl Proxy {
     }
 
     /// Copies both ways until either side ends, the byte limit is reached or
-    /// the proxy closes. Returns (bytes out, bytes in, limit reached).
-    async fn pipe<S: AsyncRead + AsyncWrite + Unpin>(
+    /// the proxy closes, masking brokered values in what comes back. Returns
+    /// (bytes out, bytes in, limit reached).
+    async fn pipe<C, U>(
         &self,
-        client: S,
-        upstream: TcpStream,
+        client: C,
+        upstream: U,
         prefix: Vec<u8>,
-    ) -> (u64, u64, bool) {
+        mut mask: Option<&mut crate::broker::Mask>,
+    ) -> (u64, u64, bool)
+    where
+        C: AsyncRead + AsyncWrite + Unpin,
+        U: AsyncRead + AsyncWrite + Unpin,
+    {
         let (mut cr, mut cw) = tokio::io::split(client);
-        let (mut ur, mut uw) = upstream.into_split();
+        let (mut ur, mut uw) = tokio::io::split(upstream);
         let limit = self.limits.max_bytes;
         let total = self.bytes.clone();
         let over = |n: u64| total.fetch_add(n, Ordering::SeqCst) + n > limit;
@@ -626,6 +647,9 @@ impl Proxy {
             loop {
                 match ur.read(&mut buf).await {
                     Ok(0) | Err(_) => {
+                        if let Some(m) = mask.as_deref_mut() {
+                            let _ = cw.write_all(&m.finish()).await;
+                        }
                         let _ = cw.shutdown().await;
                         return false;
                     }
@@ -633,7 +657,11 @@ impl Proxy {
                         if over(n as u64) {
                             return true;
                         }
-                        if cw.write_all(&buf[..n]).await.is_err() {
+                        let wrote = match mask.as_deref_mut() {
+                            Some(m) => cw.write_all(&m.push(&buf[..n])).await,
+                            None => cw.write_all(&buf[..n]).await,
+                        };
+                        if wrote.is_err() {
                             return false;
                         }
                         got.fetch_add(n as u64, Ordering::Relaxed);
@@ -658,6 +686,178 @@ impl Proxy {
             breached,
         )
     }
+
+    /// A tunnel to a host a brokered secret goes to: the program's TLS ends
+    /// here (a certificate from the sandbox's CA), the real host's is
+    /// verified, one request's head has its placeholders replaced, and echoes
+    /// of the values are masked on the way back.
+    #[allow(clippy::too_many_arguments)]
+    async fn intercept<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        mut client: S,
+        early: Vec<u8>,
+        connection: u64,
+        dest: Destination,
+        verdict: &Verdict,
+        addr: SocketAddr,
+        broker: &crate::broker::Broker,
+    ) {
+        if !early.is_empty() {
+            return self
+                .deny(
+                    &mut client,
+                    connection,
+                    Some(dest),
+                    Some(verdict),
+                    Denial::BadRequest("data was sent before the tunnel was established".into()),
+                )
+                .await;
+        }
+        let refuse = |denial: Denial| {
+            self.deny_tunnel(connection, Some(dest.clone()), Some(verdict), denial)
+        };
+        let acceptor = match broker.acceptor(&dest.host) {
+            Ok(a) => tokio_rustls::TlsAcceptor::from(a),
+            Err(e) => return refuse(Denial::UpstreamTls(e.to_string())).await,
+        };
+        if client
+            .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let mut tls = match tokio::time::timeout(self.limits.timeout, acceptor.accept(client)).await
+        {
+            Ok(Ok(t)) => t,
+            _ => {
+                return refuse(Denial::BadRequest(
+                    "the TLS handshake with the program failed".into(),
+                ))
+                .await;
+            }
+        };
+        let sni = tls.get_ref().1.server_name().map(str::to_owned);
+        if sni.as_deref() != Some(dest.host.as_str()) {
+            return refuse(Denial::SniMismatch(sni.unwrap_or_else(|| "none".into()))).await;
+        }
+        let (buf, head_len) = match read_head(&mut tls, self.limits.timeout).await {
+            Ok(Ok(h)) => h,
+            Ok(Err(e)) => return refuse(Denial::BadRequest(e)).await,
+            Err(_) => return refuse(Denial::BadRequest("no request in time".into())).await,
+        };
+        let upstream = match tokio::time::timeout(self.limits.timeout, async {
+            let tcp = TcpStream::connect(addr)
+                .await
+                .map_err(|e| format!("connect: {e}"))?;
+            let name = crate::broker::Broker::server_name(&dest.host)
+                .ok_or_else(|| "not a server name".to_owned())?;
+            broker
+                .connector()
+                .connect(name, tcp)
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .await
+        {
+            Ok(Ok(u)) => u,
+            Ok(Err(e)) => return refuse(Denial::UpstreamTls(e)).await,
+            Err(_) => return refuse(Denial::UpstreamTls("no answer in time".into())).await,
+        };
+        self.recorder
+            .record(EgressEvent::Allowed {
+                connection,
+                dest: dest.clone(),
+                rule: verdict.rule.clone(),
+                addr,
+                decided_by: verdict.decided_by.clone(),
+            })
+            .await;
+        let (mut prefix, seen) = broker.rewrite(&buf[..head_len], &dest, true);
+        for sighting in seen {
+            self.recorder
+                .record(EgressEvent::Brokered {
+                    connection,
+                    dest: dest.clone(),
+                    sighting,
+                })
+                .await;
+        }
+        prefix.extend_from_slice(&buf[head_len..]);
+        let mut mask = crate::broker::Mask::new(broker.masks(&dest));
+        let started = Instant::now();
+        let (out, inn, breached) = self.pipe(tls, upstream, prefix, Some(&mut mask)).await;
+        let mut masked: Vec<(String, u64)> = mask.counts.into_iter().collect();
+        masked.sort();
+        for (secret, count) in masked {
+            self.recorder
+                .record(EgressEvent::Masked {
+                    connection,
+                    secret,
+                    count,
+                })
+                .await;
+        }
+        self.finish(connection, dest, out, inn, breached, started)
+            .await;
+    }
+
+    /// Records a connection's end (and a byte-limit breach).
+    async fn finish(
+        &self,
+        connection: u64,
+        dest: Destination,
+        out: u64,
+        inn: u64,
+        breached: bool,
+        started: Instant,
+    ) {
+        if breached {
+            self.recorder
+                .record(EgressEvent::ByteLimit {
+                    connection,
+                    dest: dest.clone(),
+                    limit: self.limits.max_bytes,
+                })
+                .await;
+        }
+        self.recorder
+            .record(EgressEvent::Closed {
+                connection,
+                dest,
+                bytes_out: out,
+                bytes_in: inn,
+                duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            })
+            .await;
+    }
+}
+
+/// Reads a request head (at most [`MAX_HEAD`] bytes, within `wait`): the
+/// bytes read and where the head ends in them (what follows is early data).
+async fn read_head<R: AsyncRead + Unpin>(
+    r: &mut R,
+    wait: Duration,
+) -> Result<Result<(Vec<u8>, usize), String>, tokio::time::error::Elapsed> {
+    let mut buf = Vec::with_capacity(1024);
+    tokio::time::timeout(wait, async {
+        loop {
+            if let Some(end) = head_end(&buf) {
+                return Ok(end);
+            }
+            if buf.len() >= MAX_HEAD {
+                return Err(RequestError::TooLong.to_string());
+            }
+            let mut chunk = [0u8; 2048];
+            let want = chunk.len().min(MAX_HEAD + 4 - buf.len());
+            match r.read(&mut chunk[..want]).await {
+                Ok(0) | Err(_) => return Err("the connection closed before a request".into()),
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await
+    .map(|r| r.map(|end| (buf, end)))
 }
 
 /// The length of the TLS record starting `buf` (0 if not known yet).

@@ -215,6 +215,9 @@ pub struct Decision {
     /// Egress only: the matching rule lets the destination be (or resolve to)
     /// a non-public address.
     pub allow_private: bool,
+    /// Secrets only: the destinations a brokered secret's value may be put in
+    /// requests to (`host:port`; empty otherwise).
+    pub hosts: Vec<String>,
     pub bundle_digest: Digest,
     /// SHA-256 of the input's canonical JSON.
     pub input_digest: Digest,
@@ -263,6 +266,8 @@ impl Decision {
             "no_role"
         } else if has("unknown kind") {
             "unknown_kind"
+        } else if has("no hosts to be brokered to") {
+            "not_brokerable"
         } else if has("not on the allowlist") || has("is not allowed") {
             "not_allowed"
         } else {
@@ -379,6 +384,7 @@ impl PolicyEngine {
             effective_limits: None,
             rule: None,
             allow_private: false,
+            hosts: Vec::new(),
             bundle_digest: self.digest,
             input_digest,
             error: Some(error),
@@ -421,6 +427,18 @@ impl PolicyEngine {
                 .cloned(),
             rule: out.get("rule").and_then(Value::as_str).map(str::to_owned),
             allow_private: out.get("allow_private").and_then(Value::as_bool) == Some(true) && allow,
+            hosts: if allow {
+                out.get("hosts")
+                    .and_then(Value::as_array)
+                    .map(|h| {
+                        h.iter()
+                            .filter_map(|x| x.as_str().map(str::to_owned))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            } else {
+                Vec::new()
+            },
             bundle_digest: self.digest,
             input_digest,
             error: None,

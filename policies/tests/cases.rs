@@ -55,6 +55,10 @@ fn every_decision_case_holds() {
             if let Some(private) = expect.get("allow_private").and_then(Value::as_bool) {
                 assert_eq!(d.allow_private, private, "{name}");
             }
+            if let Some(hosts) = expect.get("hosts") {
+                let want: Vec<String> = serde_json::from_value(hosts.clone()).expect("hosts");
+                assert_eq!(d.hosts, want, "{name}");
+            }
             assert_eq!(d.bundle_digest, engine.bundle_digest());
             // Every refusal the bundle can give has a metrics label of its own.
             if !d.allow && !d.reasons.is_empty() {

@@ -104,6 +104,44 @@ pub struct EgressSettings {
     pub agent: Option<PathBuf>,
     /// Where each sandbox's socket directory is made.
     pub socket_root: PathBuf,
+    /// What a brokered connection's real host must present a certificate
+    /// from (the system's bundle, plus `GLASSBOX_EGRESS_CA_FILE`).
+    pub upstream_roots: Arc<rustls::RootCertStore>,
+    /// The system's CA bundle (PEM), given to a sandbox with brokered secrets
+    /// together with its own CA (so other hosts still verify).
+    pub system_bundle: Option<PathBuf>,
+}
+
+/// Where Debian keeps the system's CA bundle.
+const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// Certificates of a PEM file (a file that holds none is an error).
+fn pem_certificates(
+    path: &std::path::Path,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+    use rustls::pki_types::pem::PemObject as _;
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_slice_iter(&bytes)
+        .filter_map(Result::ok)
+        .collect();
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate in it", path.display()));
+    }
+    Ok(certs)
+}
+
+impl EgressSettings {
+    /// Adds the certificates of a PEM file to the roots upstream TLS is verified against.
+    pub fn trust_upstream(&mut self, path: &std::path::Path) -> Result<(), String> {
+        let mut roots = (*self.upstream_roots).clone();
+        for c in pem_certificates(path)? {
+            roots
+                .add(c)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        self.upstream_roots = Arc::new(roots);
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for EgressSettings {
@@ -118,11 +156,18 @@ impl std::fmt::Debug for EgressSettings {
 
 impl Default for EgressSettings {
     fn default() -> Self {
+        let system = PathBuf::from(SYSTEM_BUNDLE);
+        let mut roots = rustls::RootCertStore::empty();
+        if let Ok(certs) = pem_certificates(&system) {
+            roots.add_parsable_certificates(certs);
+        }
         EgressSettings {
             resolver: Arc::new(SystemResolver),
             limits: Limits::default(),
             agent: crate::local::session::find_agent().ok(),
             socket_root: PathBuf::from("/run/glassbox/egress"),
+            upstream_roots: Arc::new(roots),
+            system_bundle: system.is_file().then_some(system),
         }
     }
 }
@@ -157,6 +202,10 @@ impl EgressSettings {
         }
         if let Some(d) = get("GLASSBOX_EGRESS_DIR") {
             s.socket_root = PathBuf::from(d);
+        }
+        if let Some(f) = get("GLASSBOX_EGRESS_CA_FILE") {
+            s.trust_upstream(std::path::Path::new(&f))
+                .map_err(|e| ("GLASSBOX_EGRESS_CA_FILE", e))?;
         }
         Ok(s)
     }
@@ -283,6 +332,30 @@ impl Naming {
                 bytes_in,
                 duration_ms,
             })),
+            EgressEvent::Brokered {
+                connection,
+                dest,
+                sighting,
+            } => {
+                let (target, _, host_hmac) = self.name(&dest).await?;
+                KnownEvent::SecretBrokered(Box::new(catalogue::SecretBrokered {
+                    name: sighting.secret,
+                    connection,
+                    target,
+                    host_hmac,
+                    header: sighting.header,
+                    substituted: sighting.substituted,
+                }))
+            }
+            EgressEvent::Masked {
+                connection,
+                secret,
+                count,
+            } => KnownEvent::OutputRedacted(Box::new(catalogue::OutputRedacted {
+                secret_name: secret,
+                target: format!("egress:{connection}"),
+                count,
+            })),
             EgressEvent::ByteLimit {
                 connection, limit, ..
             } => KnownEvent::EgressLimitReached(Box::new(catalogue::EgressLimitReached {
@@ -337,6 +410,43 @@ async fn append_loop(
     }
 }
 
+/// The brokered secrets of a sandbox from its approved secrets: each gets a
+/// placeholder (what the sandbox holds) and the exact `host:port`s the policy
+/// named (a wildcard names no host here). `value` gives a secret's value.
+pub fn broker_for(
+    settings: &EgressSettings,
+    label: &str,
+    approved: &[glassbox_domain::job::ApprovedSecret],
+    value: impl Fn(&str) -> Option<String>,
+) -> Result<Option<Arc<glassbox_egress::Broker>>, String> {
+    let mut secrets = Vec::new();
+    for s in approved.iter().filter(|s| s.mode == "brokered") {
+        let Some(v) = value(&s.name) else {
+            return Err(format!(
+                "secret {} has no value in this runner's provider",
+                s.name
+            ));
+        };
+        let hosts: Vec<(String, u16)> = s
+            .hosts
+            .iter()
+            .filter_map(|h| EgressTarget::parse(h).ok())
+            .filter(|t| !t.host.starts_with("*."))
+            .map(|t| (t.host, t.port))
+            .collect();
+        if hosts.is_empty() {
+            return Err(format!("secret {} has no host to be brokered to", s.name));
+        }
+        secrets.push(glassbox_egress::Brokered::new(&s.name, v, hosts).map_err(|e| e.to_string())?);
+    }
+    if secrets.is_empty() {
+        return Ok(None);
+    }
+    glassbox_egress::Broker::new(label, secrets, (*settings.upstream_roots).clone())
+        .map(|b| Some(Arc::new(b)))
+        .map_err(|e| e.to_string())
+}
+
 /// A sandbox's proxy while the sandbox lives.
 pub struct SandboxEgress {
     dir: PathBuf,
@@ -351,7 +461,14 @@ pub struct SandboxEgress {
     _guard: tokio_util::sync::DropGuard,
     /// The forwarder binary to bind into the sandbox.
     agent: PathBuf,
+    /// With brokered secrets: the trust bundle the sandbox gets.
+    brokering: bool,
 }
+
+/// The sandbox's CA alone, and with the system's bundle (in its socket
+/// directory, so at `/run/egress/…` inside).
+const CA_FILE: &str = "ca.pem";
+const BUNDLE_FILE: &str = "ca-bundle.pem";
 
 #[derive(Debug, thiserror::Error)]
 pub enum EgressError {
@@ -373,6 +490,7 @@ impl SandboxEgress {
         policy: TenantEgress,
         blobs: BlobStore,
         ledger: Arc<dyn EgressLedger>,
+        broker: Option<Arc<glassbox_egress::Broker>>,
     ) -> Result<SandboxEgress, EgressError> {
         let fail = |step: &'static str| {
             let sandbox = name.to_owned();
@@ -401,6 +519,23 @@ impl SandboxEgress {
             .map_err(fail("give the socket to the sandbox's user"))?;
         std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))
             .map_err(fail("set the socket's mode"))?;
+        if let Some(b) = &broker {
+            let mut bundle = settings
+                .system_bundle
+                .as_ref()
+                .and_then(|p| std::fs::read_to_string(p).ok())
+                .unwrap_or_default();
+            if !bundle.is_empty() && !bundle.ends_with('\n') {
+                bundle.push('\n');
+            }
+            bundle.push_str(b.ca_pem());
+            for (file, text) in [(CA_FILE, b.ca_pem().to_owned()), (BUNDLE_FILE, bundle)] {
+                let path = dir.join(file);
+                std::fs::write(&path, text).map_err(fail("write the sandbox's CA"))?;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
+                    .map_err(fail("set the CA file's mode"))?;
+            }
+        }
 
         let (tx, rx) = mpsc::unbounded_channel();
         let naming = Naming {
@@ -412,12 +547,17 @@ impl SandboxEgress {
         let recorder = Arc::new(LedgerRecorder {
             tx: Mutex::new(Some(tx)),
         });
-        let proxy = Arc::new(Proxy::new(
+        let mut proxy = Proxy::new(
             Arc::new(policy),
             settings.resolver.clone(),
             recorder.clone(),
             settings.limits,
-        ));
+        );
+        let brokering = broker.is_some();
+        if let Some(b) = broker {
+            proxy = proxy.with_broker(b);
+        }
+        let proxy = Arc::new(proxy);
         let stop = tokio_util::sync::CancellationToken::new();
         let accept = {
             let (proxy, stop) = (proxy.clone(), stop.clone());
@@ -452,6 +592,7 @@ impl SandboxEgress {
             _guard: stop.clone().drop_guard(),
             stop,
             agent,
+            brokering,
         })
     }
 
@@ -463,9 +604,20 @@ impl SandboxEgress {
         }
     }
 
-    /// The destinations the sandbox may ask for (a session's can change).
-    pub fn proxy(&self) -> &Proxy {
-        &self.proxy
+    /// The environment a sandbox with brokered secrets needs: the trust
+    /// bundle that holds its own CA, where the usual clients look for one.
+    pub fn trust_env(&self) -> Vec<(String, String)> {
+        if !self.brokering {
+            return Vec::new();
+        }
+        let bundle = format!("{}/{BUNDLE_FILE}", crate::spec::EGRESS_MOUNT);
+        let ca = format!("{}/{CA_FILE}", crate::spec::EGRESS_MOUNT);
+        vec![
+            ("SSL_CERT_FILE".into(), bundle.clone()),
+            ("REQUESTS_CA_BUNDLE".into(), bundle.clone()),
+            ("CURL_CA_BUNDLE".into(), bundle),
+            ("NODE_EXTRA_CA_CERTS".into(), ca),
+        ]
     }
 
     /// The sandbox ended: stop accepting, let open connections end (then end

@@ -677,7 +677,27 @@ impl<B: SandboxBackend + 'static> Runner<B> {
             });
         }
 
-        // Secrets: only approved ones, from the provider.
+        // Secrets: only approved ones, from the provider. A brokered one stays
+        // with the sandbox's egress proxy; the sandbox gets its placeholder.
+        let broker = if state.approved_secrets.iter().any(|s| s.mode == "brokered") {
+            let made = if sub.egress.is_empty() {
+                Err("a brokered secret needs egress to its hosts (the job asks for none)".into())
+            } else {
+                crate::egress::broker_for(&self.config.egress, job, &state.approved_secrets, |n| {
+                    self.config.secrets.value(n)
+                })
+            };
+            match made {
+                Ok(b) => b,
+                Err(reason) => {
+                    events.push(Self::failed(job, reason));
+                    self.progress(job, state, events).await?;
+                    return Ok(());
+                }
+            }
+        } else {
+            None
+        };
         let mut secret_values: Vec<(String, String)> = Vec::new();
         for s in state.approved_secrets.clone() {
             let Some(value) = self.config.secrets.value(&s.name) else {
@@ -688,7 +708,14 @@ impl<B: SandboxBackend + 'static> Runner<B> {
                 self.progress(job, state, events).await?;
                 return Ok(());
             };
-            if s.mode == "file" {
+            if s.mode == "brokered" {
+                let placeholder = broker
+                    .as_ref()
+                    .and_then(|b| b.secrets().iter().find(|x| x.name == s.name))
+                    .map(|x| x.placeholder.clone())
+                    .unwrap_or_default();
+                spec.env.insert(s.name.clone(), placeholder);
+            } else if s.mode == "file" {
                 spec.files.push(InputFile {
                     path: format!(".secrets/{}", s.name),
                     content: value.clone().into_bytes(),
@@ -729,11 +756,13 @@ impl<B: SandboxBackend + 'static> Runner<B> {
                 crate::egress::TenantEgress::new(self.engine.clone(), &tenant, requested),
                 self.blobs.clone(),
                 ledger,
+                broker,
             )
             .await
             {
                 Ok(e) => {
                     spec.egress = Some(e.path());
+                    spec.env.extend(e.trust_env());
                     egress = Some(e);
                 }
                 Err(e) => {

@@ -499,7 +499,9 @@ impl SessionHost {
                     s.name
                 ));
             };
-            if s.mode == "file" {
+            if s.mode == "brokered" {
+                // Its placeholder goes in below; the value stays with the proxy.
+            } else if s.mode == "file" {
                 files.push((s.name.clone(), value.clone()));
             } else {
                 spec.env.insert(s.name.clone(), value.clone());
@@ -525,20 +527,38 @@ impl SessionHost {
                     envelope: Envelope::new(state.tenant.clone(), self.actor()),
                     state: tokio::sync::Mutex::new(state.clone()),
                 });
+                let broker = crate::egress::broker_for(
+                    &cfg.settings,
+                    session_id,
+                    &state.approved_secrets,
+                    |n| self.inner.config.secrets.value(n),
+                )?;
+                if let Some(b) = &broker {
+                    for x in b.secrets() {
+                        spec.env.insert(x.name.clone(), x.placeholder.clone());
+                    }
+                }
                 let e = crate::egress::SandboxEgress::start(
                     &cfg.settings,
                     session_id,
                     policy,
                     self.inner.blobs.clone(),
                     ledger,
+                    broker,
                 )
                 .await
                 .map_err(|e| e.to_string())?;
                 spec.egress = Some(e.path());
+                spec.env.extend(e.trust_env());
                 Some((e, list))
             }
-            None if !state.egress.is_empty() => {
-                return Err("egress was asked for but this runner gives sessions none".into());
+            None if !state.egress.is_empty()
+                || state.approved_secrets.iter().any(|s| s.mode == "brokered") =>
+            {
+                return Err(
+                    "egress or a brokered secret was asked for but this runner gives sessions no egress"
+                        .into(),
+                );
             }
             None => None,
         };

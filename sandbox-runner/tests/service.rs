@@ -728,6 +728,7 @@ async fn approved_secrets_without_a_provider_and_dependencies_without_a_mirror_f
                 &catalogue::SecretInjectionApproved {
                     name: "OPENAI_API_KEY".into(),
                     mode: "env".into(),
+                    hosts: vec![],
                 },
             )
             .expect("event"),
@@ -873,6 +874,7 @@ print('x' * (100 - 5) + s, end='')
                 &catalogue::SecretInjectionApproved {
                     name: "API_TOKEN".into(),
                     mode: "env".into(),
+                    hosts: vec![],
                 },
             )
             .expect("event"),

@@ -10,22 +10,80 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The outside server's port (acme's rule names it).
 const OUTSIDE_PORT: u16 = 8443;
+/// The plain HTTP server's port (acme's `other.test` rule names it).
+const OTHER_PORT: u16 = 8444;
 /// Bytes `/big` answers with.
 const BIG: usize = 1 << 20;
 
-/// The CA certificate (PEM) the outside server's certificate is signed
-/// with; started once for the whole test binary, on its own thread (each
-/// test has a runtime of its own).
+/// The `Authorization` headers the outside servers received.
+static RECEIVED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Answers one HTTP request on `s`: `/big` is [`BIG`] bytes, `/echo` says
+/// which `Authorization` header arrived, anything else a greeting.
+async fn answer<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut s: S) {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let auth = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Authorization: "))
+        .unwrap_or("")
+        .to_owned();
+    let body = if head.starts_with(b"GET /big") {
+        vec![b'x'; BIG]
+    } else if head.starts_with(b"GET /echo") {
+        if let Ok(mut r) = RECEIVED.lock() {
+            r.push(auth.clone());
+        }
+        format!("you sent: {auth}").into_bytes()
+    } else {
+        b"hello from outside".to_vec()
+    };
+    let _ = s
+        .write_all(
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await;
+    let _ = s.write_all(&body).await;
+    let _ = s.shutdown().await;
+}
+
+/// The CA certificate (PEM) of "the outside": HTTPS on 127.0.0.1:8443 with a
+/// certificate for `outside.test` from that CA, and plain HTTP on
+/// 127.0.0.1:8444 (`other.test`). Started once for the whole test binary, on
+/// its own thread (each test has a runtime of its own).
 fn outside() -> &'static str {
     static PEM: OnceLock<String> = OnceLock::new();
     PEM.get_or_init(|| {
         glassbox_platform::install_crypto_provider();
+        let ca_key = rcgen::KeyPair::generate().expect("key");
+        let mut ca_params = rcgen::CertificateParams::default();
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "outside test CA");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let ca = ca_params.self_signed(&ca_key).expect("CA");
+        let pem = ca.pem();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
         let key = rcgen::KeyPair::generate().expect("key");
         let cert = rcgen::CertificateParams::new(vec!["outside.test".to_owned()])
             .expect("params")
-            .self_signed(&key)
+            .signed_by(&key, &issuer)
             .expect("certificate");
-        let pem = cert.pem();
         let config = rustls::ServerConfig::builder()
             .with_no_client_auth()
             .with_single_cert(
@@ -41,40 +99,24 @@ fn outside() -> &'static str {
                 .build()
                 .expect("runtime");
             rt.block_on(async move {
-                let l = tokio::net::TcpListener::bind(("127.0.0.1", OUTSIDE_PORT))
+                let tls = tokio::net::TcpListener::bind(("127.0.0.1", OUTSIDE_PORT))
                     .await
                     .expect("the outside server needs 127.0.0.1:8443");
+                let plain = tokio::net::TcpListener::bind(("127.0.0.1", OTHER_PORT))
+                    .await
+                    .expect("the other server needs 127.0.0.1:8444");
                 let _ = ready.send(());
-                while let Ok((s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    while let Ok((s, _)) = plain.accept().await {
+                        tokio::spawn(answer(s));
+                    }
+                });
+                while let Ok((s, _)) = tls.accept().await {
                     let acceptor = acceptor.clone();
                     tokio::spawn(async move {
-                        let Ok(mut tls) = acceptor.accept(s).await else {
-                            return;
-                        };
-                        let mut head = Vec::new();
-                        let mut buf = [0u8; 4096];
-                        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                            match tls.read(&mut buf).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => head.extend_from_slice(&buf[..n]),
-                            }
+                        if let Ok(t) = acceptor.accept(s).await {
+                            answer(t).await;
                         }
-                        let body = if head.starts_with(b"GET /big") {
-                            vec![b'x'; BIG]
-                        } else {
-                            b"hello from outside".to_vec()
-                        };
-                        let _ = tls
-                            .write_all(
-                                format!(
-                                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                                    body.len()
-                                )
-                                .as_bytes(),
-                            )
-                            .await;
-                        let _ = tls.write_all(&body).await;
-                        let _ = tls.shutdown().await;
                     });
                 }
             });
@@ -89,7 +131,10 @@ fn outside() -> &'static str {
 fn settings(max_connections: u64, max_bytes: u64) -> EgressSettings {
     let mut e = EgressSettings {
         resolver: Arc::new(
-            StaticHosts::parse("outside.test=127.0.0.1,api.example.com=127.0.0.1").expect("hosts"),
+            StaticHosts::parse(
+                "outside.test=127.0.0.1,other.test=127.0.0.1,api.example.com=127.0.0.1",
+            )
+            .expect("hosts"),
         ),
         socket_root: PathBuf::from("/run/glassbox-test/egress"),
         ..EgressSettings::default()
@@ -407,6 +452,21 @@ async fn destinations_the_tenant_does_not_allow_refuse_the_job_at_submission() {
         let t = types(&s.stream(id).await);
         assert!(!t.iter().any(|x| x == "execution.claimed"), "{t:?}");
     }
+    // A secret the tenant names no hosts for cannot be brokered.
+    let (status, problem) = s
+        .submit(
+            "acme",
+            json!({"language": "python", "code": "print(1)", "egress": ["outside.test:8443"],
+                   "secrets": [{"name": "OPENAI_API_KEY", "mode": "brokered"}]}),
+        )
+        .await;
+    assert_eq!(status, 403, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("no hosts to be brokered to")),
+        "{problem}"
+    );
     // Malformed destinations are refused before anything is recorded.
     for bad in [
         json!(["example.com"]),
@@ -553,4 +613,153 @@ async fn a_sessions_allowlist_changes_while_it_runs_and_applies_from_the_next_co
     h.stop.cancel();
     let _ = h.task.await;
     s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_brokered_secret_reaches_its_host_while_the_sandbox_only_ever_holds_a_placeholder() {
+    let ca = outside();
+    let dir = std::env::temp_dir().join(format!("gb-broker-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    // The value: its shape is known to the program (so it can look for it),
+    // the value itself is not.
+    let value = format!("tok-{}", uuid::Uuid::new_v4().simple());
+    let secrets = dir.join("secrets.json");
+    std::fs::write(&secrets, json!({ "OUTSIDE_TOKEN": value }).to_string()).expect("secrets");
+    let ca_file = dir.join("outside-ca.pem");
+    std::fs::write(&ca_file, ca).expect("ca");
+    let mut egress = settings(32, 64 << 20);
+    // The runner verifies the real host against the outside's CA.
+    egress.trust_upstream(&ca_file).expect("trust");
+    let s = stack_with(SecretProvider::File(secrets), &[], None, egress).await;
+    let code = r#"
+import json, os, re, urllib.request
+tok = os.environ["OUTSIDE_TOKEN"]
+out = {"placeholder": tok}
+auth = {"Authorization": "Bearer " + tok}
+# The default trust store (SSL_CERT_FILE) holds the sandbox's own CA.
+out["echo"] = urllib.request.urlopen(urllib.request.Request("https://outside.test:8443/echo", headers=auth), timeout=20).read().decode()
+# The placeholder to a host that is not the secret's: it goes as it is.
+out["other"] = urllib.request.urlopen(urllib.request.Request("http://other.test:8444/echo", headers=auth), timeout=20).read().decode()
+shape = re.compile(rb"tok-[0-9a-f]{32}")
+# A decoy of the same shape, to show the scan finds what is there.
+decoy = "tok-" + "ab" * 16
+found = set()
+for k, v in os.environ.items():
+    found.update(m.decode() for m in shape.findall(v.encode()))
+for root in ["/workspace", "/run/egress", "/tmp"]:
+    for d, _, files in os.walk(root):
+        for f in files:
+            try:
+                found.update(m.decode() for m in shape.findall(open(os.path.join(d, f), "rb").read()))
+            except OSError:
+                pass
+scanned = 0
+with open("/proc/self/maps") as maps, open("/proc/self/mem", "rb", 0) as mem:
+    for line in maps:
+        parts = line.split()
+        if "r" not in parts[1]:
+            continue
+        start, end = (int(x, 16) for x in parts[0].split("-"))
+        try:
+            mem.seek(start)
+            chunk = mem.read(end - start)
+        except (OSError, ValueError, OverflowError):
+            continue
+        scanned += len(chunk)
+        found.update(m.decode() for m in shape.findall(chunk))
+out["decoy_found"] = decoy in found
+found.discard(decoy)
+out["found"] = sorted(found)
+out["scanned"] = scanned
+print(json.dumps(out))
+"#;
+    let (status, receipt) = s
+        .submit(
+            "acme",
+            json!({"language": "python", "code": code,
+                   "secrets": [{"name": "OUTSIDE_TOKEN", "mode": "brokered"}],
+                   "egress": ["outside.test:8443", "other.test:8444"],
+                   "limits": {"wall_time_ms": 60000}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{receipt}");
+    let job = s.wait("acme", &receipt).await;
+    let id = receipt["job_id"].as_str().expect("id");
+    let (_, output) = s.get("acme", &format!("/v1/jobs/{id}/output")).await;
+    assert_eq!(job["status"], "completed", "{job}\n{output}");
+    let out: Value = serde_json::from_str(output["stdout"]["content"].as_str().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("{e}: {output}"));
+    let placeholder = out["placeholder"].as_str().expect("placeholder").to_owned();
+    assert!(
+        placeholder.starts_with("glassbox-brokered-OUTSIDE_TOKEN-"),
+        "{placeholder}"
+    );
+    // The secret's host got the value; what came back had it masked.
+    let received = RECEIVED.lock().map(|r| r.clone()).unwrap_or_default();
+    assert!(
+        received.contains(&format!("Bearer {value}")),
+        "{received:?}"
+    );
+    assert_eq!(
+        out["echo"],
+        format!("you sent: Bearer {}", "*".repeat(value.len())),
+        "{out}"
+    );
+    // The other host got the placeholder.
+    assert!(
+        received.contains(&format!("Bearer {placeholder}")),
+        "{received:?}"
+    );
+    assert_eq!(out["other"], format!("you sent: Bearer {placeholder}"));
+    // Env, files and the process's memory never held the value.
+    assert_eq!(
+        out["decoy_found"], true,
+        "the scan finds a value of that shape: {out}"
+    );
+    assert_eq!(out["found"], json!([]), "{out}");
+    assert!(out["scanned"].as_u64().unwrap_or(0) > 1 << 20, "{out}");
+
+    let records = s.stream(id).await;
+    let approved = of_type(&records, "secret.injection_approved");
+    assert_eq!(
+        approved[0].record.data["hosts"],
+        json!(["outside.test:8443"])
+    );
+    assert_eq!(
+        of_type(&records, "secret.materialized")[0].record.data["mode"],
+        "brokered"
+    );
+    let brokered: Vec<&serde_json::Map<String, Value>> = of_type(&records, "secret.brokered")
+        .into_iter()
+        .map(|r| &r.record.data)
+        .collect();
+    assert!(
+        brokered.iter().any(|b| b["substituted"] == true
+            && b["header"] == "authorization"
+            && b["target"] == "outside.test:8443"),
+        "{brokered:?}"
+    );
+    assert!(
+        brokered
+            .iter()
+            .any(|b| b["substituted"] == false && b["target"] == "other.test:8444"),
+        "{brokered:?}"
+    );
+    assert!(
+        of_type(&records, "output.redacted")
+            .iter()
+            .any(|r| r.record.data["target"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("egress:"))
+                && r.record.data["count"] == 1),
+        "{:?}",
+        types(&records)
+    );
+    for r in &records {
+        let raw = String::from_utf8_lossy(&r.canonical);
+        assert!(!raw.contains(&value), "the value is in {raw}");
+        assert!(!raw.contains(&placeholder), "the placeholder is in {raw}");
+    }
+    s.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
