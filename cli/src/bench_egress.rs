@@ -303,6 +303,7 @@ async fn from_a_sandbox(args: EgressBench) -> anyhow::Result<ExitCode> {
     spec.egress = Some(glassbox_sandbox_runner::spec::EgressPath {
         socket_dir: dir.clone(),
         agent,
+        services: false,
     });
     let r = backend
         .execute(spec, tokio_util::sync::CancellationToken::new())

@@ -657,7 +657,7 @@ async fn mcp_over_stdio_relays_to_the_running_api_with_the_same_identity() {
     assert_eq!(reply(1)["result"]["protocolVersion"], "2025-06-18");
     assert_eq!(
         reply(2)["result"]["tools"].as_array().map(Vec::len),
-        Some(20)
+        Some(21)
     );
     assert_eq!(reply(3)["result"]["isError"], true, "{:?}", reply(3));
     // The refusal is in the ledger as the token's identity.

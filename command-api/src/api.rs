@@ -308,6 +308,20 @@ pub fn render(reply: Reply) -> Response {
         Reply::SessionClosed(v) => Json(v).into_response(),
         Reply::SessionDataDeleted(v) => Json(v).into_response(),
         Reply::EgressChanged(v) => Json(v).into_response(),
+        Reply::Exposed(v) => (StatusCode::CREATED, Json(v)).into_response(),
+        Reply::ServiceAnswer(a) => {
+            let status = StatusCode::from_u16(a.status).unwrap_or(StatusCode::BAD_GATEWAY);
+            let mut resp = (status, a.body).into_response();
+            for (k, v) in a.headers {
+                if let (Ok(k), Ok(v)) = (
+                    axum::http::HeaderName::from_bytes(k.as_bytes()),
+                    axum::http::HeaderValue::from_str(&v),
+                ) {
+                    resp.headers_mut().append(k, v);
+                }
+            }
+            resp
+        }
     }
 }
 

@@ -320,6 +320,118 @@ pub async fn set_egress(
     .await
 }
 
+pub async fn expose_port(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    ApiJson(request): ApiJson<glassbox_domain::request::ExposeRequest>,
+) -> Result<Response, ApiError> {
+    run(
+        &state,
+        &caller,
+        Command::ExposePort {
+            session: SessionId::parse(&id)?,
+            request,
+        },
+    )
+    .await
+}
+
+/// `ANY /v1/sessions/{id}/ports/{port}/{*path}`: a request to an exposed port.
+pub async fn service(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((id, port, path)): Path<(String, String, String)>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    service_to(
+        state,
+        caller,
+        id,
+        port,
+        format!("/{path}"),
+        method,
+        uri,
+        headers,
+        body,
+    )
+    .await
+}
+
+/// `ANY /v1/sessions/{id}/ports/{port}/`.
+pub async fn service_root(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((id, port)): Path<(String, String)>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    service_to(
+        state,
+        caller,
+        id,
+        port,
+        "/".into(),
+        method,
+        uri,
+        headers,
+        body,
+    )
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn service_to(
+    state: AppState,
+    caller: Caller,
+    id: String,
+    port: String,
+    path: String,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| ApiError::Invalid("port: must be 1 to 65535".into()))?;
+    let path = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    if path.contains(['\r', '\n', ' ']) {
+        return Err(ApiError::Invalid(
+            "path: not a path that can be sent".into(),
+        ));
+    }
+    let headers = headers
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+        .collect();
+    run(
+        &state,
+        &caller,
+        Command::ServiceCall {
+            session: SessionId::parse(&id)?,
+            call: crate::sessions::ServiceCall {
+                port,
+                method: method.as_str().to_owned(),
+                path,
+                headers,
+                body: body.to_vec(),
+            },
+        },
+    )
+    .await
+}
+
 pub async fn delete_session_data(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,

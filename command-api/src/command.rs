@@ -390,6 +390,16 @@ pub enum Command {
     DeleteSessionData {
         session: SessionId,
     },
+    /// Expose a port of an active session (service mode).
+    ExposePort {
+        session: SessionId,
+        request: glassbox_domain::request::ExposeRequest,
+    },
+    /// A request to a session's exposed port.
+    ServiceCall {
+        session: SessionId,
+        call: crate::sessions::ServiceCall,
+    },
     /// Replace an active session's egress allowlist.
     SetSessionEgress {
         session: SessionId,
@@ -457,6 +467,8 @@ impl Command {
             Command::CloseSession { .. } => "close_session",
             Command::DeleteSessionData { .. } => "delete_session_data",
             Command::SetSessionEgress { .. } => "set_session_egress",
+            Command::ExposePort { .. } => "expose_port",
+            Command::ServiceCall { .. } => "service_request",
             Command::DefineWorkflow { .. } => "define_workflow",
             Command::WorkflowVersions { .. } => "workflow_versions",
             Command::StartRun { .. } => "run_workflow",
@@ -470,7 +482,11 @@ impl Command {
     /// of the decisions recorded with it — a submission).
     pub fn action(&self) -> Option<&'static str> {
         Some(match self {
-            Command::SubmitJob { .. } | Command::OpenSession { .. } => return None,
+            // A service call's authorization is `glassbox.services`, recorded
+            // with the request.
+            Command::SubmitJob { .. }
+            | Command::OpenSession { .. }
+            | Command::ServiceCall { .. } => return None,
             Command::GetSession { .. }
             | Command::ListSessions { .. }
             | Command::SessionEvents { .. }
@@ -481,7 +497,8 @@ impl Command {
             | Command::ListFiles { .. }
             | Command::DeleteFile { .. }
             | Command::CloseSession { .. }
-            | Command::SetSessionEgress { .. } => "session.use",
+            | Command::SetSessionEgress { .. }
+            | Command::ExposePort { .. } => "session.use",
             Command::DeleteSessionData { .. } => "job.delete_data",
             Command::GetJob { .. }
             | Command::JobNow { .. }
@@ -735,6 +752,8 @@ pub enum Reply {
     SessionClosed(SessionClosed),
     SessionDataDeleted(SessionDataDeleted),
     EgressChanged(crate::sessions::EgressChanged),
+    Exposed(crate::sessions::Exposed),
+    ServiceAnswer(Box<crate::sessions::ServiceAnswer>),
     WorkflowDefined(WorkflowDefinedReply),
     WorkflowVersions(WorkflowVersionsView),
     RunStarted(Box<RunStarted>),
@@ -1221,6 +1240,12 @@ impl Core {
             Command::DeleteSessionData { session } => Ok(Reply::SessionDataDeleted(
                 self.delete_session_data(caller, session.as_str()).await?,
             )),
+            Command::ExposePort { session, request } => Ok(Reply::Exposed(
+                self.expose_port(caller, session.as_str(), request).await?,
+            )),
+            Command::ServiceCall { session, call } => Ok(Reply::ServiceAnswer(Box::new(
+                self.service_call(caller, session.as_str(), call).await?,
+            ))),
             Command::SetSessionEgress { session, egress } => Ok(Reply::EgressChanged(
                 self.set_session_egress(caller, session.as_str(), egress)
                     .await?,

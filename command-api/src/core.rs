@@ -197,6 +197,8 @@ pub struct Core {
     /// The runners' data-plane API and the hot session state (sessions are
     /// refused without it).
     pub data_plane: Option<Arc<crate::sessions::DataPlane>>,
+    /// Per-tenant rates in Redis (service mode counts against it).
+    pub limiter: Option<crate::ratelimit::RateLimiter>,
     /// Workflow definitions already read, by digest.
     pub definitions: Arc<crate::workflows::DefinitionCache>,
     /// How long a workflow step's approval may wait before it is denied.
@@ -224,7 +226,7 @@ pub(crate) fn evaluated_event(d: &Decision, input: &Value) -> KnownEvent {
     KnownEvent::PolicyEvaluated(Box::new(evaluated(d, input)))
 }
 
-fn identity_input(id: &Identity) -> Value {
+pub(crate) fn identity_input(id: &Identity) -> Value {
     json!({
         "tenant": id.tenant, "subject": id.subject, "roles": id.roles,
         "app": id.app, "agent": id.agent,

@@ -176,6 +176,7 @@ impl Application {
             data_plane,
             definitions: Arc::default(),
             approval_timeout: Duration::from_secs(config.workflow_approval_timeout_secs),
+            limiter: Some(limiter.clone()),
         };
         let state = AppState {
             core,
@@ -357,6 +358,15 @@ pub fn router(state: AppState, pool: PgPool, shutdown: &CancellationToken) -> Ro
         .route(
             "/v1/sessions/{id}/egress",
             axum::routing::patch(api_sessions::set_egress),
+        )
+        .route("/v1/sessions/{id}/ports", post(api_sessions::expose_port))
+        .route(
+            "/v1/sessions/{id}/ports/{port}/",
+            axum::routing::any(api_sessions::service_root),
+        )
+        .route(
+            "/v1/sessions/{id}/ports/{port}/{*path}",
+            axum::routing::any(api_sessions::service),
         )
         .route("/v1/status", get(api::status))
         .route("/v1/audit/events", get(audit::events))

@@ -680,6 +680,15 @@ pub struct CloseSessionArgs {
     pub reason: Option<String>,
 }
 
+/// `expose_port`: the session and the `POST /v1/sessions/{id}/ports` body.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExposePortArgs {
+    pub session_id: String,
+    #[serde(flatten)]
+    pub request: glassbox_domain::request::ExposeRequest,
+}
+
 // ------------------------------------------------------------------ helpers
 
 /// The authenticated caller of an MCP request, taken from the HTTP request
@@ -1484,6 +1493,35 @@ impl GlassboxMcp {
                         Command::CloseSession {
                             session: SessionId::parse(&a.session_id)?,
                             reason: a.reason,
+                        },
+                    )
+                    .await?
+                else {
+                    return Err(ApiError::Internal("unexpected reply".into()));
+                };
+                Ok(structured(serde_json::to_value(&r).unwrap_or(Value::Null)))
+            }
+            .await,
+        ))
+    }
+
+    #[tool(
+        description = "Expose a port of an active session (service mode): callers of the tenant (or only the roles, subjects or apps named) reach whatever the session's program serves on its 127.0.0.1:PORT at /v1/sessions/{id}/ports/{port}/ with their own token; glassbox.services decides each request and every request is recorded.",
+        output_schema = rmcp::handler::server::common::schema_for_output::<crate::sessions::Exposed>()
+    )]
+    async fn expose_port(
+        &self,
+        McpCaller(caller): McpCaller,
+        Parameters(a): Parameters<ExposePortArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        Ok(tool_result(
+            async {
+                let Reply::Exposed(r) = self
+                    .run(
+                        &caller,
+                        Command::ExposePort {
+                            session: SessionId::parse(&a.session_id)?,
+                            request: a.request,
                         },
                     )
                     .await?

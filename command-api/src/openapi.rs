@@ -456,6 +456,23 @@ pub fn document(max_wait: u64) -> Value {
             .problem("409", "The session is not active (code `conflict`)")
             .problem("413", "Body too large (code `payload_too_large`)")
             .problem("415", "Not JSON (code `unsupported_media_type`)"),
+        Operation::new("post", "/v1/sessions/{id}/ports", "exposeSessionPort", "Expose a port of an active session (service mode)")
+            .describe("Recorded as `service.exposed`. Callers then reach what the session's program serves on its own 127.0.0.1:PORT at `/v1/sessions/{id}/ports/{port}/…` with their own token: `glassbox.services` decides each request (the session's tenant only; the roles, subjects or apps named, or any caller of the tenant when none are), the tenant's service rate applies (429), and every request is recorded (`service.request`).")
+            .param(path_param::<SessionId>(g, "id", "The session's ID"))
+            .json_body(schema::<glassbox_domain::request::ExposeRequest>(g), true)
+            .answers("201", json_reply("Exposed", schema::<crate::sessions::Exposed>(g)))
+            .problem("409", "The session is not active (code `conflict`)")
+            .problem("413", "Body too large (code `payload_too_large`)")
+            .problem("415", "Not JSON (code `unsupported_media_type`)"),
+        Operation::new("get", "/v1/sessions/{id}/ports/{port}/{path}", "getFromSessionPort", "A GET to an exposed port of a session (any method is carried the same way)")
+            .describe("The answer is the session's service's own (status, headers, body of at most 1 MiB). 403 when `glassbox.services` refuses, 404 when the port is not exposed, 429 over the tenant's service rate, 503 when nothing answers; each recorded as `service.request`.")
+            .param(path_param::<SessionId>(g, "id", "The session's ID"))
+            .param(json!({"name": "port", "in": "path", "required": true, "schema": {"type": "integer", "minimum": 1, "maximum": 65535}}))
+            .param(json!({"name": "path", "in": "path", "required": true, "schema": {"type": "string"}}))
+            .answers("200", json!({"description": "The service's answer (any status and content type)", "content": {"*/*": {"schema": {}}}}))
+            .problem("409", "The session is not active (code `conflict`)")
+            .problem("429", "Over the tenant's service rate (code `rate_limited`)")
+            .problem("503", "The session's service does not answer (code `unavailable`)"),
         Operation::new("get", "/v1/sessions/{id}/events", "getSessionEvents", "The session's ledger records")
             .param(path_param::<SessionId>(g, "id", "The session's ID"))
             .answers("200", json_reply("The records", schema::<SessionEvents>(g))),
@@ -610,7 +627,7 @@ mod tests {
                 .values()
                 .map(|p| p.as_object().map_or(0, Map::len))
                 .sum::<usize>(),
-            38
+            40
         );
     }
 

@@ -101,6 +101,16 @@ impl RateLimiter {
         self.count("rl", tenant, self.per_second).await
     }
 
+    /// Counts one request of `tenant` to its sessions' exposed ports
+    /// (service mode), against the tenant's own rate.
+    pub async fn check_service(
+        &self,
+        tenant: &str,
+        per_second: u64,
+    ) -> Result<Verdict, RateLimitError> {
+        self.count("svc", tenant, per_second).await
+    }
+
     /// Counts one request refused for its credentials from `client` (an
     /// address); `limit` per second are answered 401, the rest 429.
     pub async fn check_auth_failure(

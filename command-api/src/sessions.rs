@@ -38,6 +38,9 @@ use uuid::Uuid;
 pub const OPEN_TIMEOUT: Duration = Duration::from_secs(150);
 /// How long a file call to a runner may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a request to a session's exposed port may take (the runner's own
+/// bound is 30 s).
+const SERVICE_TIMEOUT: Duration = Duration::from_secs(40);
 /// How often the reaper looks for sessions past their deadline or lost.
 pub const REAP_EVERY: Duration = Duration::from_secs(1);
 /// How long after the hot state was rebuilt no runner is judged gone (longer
@@ -338,6 +341,44 @@ pub struct SessionClosed {
     /// Bytes overwritten when the workspace was scrubbed (null: the runner
     /// could not be reached; it destroys the sandbox when it notices).
     pub bytes_scrubbed: Option<u64>,
+}
+
+/// A port of a session was exposed (service mode).
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct Exposed {
+    pub session_id: String,
+    pub port: u16,
+    /// Where callers reach it (their JWT, decided by `glassbox.services`).
+    pub path: String,
+    /// Position of `service.exposed`.
+    pub position: u64,
+}
+
+/// A request to an exposed port, as the caller sent it.
+#[derive(Debug, Clone)]
+pub struct ServiceCall {
+    pub port: u16,
+    pub method: String,
+    /// Path (below the port's prefix) and query, starting with `/`.
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// What the session's service answered.
+#[derive(Debug, Clone)]
+pub struct ServiceAnswer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// Headers of the caller's that never reach a session: its credentials.
+fn caller_only(name: &str) -> bool {
+    matches!(
+        name.to_ascii_lowercase().as_str(),
+        "authorization" | "cookie" | "proxy-authorization" | "idempotency-key"
+    )
 }
 
 /// A session's egress allowlist was replaced.
@@ -1104,6 +1145,192 @@ impl Core {
             status: d.state.status,
             position,
             bytes_scrubbed,
+        })
+    }
+
+    /// Exposes a port of an active session (service mode): recorded as
+    /// `service.exposed`; callers then reach it through
+    /// `/v1/sessions/{id}/ports/{port}/…`.
+    pub async fn expose_port(
+        &self,
+        caller: &Caller,
+        session_id: &str,
+        request: glassbox_domain::request::ExposeRequest,
+    ) -> Result<Exposed, ApiError> {
+        request
+            .check()
+            .map_err(|e| ApiError::Invalid(e.to_string()))?;
+        let (s, _, _) = self.live_session(caller, session_id).await?;
+        let exposure = catalogue::ServiceExposed {
+            session_id: session_id.to_owned(),
+            port: u64::from(request.port),
+            roles: request.roles,
+            subjects: request.subjects,
+            apps: request.apps,
+        };
+        let stream = Stream::session(session_id);
+        let command = SessionCommand::Expose { exposure };
+        let d = self
+            .store
+            .decide_from(stream.as_str(), s, &caller.envelope(), |s: &Session| {
+                on_session(&stream, s.decide(command.clone())?)
+            })
+            .await
+            .map_err(session_refused(session_id, "record an exposure"))?;
+        Ok(Exposed {
+            session_id: session_id.to_owned(),
+            port: request.port,
+            path: format!("/v1/sessions/{session_id}/ports/{}/", request.port),
+            position: d.appended.as_ref().map_or(0, |a| a.last_position()),
+        })
+    }
+
+    /// One request to an exposed port: `glassbox.services` decides, the
+    /// tenant's service rate applies, the session's runner carries it, and
+    /// the request is recorded (`service.request`) whatever the answer.
+    pub async fn service_call(
+        &self,
+        caller: &Caller,
+        session_id: &str,
+        call: ServiceCall,
+    ) -> Result<ServiceAnswer, ApiError> {
+        let tenant = caller.identity.tenant.clone();
+        let s = self.session_now(&tenant, session_id).await?;
+        let Some(exposure) = s.exposure(u64::from(call.port)).cloned() else {
+            return Err(ApiError::NotFound(format!(
+                "port {} of session {session_id} (not exposed)",
+                call.port
+            )));
+        };
+        if s.status != SessionStatus::Active {
+            return Err(ApiError::Conflict(format!(
+                "session {session_id} is {}",
+                s.status
+            )));
+        }
+        if call.body.len() > glassbox_domain::request::MAX_SERVICE_BODY {
+            return Err(ApiError::TooLarge(format!(
+                "a service request body is at most {} bytes",
+                glassbox_domain::request::MAX_SERVICE_BODY
+            )));
+        }
+        let input = json!({
+            "tenant": s.tenant,
+            "caller": crate::core::identity_input(&caller.identity),
+            "port": call.port,
+            "exposure": {"roles": exposure.roles, "subjects": exposure.subjects, "apps": exposure.apps},
+        });
+        let d = self
+            .engine
+            .evaluate(glassbox_policies::Policy::Services, &input);
+        let path_hmac = self
+            .blobs
+            .keyed_digest(session_id, call.path.as_bytes())
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let who = caller.identity.subject.clone();
+        let record = |status: u16, bytes_in: u64, bytes_out: u64, allow: bool| {
+            KnownEvent::ServiceRequest(Box::new(catalogue::ServiceRequest {
+                session_id: session_id.to_owned(),
+                port: u64::from(call.port),
+                caller: who.clone(),
+                method: call.method.clone(),
+                path_hmac,
+                decision: if allow {
+                    catalogue::Decision::Allow
+                } else {
+                    catalogue::Decision::Deny
+                },
+                status: u64::from(status),
+                bytes_in,
+                bytes_out,
+            }))
+        };
+        let request_bytes = call.body.len() as u64;
+        let mut events = vec![crate::core::evaluated_event(&d, &input)];
+        let outcome: Result<ServiceAnswer, ApiError> = if !d.allow {
+            Err(ApiError::Forbidden(d.reasons.clone()))
+        } else {
+            let rate = d
+                .effective_limits
+                .as_ref()
+                .and_then(|m| m.get("rate_per_sec"))
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(20);
+            let limited = match &self.limiter {
+                Some(l) => match l.check_service(&tenant, rate).await {
+                    Ok(crate::ratelimit::Verdict::Allowed) => None,
+                    Ok(crate::ratelimit::Verdict::Limited { .. }) => Some(ApiError::RateLimited {
+                        retry_after_secs: 1,
+                    }),
+                    // Fail closed.
+                    Err(e) => Some(ApiError::Unavailable(e.to_string())),
+                },
+                None => None,
+            };
+            match limited {
+                Some(e) => Err(e),
+                None => self.carry(&s, session_id, &call).await,
+            }
+        };
+        let status = match &outcome {
+            Ok(a) => a.status,
+            Err(e) => e.to_problem().status,
+        };
+        let bytes_out = outcome.as_ref().map_or(0, |a| a.body.len() as u64);
+        events.push(record(status, request_bytes, bytes_out, d.allow));
+        let stream = Stream::session(session_id);
+        let command = SessionCommand::Serve { events };
+        let envelope = caller.envelope();
+        // Not recorded: not answered either (every request is on the ledger).
+        self.store
+            .decide_from(stream.as_str(), s, &envelope, |s: &Session| {
+                on_session(&stream, s.decide(command.clone())?)
+            })
+            .await
+            .map_err(session_refused(session_id, "record a service request"))?;
+        outcome
+    }
+
+    /// Carries one allowed request to the session's runner.
+    async fn carry(
+        &self,
+        s: &Session,
+        session_id: &str,
+        call: &ServiceCall,
+    ) -> Result<ServiceAnswer, ApiError> {
+        let dp = self.data_plane()?;
+        let (runner, mut client) = dp.runner_of(s).await?;
+        let req = dp.request(
+            &runner,
+            session_id,
+            api::ServiceHttpRequest {
+                session_id: session_id.to_owned(),
+                port: u32::from(call.port),
+                method: call.method.clone(),
+                path: call.path.clone(),
+                headers: call
+                    .headers
+                    .iter()
+                    .filter(|(k, _)| !caller_only(k))
+                    .map(|(name, value)| api::HttpHeader {
+                        name: name.clone(),
+                        value: value.clone(),
+                    })
+                    .collect(),
+                body: call.body.clone(),
+            },
+            SERVICE_TIMEOUT,
+        )?;
+        let r = client
+            .service_request(req)
+            .await
+            .map_err(from_status)?
+            .into_inner();
+        Ok(ServiceAnswer {
+            status: u16::try_from(r.status).unwrap_or(502),
+            headers: r.headers.into_iter().map(|h| (h.name, h.value)).collect(),
+            body: r.body,
         })
     }
 

@@ -541,6 +541,15 @@ catalogue! {
     /// by `glassbox.egress` just before); its proxy uses it from the next
     /// connection on.
     SessionEgressChanged = "session.egress_changed" v 1 { session_id: String, egress: Vec<String> }
+    /// Service mode: port `port` on the session's loopback may be reached
+    /// through the control plane (`/v1/sessions/{id}/ports/{port}/…`) by the
+    /// callers `glassbox.services` lets through (of the session's tenant; with
+    /// any of `roles`, or one of `subjects` or `apps`; all empty: any caller
+    /// of the tenant).
+    ServiceExposed = "service.exposed" v 1 { session_id: String, port: u64, roles: Vec<String>, subjects: Vec<String>, apps: Vec<String> }
+    /// One request to an exposed port: who asked, what (the path as a keyed
+    /// digest: it may carry the caller's data), the decision and the answer.
+    ServiceRequest = "service.request" v 1 { session_id: String, port: u64, caller: String, method: String, path_hmac: Digest, decision: Decision, status: u64, bytes_in: u64, bytes_out: u64 }
     SessionRejected = "session.rejected" v 1 { session_id: String, reasons: Vec<String> }
     /// The session's sandbox is up (its packages installed): it takes calls.
     /// `image_digest` names the root filesystem (absent in records written before

@@ -19,6 +19,9 @@ pub const MAX_DEPENDENCIES: usize = 64;
 pub const MAX_SECRETS: usize = 32;
 /// Egress destinations a job or session may ask for.
 pub const MAX_EGRESS: usize = 32;
+/// The largest body of a request to, or an answer from, a session's exposed
+/// port (service mode).
+pub const MAX_SERVICE_BODY: usize = 1 << 20;
 /// What the API document shows for `egress`.
 const EGRESS_EXAMPLE: [&str; 1] = ["api.example.com:443"];
 /// The longest egress destination (so a host is never longer than DNS allows).
@@ -1177,6 +1180,60 @@ mod pattern_tests {
             assert!(!re(pattern::RESERVED_INPUT_PATH).is_match(p), "{p}");
             assert!(WorkspacePath::parse_input(p).is_ok(), "{p}");
         }
+    }
+}
+
+/// `POST /v1/sessions/{id}/ports` body (and MCP's `expose_port`): a port on
+/// the session's loopback that callers may reach through the control plane.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExposeRequest {
+    /// Where the session's program listens (on its own 127.0.0.1).
+    #[schemars(range(min = 1, max = 65535), example = 8000)]
+    pub port: u16,
+    /// Callers with any of these roles may reach it (with `subjects` and
+    /// `apps`: any of them; all three empty: any caller of the tenant).
+    #[serde(default)]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 64), regex(pattern = pattern::NAME)))]
+    pub roles: Vec<String>,
+    /// Callers with one of these subjects may reach it.
+    #[serde(default)]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 256), regex(pattern = pattern::NO_CONTROL)))]
+    pub subjects: Vec<String>,
+    /// Callers acting for one of these apps may reach it.
+    #[serde(default)]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 256), regex(pattern = pattern::NO_CONTROL)))]
+    pub apps: Vec<String>,
+}
+
+impl ExposeRequest {
+    /// Checks the rules the schema states; a refusal names the member.
+    pub fn check(&self) -> Result<(), Invalid> {
+        if self.port == 0 {
+            return invalid("port", "must be 1 to 65535");
+        }
+        for (member, list, max, name_rule) in [
+            ("roles", &self.roles, 64, true),
+            ("subjects", &self.subjects, 256, false),
+            ("apps", &self.apps, 256, false),
+        ] {
+            if list.len() > 32 {
+                return invalid(member, "at most 32");
+            }
+            for (i, v) in list.iter().enumerate() {
+                let ok = !v.is_empty()
+                    && v.chars().count() <= max
+                    && if name_rule {
+                        is_name(v, max)
+                    } else {
+                        !v.chars().any(char::is_control)
+                    };
+                if !ok {
+                    return invalid(format!("{member}[{i}]"), "not allowed here");
+                }
+            }
+        }
+        Ok(())
     }
 }
 

@@ -59,6 +59,9 @@ pub struct Session {
     /// opened, replaced by `session.egress_changed`).
     #[serde(default)]
     pub egress: Vec<String>,
+    /// Ports exposed in service mode (the latest exposure of each).
+    #[serde(default)]
+    pub exposed: Vec<c::ServiceExposed>,
 }
 
 /// What may be asked of a session.
@@ -104,6 +107,10 @@ pub enum SessionCommand {
         runner: String,
         events: Vec<KnownEvent>,
     },
+    /// Expose a port in service mode (while active).
+    Expose { exposure: c::ServiceExposed },
+    /// A request to an exposed port happened: its decision and answer.
+    Serve { events: Vec<KnownEvent> },
     /// A client closes it.
     Close { reason: String },
     /// The reaper at `now`: expired if past its idle timeout or lifetime.
@@ -196,6 +203,10 @@ impl Session {
                 self.requested = Some(*e);
             }
             KnownEvent::SessionEgressChanged(e) => self.egress = e.egress,
+            KnownEvent::ServiceExposed(e) => {
+                self.exposed.retain(|x| x.port != e.port);
+                self.exposed.push(*e);
+            }
             KnownEvent::SessionOpened(e) => {
                 self.runner = Some(e.runner);
                 self.effective_limits = Some(e.effective_limits);
@@ -417,6 +428,37 @@ impl Session {
                 }
                 Ok(events)
             }
+            SessionCommand::Expose { exposure } => {
+                self.live()?;
+                if self.status != SessionStatus::Active {
+                    return Err(self.not_active());
+                }
+                if exposure.session_id != self.id() || !(1..=65535).contains(&exposure.port) {
+                    return Err(SessionRefusal::Invalid(
+                        "not an exposure of this session".into(),
+                    ));
+                }
+                Ok(vec![KnownEvent::ServiceExposed(Box::new(exposure))])
+            }
+            SessionCommand::Serve { events } => {
+                self.live()?;
+                for e in &events {
+                    let ok = match e {
+                        KnownEvent::PolicyEvaluated(_) => true,
+                        KnownEvent::ServiceRequest(r) => {
+                            r.session_id == self.id() && self.exposure(r.port).is_some()
+                        }
+                        _ => false,
+                    };
+                    if !ok {
+                        return Err(SessionRefusal::Invalid(format!(
+                            "{} is not a service request of an exposed port",
+                            e.event_type()
+                        )));
+                    }
+                }
+                Ok(events)
+            }
             SessionCommand::Close { reason } => {
                 self.live()?;
                 Ok(vec![KnownEvent::SessionClosed(Box::new(
@@ -500,6 +542,11 @@ impl Session {
     }
 
     /// Open or active (not ended).
+    /// How `port` is exposed, if it is.
+    pub fn exposure(&self, port: u64) -> Option<&c::ServiceExposed> {
+        self.exposed.iter().find(|x| x.port == port)
+    }
+
     fn live(&self) -> Result<(), SessionRefusal> {
         if !self.exists() {
             return Err(SessionRefusal::NoSession);

@@ -28,16 +28,18 @@ pub enum Policy {
     Dependencies,
     Egress,
     Workflows,
+    Services,
 }
 
 impl Policy {
-    pub const ALL: [Policy; 6] = [
+    pub const ALL: [Policy; 7] = [
         Policy::Authz,
         Policy::Admission,
         Policy::Secrets,
         Policy::Dependencies,
         Policy::Egress,
         Policy::Workflows,
+        Policy::Services,
     ];
 
     /// The name recorded in `policy.evaluated` (`glassbox.admission`, …).
@@ -49,6 +51,7 @@ impl Policy {
             Policy::Dependencies => "glassbox.dependencies",
             Policy::Egress => "glassbox.egress",
             Policy::Workflows => "glassbox.workflows",
+            Policy::Services => "glassbox.services",
         }
     }
 
@@ -136,6 +139,7 @@ const BUILTIN: &[(&str, &str)] = &[
         "rego/workflows.rego",
         include_str!("../rego/workflows.rego"),
     ),
+    ("rego/services.rego", include_str!("../rego/services.rego")),
     ("data/roles.json", include_str!("../data/roles.json")),
     ("data/tenants.json", include_str!("../data/tenants.json")),
 ];
@@ -266,6 +270,8 @@ impl Decision {
             "no_role"
         } else if has("unknown kind") {
             "unknown_kind"
+        } else if has("the exposure of port") {
+            "not_named"
         } else if has("no hosts to be brokered to") {
             "not_brokerable"
         } else if has("not on the allowlist") || has("is not allowed") {

@@ -463,6 +463,8 @@ pub struct SandboxEgress {
     agent: PathBuf,
     /// With brokered secrets: the trust bundle the sandbox gets.
     brokering: bool,
+    /// Service mode: the forwarder offers connections to the runner.
+    services: bool,
 }
 
 /// The sandbox's CA alone, and with the system's bundle (in its socket
@@ -593,6 +595,7 @@ impl SandboxEgress {
             stop,
             agent,
             brokering,
+            services: false,
         })
     }
 
@@ -601,7 +604,20 @@ impl SandboxEgress {
         crate::spec::EgressPath {
             socket_dir: self.dir.clone(),
             agent: self.agent.clone(),
+            services: self.services,
         }
+    }
+
+    /// Service mode: the runner's socket the forwarder offers connections to
+    /// (in the same directory; call before [`SandboxEgress::path`]).
+    pub fn dock(&mut self) -> Result<crate::ports::ServiceDock, EgressError> {
+        let d = crate::ports::ServiceDock::bind(&self.dir).map_err(|e| EgressError::Start {
+            sandbox: self.dir.display().to_string(),
+            step: "bind the service socket",
+            detail: e.to_string(),
+        })?;
+        self.services = true;
+        Ok(d)
     }
 
     /// The environment a sandbox with brokered secrets needs: the trust

@@ -17,6 +17,7 @@ pub mod egress;
 pub mod error;
 pub mod local;
 pub mod metrics;
+pub mod ports;
 pub mod result;
 pub mod runtime;
 pub mod service;

@@ -104,6 +104,8 @@ struct Live {
     egress: tokio::sync::Mutex<Option<crate::egress::SandboxEgress>>,
     /// What the proxy lets it reach (changed by `SetEgress`).
     egress_allowlist: Option<Arc<std::sync::RwLock<Vec<EgressTarget>>>>,
+    /// Service mode: how its exposed ports are reached.
+    dock: Option<crate::ports::ServiceDock>,
 }
 
 /// Serves the data-plane API for the sessions placed on this runner.
@@ -350,7 +352,7 @@ impl SessionHost {
                         .await
                     {
                         let _ = sandbox.close().await;
-                        if let Some((e, _)) = egress {
+                        if let Some((e, _, _)) = egress {
                             e.finish().await;
                         }
                         return self
@@ -361,9 +363,14 @@ impl SessionHost {
                 let runner = self.runner().to_owned();
                 let (sandbox_id, runtime) = (sandbox.sandbox_id.clone(), sandbox.runtime.clone());
                 let image_digest = sandbox.image_digest.clone();
-                let close = |sandbox: SessionSandbox, egress: Option<(crate::egress::SandboxEgress, Allowlist)>| async move {
+                let close = |sandbox: SessionSandbox,
+                             egress: Option<(
+                    crate::egress::SandboxEgress,
+                    Allowlist,
+                    crate::ports::ServiceDock,
+                )>| async move {
                     let _ = sandbox.close().await;
-                    if let Some((e, _)) = egress {
+                    if let Some((e, _, _)) = egress {
                         e.finish().await;
                     }
                 };
@@ -386,15 +393,20 @@ impl SessionHost {
                 };
                 let position = Self::position(&d);
                 let limits = d.state.effective_limits.clone().unwrap_or_default();
-                let egress_allowlist = egress.as_ref().map(|(_, list)| list.clone());
+                let egress_allowlist = egress.as_ref().map(|(_, list, _)| list.clone());
+                let (egress, dock) = match egress {
+                    Some((e, _, d)) => (Some(e), Some(d)),
+                    None => (None, None),
+                };
                 let live = Arc::new(Live {
                     tenant,
                     sandbox,
                     state: tokio::sync::Mutex::new(d.state),
                     secrets,
                     limits,
-                    egress: tokio::sync::Mutex::new(egress.map(|(e, _)| e)),
+                    egress: tokio::sync::Mutex::new(egress),
                     egress_allowlist,
+                    dock,
                 });
                 if let Ok(mut l) = self.inner.live.lock() {
                     l.insert(session_id.to_owned(), live.clone());
@@ -443,7 +455,11 @@ impl SessionHost {
             Vec<(String, String)>,
             Vec<c::SecretMaterialized>,
             Vec<(String, String)>,
-            Option<(crate::egress::SandboxEgress, Allowlist)>,
+            Option<(
+                crate::egress::SandboxEgress,
+                Allowlist,
+                crate::ports::ServiceDock,
+            )>,
         ),
         String,
     > {
@@ -538,7 +554,7 @@ impl SessionHost {
                         spec.env.insert(x.name.clone(), x.placeholder.clone());
                     }
                 }
-                let e = crate::egress::SandboxEgress::start(
+                let mut e = crate::egress::SandboxEgress::start(
                     &cfg.settings,
                     session_id,
                     policy,
@@ -548,9 +564,16 @@ impl SessionHost {
                 )
                 .await
                 .map_err(|e| e.to_string())?;
+                let dock = match e.dock() {
+                    Ok(d) => d,
+                    Err(err) => {
+                        e.finish().await;
+                        return Err(err.to_string());
+                    }
+                };
                 spec.egress = Some(e.path());
                 spec.env.extend(e.trust_env());
-                Some((e, list))
+                Some((e, list, dock))
             }
             None if !state.egress.is_empty()
                 || state.approved_secrets.iter().any(|s| s.mode == "brokered") =>
@@ -570,13 +593,65 @@ impl SessionHost {
         {
             Ok(s) => s,
             Err(err) => {
-                if let Some((e, _)) = egress {
+                if let Some((e, _, _)) = egress {
                     e.finish().await;
                 }
                 return Err(err.to_string());
             }
         };
         Ok((sandbox, secrets, materialized, files, egress))
+    }
+
+    /// Service mode: one HTTP request to a port the session's stream says is
+    /// exposed (the control plane decided who may ask).
+    pub async fn service_request(
+        &self,
+        req: api::ServiceHttpRequest,
+    ) -> Result<api::ServiceHttpReply, Status> {
+        let live = self.get(&req.session_id)?;
+        let Some(dock) = &live.dock else {
+            return Err(Status::failed_precondition(
+                "this runner gives sessions no service mode",
+            ));
+        };
+        let mut state = live.state.lock().await.clone();
+        self.inner
+            .store
+            .catch_up(Stream::session(&req.session_id).as_str(), &mut state)
+            .await
+            .map_err(|e| internal("read the session", e))?;
+        let port = u16::try_from(req.port)
+            .ok()
+            .filter(|p| state.exposure(u64::from(*p)).is_some())
+            .ok_or_else(|| Status::failed_precondition("the port is not exposed"))?;
+        if req.body.len() > crate::ports::MAX_BODY {
+            return Err(Status::invalid_argument("the body is too large"));
+        }
+        let stream = dock
+            .connect(port)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let answer = crate::ports::exchange(
+            stream,
+            port,
+            &crate::ports::HttpRequest {
+                method: req.method,
+                path: req.path,
+                headers: req.headers.into_iter().map(|h| (h.name, h.value)).collect(),
+                body: req.body,
+            },
+        )
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(api::ServiceHttpReply {
+            status: u32::from(answer.status),
+            headers: answer
+                .headers
+                .into_iter()
+                .map(|(name, value)| api::HttpHeader { name, value })
+                .collect(),
+            body: answer.body,
+        })
     }
 
     /// Applies the allowlist the session's stream holds now to its proxy.
@@ -1665,6 +1740,23 @@ impl glassbox_runner_api::Runner for SessionHost {
             self.authorize(&request, "set_egress", &Subject::Session(id.clone()))
                 .await?;
             self.set_egress(&id).await.map(Response::new)
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn service_request(
+        &self,
+        request: Request<api::ServiceHttpRequest>,
+    ) -> Result<Response<api::ServiceHttpReply>, Status> {
+        let id = request.get_ref().session_id.clone();
+        let span = rpc_span(&request, "service_request", &id);
+        async {
+            self.authorize(&request, "service_request", &Subject::Session(id.clone()))
+                .await?;
+            self.service_request(request.into_inner())
+                .await
+                .map(Response::new)
         }
         .instrument(span)
         .await

@@ -120,7 +120,15 @@ pub struct EgressPath {
     pub socket_dir: std::path::PathBuf,
     /// The session agent binary (runs the forwarder).
     pub agent: std::path::PathBuf,
+    /// Service mode (sessions): the forwarder also offers connections to the
+    /// runner's [`SERVICE_SOCKET`] in the same directory, through which the
+    /// runner reaches ports on the sandbox's loopback.
+    #[serde(default)]
+    pub services: bool,
 }
+
+/// The runner's service socket's file name in the egress directory.
+pub const SERVICE_SOCKET: &str = "service.sock";
 
 /// Where the egress socket directory appears inside the sandbox (a mount point
 /// every runtime image carries).

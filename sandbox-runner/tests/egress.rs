@@ -97,6 +97,7 @@ except OSError:
     s.egress = Some(EgressPath {
         socket_dir: dir.clone(),
         agent: glassbox_sandbox_runner::local::session::find_agent().expect("session agent"),
+        services: false,
     });
     let r = run(&b, s).await;
     let out = String::from_utf8_lossy(&r.stdout.bytes).into_owned();

@@ -1,4 +1,4 @@
-//! `glassbox-session-agent forward LISTEN SOCKET -- COMMAND [ARGS…]`: inside a
+//! `glassbox-session-agent forward LISTEN SOCKET [--services SOCKET] -- COMMAND [ARGS…]`: inside a
 //! sandbox with egress, relays every TCP connection made to `LISTEN` (the
 //! sandbox's own loopback, e.g. `127.0.0.1:3128`, what `HTTP(S)_PROXY` names)
 //! to the host Unix socket `SOCKET` (the runner's egress proxy for this
@@ -7,6 +7,13 @@
 //!
 //! It decides nothing: the proxy on the host does. It is code inside the
 //! sandbox like the program, so the proxy trusts nothing it sends.
+//!
+//! With `--services SOCKET` (a session's service mode) it also keeps a few
+//! connections open *to* that host socket, since the host cannot connect into
+//! the sandbox: the runner takes one, writes `PORT <n>`, and the forwarder
+//! connects to the sandbox's `127.0.0.1:<n>`, answers `OK` (or `ERR`) and
+//! relays the bytes both ways; each connection offered is used once and
+//! replaced.
 
 use std::io::Write as _;
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -19,6 +26,51 @@ fn relay(tcp: TcpStream, socket: &str) {
         let _ = tcp.shutdown(Shutdown::Both);
         return;
     };
+    relay_streams(tcp, unix);
+}
+
+/// Connections offered to the runner's service socket at once.
+const OFFERS: usize = 2;
+
+/// One offered connection: waits for `PORT <n>`, connects, relays. `false`:
+/// it was closed unused.
+fn offer(socket: &str) -> std::io::Result<bool> {
+    use std::io::Read as _;
+    let mut unix = UnixStream::connect(socket)?;
+    // The request line, byte by byte (at most 16): nothing else is read ahead.
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while !line.ends_with(b"\n") {
+        if line.len() >= 16 || unix.read(&mut b)? == 0 {
+            return Ok(false);
+        }
+        line.push(b[0]);
+    }
+    std::thread::spawn(move || {
+        let port = std::str::from_utf8(&line)
+            .ok()
+            .and_then(|l| l.trim().strip_prefix("PORT "))
+            .and_then(|p| p.parse::<u16>().ok());
+        let Some(port) = port else {
+            let _ = unix.write_all(b"ERR bad request\n");
+            return;
+        };
+        match TcpStream::connect(("127.0.0.1", port)) {
+            Ok(tcp) => {
+                if unix.write_all(b"OK\n").is_ok() {
+                    relay_streams(tcp, unix);
+                }
+            }
+            Err(_) => {
+                let _ = unix.write_all(b"ERR nothing listens on that port\n");
+            }
+        }
+    });
+    Ok(true)
+}
+
+/// Relays both ways between a TCP and a Unix stream until both ends close.
+fn relay_streams(tcp: TcpStream, unix: UnixStream) {
     let (Ok(mut tcp_r), Ok(mut unix_w)) = (tcp.try_clone(), unix.try_clone()) else {
         return;
     };
@@ -36,18 +88,37 @@ pub fn main(args: &[String]) -> ExitCode {
     let usage = || {
         let _ = writeln!(
             std::io::stderr(),
-            "usage: glassbox-session-agent forward LISTEN SOCKET -- COMMAND [ARGS...]"
+            "usage: glassbox-session-agent forward LISTEN SOCKET [--services SOCKET] -- COMMAND [ARGS...]"
         );
         ExitCode::from(2)
     };
-    let (Some(listen), Some(socket), Some("--")) =
-        (args.first(), args.get(1), args.get(2).map(String::as_str))
-    else {
+    let (Some(listen), Some(socket)) = (args.first(), args.get(1)) else {
         return usage();
     };
-    let Some((program, rest)) = args[3..].split_first() else {
+    let (services, at) = match args.get(2).map(String::as_str) {
+        Some("--services") => (args.get(3).cloned(), 4),
+        _ => (None, 2),
+    };
+    if args.get(at).map(String::as_str) != Some("--") {
+        return usage();
+    }
+    let Some((program, rest)) = args[at + 1..].split_first() else {
         return usage();
     };
+    if let Some(services) = services {
+        for _ in 0..OFFERS {
+            let services = services.clone();
+            std::thread::spawn(move || {
+                loop {
+                    if !matches!(offer(&services), Ok(true)) {
+                        // The runner is not listening (yet, or any more), or
+                        // did not want this one.
+                        std::thread::sleep(std::time::Duration::from_millis(200));
+                    }
+                }
+            });
+        }
+    }
     let listener = match TcpListener::bind(listen) {
         Ok(l) => l,
         Err(e) => {

@@ -763,3 +763,130 @@ print(json.dumps(out))
     s.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sessions_exposed_port_is_reached_only_through_the_control_plane_by_whom_policy_allows() {
+    use glassbox_command_api::testing::{claims, sign};
+    let s = stack(SecretProvider::None).await;
+    let h = super::sessions::host_with(
+        &s,
+        false,
+        SecretProvider::None,
+        Some(glassbox_sandbox_runner::sessions::SessionEgress {
+            settings: settings(16, 64 << 20),
+            engine: s.engine.clone(),
+        }),
+    )
+    .await;
+    let (status, opened) = s.open("acme", json!({"language": "python"})).await;
+    assert_eq!(status, 201, "{opened}");
+    let id = opened["session"]["session_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    // A python http.server on the session's own loopback.
+    let port = 18123;
+    let (_, r) = s
+        .exec(
+            "acme",
+            &id,
+            json!({"command": format!("mkdir -p site && echo hello-from-the-session > site/index.html && cd site && setsid python3 -m http.server {port} --bind 127.0.0.1 > /tmp/srv.log 2>&1 & sleep 1")}),
+        )
+        .await;
+    assert_eq!(r["outcome"], "succeeded", "{r}");
+    // The host's own loopback is not the session's: nothing there.
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+
+    let approver = sign(&claims("acme", "bob@acme", &["approver"]));
+    let reader = sign(&claims("acme", "eve@acme", &["reader"]));
+    let get = |bearer: String, path: String| {
+        let (client, url) = (
+            s.client.clone(),
+            format!("{}/v1/sessions/{id}/ports/{port}/{path}", s.addr),
+        );
+        async move {
+            let r = client
+                .get(url)
+                .bearer_auth(bearer)
+                .send()
+                .await
+                .expect("get");
+            let status = r.status().as_u16();
+            (status, r.text().await.unwrap_or_default())
+        }
+    };
+    // Not exposed yet.
+    let (status, _) = get(approver.clone(), "index.html".into()).await;
+    assert_eq!(status, 404);
+    let (status, exposed) = s
+        .call(
+            "acme",
+            "POST",
+            &format!("/v1/sessions/{id}/ports"),
+            Some(json!({"port": port, "roles": ["approver"]})),
+        )
+        .await;
+    assert_eq!(status, 201, "{exposed}");
+    assert_eq!(exposed["path"], format!("/v1/sessions/{id}/ports/{port}/"));
+    // A caller with a named role reaches it; one without is refused; another
+    // tenant does not see the session.
+    let (status, body) = get(approver.clone(), "index.html".into()).await;
+    assert_eq!((status, body.as_str()), (200, "hello-from-the-session\n"));
+    let (status, body) = get(reader.clone(), "index.html".into()).await;
+    assert_eq!(status, 403, "{body}");
+    let (status, _) = get(token("globex"), "index.html".into()).await;
+    assert_eq!(status, 404);
+    // Bursts over the tenant's service rate (5 a second) get 429.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        statuses.push(get(approver.clone(), "index.html".into()).await.0);
+    }
+    assert!(
+        statuses.contains(&200) && statuses.contains(&429),
+        "{statuses:?}"
+    );
+
+    let records = s.session_stream(&id).await;
+    let exposures = of_type(&records, "service.exposed");
+    assert_eq!(exposures.len(), 1);
+    assert_eq!(exposures[0].record.data["roles"], json!(["approver"]));
+    let requests: Vec<&serde_json::Map<String, Value>> = of_type(&records, "service.request")
+        .into_iter()
+        .map(|r| &r.record.data)
+        .collect();
+    // Every request is on the ledger: 1 + 1 + 12 (another tenant's never
+    // reached the session; the one before the exposure was not a request to
+    // an exposed port).
+    assert_eq!(requests.len(), 14, "{requests:?}");
+    assert!(requests.iter().any(|r| r["status"] == 200
+        && r["caller"] == "bob@acme"
+        && r["decision"] == "allow"
+        && r["bytes_out"] == 23));
+    assert!(
+        requests
+            .iter()
+            .any(|r| r["status"] == 403 && r["caller"] == "eve@acme" && r["decision"] == "deny")
+    );
+    assert!(requests.iter().any(|r| r["status"] == 429));
+    let digest = s
+        .blobs
+        .keyed_digest(&id, b"/index.html")
+        .await
+        .expect("digest");
+    assert!(
+        requests.iter().all(|r| r["path_hmac"] == json!(digest)),
+        "{requests:?}"
+    );
+    for r in &records {
+        assert!(!String::from_utf8_lossy(&r.canonical).contains("index.html"));
+    }
+    s.store
+        .verify(None, &[], None, None)
+        .await
+        .expect("verify")
+        .expect("the ledger verifies");
+    h.stop.cancel();
+    let _ = h.task.await;
+    s.stop().await;
+}

@@ -48,6 +48,7 @@ EXPECTED_TOOLS = {
     "get_workflow_run",
     "approve_step",
     "cancel_workflow_run",
+    "expose_port",
 }
 
 # Writes a text and a binary artifact; prints its stdin back.
@@ -268,8 +269,15 @@ async def session(args):
         res = (await client.read_resource(f"glassbox://sessions/{sid}/files/in/data.txt")).contents[0]
         check(res.text == "a\nb\nc\n", f"file resource: {res}")
         for name in ["create_session", "session_exec", "session_write_file", "session_read_file",
-                     "session_list_files", "close_session"]:
+                     "session_list_files", "close_session", "expose_port"]:
             check(tools[name].output_schema, f"{name} declares no outputSchema")
+
+        step("expose a port (service mode)")
+        result, text = await call(client, "expose_port", {"session_id": sid, "port": 8000, "roles": ["approver"]})
+        check(not result.is_error, f"expose: {text}")
+        check(result.structured_content["path"] == f"/v1/sessions/{sid}/ports/8000/", f"exposed: {result}")
+        result, text = await call(client, "expose_port", {"session_id": sid, "port": 0})
+        check(result.is_error, f"port 0: {text}")
 
         step("close")
         result, text = await call(client, "close_session", {"session_id": sid})

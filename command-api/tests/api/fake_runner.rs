@@ -67,6 +67,12 @@ impl glassbox_runner_api::Runner for FakeRunner {
     ) -> Result<Response<glassbox_runner_api::v1::SetEgressReply>, Status> {
         Err(no())
     }
+    async fn service_request(
+        &self,
+        _: Request<glassbox_runner_api::v1::ServiceHttpRequest>,
+    ) -> Result<Response<glassbox_runner_api::v1::ServiceHttpReply>, Status> {
+        Err(no())
+    }
     async fn health(&self, _: Request<HealthRequest>) -> Result<Response<HealthReply>, Status> {
         Err(no())
     }

@@ -93,7 +93,7 @@ async fn schemathesis_finds_nothing_with_every_check_and_phase() {
         .values()
         .map(|p| p.as_object().map_or(0, |m| m.len()))
         .sum();
-    assert_eq!(operations, 38);
+    assert_eq!(operations, 40);
     assert!(
         stdout.contains(&format!("Tested: {operations}")),
         "{stdout}"

@@ -637,3 +637,87 @@ fn egress_records_come_from_its_runner_until_its_workspace_is_destroyed() {
         Err(SessionRefusal::Ended(_))
     ));
 }
+
+fn exposure(port: u64) -> c::ServiceExposed {
+    c::ServiceExposed {
+        session_id: ID.into(),
+        port,
+        roles: vec!["approver".into()],
+        subjects: vec![],
+        apps: vec![],
+    }
+}
+
+fn served(port: u64) -> KnownEvent {
+    KnownEvent::ServiceRequest(Box::new(c::ServiceRequest {
+        session_id: ID.into(),
+        port,
+        caller: "bob".into(),
+        method: "GET".into(),
+        path_hmac: Digest::of(b"/"),
+        decision: Decision::Allow,
+        status: 200,
+        bytes_in: 0,
+        bytes_out: 5,
+    }))
+}
+
+#[test]
+fn a_port_is_exposed_while_active_and_only_exposed_ports_are_served() {
+    let mut all = active();
+    // Not a port that is not exposed.
+    assert!(matches!(
+        given(&all).decide(SessionCommand::Serve {
+            events: vec![served(8000)]
+        }),
+        Err(SessionRefusal::Invalid(_))
+    ));
+    all.extend(
+        given(&all)
+            .decide(SessionCommand::Expose {
+                exposure: exposure(8000),
+            })
+            .expect("exposed"),
+    );
+    assert_eq!(given(&all).exposure(8000), Some(&exposure(8000)));
+    let events = given(&all)
+        .decide(SessionCommand::Serve {
+            events: vec![policy(Decision::Allow), served(8000)],
+        })
+        .expect("served");
+    assert_eq!(types(&events), ["policy.evaluated", "service.request"]);
+    // Exposing again replaces the exposure.
+    let mut wider = exposure(8000);
+    wider.roles = vec![];
+    all.push(KnownEvent::ServiceExposed(Box::new(wider.clone())));
+    assert_eq!(given(&all).exposed, [wider]);
+    // Port 0, another session's exposure, or before it is active: refused.
+    let mut zero = exposure(0);
+    zero.port = 0;
+    assert!(
+        given(&all)
+            .decide(SessionCommand::Expose { exposure: zero })
+            .is_err()
+    );
+    let mut other = exposure(1);
+    other.session_id = "another".into();
+    assert!(
+        given(&all)
+            .decide(SessionCommand::Expose { exposure: other })
+            .is_err()
+    );
+    let opening = vec![requested(), policy(Decision::Allow), opened()];
+    assert!(matches!(
+        given(&opening).decide(SessionCommand::Expose {
+            exposure: exposure(8000)
+        }),
+        Err(SessionRefusal::NotActive(_))
+    ));
+    all.push(closed());
+    assert!(matches!(
+        given(&all).decide(SessionCommand::Serve {
+            events: vec![served(8000)]
+        }),
+        Err(SessionRefusal::Ended(_))
+    ));
+}

@@ -157,8 +157,12 @@ fn config_with(
             "forward".to_owned(),
             EGRESS_LISTEN.to_owned(),
             format!("{EGRESS_MOUNT}/{EGRESS_SOCKET}"),
-            "--".to_owned(),
         ];
+        if e.services {
+            wrapped.push("--services".to_owned());
+            wrapped.push(format!("{EGRESS_MOUNT}/{}", crate::spec::SERVICE_SOCKET));
+        }
+        wrapped.push("--".to_owned());
         wrapped.extend(args);
         args = wrapped;
     }
