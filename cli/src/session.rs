@@ -41,6 +41,20 @@ pub enum SessionCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Expose a port of a session (service mode); prints the path callers use.
+    Expose {
+        id: String,
+        port: u16,
+        /// Only callers with this role (repeat for more).
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// Only this subject (repeat for more).
+        #[arg(long = "subject")]
+        subjects: Vec<String>,
+        /// Only callers acting for this app (repeat for more).
+        #[arg(long = "app")]
+        apps: Vec<String>,
+    },
     /// Replace a session's egress allowlist (no DEST: no way out).
     Egress {
         id: String,
@@ -314,6 +328,23 @@ pub async fn run(args: SessionArgs) -> anyhow::Result<ExitCode> {
                 .json(c.http.get(c.url(&format!("/v1/sessions/{id}"))))
                 .await?;
             println!("{}", serde_json::to_string_pretty(&r)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        SessionCommand::Expose {
+            id,
+            port,
+            roles,
+            subjects,
+            apps,
+        } => {
+            let r = c
+                .json(
+                    c.http
+                        .post(c.url(&format!("/v1/sessions/{id}/ports")))
+                        .json(&json!({"port": port, "roles": roles, "subjects": subjects, "apps": apps})),
+                )
+                .await?;
+            println!("{}", r["path"].as_str().unwrap_or_default());
             Ok(ExitCode::SUCCESS)
         }
         SessionCommand::Egress { id, egress } => {

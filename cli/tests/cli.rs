@@ -822,7 +822,7 @@ async fn mcp_over_stdio_survives_a_lost_session_and_drops_cancelled_requests() {
     assert_eq!(listed["id"], 2, "{listed}");
     assert_eq!(
         listed["result"]["tools"].as_array().map(Vec::len),
-        Some(20),
+        Some(21),
         "{listed}"
     );
 

@@ -818,16 +818,28 @@ async fn a_sessions_exposed_port_is_reached_only_through_the_control_plane_by_wh
     // Not exposed yet.
     let (status, _) = get(approver.clone(), "index.html".into()).await;
     assert_eq!(status, 404);
-    let (status, exposed) = s
-        .call(
-            "acme",
-            "POST",
-            &format!("/v1/sessions/{id}/ports"),
-            Some(json!({"port": port, "roles": ["approver"]})),
-        )
-        .await;
-    assert_eq!(status, 201, "{exposed}");
-    assert_eq!(exposed["path"], format!("/v1/sessions/{id}/ports/{port}/"));
+    // (With the CLI: `glassbox session expose ID PORT --role approver`.)
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_glassbox-e2e-cli"))
+        .args([
+            "session",
+            "expose",
+            &id,
+            &port.to_string(),
+            "--role",
+            "approver",
+        ])
+        .args(["--api", &s.addr, "--token", &token("acme")])
+        .output()
+        .expect("glassbox session expose");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("/v1/sessions/{id}/ports/{port}/\n")
+    );
     // A caller with a named role reaches it; one without is refused; another
     // tenant does not see the session.
     let (status, body) = get(approver.clone(), "index.html".into()).await;
