@@ -341,24 +341,13 @@ pub async fn expose_port(
 pub async fn service(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path((id, port, path)): Path<(String, String, String)>,
+    Path((id, port, _)): Path<(String, String, String)>,
     method: axum::http::Method,
     uri: axum::http::Uri,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    service_to(
-        state,
-        caller,
-        id,
-        port,
-        format!("/{path}"),
-        method,
-        uri,
-        headers,
-        body,
-    )
-    .await
+    service_to(state, caller, id, port, method, uri, headers, body).await
 }
 
 /// `ANY /v1/sessions/{id}/ports/{port}/`.
@@ -371,18 +360,7 @@ pub async fn service_root(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    service_to(
-        state,
-        caller,
-        id,
-        port,
-        "/".into(),
-        method,
-        uri,
-        headers,
-        body,
-    )
-    .await
+    service_to(state, caller, id, port, method, uri, headers, body).await
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -391,7 +369,6 @@ async fn service_to(
     caller: Caller,
     id: String,
     port: String,
-    path: String,
     method: axum::http::Method,
     uri: axum::http::Uri,
     headers: HeaderMap,
@@ -402,9 +379,12 @@ async fn service_to(
         .ok()
         .filter(|p| *p > 0)
         .ok_or_else(|| ApiError::Invalid("port: must be 1 to 65535".into()))?;
+    // The path below `/v1/sessions/{id}/ports/{port}` as the caller encoded
+    // it (passed on as it came; a URI holds no space or line break).
+    let rest = uri.path().splitn(7, '/').nth(6).unwrap_or("");
     let path = match uri.query() {
-        Some(q) => format!("{path}?{q}"),
-        None => path,
+        Some(q) => format!("/{rest}?{q}"),
+        None => format!("/{rest}"),
     };
     if path.contains(['\r', '\n', ' ']) {
         return Err(ApiError::Invalid(
