@@ -660,10 +660,14 @@ mod tests {
         for n in names {
             let (domain, verb) = n.split_once('.').expect("domain.verb");
             assert!(!domain.is_empty() && !verb.is_empty(), "{n}");
-            // Past tense, regular or one of the catalogue's irregular verbs.
+            // Past tense, regular or one of the catalogue's irregular verbs
+            // — except `service.request`, the one name DESIGN §5 fixes
+            // otherwise (a record of one request and its answer).
             let last = verb.rsplit('_').next().unwrap_or(verb);
             assert!(
-                verb.ends_with("ed") || ["read", "written", "lost"].contains(&last),
+                verb.ends_with("ed")
+                    || ["read", "written", "lost"].contains(&last)
+                    || n == "service.request",
                 "{n} is not past tense"
             );
         }
