@@ -902,3 +902,87 @@ async fn a_sessions_exposed_port_is_reached_only_through_the_control_plane_by_wh
     let _ = h.task.await;
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_gets_a_brokered_secret_as_a_placeholder_too() {
+    let ca = outside();
+    let dir = std::env::temp_dir().join(format!("gb-sbroker-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let value = format!("tok-{}", uuid::Uuid::new_v4().simple());
+    let secrets = dir.join("secrets.json");
+    std::fs::write(&secrets, json!({ "OUTSIDE_TOKEN": value }).to_string()).expect("secrets");
+    let ca_file = dir.join("outside-ca.pem");
+    std::fs::write(&ca_file, ca).expect("ca");
+    let mut egress = settings(32, 64 << 20);
+    egress.trust_upstream(&ca_file).expect("trust");
+    let s = stack(SecretProvider::None).await;
+    let h = super::sessions::host_with(
+        &s,
+        false,
+        SecretProvider::File(secrets),
+        Some(glassbox_sandbox_runner::sessions::SessionEgress {
+            settings: egress,
+            engine: s.engine.clone(),
+        }),
+    )
+    .await;
+    let (status, opened) = s
+        .open(
+            "acme",
+            json!({"language": "python", "egress": ["outside.test:8443"],
+                   "secrets": [{"name": "OUTSIDE_TOKEN", "mode": "brokered"}]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{opened}");
+    let id = opened["session"]["session_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let code = r#"
+import os, urllib.request
+tok = os.environ["OUTSIDE_TOKEN"]
+req = urllib.request.Request("https://outside.test:8443/echo", headers={"Authorization": "Bearer " + tok})
+print(tok)
+print(urllib.request.urlopen(req, timeout=20).read().decode())
+"#;
+    let (_, r) = s.exec("acme", &id, json!({ "code": code })).await;
+    assert_eq!(r["outcome"], "succeeded", "{r}");
+    let out = r["stdout"]["content"].as_str().unwrap_or("").to_owned();
+    let mut lines = out.lines();
+    let placeholder = lines.next().unwrap_or("").to_owned();
+    assert!(
+        placeholder.starts_with("glassbox-brokered-OUTSIDE_TOKEN-"),
+        "{out}"
+    );
+    assert_eq!(
+        lines.next(),
+        Some(format!("you sent: Bearer {}", "*".repeat(value.len())).as_str()),
+        "{out}"
+    );
+    let received = RECEIVED.lock().map(|r| r.clone()).unwrap_or_default();
+    assert!(
+        received.contains(&format!("Bearer {value}")),
+        "{received:?}"
+    );
+    // A session's egress records are appended as they come (not waited for by
+    // the exec); all of them are in before its workspace's destruction.
+    let (status, closed) = s
+        .call("acme", "DELETE", &format!("/v1/sessions/{id}"), None)
+        .await;
+    assert_eq!(status, 200, "{closed}");
+    let records = s.session_stream(&id).await;
+    assert!(
+        of_type(&records, "secret.brokered")
+            .iter()
+            .any(|b| b.record.data["substituted"] == true),
+        "{:?}",
+        types(&records)
+    );
+    for r in &records {
+        assert!(!String::from_utf8_lossy(&r.canonical).contains(&value));
+    }
+    h.stop.cancel();
+    let _ = h.task.await;
+    s.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
