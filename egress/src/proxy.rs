@@ -554,15 +554,7 @@ impl Proxy {
                 return;
             }
         };
-        self.recorder
-            .record(EgressEvent::Allowed {
-                connection,
-                dest: dest.clone(),
-                rule: verdict.rule.clone(),
-                addr,
-                decided_by: verdict.decided_by.clone(),
-            })
-            .await;
+        self.allowed(connection, &dest, &verdict, addr).await;
         let started = Instant::now();
         let mut prefix = match request {
             Request::Forward { origin_head, .. } => origin_head,
@@ -764,15 +756,7 @@ impl Proxy {
             Ok(Err(e)) => return refuse(Denial::UpstreamTls(e)).await,
             Err(_) => return refuse(Denial::UpstreamTls("no answer in time".into())).await,
         };
-        self.recorder
-            .record(EgressEvent::Allowed {
-                connection,
-                dest: dest.clone(),
-                rule: verdict.rule.clone(),
-                addr,
-                decided_by: verdict.decided_by.clone(),
-            })
-            .await;
+        self.allowed(connection, &dest, verdict, addr).await;
         let (mut prefix, seen) = broker.rewrite(&buf[..head_len], &dest, true);
         for sighting in seen {
             self.recorder
@@ -799,6 +783,25 @@ impl Proxy {
                 .await;
         }
         self.finish(connection, dest, out, inn, breached, started)
+            .await;
+    }
+
+    /// Records that connection `connection` to `dest` is through (at `addr`).
+    async fn allowed(
+        &self,
+        connection: u64,
+        dest: &Destination,
+        verdict: &Verdict,
+        addr: SocketAddr,
+    ) {
+        self.recorder
+            .record(EgressEvent::Allowed {
+                connection,
+                dest: dest.clone(),
+                rule: verdict.rule.clone(),
+                addr,
+                decided_by: verdict.decided_by.clone(),
+            })
             .await;
     }
 

@@ -144,6 +144,24 @@ fn settings(max_connections: u64, max_bytes: u64) -> EgressSettings {
     e
 }
 
+/// A brokered secret's set-up: a directory of its own, the value
+/// (`tok-<32 hex>`: its shape is known to a program, so it can look for it;
+/// the value itself is not), a secrets file holding it as `OUTSIDE_TOKEN`, and
+/// egress settings whose upstream roots trust the outside's CA.
+fn brokering() -> (PathBuf, String, PathBuf, EgressSettings) {
+    let ca = outside();
+    let dir = std::env::temp_dir().join(format!("gb-broker-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let value = format!("tok-{}", uuid::Uuid::new_v4().simple());
+    let secrets = dir.join("secrets.json");
+    std::fs::write(&secrets, json!({ "OUTSIDE_TOKEN": value }).to_string()).expect("secrets");
+    let ca_file = dir.join("outside-ca.pem");
+    std::fs::write(&ca_file, ca).expect("ca");
+    let mut egress = settings(32, 64 << 20);
+    egress.trust_upstream(&ca_file).expect("trust");
+    (dir, value, secrets, egress)
+}
+
 /// Python helpers the programs share: a raw CONNECT through the proxy
 /// (returns the whole answer) and a direct connection attempt.
 const HELPERS: &str = r#"
@@ -617,19 +635,7 @@ async fn a_sessions_allowlist_changes_while_it_runs_and_applies_from_the_next_co
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_brokered_secret_reaches_its_host_while_the_sandbox_only_ever_holds_a_placeholder() {
-    let ca = outside();
-    let dir = std::env::temp_dir().join(format!("gb-broker-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    // The value: its shape is known to the program (so it can look for it),
-    // the value itself is not.
-    let value = format!("tok-{}", uuid::Uuid::new_v4().simple());
-    let secrets = dir.join("secrets.json");
-    std::fs::write(&secrets, json!({ "OUTSIDE_TOKEN": value }).to_string()).expect("secrets");
-    let ca_file = dir.join("outside-ca.pem");
-    std::fs::write(&ca_file, ca).expect("ca");
-    let mut egress = settings(32, 64 << 20);
-    // The runner verifies the real host against the outside's CA.
-    egress.trust_upstream(&ca_file).expect("trust");
+    let (dir, value, secrets, egress) = brokering();
     let s = stack_with(SecretProvider::File(secrets), &[], None, egress).await;
     let code = r#"
 import json, os, re, urllib.request
@@ -905,16 +911,7 @@ async fn a_sessions_exposed_port_is_reached_only_through_the_control_plane_by_wh
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_gets_a_brokered_secret_as_a_placeholder_too() {
-    let ca = outside();
-    let dir = std::env::temp_dir().join(format!("gb-sbroker-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let value = format!("tok-{}", uuid::Uuid::new_v4().simple());
-    let secrets = dir.join("secrets.json");
-    std::fs::write(&secrets, json!({ "OUTSIDE_TOKEN": value }).to_string()).expect("secrets");
-    let ca_file = dir.join("outside-ca.pem");
-    std::fs::write(&ca_file, ca).expect("ca");
-    let mut egress = settings(32, 64 << 20);
-    egress.trust_upstream(&ca_file).expect("trust");
+    let (dir, value, secrets, egress) = brokering();
     let s = stack(SecretProvider::None).await;
     let h = super::sessions::host_with(
         &s,
