@@ -343,7 +343,7 @@ impl Naming {
                     connection,
                     target,
                     host_hmac,
-                    header: sighting.header,
+                    header: recorded_header(&sighting.header).to_owned(),
                     substituted: sighting.substituted,
                 }))
             }
@@ -366,6 +366,27 @@ impl Naming {
             })),
         })
     }
+}
+
+/// A header's name as the ledger may hold it: a program names its headers,
+/// so only the usual credential headers are recorded by name, any other as
+/// `other`.
+fn recorded_header(name: &str) -> &'static str {
+    const KNOWN: [&str; 8] = [
+        ":request-target",
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "x-api-key",
+        "api-key",
+        "x-auth-token",
+        "private-token",
+    ];
+    KNOWN
+        .iter()
+        .find(|k| **k == name)
+        .copied()
+        .unwrap_or("other")
 }
 
 /// Appends queued events in batches until the queue closes and is drained.
@@ -692,6 +713,13 @@ mod tests {
             host: host.into(),
             port,
         }
+    }
+
+    #[test]
+    fn only_usual_credential_headers_reach_the_ledger_by_name() {
+        assert_eq!(recorded_header("authorization"), "authorization");
+        assert_eq!(recorded_header(":request-target"), ":request-target");
+        assert_eq!(recorded_header("x-exfil-c2VjcmV0"), "other");
     }
 
     #[test]
